@@ -1,0 +1,3 @@
+"""reconciler: declarative reconciliation of GPU model serving on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""The desired state: what the specs ask for, normalised, frozen and free of YAML.
+
+The loader (``reconciler.spec``) is the only producer; the planner is the main consumer. Every memory figure is an
+integer number of bytes and every default is filled in, so nothing downstream re-interprets user input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Placement(StrEnum):
+    BINPACK = "binpack"  # fewest GPUs in use: keeps whole GPUs free for large models
+    SPREAD = "spread"  # balanced VRAM use across GPUs
+
+
+class Preemption(StrEnum):
+    LOWER_PRIORITY = "LowerPriority"
+    NEVER = "Never"
+
+
+class Spread(StrEnum):
+    NONE = "none"
+    GPU = "gpu"
+    NODE = "node"
+
+
+class Engine(StrEnum):
+    VLLM = "vllm"
+    ECHO = "echo"
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value, so hashes and fingerprints are stable across runs and machines."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def short_hash(value: Any, length: int = 12) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
+    name: str
+    memory: int  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryNode:
+    node: str
+    gpus: tuple[GpuSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str
+    placement: Placement = Placement.BINPACK
+    reserve: int = 0  # bytes kept free on every GPU of the pool
+    # Ray node labels a node must carry to belong to the pool; None: every GPU node no other pool selects.
+    selector: tuple[tuple[str, str], ...] | None = None
+    inventory: tuple[InventoryNode, ...] = ()
+    max_moves: int = 0
+
+    def selects(self, labels: dict[str, str]) -> bool:
+        return self.selector is not None and all(labels.get(k) == v for k, v in self.selector)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityClass:
+    name: str
+    value: int
+    preemption: Preemption = Preemption.LOWER_PRIORITY
+    preemptible: bool = True
+    default: bool = False
+
+
+# The class models get when they name none and no class is marked default.
+IMPLICIT_PRIORITY = PriorityClass(name="", value=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    pool: str  # resolved: always a pool that exists
+    priority_class: str  # resolved class name ("" for the implicit class)
+    priority: int  # the class's value, copied so the planner needs no lookup
+    preemption: Preemption
+    preemptible: bool
+    engine: Engine
+    source: str
+    vram: int  # bytes per replica and per GPU of the replica
+    replicas: int | None  # None means "max": as many as fit once all other demand is placed
+    tensor_parallel: int = 1
+    spread: Spread = Spread.NONE
+    route: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    engine_args_json: str = "{}"  # canonical JSON: keeps the value hashable and frozen
+
+    @property
+    def engine_args(self) -> dict[str, Any]:
+        return json.loads(self.engine_args_json)
+
+    @property
+    def is_max(self) -> bool:
+        return self.replicas is None
+
+    @property
+    def restart_hash(self) -> str:
+        """Hash of everything whose change needs the replica restarted (a ``replace``)."""
+        return short_hash(
+            {
+                "engine": str(self.engine),
+                "source": self.source,
+                "vram": self.vram,
+                "tensorParallel": self.tensor_parallel,
+                "engineArgs": json.loads(self.engine_args_json),
+            }
+        )
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of what can change on a running replica without a restart (an ``update``)."""
+        return short_hash({"route": self.route, "labels": dict(self.labels)})
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    pools: tuple[Pool, ...] = ()
+    priority_classes: tuple[PriorityClass, ...] = ()
+    models: tuple[Model, ...] = ()  # sorted by name
+
+    def pool(self, name: str) -> Pool:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    def model(self, name: str) -> Model:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+    def models_in(self, pool: str) -> tuple[Model, ...]:
+        return tuple(m for m in self.models if m.pool == pool)
+
+    @property
+    def fingerprint(self) -> str:
+        return short_hash(desired_to_json(self), 16)
+
+
+def desired_to_json(desired: DesiredState) -> dict[str, Any]:
+    """A plain-data view, used for fingerprints and by tests that compare desired states."""
+
+    def pool(p: Pool) -> dict[str, Any]:
+        return {
+            "name": p.name,
+            "placement": str(p.placement),
+            "reserve": p.reserve,
+            "selector": None if p.selector is None else dict(p.selector),
+            "inventory": [
+                {"node": n.node, "gpus": [{"name": g.name, "memory": g.memory} for g in n.gpus]}
+                for n in p.inventory
+            ],
+            "maxMoves": p.max_moves,
+        }
+
+    def klass(c: PriorityClass) -> dict[str, Any]:
+        return {
+            "name": c.name,
+            "value": c.value,
+            "preemption": str(c.preemption),
+            "preemptible": c.preemptible,
+            "default": c.default,
+        }
+
+    def model(m: Model) -> dict[str, Any]:
+        return {
+            "name": m.name,
+            "pool": m.pool,
+            "priorityClass": m.priority_class,
+            "priority": m.priority,
+            "preemption": str(m.preemption),
+            "preemptible": m.preemptible,
+            "engine": str(m.engine),
+            "source": m.source,
+            "vram": m.vram,
+            "replicas": "max" if m.replicas is None else m.replicas,
+            "tensorParallel": m.tensor_parallel,
+            "spread": str(m.spread),
+            "route": m.route,
+            "labels": dict(m.labels),
+            "engineArgs": m.engine_args,
+        }
+
+    return {
+        "pools": [pool(p) for p in desired.pools],
+        "priorityClasses": [klass(c) for c in desired.priority_classes],
+        "models": [model(m) for m in desired.models],
+    }
+
+
+__all__ = [
+    "DesiredState",
+    "Engine",
+    "GpuSpec",
+    "IMPLICIT_PRIORITY",
+    "InventoryNode",
+    "Model",
+    "Placement",
+    "Pool",
+    "Preemption",
+    "PriorityClass",
+    "Spread",
+    "canonical_json",
+    "desired_to_json",
+    "short_hash",
+]

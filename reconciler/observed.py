@@ -1,0 +1,219 @@
+"""The observed state: the cluster as seen, as plain frozen data with a stable JSON form.
+
+Produced by the Ray adapter (live), by ``from_inventory`` (``--offline``) or by ``from_json`` (a recorded snapshot,
+``--observed state.json``). The planner reads it and never asks how it was obtained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from reconciler.desired import DesiredState, canonical_json, short_hash
+
+FORMAT_VERSION = "reconciler/observed-v1"
+
+# The Ray node label that names a node the way the specs do (inventory `node:`). Nodes started by `reconciler up`
+# or by the `ray start` arguments of `reconciler node-resources` carry it.
+NODE_NAME_LABEL = "reconciler.io/node"
+
+
+class ReplicaState(StrEnum):
+    RUNNING = "running"
+    STARTING = "starting"  # scheduled, engine loading
+    PENDING = "pending"  # Ray cannot schedule it (yet): no room on the GPU it was pinned to
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+class Source(StrEnum):
+    LIVE = "live"
+    SNAPSHOT = "snapshot"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedGpu:
+    index: int
+    name: str
+    memory: int  # total bytes
+    foreign: int = 0  # bytes used by processes that are not our replicas
+    used: int | None = None  # bytes in use in total as NVML reports; None when simulated
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedNode:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    gpus: tuple[ObservedGpu, ...] = ()
+    node_id: str | None = None  # Ray's node id; None offline
+    alive: bool = True
+    simulated: bool = True  # GPUs taken from the pool inventory, not NVML
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def gpu(self, index: int) -> ObservedGpu:
+        for gpu in self.gpus:
+            if gpu.index == index:
+                return gpu
+        raise KeyError(index)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedReplica:
+    model: str
+    replica: int
+    node: str
+    gpus: tuple[int, ...]
+    vram: int  # bytes reserved on each of its GPUs
+    restart_hash: str  # Model.restart_hash of the spec it was started from
+    config_hash: str  # Model.config_hash it was last configured with
+    state: ReplicaState = ReplicaState.RUNNING
+    message: str = ""  # why it is pending or failed, as the cluster said it
+    app: str = ""  # the Serve application that runs it
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.model, self.replica)
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    nodes: tuple[ObservedNode, ...] = ()  # sorted by name
+    replicas: tuple[ObservedReplica, ...] = ()  # sorted by (model, replica)
+    source: Source = Source.OFFLINE
+
+    def node(self, name: str) -> ObservedNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def fingerprint(self) -> str:
+        """What a saved plan records: apply refuses the plan when the cluster no longer matches it.
+
+        Replica states are left out on purpose: a replica finishing its start does not make a plan stale.
+        """
+        data = to_json(self)
+        for replica in data["replicas"]:
+            replica.pop("state")
+            replica.pop("message")
+        data.pop("source")
+        return short_hash(data, 16)
+
+
+def normalised(state: ObservedState) -> ObservedState:
+    """The same state in the deterministic order every consumer relies on."""
+    return ObservedState(
+        nodes=tuple(sorted(state.nodes, key=lambda n: n.name)),
+        replicas=tuple(sorted(state.replicas, key=lambda r: (r.model, r.replica, r.app))),
+        source=state.source,
+    )
+
+
+def from_inventory(desired: DesiredState) -> ObservedState:
+    """An empty cluster shaped like the pools' inventories: what `--offline` plans against.
+
+    Each node carries its pool's selector labels so pool membership works exactly as on a live cluster.
+    """
+    nodes: list[ObservedNode] = []
+    for pool in desired.pools:
+        labels = dict(pool.selector or ())
+        for inv in pool.inventory:
+            node_labels = {**labels, NODE_NAME_LABEL: inv.node}
+            gpus = tuple(ObservedGpu(index=i, name=g.name, memory=g.memory) for i, g in enumerate(inv.gpus))
+            nodes.append(ObservedNode(name=inv.node, labels=tuple(sorted(node_labels.items())), gpus=gpus))
+    return normalised(ObservedState(nodes=tuple(nodes), source=Source.OFFLINE))
+
+
+def to_json(state: ObservedState) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "source": str(state.source),
+        "nodes": [
+            {
+                "name": n.name,
+                "nodeId": n.node_id,
+                "alive": n.alive,
+                "simulated": n.simulated,
+                "labels": dict(n.labels),
+                "gpus": [
+                    {"index": g.index, "name": g.name, "memory": g.memory, "foreign": g.foreign, "used": g.used}
+                    for g in n.gpus
+                ],
+            }
+            for n in state.nodes
+        ],
+        "replicas": [
+            {
+                "model": r.model,
+                "replica": r.replica,
+                "node": r.node,
+                "gpus": list(r.gpus),
+                "vram": r.vram,
+                "restartHash": r.restart_hash,
+                "configHash": r.config_hash,
+                "state": str(r.state),
+                "message": r.message,
+                "app": r.app,
+            }
+            for r in state.replicas
+        ],
+    }
+
+
+def dumps(state: ObservedState) -> str:
+    return canonical_json(to_json(state))
+
+
+class ObservedFormatError(ValueError):
+    """A snapshot file that is not an observed state; the message says what is wrong and where."""
+
+
+def from_json(data: Any) -> ObservedState:
+    """Parse a snapshot; callers validate against schemas/observed.schema.json first for friendly errors."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        raise ObservedFormatError(f'not an observed-state snapshot: expected "format": "{FORMAT_VERSION}"')
+    try:
+        nodes = tuple(
+            ObservedNode(
+                name=n["name"],
+                node_id=n.get("nodeId"),
+                alive=n.get("alive", True),
+                simulated=n.get("simulated", True),
+                labels=tuple(sorted((str(k), str(v)) for k, v in n.get("labels", {}).items())),
+                gpus=tuple(
+                    ObservedGpu(
+                        index=g["index"],
+                        name=g.get("name", ""),
+                        memory=g["memory"],
+                        foreign=g.get("foreign", 0),
+                        used=g.get("used"),
+                    )
+                    for g in n.get("gpus", [])
+                ),
+            )
+            for n in data.get("nodes", [])
+        )
+        replicas = tuple(
+            ObservedReplica(
+                model=r["model"],
+                replica=r["replica"],
+                node=r["node"],
+                gpus=tuple(r["gpus"]),
+                vram=r["vram"],
+                restart_hash=r["restartHash"],
+                config_hash=r.get("configHash", ""),
+                state=ReplicaState(r.get("state", "running")),
+                message=r.get("message", ""),
+                app=r.get("app", ""),
+            )
+            for r in data.get("replicas", [])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
+    return normalised(ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot"))))

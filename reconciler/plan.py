@@ -1,0 +1,231 @@
+"""A plan is data: the actions that take the observed state to the desired one, and the end state they reach.
+
+Shared by the planner (producer), the renderers and the executor (consumers). Reasons are for people only: nothing
+branches on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+PLAN_FORMAT = "reconciler/plan-v1"
+
+
+class ActionKind(StrEnum):
+    EVICT = "evict"  # preempted by a higher priority
+    DELETE = "delete"  # no longer desired
+    MOVE = "move"  # same spec, other GPU(s)
+    REPLACE = "replace"  # restart for a changed engine, source, vram, tensorParallel or engineArgs
+    UPDATE = "update"  # no restart: route, labels
+    CREATE = "create"
+
+
+# The safe order of an apply: free VRAM first, then reshuffle, then fill. The planner sorts by it and the executor
+# walks the list as given.
+APPLY_ORDER: tuple[ActionKind, ...] = (
+    ActionKind.EVICT,
+    ActionKind.DELETE,
+    ActionKind.MOVE,
+    ActionKind.REPLACE,
+    ActionKind.UPDATE,
+    ActionKind.CREATE,
+)
+
+SYMBOLS: dict[ActionKind, str] = {
+    ActionKind.CREATE: "+",
+    ActionKind.DELETE: "-",
+    ActionKind.EVICT: "!",
+    ActionKind.MOVE: "→",
+    ActionKind.REPLACE: "±",
+    ActionKind.UPDATE: "~",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    node: str
+    gpus: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.node}/" + "+".join(f"gpu{i}" for i in self.gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    model: str
+    replica: int
+    source: Location | None  # where it runs now ("from"); None for create
+    target: Location | None  # where it will run ("to"); None for delete/evict
+    vram: int  # bytes per GPU of the replica (the new figure for replace)
+    reason: str
+    # Make-before-break: the new replica starts while the old one still serves. Only set on move/replace when the
+    # target has room for both at once.
+    make_before_break: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedReplica:
+    model: str
+    replica: int
+    node: str
+    gpus: tuple[int, ...]
+    vram: int
+
+    @property
+    def location(self) -> Location:
+        return Location(self.node, self.gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaced:
+    model: str
+    replica: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUse:
+    """One replica's share of a GPU, for the before/after view."""
+
+    model: str
+    replica: int
+    vram: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuView:
+    pool: str
+    node: str
+    index: int
+    name: str
+    memory: int
+    reserve: int
+    foreign: int
+    before: tuple[GpuUse, ...]
+    after: tuple[GpuUse, ...]
+
+    @property
+    def capacity(self) -> int:
+        """What the planner may place on it."""
+        return max(0, self.memory - self.reserve - self.foreign)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]  # in apply order
+    placement: tuple[PlacedReplica, ...]  # the full desired end state, sorted by (model, replica)
+    unplaced: tuple[Unplaced, ...]
+    gpus: tuple[GpuView, ...]  # sorted by (pool, node, index)
+    fingerprint: str  # ObservedState.fingerprint of the state the plan was computed from
+    desired_fingerprint: str  # DesiredState.fingerprint of the specs it was computed from
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = {str(kind): 0 for kind in APPLY_ORDER}
+        for action in self.actions:
+            counts[str(action.kind)] += 1
+        counts["unplaced"] = len(self.unplaced)
+        return counts
+
+
+def _location(loc: Location | None) -> dict[str, Any] | None:
+    return None if loc is None else {"node": loc.node, "gpus": list(loc.gpus)}
+
+
+def _parse_location(data: Any) -> Location | None:
+    return None if data is None else Location(node=data["node"], gpus=tuple(data["gpus"]))
+
+
+def to_json(plan: Plan) -> dict[str, Any]:
+    """The stable JSON form documented by schemas/plan.schema.json."""
+    return {
+        "format": PLAN_FORMAT,
+        "fingerprint": plan.fingerprint,
+        "desiredFingerprint": plan.desired_fingerprint,
+        "summary": plan.summary,
+        "actions": [
+            {
+                "action": str(a.kind),
+                "model": a.model,
+                "replica": a.replica,
+                "from": _location(a.source),
+                "to": _location(a.target),
+                "vram_bytes": a.vram,
+                "makeBeforeBreak": a.make_before_break,
+                "reason": a.reason,
+            }
+            for a in plan.actions
+        ],
+        "placement": [
+            {"model": p.model, "replica": p.replica, "node": p.node, "gpus": list(p.gpus), "vram_bytes": p.vram}
+            for p in plan.placement
+        ],
+        "unplaced": [{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
+        "gpus": [
+            {
+                "pool": g.pool,
+                "node": g.node,
+                "index": g.index,
+                "name": g.name,
+                "memory": g.memory,
+                "reserve": g.reserve,
+                "foreign": g.foreign,
+                "before": [{"model": u.model, "replica": u.replica, "vram_bytes": u.vram} for u in g.before],
+                "after": [{"model": u.model, "replica": u.replica, "vram_bytes": u.vram} for u in g.after],
+            }
+            for g in plan.gpus
+        ],
+    }
+
+
+def from_json(data: dict[str, Any]) -> Plan:
+    """Read a saved plan (`plan --out`, `apply --plan`)."""
+    if data.get("format") != PLAN_FORMAT:
+        raise ValueError(f'not a saved plan: expected "format": "{PLAN_FORMAT}"')
+
+    def uses(items: list[dict[str, Any]]) -> tuple[GpuUse, ...]:
+        return tuple(GpuUse(u["model"], u["replica"], u["vram_bytes"]) for u in items)
+
+    return Plan(
+        actions=tuple(
+            Action(
+                kind=ActionKind(a["action"]),
+                model=a["model"],
+                replica=a["replica"],
+                source=_parse_location(a["from"]),
+                target=_parse_location(a["to"]),
+                vram=a["vram_bytes"],
+                reason=a["reason"],
+                make_before_break=a.get("makeBeforeBreak", False),
+            )
+            for a in data["actions"]
+        ),
+        placement=tuple(
+            PlacedReplica(p["model"], p["replica"], p["node"], tuple(p["gpus"]), p["vram_bytes"])
+            for p in data["placement"]
+        ),
+        unplaced=tuple(Unplaced(u["model"], u["replica"], u["reason"]) for u in data["unplaced"]),
+        gpus=tuple(
+            GpuView(
+                pool=g["pool"],
+                node=g["node"],
+                index=g["index"],
+                name=g["name"],
+                memory=g["memory"],
+                reserve=g["reserve"],
+                foreign=g["foreign"],
+                before=uses(g["before"]),
+                after=uses(g["after"]),
+            )
+            for g in data.get("gpus", [])
+        ),
+        fingerprint=data["fingerprint"],
+        desired_fingerprint=data.get("desiredFingerprint", ""),
+    )
