@@ -1,0 +1,118 @@
+"""JSON Schema (draft 2020-12) of an observed-state snapshot: what ``reconciler.observed.to_json`` writes.
+
+`reconciler plan --observed FILE` validates a snapshot against it before reading it. ``to_json`` always writes every
+property; hand-written snapshots may leave out those that ``from_json`` defaults, and each such property says its
+default here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.observed import FORMAT_VERSION, ReplicaState, Source
+
+FILENAME = "observed.schema.json"
+
+_NAME = {"type": "string", "minLength": 1}
+_INDEX = {"type": "integer", "minimum": 0}
+_BYTES = {"type": "integer", "minimum": 0}
+
+
+def _obj(description: str, required: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {**required, **optional},
+        "required": sorted(required),
+        "additionalProperties": False,
+    }
+
+
+def _gpu() -> dict[str, Any]:
+    return _obj(
+        "One GPU of a node.",
+        {
+            "index": {**_INDEX, "description": "the GPU's index on its node"},
+            "memory": {**_BYTES, "description": "total bytes"},
+        },
+        {
+            "name": {"type": "string", "default": "", "description": "model name, e.g. NVIDIA RTX 4090"},
+            "foreign": {
+                **_BYTES,
+                "default": 0,
+                "description": "bytes used by processes that are not reconciler's replicas",
+            },
+            "used": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "default": None,
+                "description": "bytes in use in total as NVML reports; null when the GPU is simulated",
+            },
+        },
+    )
+
+
+def _node() -> dict[str, Any]:
+    return _obj(
+        "One node of the cluster.",
+        {"name": {**_NAME, "description": "the node's name as the specs' inventory spells it"}},
+        {
+            "nodeId": {"type": ["string", "null"], "default": None, "description": "Ray's node id; null offline"},
+            "alive": {"type": "boolean", "default": True},
+            "simulated": {
+                "type": "boolean",
+                "default": True,
+                "description": "GPUs taken from the pool inventory rather than read from NVML",
+            },
+            "labels": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "default": {},
+                "description": "Ray node labels; pools select nodes by them",
+            },
+            "gpus": {"type": "array", "items": {"$ref": "#/$defs/gpu"}, "default": []},
+        },
+    )
+
+
+def _replica() -> dict[str, Any]:
+    return _obj(
+        "One running (or starting, pending, failed, stopping) replica reconciler manages.",
+        {
+            "model": _NAME,
+            "replica": _INDEX,
+            "node": _NAME,
+            "gpus": {"type": "array", "items": _INDEX, "minItems": 1, "uniqueItems": True},
+            "vram": {**_BYTES, "description": "bytes reserved on each of its GPUs"},
+            "restartHash": {"type": "string", "description": "restart hash of the spec it was started from"},
+        },
+        {
+            "configHash": {"type": "string", "default": "", "description": "config hash it was last configured with"},
+            "state": {"enum": [str(s) for s in ReplicaState], "default": str(ReplicaState.RUNNING)},
+            "message": {"type": "string", "default": "", "description": "why it is pending or failed"},
+            "app": {"type": "string", "default": "", "description": "the Serve application that runs it"},
+        },
+    )
+
+
+def schema() -> dict[str, Any]:
+    root = _obj(
+        "The cluster as seen: nodes, their GPUs and the replicas reconciler manages. Recorded by `reconciler "
+        "observe`, read by `reconciler plan --observed FILE` so CI can plan without cluster access.",
+        {"format": {"const": FORMAT_VERSION}},
+        {
+            "source": {
+                "enum": [str(s) for s in Source],
+                "default": str(Source.SNAPSHOT),
+                "description": "how the state was obtained",
+            },
+            "nodes": {"type": "array", "items": {"$ref": "#/$defs/node"}, "default": []},
+            "replicas": {"type": "array", "items": {"$ref": "#/$defs/replica"}, "default": []},
+        },
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "reconciler observed state",
+        **root,
+        "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica()},
+    }

@@ -1,0 +1,154 @@
+"""JSON Schema (draft 2020-12) of a saved plan: exactly what ``reconciler.plan.to_json`` writes.
+
+The schema generator writes it to ``schemas/plan.schema.json``; `plan --format json`, `plan --out` and
+`apply --plan` speak this format. Enumerations come from the core types so the schema cannot drift from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.plan import APPLY_ORDER, PLAN_FORMAT, ActionKind
+
+FILENAME = "plan.schema.json"
+
+_NAME = {"type": "string", "minLength": 1}
+_INDEX = {"type": "integer", "minimum": 0}
+_BYTES = {"type": "integer", "minimum": 0, "description": "bytes"}
+
+
+def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": sorted(properties),
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+def _location() -> dict[str, Any]:
+    return _obj(
+        "Where a replica runs: a node and the GPU indices it occupies on that node (several for tensor parallelism).",
+        {
+            "node": _NAME,
+            "gpus": {"type": "array", "items": _INDEX, "minItems": 1, "uniqueItems": True},
+        },
+    )
+
+
+def _kinds(*kinds: ActionKind) -> dict[str, Any]:
+    return {"properties": {"action": {"enum": [str(k) for k in kinds]}}, "required": ["action"]}
+
+
+def _action() -> dict[str, Any]:
+    ref = {"$ref": "#/$defs/location"}
+    action = _obj(
+        "One change to one replica. The reason is for people only; nothing may branch on it.",
+        {
+            "action": {"enum": [str(k) for k in APPLY_ORDER]},
+            "model": _NAME,
+            "replica": _INDEX,
+            "from": {"oneOf": [ref, {"type": "null"}], "description": "where it runs now; null for create"},
+            "to": {"oneOf": [ref, {"type": "null"}], "description": "where it will run; null for delete and evict"},
+            "vram_bytes": {**_BYTES, "description": "bytes per GPU of the replica (the new figure for replace)"},
+            "makeBeforeBreak": {
+                "type": "boolean",
+                "description": "the new replica starts while the old one still serves (move and replace only)",
+            },
+            "reason": {"type": "string"},
+        },
+    )
+    # Which ends an action has follows from its kind: a create has no origin, a delete or evict no destination.
+    action["allOf"] = [
+        {"if": _kinds(ActionKind.CREATE), "then": {"properties": {"from": {"type": "null"}, "to": ref}}},
+        {
+            "if": _kinds(ActionKind.DELETE, ActionKind.EVICT),
+            "then": {"properties": {"from": ref, "to": {"type": "null"}, "makeBeforeBreak": {"const": False}}},
+        },
+        {
+            "if": _kinds(ActionKind.MOVE, ActionKind.REPLACE, ActionKind.UPDATE),
+            "then": {"properties": {"from": ref, "to": ref}},
+        },
+    ]
+    return action
+
+
+def _use() -> dict[str, Any]:
+    return _obj("One replica's share of a GPU.", {"model": _NAME, "replica": _INDEX, "vram_bytes": _BYTES})
+
+
+def schema() -> dict[str, Any]:
+    summary = {str(kind): {"type": "integer", "minimum": 0} for kind in APPLY_ORDER}
+    summary["unplaced"] = {"type": "integer", "minimum": 0}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "reconciler plan",
+        "description": (
+            "A plan is data: the actions that take the observed cluster to the desired state (in apply order), the "
+            "full placement they reach, the replicas that cannot be placed, and a per-GPU view of VRAM before and "
+            "after. Written by `reconciler plan --out` and `--format json`; read by `reconciler apply --plan`, which "
+            "refuses it when the cluster no longer has the recorded fingerprint."
+        ),
+        "type": "object",
+        "properties": {
+            "format": {"const": PLAN_FORMAT},
+            "fingerprint": {
+                "type": "string",
+                "description": "fingerprint of the observed state the plan was computed from",
+            },
+            "desiredFingerprint": {
+                "type": "string",
+                "description": "fingerprint of the specs the plan was computed from",
+            },
+            "summary": _obj(
+                "How many actions of each kind the plan has, and how many replicas cannot be placed.", summary
+            ),
+            "actions": {"type": "array", "items": {"$ref": "#/$defs/action"}, "description": "in apply order"},
+            "placement": {
+                "type": "array",
+                "description": "the full desired end state, sorted by model and replica",
+                "items": _obj(
+                    "One placed replica.",
+                    {
+                        "model": _NAME,
+                        "replica": _INDEX,
+                        "node": _NAME,
+                        "gpus": {"type": "array", "items": _INDEX, "minItems": 1, "uniqueItems": True},
+                        "vram_bytes": {**_BYTES, "description": "bytes on each of its GPUs"},
+                    },
+                ),
+            },
+            "unplaced": {
+                "type": "array",
+                "items": _obj(
+                    "A replica the specs ask for that fits nowhere, with a reason a person can act on.",
+                    {"model": _NAME, "replica": _INDEX, "reason": {"type": "string"}},
+                ),
+            },
+            "gpus": {
+                "type": "array",
+                "description": "every GPU of every pool, sorted by pool, node and index",
+                "items": _obj(
+                    "One GPU's VRAM before and after the plan.",
+                    {
+                        "pool": _NAME,
+                        "node": _NAME,
+                        "index": _INDEX,
+                        "name": {"type": "string"},
+                        "memory": {**_BYTES, "description": "total bytes"},
+                        "reserve": {**_BYTES, "description": "bytes the pool keeps free"},
+                        "foreign": {**_BYTES, "description": "bytes used by processes reconciler does not manage"},
+                        "before": {"type": "array", "items": {"$ref": "#/$defs/use"}},
+                        "after": {"type": "array", "items": {"$ref": "#/$defs/use"}},
+                    },
+                ),
+            },
+        },
+        "required": sorted(
+            ["format", "fingerprint", "desiredFingerprint", "summary", "actions", "placement", "unplaced", "gpus"]
+        ),
+        "additionalProperties": False,
+        "$defs": {"location": _location(), "action": _action(), "use": _use()},
+    }

@@ -1,0 +1,135 @@
+"""The plan and observed-state schemas describe exactly what ``to_json`` writes: every property it writes is in
+the schema, nothing else is allowed, and the committed files under schemas/ are the generated ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from reconciler import observed_schema, plan_schema
+from reconciler.observed import (
+    ObservedGpu,
+    ObservedNode,
+    ObservedReplica,
+    ObservedState,
+    ReplicaState,
+    Source,
+)
+from reconciler.observed import from_json as observed_from_json
+from reconciler.observed import to_json as observed_to_json
+from reconciler.plan import to_json as plan_to_json
+from tests.render.samples import busy_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+GiB = 1024**3
+
+
+def _observed() -> ObservedState:
+    return ObservedState(
+        nodes=(
+            ObservedNode(name="node-a", labels=(("reconciler.io/node", "node-a"), ("tier", "lab")),
+                         gpus=(ObservedGpu(0, "NVIDIA GeForce RTX 4090", 24 * GiB, foreign=GiB, used=9 * GiB),),
+                         node_id="abc123", simulated=False),
+            ObservedNode(name="node-b", gpus=(ObservedGpu(0, "", 16 * GiB),), alive=False),
+        ),
+        replicas=(
+            ObservedReplica("chat", 0, "node-a", (0,), 8 * GiB, "r1", "c1", ReplicaState.PENDING, "no room", "chat-0"),
+        ),
+        source=Source.LIVE,
+    )
+
+
+def _errors(schema: dict, data: object) -> list[str]:
+    return [e.message for e in Draft202012Validator(schema).iter_errors(data)]
+
+
+@pytest.mark.parametrize("module", [plan_schema, observed_schema])
+def test_schema_is_valid_draft_2020_12(module):
+    Draft202012Validator.check_schema(module.schema())
+    assert module.schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+@pytest.mark.parametrize("module", [plan_schema, observed_schema])
+def test_committed_schema_file_is_current(module):
+    committed = json.loads((ROOT / "schemas" / module.FILENAME).read_text(encoding="utf-8"))
+    assert committed == module.schema(), f"schemas/{module.FILENAME} is stale: regenerate it"
+
+
+def _walk_properties(schema: dict, data: object, root: dict, path: str = "$") -> None:
+    """Every object written has exactly the properties its schema names (so the schema documents all of them)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    for alternative in schema.get("oneOf", []):
+        if Draft202012Validator(alternative | {"$defs": root["$defs"]}).is_valid(data):
+            _walk_properties(alternative, data, root, path)
+    if isinstance(data, dict) and "properties" in schema and schema.get("additionalProperties") is False:
+        assert set(data) == set(schema["properties"]), path
+        for key, value in data.items():
+            _walk_properties(schema["properties"][key], value, root, f"{path}.{key}")
+    if isinstance(data, list) and "items" in schema:
+        for i, item in enumerate(data):
+            _walk_properties(schema["items"], item, root, f"{path}[{i}]")
+
+
+def test_plan_json_matches_schema_exactly():
+    schema = plan_schema.schema()
+    data = plan_to_json(busy_plan())
+    assert _errors(schema, data) == []
+    _walk_properties(schema, data, schema)
+
+
+def test_observed_json_matches_schema_exactly():
+    schema = observed_schema.schema()
+    data = observed_to_json(_observed())
+    assert _errors(schema, data) == []
+    _walk_properties(schema, data, schema)
+    assert observed_from_json(data) == _observed()
+
+
+def test_observed_schema_accepts_what_from_json_defaults():
+    data = {"format": "reconciler/observed-v1", "nodes": [{"name": "node-a", "gpus": [{"index": 0, "memory": 1}]}],
+            "replicas": [{"model": "m", "replica": 0, "node": "node-a", "gpus": [0], "vram": 1, "restartHash": "h"}]}
+    assert _errors(observed_schema.schema(), data) == []
+    observed_from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d["actions"][0].update(action="explode"), "explode"),
+        (lambda d: d["actions"][-1].update({"from": {"node": "n", "gpus": [0]}}), "not of type 'null'"),  # a create has no origin
+        (lambda d: d["actions"][0].update(to={"node": "n", "gpus": [0]}), "not of type 'null'"),  # an evict has no destination
+        (lambda d: d["actions"][2].update(to=None), "None is not"),  # a move has a destination
+        (lambda d: d["actions"][0].update(colour="red"), "colour"),
+        (lambda d: d["summary"].pop("evict"), "evict"),
+        (lambda d: d["placement"][0].update(gpus=[]), "[]"),
+        (lambda d: d["gpus"][0].update(memory=-1), "-1"),
+        (lambda d: d.update(format="reconciler/plan-v0"), "plan-v1"),
+    ],
+)
+def test_plan_schema_rejects(mutate, needle):
+    data = plan_to_json(busy_plan())
+    mutate(data)
+    errors = _errors(plan_schema.schema(), data)
+    assert errors and any(needle in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d["replicas"][0].update(state="sleeping"), "sleeping"),
+        (lambda d: d["replicas"][0].pop("restartHash"), "restartHash"),
+        (lambda d: d["nodes"][0]["gpus"][0].update(memory="24GiB"), "24GiB"),
+        (lambda d: d["nodes"][0]["labels"].update(tier=3), "3"),
+        (lambda d: d["nodes"][0].update(gpu=[]), "gpu"),
+        (lambda d: d.update(source="guess"), "guess"),
+    ],
+)
+def test_observed_schema_rejects(mutate, needle):
+    data = observed_to_json(_observed())
+    mutate(data)
+    errors = _errors(observed_schema.schema(), data)
+    assert errors and any(needle in e for e in errors), errors
