@@ -19,8 +19,8 @@ from reconciler.plan import GpuUse, GpuView, from_json, to_json
 from reconciler.render import json as json_render
 from reconciler.render import markdown, text
 from reconciler.render._common import CellKind, segments
-from tests.render.golden import check
-from tests.render.samples import SAMPLES, busy_plan, create_only_plan, settled_plan
+from .golden import check
+from .samples import SAMPLES, busy_plan, create_only_plan, settled_plan
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -21,7 +21,7 @@ from reconciler.observed import (
 from reconciler.observed import from_json as observed_from_json
 from reconciler.observed import to_json as observed_to_json
 from reconciler.plan import to_json as plan_to_json
-from tests.render.samples import busy_plan
+from .samples import busy_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 GiB = 1024**3
