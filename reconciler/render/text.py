@@ -65,7 +65,7 @@ HEADER = "reconciler will perform the following actions:"
 
 def render_plan(plan: Plan, *, color: bool = False) -> str:
     """The plan as text; ANSI colour codes only when `color`."""
-    return _to_str(plan_lines(plan), color=color)
+    return to_str(plan_lines(plan), color=color)
 
 
 def plan_lines(plan: Plan) -> list[Text]:
@@ -88,7 +88,7 @@ def plan_lines(plan: Plan) -> list[Text]:
     return lines
 
 
-def _to_str(lines: list[Text], *, color: bool) -> str:
+def to_str(lines: list[Text], *, color: bool) -> str:
     if not color:
         return "".join(line.plain.rstrip() + "\n" for line in lines)
     buffer = StringIO()

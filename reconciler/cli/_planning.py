@@ -1,0 +1,152 @@
+"""What `plan` and `diff` share: loading specs, obtaining the observed state, choosing colour, writing a plan.
+
+A private module (its name starts with an underscore), so the CLI does not take it for a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from reconciler.errors import UserError
+
+if TYPE_CHECKING:
+    from reconciler.desired import DesiredState
+    from reconciler.observed import ObservedState
+    from reconciler.plan import Plan
+
+EXIT_CHANGES = 2  # --detailed-exitcode: the plan has changes (Terraform's convention)
+
+
+def add_observed_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--offline",
+        action="store_true",
+        help="plan against an empty cluster shaped like the pools' inventory (no cluster needed)",
+    )
+    source.add_argument(
+        "--observed",
+        metavar="FILE",
+        type=Path,
+        help="plan against a recorded observed-state snapshot (schemas/observed.schema.json), e.g. from "
+        "`reconciler observe`",
+    )
+
+
+def use_color(stream: IO[str]) -> bool:
+    """Colour on a terminal, never in a pipe or a file, and never when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def print_diagnostics(diagnostics: Iterable[Any], *, heading: str | None = None) -> None:
+    items = list(diagnostics)
+    if heading and items:
+        print(heading, file=sys.stderr)
+    for diagnostic in items:
+        print(diagnostic, file=sys.stderr)
+
+
+def load_directory(directory: Path) -> DesiredState:
+    """The specs of a directory; their diagnostics go to stderr, and errors end the command with exit code 1."""
+    from reconciler.spec import load_specs
+
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory of specs")
+    result = load_specs(directory)
+    print_diagnostics(result.diagnostics)
+    if not result.ok or result.desired is None:
+        raise UserError(f"the specs in {directory} have errors; nothing was planned")
+    return result.desired
+
+
+def observed_state(args: argparse.Namespace, desired: DesiredState) -> ObservedState:
+    from reconciler.observed import from_inventory
+
+    if args.offline:
+        return from_inventory(desired)
+    if args.observed is not None:
+        return read_snapshot(args.observed)
+    return live_state(getattr(args, "address", None), desired)
+
+
+def describe_observed(args: argparse.Namespace) -> str:
+    if args.offline:
+        return "an empty cluster shaped like the pools' inventory (--offline)"
+    if args.observed is not None:
+        return f"the snapshot {args.observed}"
+    return "the live cluster"
+
+
+def read_snapshot(path: Path) -> ObservedState:
+    """A recorded observed state, checked against its schema first so that a mistake is named by its JSON path."""
+    from jsonschema import Draft202012Validator
+
+    from reconciler import observed_schema
+    from reconciler.observed import ObservedFormatError, from_json
+
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read the observed state {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+    validator = Draft202012Validator(observed_schema.schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = [f"{path}: not an observed-state snapshot ({observed_schema.FILENAME}):"]
+        lines += [f"  {json_path(e.absolute_path)}: {e.message}" for e in errors[:20]]
+        if len(errors) > 20:
+            lines.append(f"  … and {len(errors) - 20} more")
+        raise UserError("\n".join(lines))
+    try:
+        return from_json(data)
+    except ObservedFormatError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+
+
+def json_path(parts: Iterable[str | int]) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def live_state(address: str | None, desired: DesiredState) -> ObservedState:
+    try:
+        from reconciler import adapter
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("reconciler.adapter", "ray"):
+            raise
+        raise UserError(
+            "observing a live cluster needs the Ray adapter, which is not available here "
+            f"({exc.name} cannot be imported); use --offline or --observed FILE"
+        ) from exc
+    return adapter.connect(address).observe(desired)
+
+
+def plan_against(desired: DesiredState, observed: ObservedState) -> Plan:
+    from reconciler.planner import plan
+
+    return plan(desired, observed)
+
+
+def write_plan(path: Path, plan: Plan) -> None:
+    from reconciler.render import json as json_render
+
+    try:
+        path.write_text(json_render.render_plan(plan), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write the plan to {path}: {exc.strerror or exc}") from exc
