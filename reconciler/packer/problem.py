@@ -1,0 +1,77 @@
+"""The packing problem as plain data: GPUs are bins, replicas are items.
+
+The packer knows nothing about specs, Ray or the observed cluster: the planner translates those into a `Problem` and
+reads a `Solution` back. Everything is an integer (bytes, GPU counts) so results are exact and reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.desired import Placement, Spread
+
+
+@dataclass(frozen=True, slots=True)
+class Bin:
+    node: str
+    index: int  # the GPU's index on its node
+    capacity: int  # bytes the packer may fill: memory minus the pool's reserve minus foreign use
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    model: str
+    replica: int
+    vram: int  # bytes on each of its GPUs
+    gpus: int = 1  # tensorParallel: this many distinct GPUs of one node
+    priority: int = 0
+    preempts: bool = True  # may evict lower-priority preemptible replicas
+    preemptible: bool = True
+    spread: Spread = Spread.NONE  # hard anti-affinity among the items of one model
+    elastic: bool = False  # a `replicas: max` model's replica: fills what is left, never evicts nor moves others
+    current: tuple[int, ...] | None = None  # bins (indices into Problem.bins) it runs on now with an unchanged spec
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.model, self.replica)
+
+    @property
+    def size(self) -> int:
+        return self.vram * self.gpus
+
+    @property
+    def level(self) -> tuple[int, bool]:
+        """Sort key of the lexicographic objective: higher priority first, elastic demand after the rest of its
+        priority."""
+        return (-self.priority, self.elastic)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    bins: tuple[Bin, ...]
+    items: tuple[Item, ...]
+    policy: Placement = Placement.BINPACK
+    max_moves: int = 0  # running replicas that may be moved to make room (forced relocations don't count)
+
+
+@dataclass(frozen=True, slots=True)
+class PackSettings:
+    """Tunables of the solver. Budgets are deterministic work, never wall time, so a plan is reproducible."""
+
+    exact_time: float = 5.0  # CP-SAT max_deterministic_time (its own deterministic seconds) per solve
+    exact_max_items: int = 200  # the exact method is skipped above this many items in a pool
+    exact_max_bins: int = 64
+    improve_steps: int = 4000  # local-search steps spent on freeing GPUs (binpack)
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Solution:
+    # Per item of the problem, in the same order: the bins it is placed on, or None.
+    assignment: tuple[tuple[int, ...] | None, ...]
+    lower_bound: int  # GPUs any placement of the placed items needs (binpack); 0 when not computed
+    proven_optimal: bool  # every objective level is known to be optimal
+    method: str  # how it was found, for benchmarks and debugging: "greedy", "greedy+search", "cp-sat"
+
+    def used_bins(self) -> int:
+        return len({b for bins in self.assignment if bins for b in bins})

@@ -1,0 +1,141 @@
+"""A mutable working copy of a placement, private to the packer's algorithms.
+
+The packer's public functions stay pure (a `Problem` in, a `Solution` out); inside, one search mutates this state.
+Indices kept sorted make best-fit and worst-fit lookups O(log n), which is what lets 10,000 replicas on 1,000 GPUs
+plan in well under a second.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import Counter
+
+from reconciler.desired import Placement, Spread
+from reconciler.packer.problem import Item, Problem
+
+_SCALE = 1_000_000  # fixed-point relative load, for the spread policy
+
+
+class State:
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.items = problem.items
+        self.caps = [b.capacity for b in problem.bins]
+        self.free = list(self.caps)
+        self.occupants: list[dict[int, None]] = [{} for _ in problem.bins]  # ordered sets of item ids
+        self.where: list[tuple[int, ...] | None] = [None] * len(problem.items)
+        self.node_of = [b.node for b in problem.bins]
+        self.node_bins: dict[str, list[int]] = {}
+        for b, gpu in enumerate(problem.bins):
+            self.node_bins.setdefault(gpu.node, []).append(b)
+        self.nodes = sorted(self.node_bins)
+        self.on_bin: dict[str, Counter[int]] = {}  # model -> bins holding one of its replicas
+        self.on_node: dict[str, Counter[str]] = {}
+        self.binpack = problem.policy == Placement.BINPACK
+        # Sorted indices: used bins by free bytes, empty bins by capacity, all bins by relative load.
+        self.used: list[tuple[int, int]] = []
+        self.empty: list[tuple[int, int]] = sorted((c, b) for b, c in enumerate(self.caps))
+        self.rel: list[tuple[int, int]] = sorted((0, b) for b in range(len(self.caps)))
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+    def _rel(self, b: int) -> int:
+        cap = self.caps[b]
+        return _SCALE if cap <= 0 else (cap - self.free[b]) * _SCALE // cap
+
+    def _unindex(self, b: int) -> None:
+        if self.occupants[b]:
+            _remove(self.used, (self.free[b], b))
+        else:
+            _remove(self.empty, (self.caps[b], b))
+        _remove(self.rel, (self._rel(b), b))
+
+    def _index(self, b: int) -> None:
+        if self.occupants[b]:
+            insort(self.used, (self.free[b], b))
+        else:
+            insort(self.empty, (self.caps[b], b))
+        insort(self.rel, (self._rel(b), b))
+
+    def place(self, i: int, bins: tuple[int, ...]) -> None:
+        item = self.items[i]
+        for b in bins:
+            self._unindex(b)
+            self.free[b] -= item.vram
+            self.occupants[b][i] = None
+            self._index(b)
+            self.on_bin.setdefault(item.model, Counter())[b] += 1
+        self.on_node.setdefault(item.model, Counter())[self.node_of[bins[0]]] += 1
+        self.where[i] = bins
+
+    def remove(self, i: int) -> tuple[int, ...]:
+        bins = self.where[i]
+        assert bins is not None
+        item = self.items[i]
+        for b in bins:
+            self._unindex(b)
+            self.free[b] += item.vram
+            del self.occupants[b][i]
+            self._index(b)
+            self.on_bin[item.model][b] -= 1
+        self.on_node[item.model][self.node_of[bins[0]]] -= 1
+        self.where[i] = None
+        return bins
+
+    # -- constraints -------------------------------------------------------------------------------------------
+    def allowed(self, item: Item, b: int) -> bool:
+        """Spread anti-affinity only; capacity is checked by the callers."""
+        if item.spread == Spread.GPU:
+            return not self.on_bin.get(item.model, Counter())[b]
+        if item.spread == Spread.NODE:
+            return not self.on_node.get(item.model, Counter())[self.node_of[b]]
+        return True
+
+    def fits(self, item: Item, bins: tuple[int, ...]) -> bool:
+        if len(set(bins)) != item.gpus or len({self.node_of[b] for b in bins}) != 1:
+            return False
+        return all(self.free[b] >= item.vram and self.allowed(item, b) for b in bins)
+
+    # -- choosing GPUs -----------------------------------------------------------------------------------------
+    def find(self, item: Item, exclude: int = -1) -> tuple[int, ...] | None:
+        """Where the policy puts `item` in free space, or None. Deterministic: ties go to the lowest bin."""
+        if item.gpus > 1:
+            return self._find_gang(item)
+        need = item.vram
+        if self.binpack:
+            # Best fit among GPUs already in use, then the smallest empty GPU that holds it.
+            for index in (self.used, self.empty):
+                for _, b in index[bisect_left(index, (need, -1)) :]:
+                    if b != exclude and self.allowed(item, b):
+                        return (b,)
+            return None
+        for _, b in self.rel:
+            if b != exclude and self.free[b] >= need and self.allowed(item, b):
+                return (b,)
+        return None
+
+    def _find_gang(self, item: Item) -> tuple[int, ...] | None:
+        best: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        for node in self.nodes:
+            ok = [b for b in self.node_bins[node] if self.free[b] >= item.vram and self.allowed(item, b)]
+            if len(ok) < item.gpus:
+                continue
+            if self.binpack:
+                ok.sort(key=lambda b: (not self.occupants[b], self.free[b], b))
+                chosen = tuple(sorted(ok[: item.gpus]))
+                key = (sum(1 for b in chosen if not self.occupants[b]), sum(self.free[b] - item.vram for b in chosen))
+            else:
+                ok.sort(key=lambda b: (self._rel(b), b))
+                chosen = tuple(sorted(ok[: item.gpus]))
+                key = (max(self._rel(b) for b in chosen), 0)
+            if best is None or key < best[0]:
+                best = (key, chosen)
+        return None if best is None else best[1]
+
+    def assignment(self) -> tuple[tuple[int, ...] | None, ...]:
+        return tuple(self.where)
+
+
+def _remove(index: list[tuple[int, int]], entry: tuple[int, int]) -> None:
+    at = bisect_left(index, entry)
+    assert index[at] == entry
+    del index[at]

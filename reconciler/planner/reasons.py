@@ -1,0 +1,92 @@
+"""Sentences for people: why a replica is evicted, moved or left unplaced. Nothing branches on them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from reconciler.desired import Spread
+from reconciler.packer import Item, Problem
+from reconciler.plan import Location
+from reconciler.quantity import format_bytes
+
+
+def needs(item: Item) -> str:
+    if item.gpus == 1:
+        return f"needs {format_bytes(item.vram)} on one GPU"
+    return f"needs {format_bytes(item.vram)} on each of {item.gpus} GPUs of one node"
+
+
+def evicted(*, victim: Item, by: Item, where: Location) -> str:
+    return (
+        f"evicted: priority {victim.priority} < {by.priority} of {by.model}, "
+        f"which needs {format_bytes(by.vram)} on {where}"
+    )
+
+
+def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Sequence[int]]) -> str:
+    """Why `item` found no place in the final placement (`occupants`: item ids per bin)."""
+    head = ("no more replicas fit: " if item.elastic else "") + needs(item)
+    if not problem.bins:
+        return f"{head}; pool {pool} has no alive GPU nodes"
+    items = problem.items
+    can_evict = item.preempts and not item.elastic
+
+    def blocking(j: int) -> bool:
+        other = items[j]
+        return not (can_evict and other.preemptible and other.priority < item.priority)
+
+    def conflict(b: int) -> bool:
+        if item.spread == Spread.GPU:
+            return any(items[j].model == item.model for j in occupants[b])
+        if item.spread == Spread.NODE:
+            node = problem.bins[b].node
+            return any(
+                items[j].model == item.model
+                for c, gpu in enumerate(problem.bins)
+                if gpu.node == node
+                for j in occupants[c]
+            )
+        return False
+
+    offers = [
+        gpu.capacity - sum(items[j].vram for j in occupants[b] if blocking(j)) for b, gpu in enumerate(problem.bins)
+    ]
+    best, where = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
+    if not where:
+        return f"{head}; no node of pool {pool} has {item.gpus} GPUs"
+    verb = "could offer after evicting lower priorities" if can_evict else "has free"
+    if best < item.vram:
+        text = f"{head}; the most any GPU of pool {pool} {verb} is {format_bytes(max(0, best))} ({where})"
+        if item.elastic:
+            text += "; replicas: max never evicts"
+        elif not item.preempts:
+            text += "; its priority class does not preempt"
+        return text
+    spread_best, _ = _best_offer(item=item, problem=problem, offers=offers, skip=conflict)
+    if spread_best < item.vram:
+        unit = "GPU" if item.spread == Spread.GPU else "node"
+        return f"{head}; spread: {item.spread} allows one replica of {item.model} per {unit} and every {unit} of pool {pool} with room already holds one"
+    return (
+        f"{head}; the room on GPUs of pool {pool} went to replicas of priority {item.priority} or higher "
+        f"(largest first) and to running replicas that may not be moved (maxMoves)"
+    )
+
+
+def _best_offer(*, item: Item, problem: Problem, offers: Sequence[int], skip) -> tuple[int, str]:
+    """The most VRAM the best placement could get per GPU, and where."""
+    by_node: Mapping[str, list[int]] = {}
+    for b, gpu in enumerate(problem.bins):
+        if not skip(b):
+            by_node.setdefault(gpu.node, []).append(b)  # type: ignore[attr-defined]
+    best, where = -1, ""
+    for node in sorted(by_node):
+        ranked = sorted(by_node[node], key=lambda b: (-offers[b], b))
+        if len(ranked) < item.gpus:
+            continue
+        chosen = ranked[: item.gpus]
+        offer = offers[chosen[-1]]
+        if offer > best:
+            best = offer
+            gpus = " ".join(f"gpu{problem.bins[b].index}" for b in sorted(chosen))
+            where = f"{node} {gpus}"
+    return best, where
