@@ -202,7 +202,7 @@ def _load_revision(git: Git, ref: str, commit: str, prefix: str) -> DesiredState
     if files is None:
         return None
     result = load_spec_files(files)
-    _planning.print_diagnostics(result.diagnostics, heading=f"in {ref} ({commit[:7]}):")
+    _planning.print_diagnostics(result.diagnostics, heading=f"in {prefix or '.'} at {ref} ({commit[:7]}):")
     if not result.ok or result.desired is None:
         raise UserError(f"the specs in {prefix or '.'} at {ref} have errors; nothing was planned")
     return result.desired
@@ -234,7 +234,8 @@ class Git:
         return out.decode().strip()
 
     def read_tree(self, commit: str, prefix: str) -> dict[str, bytes] | None:
-        """Every file under prefix at the commit, by its path in the repository; None when prefix is absent."""
+        """Every file under prefix at the commit, by its path relative to prefix (as `load_specs` names them);
+        None when prefix is absent."""
         if prefix and _git(self.root, "cat-file", "-t", f"{commit}:{prefix}", what="", check=False).strip() != b"tree":
             return None
         listing = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", commit, "--", prefix or ".",
@@ -247,7 +248,8 @@ class Git:
             mode, kind, sha = meta.split()
             # Symlinks and submodules are not spec files.
             if kind == b"blob" and mode != b"120000":
-                files[path.decode()] = self._blob(sha.decode())
+                name = path.decode()
+                files[name[len(prefix) + 1:] if prefix else name] = self._blob(sha.decode())
         return files
 
     def _blob(self, sha: str) -> bytes:
