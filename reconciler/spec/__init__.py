@@ -1,0 +1,10 @@
+"""Spec files: YAML in, a validated desired state (or every mistake, located) out.
+
+``load_specs(directory)`` and ``load_spec_files(files)`` are the entry points; the result carries the desired state
+when there is no error, and every diagnostic of the whole directory either way.
+"""
+
+from reconciler.spec.diagnostics import Diagnostic, Severity
+from reconciler.spec.loader import LoadResult, load_spec_files, load_specs
+
+__all__ = ["Diagnostic", "LoadResult", "Severity", "load_spec_files", "load_specs"]

@@ -1,0 +1,86 @@
+"""The desired state from validated documents: defaults filled in, references resolved, everything sorted.
+
+Runs only when the rules found no error, so every reference resolves here.
+"""
+
+from __future__ import annotations
+
+from reconciler.desired import (
+    IMPLICIT_PRIORITY,
+    DesiredState,
+    Engine,
+    GpuSpec,
+    InventoryNode,
+    Model,
+    Placement,
+    Pool,
+    Preemption,
+    PriorityClass,
+    Spread,
+    canonical_json,
+)
+from reconciler.spec.parsed import Parsed
+from reconciler.spec.rules import Catalog, default_class, resolve_pool, route_of
+
+
+def _pool(doc: Parsed) -> Pool:
+    spec = doc.spec
+    selector = spec.nodes.selector
+    return Pool(
+        name=doc.name,
+        placement=Placement(spec.placement),
+        reserve=spec.reserve,
+        selector=None if selector is None else tuple(sorted(selector.items())),
+        inventory=tuple(
+            InventoryNode(node=inv.node, gpus=tuple(GpuSpec(name=g.name, memory=g.memory) for g in inv.gpus))
+            for inv in spec.inventory
+        ),
+        max_moves=spec.disruption.max_moves,
+    )
+
+
+def _class(doc: Parsed) -> PriorityClass:
+    spec = doc.spec
+    return PriorityClass(
+        name=doc.name,
+        value=spec.value,
+        preemption=Preemption(spec.preemption),
+        preemptible=spec.preemptible,
+        default=spec.default,
+    )
+
+
+def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Model:
+    spec = doc.spec
+    pool = resolve_pool(doc, catalog)
+    if pool is None:
+        raise ValueError(f"model {doc.name} has no pool: the rules should have reported it")
+    klass = classes[spec.priority_class] if spec.priority_class is not None else fallback
+    return Model(
+        name=doc.name,
+        pool=pool.name,
+        priority_class=klass.name,
+        priority=klass.value,
+        preemption=klass.preemption,
+        preemptible=klass.preemptible,
+        engine=Engine(spec.engine),
+        source=spec.source,
+        vram=spec.vram,
+        replicas=spec.replicas,
+        tensor_parallel=spec.tensor_parallel,
+        spread=Spread(spec.spread),
+        route=route_of(doc),
+        labels=tuple(sorted(doc.document.metadata.labels.items())),
+        engine_args_json=canonical_json(spec.engine_args),
+    )
+
+
+def build(catalog: Catalog) -> DesiredState:
+    classes = {doc.name: _class(doc) for doc in catalog.classes}
+    default = default_class(catalog)
+    fallback = classes[default.name] if default is not None else IMPLICIT_PRIORITY
+    return DesiredState(
+        pools=tuple(sorted((_pool(d) for d in catalog.pools), key=lambda p: p.name)),
+        priority_classes=tuple(sorted(classes.values(), key=lambda c: c.name)),
+        models=tuple(sorted((_model(d, catalog, classes, fallback) for d in catalog.models), key=lambda m: m.name)),
+    )

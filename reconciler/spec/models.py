@@ -1,0 +1,155 @@
+"""The v1 spec format as pydantic models: one document model per kind, field names in camelCase as users write them.
+
+These models check the shape of one document; rules that span documents (references, uniqueness, capacity) live in
+``reconciler.spec.rules``. The JSON Schemas in ``schemas/`` are generated from these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from reconciler.spec.fields import (
+    Boolean,
+    Mapping,
+    Name,
+    NonEmptyText,
+    Quantity,
+    Replicas,
+    Route,
+    StringMap,
+    choice,
+    integer,
+)
+
+API_VERSION = "reconciler/v1"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+    )
+    # How messages name a value of this class ("`replica` is not a field of a Model spec").
+    label: ClassVar[str] = "this mapping"
+
+
+class Metadata(_Spec):
+    label: ClassVar[str] = "metadata"
+    name: Name = Field(description="Unique per kind: lowercase letters, digits and '-', at most 63 characters.")
+    labels: StringMap = Field(default_factory=dict, description="Free-form text labels.")
+    annotations: StringMap = Field(default_factory=dict, description="Free-form notes for people and tools.")
+
+
+class Gpu(_Spec):
+    label: ClassVar[str] = "a GPU"
+    name: NonEmptyText = Field(description="The GPU model as people call it, e.g. RTX 3090.")
+    memory: Quantity = Field(description="Total memory of the GPU.")
+
+
+class InventoryNode(_Spec):
+    label: ClassVar[str] = "an inventory node"
+    node: Name = Field(description="The node's name (Ray label reconciler.io/node); unique across all pools.")
+    gpus: list[Gpu] = Field(min_length=1, description="The node's GPUs, in device-index order.")
+
+
+class NodeSelection(_Spec):
+    label: ClassVar[str] = "`nodes`"
+    selector: StringMap | None = Field(
+        default=None,
+        description="Ray node labels a node must carry to belong to the pool; omitted: every GPU node no other "
+        "pool selects.",
+    )
+
+
+class Disruption(_Spec):
+    label: ClassVar[str] = "`disruption`"
+    max_moves: integer(minimum=0) = Field(  # type: ignore[valid-type]
+        default=0, description="Running replicas one apply may move to make room (0: never move)."
+    )
+
+
+class ResourcePoolSpec(_Spec):
+    label: ClassVar[str] = "a ResourcePool spec"
+    placement: choice("binpack", "spread", description="binpack: fewest GPUs in use; spread: balance VRAM use.") = (  # type: ignore[valid-type]
+        "binpack"
+    )
+    reserve: Quantity = Field(default=0, description="VRAM kept free on every GPU of the pool.")
+    nodes: NodeSelection = Field(default_factory=NodeSelection)
+    inventory: list[InventoryNode] = Field(
+        default_factory=list,
+        description="The GPUs assumed when they cannot be observed: simulation, offline plans, CI.",
+    )
+    disruption: Disruption = Field(default_factory=Disruption)
+
+
+class PriorityClassSpec(_Spec):
+    label: ClassVar[str] = "a PriorityClass spec"
+    value: integer() = Field(description="Higher wins.")  # type: ignore[valid-type]
+    preemption: choice(  # type: ignore[valid-type]
+        "LowerPriority", "Never", description="LowerPriority: may evict lower-priority replicas; Never: never evicts."
+    ) = "LowerPriority"
+    preemptible: Boolean = Field(default=True, description="false: replicas of this class are never evicted.")
+    default: Boolean = Field(default=False, description="The class of models that name none; at most one.")
+
+
+class ModelSpec(_Spec):
+    label: ClassVar[str] = "a Model spec"
+    pool: Name | None = Field(default=None, description="The ResourcePool; required unless exactly one exists.")
+    priority_class: Name | None = Field(default=None, description="The PriorityClass; default: the default class.")
+    engine: choice("vllm", "echo", description="vllm, or echo: a tiny OpenAI-compatible test server.") = "vllm"  # type: ignore[valid-type]
+    source: NonEmptyText = Field(description="Model id or local path, handed to the engine.")
+    vram: Quantity = Field(description="Per replica and per GPU: weights + KV cache + overhead.")
+    replicas: Replicas = Field(default=1, description='A whole number >= 0, or "max": as many as fit.')
+    tensor_parallel: integer(minimum=1) = Field(  # type: ignore[valid-type]
+        default=1, description="GPUs per replica, all on one node."
+    )
+    spread: choice("none", "gpu", "node", description="gpu | node: replicas of this model never share one.") = "none"  # type: ignore[valid-type]
+    route: Route | None = Field(default=None, description="HTTP route prefix; default /<name>.")
+    engine_args: Mapping = Field(default_factory=dict, description="Passed through to the engine.")
+
+
+class _Document(_Spec):
+    api_version: Literal["reconciler/v1"] = Field(description=f"Always {API_VERSION}.")
+    metadata: Metadata
+
+
+class ModelDocument(_Document):
+    """A reconciler/v1 Model: one model served with a number of replicas."""
+
+    label: ClassVar[str] = "a Model document"
+    kind: Literal["Model"]
+    spec: ModelSpec
+
+
+class PriorityClassDocument(_Document):
+    """A reconciler/v1 PriorityClass: who may evict whom."""
+
+    label: ClassVar[str] = "a PriorityClass document"
+    kind: Literal["PriorityClass"]
+    spec: PriorityClassSpec
+
+
+class ResourcePoolDocument(_Document):
+    """A reconciler/v1 ResourcePool: a set of GPU nodes and how to pack them."""
+
+    label: ClassVar[str] = "a ResourcePool document"
+    kind: Literal["ResourcePool"]
+    spec: ResourcePoolSpec
+
+
+DOCUMENTS: dict[str, type[_Spec]] = {
+    "Model": ModelDocument,
+    "PriorityClass": PriorityClassDocument,
+    "ResourcePool": ResourcePoolDocument,
+}
+
+AnyDocument = Annotated[
+    ModelDocument | PriorityClassDocument | ResourcePoolDocument,
+    Field(discriminator="kind"),
+]

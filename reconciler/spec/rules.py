@@ -1,0 +1,236 @@
+"""Rules that span documents: unique names, references that resolve, models that fit their pool.
+
+They run on every document that passed its own validation, so one run reports every mistake. References to a kind
+whose documents could not all be read (a YAML error, a document without a name) are not reported as missing: the
+name may well be in the part that could not be read, and that problem is already reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from reconciler.quantity import format_bytes
+from reconciler.spec.diagnostics import Diagnostic, Position, error
+from reconciler.spec.fields import suggestion
+from reconciler.spec.parsed import Parsed
+
+KINDS = ("Model", "PriorityClass", "ResourcePool")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A name one document uses for another (a model's pool or priority class), as written."""
+
+    kind: str  # the kind referred to
+    field_name: str
+    name: str
+    path: str
+    at: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    pools: tuple[Parsed, ...] = ()
+    classes: tuple[Parsed, ...] = ()
+    models: tuple[Parsed, ...] = ()
+    # Names of every document of a kind, including those that failed their own validation.
+    names: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Kinds for which some document could not be read far enough to know its name.
+    incomplete: frozenset[str] = frozenset()
+    # Every reference written in a Model, also in Models that failed their own validation.
+    references: tuple[Reference, ...] = ()
+
+    def first(self, kind: str, name: str) -> Parsed | None:
+        docs = {"Model": self.models, "PriorityClass": self.classes, "ResourcePool": self.pools}[kind]
+        return next((d for d in docs if d.name == name), None)
+
+    def pool_named(self, name: str) -> Parsed | None:
+        return self.first("ResourcePool", name)
+
+
+def resolve_pool(model: Parsed, catalog: Catalog) -> Parsed | None:
+    """The pool a model runs in: the one it names, or the only one there is."""
+    if model.spec.pool is not None:
+        return catalog.pool_named(model.spec.pool)
+    return catalog.pools[0] if len(catalog.pools) == 1 else None
+
+
+def default_class(catalog: Catalog) -> Parsed | None:
+    return next((c for c in catalog.classes if c.spec.default), None)
+
+
+def _unique_names(catalog: Catalog) -> Iterator[Diagnostic]:
+    for docs in (catalog.pools, catalog.classes, catalog.models):
+        seen: dict[str, Parsed] = {}
+        for doc in docs:
+            first = seen.setdefault(doc.name, doc)
+            if first is not doc:
+                yield doc.error(
+                    doc.at("metadata", "name"),
+                    f"{doc.kind} `{doc.name}` is defined twice (first at {first.where('metadata', 'name')}); "
+                    "rename or remove one",
+                )
+
+
+def _missing(kind: str, field_name: str, name: str, catalog: Catalog) -> str:
+    defined = sorted(catalog.names.get(kind, frozenset()))
+    plural = {"ResourcePool": "pools", "PriorityClass": "priority classes"}[kind]
+    close = suggestion(name, defined)
+    hint = f" did you mean `{close}`?" if close else ""
+    listing = f" {plural} defined: {', '.join(defined)}" if defined else f" no {kind} is defined"
+    return f"{field_name} `{name}` does not exist;{hint}{listing}"
+
+
+def _references(catalog: Catalog) -> Iterator[Diagnostic]:
+    for ref in catalog.references:
+        if ref.kind not in catalog.incomplete and ref.name not in catalog.names.get(ref.kind, frozenset()):
+            yield error(ref.path, ref.at, _missing(ref.kind, ref.field_name, ref.name, catalog))
+    if "ResourcePool" in catalog.incomplete:
+        return
+    pool_names = sorted(catalog.names.get("ResourcePool", frozenset()))
+    for model in catalog.models:
+        if model.spec.pool is not None:
+            continue
+        if not pool_names:
+            yield model.error(model.key("spec"), "no ResourcePool is defined: add one for this model to run in")
+        elif len(pool_names) > 1:
+            yield model.error(
+                model.key("spec"),
+                f"`pool` is required when several pools exist: add `pool:` with one of {', '.join(pool_names)}",
+            )
+
+
+def _one_default(catalog: Catalog) -> Iterator[Diagnostic]:
+    defaults = [c for c in catalog.classes if c.spec.default]
+    for extra in defaults[1:]:
+        yield extra.error(
+            extra.at("spec", "default"),
+            f"PriorityClass `{extra.name}` is marked default, but so is `{defaults[0].name}` "
+            f"({defaults[0].where('spec', 'default')}); at most one class may be the default",
+        )
+
+
+def _pools(catalog: Catalog) -> Iterator[Diagnostic]:
+    nodes: dict[str, tuple[Parsed, int]] = {}
+    unselective: Parsed | None = None
+    selectors: dict[tuple[tuple[str, str], ...], Parsed] = {}
+    for pool in catalog.pools:
+        spec = pool.spec
+        for i, inv in enumerate(spec.inventory):
+            seen = nodes.setdefault(inv.node, (pool, i))
+            if seen != (pool, i):
+                other, index = seen
+                yield pool.error(
+                    pool.at("spec", "inventory", i, "node"),
+                    f"node `{inv.node}` is already listed (in pool `{other.name}` at "
+                    f"{other.where('spec', 'inventory', index, 'node')}); a node is listed once, in one pool",
+                )
+            for j, gpu in enumerate(inv.gpus):
+                if spec.reserve >= gpu.memory:
+                    yield pool.error(
+                        pool.at("spec", "inventory", i, "gpus", j, "memory"),
+                        f"the {gpu.name} of `{inv.node}` has {format_bytes(gpu.memory)}, no more than the pool's "
+                        f"reserve of {format_bytes(spec.reserve)}: nothing would be left for models; lower `reserve`",
+                    )
+        selector = spec.nodes.selector
+        if selector is None:
+            if unselective is not None:
+                yield pool.error(
+                    pool.at("metadata", "name"),
+                    f"pools `{unselective.name}` and `{pool.name}` both omit `nodes.selector`; only one pool may "
+                    "take the nodes no other pool selects: give this one a selector",
+                )
+            else:
+                unselective = pool
+        else:
+            key = tuple(sorted(selector.items()))
+            first = selectors.setdefault(key, pool)
+            if first is not pool:
+                yield pool.error(
+                    pool.at("spec", "nodes", "selector"),
+                    f"pool `{first.name}` has the same selector ({first.where('spec', 'nodes', 'selector')}); "
+                    "each pool must select its own nodes",
+                )
+
+
+def _fit(catalog: Catalog) -> Iterator[Diagnostic]:
+    for model in catalog.models:
+        pool = resolve_pool(model, catalog)
+        if pool is None or not pool.spec.inventory:
+            continue  # no pool (reported) or nothing known about its GPUs until the cluster is observed
+        spec, reserve = model.spec, pool.spec.reserve
+        usable = [[g.memory - reserve for g in inv.gpus] for inv in pool.spec.inventory]
+        most_gpus = max(len(gpus) for gpus in usable)
+        largest = max(max(gpus) for gpus in usable)
+        after = f", {format_bytes(largest)} after the {format_bytes(reserve)} reserve" if reserve else ""
+        if spec.tensor_parallel > most_gpus:
+            yield model.error(
+                model.at("spec", "tensorParallel"),
+                f"tensorParallel {spec.tensor_parallel} needs {spec.tensor_parallel} GPUs on one node, but the "
+                f"largest node of pool `{pool.name}` has {most_gpus}",
+            )
+        elif spec.vram > largest:
+            yield model.error(
+                model.at("spec", "vram"),
+                f"vram {format_bytes(spec.vram)} does not fit on any GPU of pool `{pool.name}`: the largest has "
+                f"{format_bytes(largest + reserve)}{after}",
+            )
+        elif not any(sum(1 for free in gpus if free >= spec.vram) >= spec.tensor_parallel for gpus in usable):
+            yield model.error(
+                model.at("spec", "vram"),
+                f"no node of pool `{pool.name}` has {spec.tensor_parallel} GPUs with {format_bytes(spec.vram)} "
+                "usable each, as tensorParallel and vram ask",
+            )
+        yield from _spread(model, pool)
+
+
+def _spread(model: Parsed, pool: Parsed) -> Iterator[Diagnostic]:
+    spec = model.spec
+    if spec.replicas is None or spec.spread == "none":
+        return
+    if spec.spread == "gpu":
+        room = sum(len(inv.gpus) for inv in pool.spec.inventory) // spec.tensor_parallel
+        unit = "GPUs" if spec.tensor_parallel == 1 else f"groups of {spec.tensor_parallel} GPUs"
+    else:
+        room = len(pool.spec.inventory)
+        unit = "nodes"
+    if spec.replicas > room:
+        yield model.warning(
+            model.at("spec", "replicas"),
+            f"spread: {spec.spread} keeps replicas apart, but pool `{pool.name}` has {room} {unit}: "
+            f"{spec.replicas - room} of the {spec.replicas} replicas cannot be placed",
+        )
+
+
+def _zero_replicas(catalog: Catalog) -> Iterator[Diagnostic]:
+    for model in catalog.models:
+        if model.spec.replicas == 0:
+            yield model.warning(
+                model.at("spec", "replicas"), "replicas is 0: the model is defined but no replica will run"
+            )
+
+
+def route_of(model: Parsed) -> str:
+    return model.spec.route if model.spec.route is not None else f"/{model.name}"
+
+
+def _routes(catalog: Catalog) -> Iterator[Diagnostic]:
+    seen: dict[str, Parsed] = {}
+    for model in catalog.models:
+        route = route_of(model)
+        first = seen.setdefault(route, model)
+        if first is not model and first.name != model.name:
+            where = ("spec", "route") if model.spec.route is not None else ("metadata", "name")
+            yield model.error(
+                model.at(*where),
+                f"route `{route}` is already served by model `{first.name}` ({first.where('metadata', 'name')}); "
+                "give this model another `route`",
+            )
+
+
+RULES = (_unique_names, _references, _one_default, _pools, _fit, _zero_replicas, _routes)
+
+
+def check(catalog: Catalog) -> tuple[Diagnostic, ...]:
+    return tuple(diagnostic for rule in RULES for diagnostic in rule(catalog))
