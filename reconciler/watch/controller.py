@@ -1,0 +1,377 @@
+"""The watch loop: level-based reconcile, run on spec changes and on a drift timer, one cycle at a time.
+
+Each cycle reads everything fresh (specs, cluster), plans, and acts on the whole plan: nothing depends on which file
+changed or what the previous cycle did, except three pieces of memory that only decide *whether* to act:
+- the last good desired state, enforced while the spec directory is invalid;
+- the desired fingerprint last applied: a non-empty plan for the same fingerprint is drift (``--no-heal`` reports it
+  without acting);
+- crash-loop backoff per replica.
+
+Every dependency that touches the world (load, observe, plan, apply, the lease) is injected, so the loop runs in tests
+against plain data, and against a real cluster through the adapter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from reconciler.desired import DesiredState
+from reconciler.errors import TransientError, UserError
+from reconciler.metrics import Metrics, snapshot
+from reconciler.observed import ObservedState
+from reconciler.plan import Action, ActionKind, Plan
+from reconciler.watch.backoff import Backoff, Held, split
+from reconciler.watch.debounce import Cause, Debouncer, Schedule
+from reconciler.watch.events import EventLog, Kind, action_json, action_line
+
+
+class LoadResult(Protocol):
+    """What ``reconciler.spec.load_specs`` returns."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def desired(self) -> DesiredState | None: ...
+    @property
+    def diagnostics(self) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: Action
+    ok: bool
+    error: str = ""
+
+
+class Guard(Protocol):
+    """The apply lock as the loop sees it (a LeaseKeeper): ``confirm`` raises LeaseLost when it's no longer ours."""
+
+    def confirm(self) -> None: ...
+
+
+Load = Callable[[], LoadResult]
+Observe = Callable[[DesiredState], ObservedState]
+PlanFn = Callable[[DesiredState, ObservedState], Plan]
+Apply = Callable[[Plan, DesiredState, ObservedState], Sequence[ActionResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    interval: float = 30.0  # drift timer
+    debounce: float = 0.3  # quiet period after the last file change
+    max_debounce: float = 3.0  # a file rewritten continuously still gets reconciled this often
+    heal: bool = True
+    plan_only: bool = False
+    retry_base: float = 2.0  # first retry after a temporary failure; doubles up to the interval
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    cause: Cause
+    plan: Plan | None = None
+    acted: bool = False
+    drift: bool = False
+    failed: bool = False
+    retry_in: float | None = None
+    results: tuple[ActionResult, ...] = ()
+
+
+class Declined(UserError):
+    pass
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        load: Load,
+        observe: Observe,
+        plan: PlanFn,
+        apply: Apply,
+        events: EventLog,
+        settings: WatchSettings = WatchSettings(),
+        metrics: Metrics | None = None,
+        backoff: Backoff | None = None,
+        guard: Guard | None = None,
+        confirm_first: Callable[[Plan], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.load = load
+        self.observe = observe
+        self.plan = plan
+        self.apply = apply
+        self.events = events
+        self.settings = settings
+        self.metrics = metrics
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.guard = guard
+        self.confirm_first = confirm_first
+        self.clock = clock
+        self.last_good: DesiredState | None = None
+        self.applied: str | None = None  # desired fingerprint of the last apply (or the --no-heal baseline)
+        self.spec_errors: tuple[str, ...] = ()
+        self.failures_in_a_row = 0
+        self._status: dict[str, Any] = {}
+
+    # -- one cycle -------------------------------------------------------------------------------------------------
+
+    def cycle(self, cause: Cause, changes: int = 0) -> CycleResult:
+        started = time.perf_counter()
+        stage = "load"
+        try:
+            desired = self._desired(cause)
+            if desired is None:
+                return self._finish(CycleResult(cause=cause), started)
+            stage = "observe"
+            observed = self.observe(desired)
+            stage = "plan"
+            plan = self.plan(desired, observed)
+            now = self.clock()
+            self.backoff.observe(desired=desired, observed=observed, plan=plan, now=now)
+            held = self.backoff.held(now)
+            if self.metrics is not None:
+                self.metrics.update_state(snapshot(desired=desired, observed=observed, plan=plan,
+                                                   backoff=[(h.model, h.replica) for h in held]))
+            stage = "apply"
+            result = self._act(cause=cause, changes=changes, desired=desired, observed=observed, plan=plan,
+                               held=held)
+        except (Declined, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed cycle must not end the controller
+            return self._finish(self._failed(cause, stage, exc), started)
+        return self._finish(result, started)
+
+    def _desired(self, cause: Cause) -> DesiredState | None:
+        loaded = self.load()
+        if loaded.ok and loaded.desired is not None:
+            if self.metrics is not None:
+                self.metrics.spec_valid.set(1)
+            desired = loaded.desired
+            if self.spec_errors or self.last_good is None or desired.fingerprint != self.last_good.fingerprint:
+                self.events.emit(
+                    Kind.SPEC_LOADED,
+                    f"specs loaded: {len(desired.models)} models, {len(desired.pools)} pools "
+                    f"(desired {desired.fingerprint})",
+                    fingerprint=desired.fingerprint,
+                    models=[m.name for m in desired.models],
+                )
+            self.spec_errors = ()
+            self.last_good = desired
+            return desired
+        if self.metrics is not None:
+            self.metrics.spec_valid.set(0)
+        errors = tuple(str(d) for d in loaded.diagnostics)
+        if errors != self.spec_errors or cause is not Cause.DRIFT_TIMER:
+            keeping = self.last_good.fingerprint if self.last_good is not None else None
+            then = (f"keeping the last good desired state ({keeping}); nothing from this change is applied"
+                    if keeping else "no valid desired state yet: nothing will be applied until the specs are fixed")
+            self.events.emit(Kind.SPEC_INVALID, f"specs invalid ({len(errors)} errors): {then}",
+                             detail=list(errors), diagnostics=list(errors), keeping=keeping)
+        self.spec_errors = errors
+        return self.last_good
+
+    def _act(self, *, cause: Cause, changes: int, desired: DesiredState, observed: ObservedState, plan: Plan,
+             held: tuple[Held, ...]) -> CycleResult:
+        spec_change = desired.fingerprint != self.applied
+        if self.applied is None and not self.settings.heal:
+            # --no-heal acts on spec changes only: what the cluster runs at startup is the baseline, not a change.
+            self.applied = desired.fingerprint
+            spec_change = False
+        drift = not plan.empty and not spec_change
+        self._emit_plan(cause, changes, plan)
+        if drift:
+            if self.metrics is not None:
+                self.metrics.drift_detected.inc()
+            self.events.emit(Kind.DRIFT, f"drift: the cluster differs from the applied specs ({len(plan.actions)} "
+                             f"actions to converge)", actions=[action_json(a) for a in plan.actions])
+        if plan.empty:
+            return CycleResult(cause=cause, plan=plan)
+        why = "plan-only" if self.settings.plan_only else "no-heal" if drift and not self.settings.heal else None
+        if why is not None:
+            self.events.emit(Kind.SKIPPED, f"not acting (--{why}): {len(plan.actions)} actions left undone",
+                             why=why, actions=[action_json(a) for a in plan.actions])
+            return CycleResult(cause=cause, plan=plan, drift=drift)
+        run, deferred = split(plan.actions, held)
+        for h in held:
+            if any((a.model, a.replica) == (h.model, h.replica) for a in deferred):
+                self.events.emit(
+                    Kind.BACKOFF,
+                    f"{h.model}#{h.replica} is crash-looping ({h.failures} failures, last: {h.reason}); next try in "
+                    f"{max(0.0, h.retry_at - self.clock()):.0f} s",
+                    **h.to_json(),
+                )
+        if not run:
+            return CycleResult(cause=cause, plan=plan, drift=drift)
+        if self.confirm_first is not None:
+            if not self.confirm_first(plan):
+                raise Declined("not confirmed: watch did not start acting on the cluster")
+            self.confirm_first = None
+        if self.guard is not None:
+            self.guard.confirm()  # LeaseLost propagates: the loop stops without acting
+        to_apply = hold_back(plan, deferred)
+        self.events.emit(Kind.APPLY, f"applying {len(run)} actions", detail=[action_line(a) for a in run],
+                         actions=[action_json(a) for a in run])
+        t0 = time.perf_counter()
+        for action in run:
+            if action.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.MOVE):
+                model = _model(desired, action.model)
+                if model is not None:
+                    self.backoff.note_started((action.model, action.replica), restart_hash=model.restart_hash)
+        results = tuple(self.apply(to_apply, desired, observed))
+        # Only after apply returned: an apply that raised is retried as the spec change it was, even with --no-heal.
+        self.applied = desired.fingerprint
+        now = self.clock()
+        for r in results:
+            a = r.action
+            if self.metrics is not None:
+                self.metrics.action(str(a.kind), ok=r.ok)
+            line = action_line(a) + ("" if r.ok else f" FAILED: {r.error}")
+            self.events.emit(Kind.ACTION, line, ok=r.ok, error=r.error or None, **action_json(a))
+            model = _model(desired, a.model)
+            if not r.ok and model is not None and a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.MOVE):
+                self.backoff.note_failure((a.model, a.replica), restart_hash=model.restart_hash, reason=r.error,
+                                          now=now)
+        failed = sum(not r.ok for r in results)
+        self.events.emit(Kind.APPLIED, f"applied: {len(results) - failed} ok, {failed} failed "
+                         f"in {time.perf_counter() - t0:.1f} s", ok=len(results) - failed, failed=failed,
+                         seconds=round(time.perf_counter() - t0, 3))
+        return CycleResult(cause=cause, plan=plan, acted=True, drift=drift, failed=failed > 0, results=results)
+
+    def _emit_plan(self, cause: Cause, changes: int, plan: Plan) -> None:
+        if plan.empty and not plan.unplaced:
+            return
+        counts = ", ".join(f"{v} {k}" for k, v in plan.summary.items() if v)
+        what = f" after {changes} file changes" if changes else ""
+        self.events.emit(
+            Kind.PLAN, f"plan ({cause}{what}): {counts or 'nothing to do'}",
+            detail=[action_line(a) for a in plan.actions] + [f"unplaced {u.model}#{u.replica}: {u.reason}"
+                                                             for u in plan.unplaced],
+            cause=str(cause), summary=plan.summary, actions=[action_json(a) for a in plan.actions],
+            unplaced=[{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
+            fingerprint=plan.fingerprint, desiredFingerprint=plan.desired_fingerprint,
+        )
+
+    def _failed(self, cause: Cause, stage: str, exc: Exception) -> CycleResult:
+        from reconciler.adapter.lease import LeaseLost
+
+        if isinstance(exc, LeaseLost):
+            raise exc
+        self.failures_in_a_row += 1
+        temporary = isinstance(exc, TransientError) or not isinstance(exc, UserError)
+        retry_in = (min(self.settings.interval, self.settings.retry_base * 2 ** (self.failures_in_a_row - 1))
+                    if temporary else None)
+        detail = [] if isinstance(exc, UserError) else traceback.format_exception(exc)
+        then = f"retrying in {retry_in:.0f} s" if retry_in is not None else "waiting for a spec change or the timer"
+        self.events.emit(Kind.FAILURE, f"{stage} failed: {exc}; {then}", detail=detail, stage=stage,
+                         error=str(exc) or type(exc).__name__, temporary=temporary, retryIn=retry_in)
+        return CycleResult(cause=cause, failed=True, retry_in=retry_in)
+
+    def _finish(self, result: CycleResult, started: float) -> CycleResult:
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.reconcile_duration.observe(seconds)
+            if not result.failed and not self.spec_errors and self.last_good is not None:
+                self.metrics.last_success.set(self.clock())
+        if not result.failed:
+            self.failures_in_a_row = 0
+        in_sync = result.plan is not None and result.plan.empty
+        self.events.emit(
+            Kind.CYCLE,
+            f"{result.cause}: " + ("in sync" if in_sync else "acted" if result.acted else "done")
+            + f" ({seconds * 1000:.0f} ms)",
+            cause=str(result.cause), seconds=round(seconds, 4), acted=result.acted, drift=result.drift,
+            failed=result.failed, inSync=in_sync,
+        )
+        self._status = {
+            "time": self.clock(),
+            "specValid": not self.spec_errors,
+            "desiredFingerprint": self.last_good.fingerprint if self.last_good else None,
+            "inSync": in_sync,
+            "backoff": [h.to_json() for h in self.backoff.failing()],
+        }
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """What the lease publishes for `reconciler status`; safe to read from another thread."""
+        return dict(self._status)
+
+
+def _model(desired: DesiredState, name: str) -> Any:
+    try:
+        return desired.model(name)
+    except KeyError:
+        return None
+
+
+def hold_back(plan: Plan, deferred: Sequence[Action]) -> Plan:
+    """The plan without the deferred starts: their replicas keep running where they are, or stay absent."""
+    if not deferred:
+        return plan
+    keys = {(a.model, a.replica) for a in deferred}
+    placement = []
+    for p in plan.placement:
+        action = next((a for a in deferred if (a.model, a.replica) == (p.model, p.replica)), None)
+        if action is None:
+            placement.append(p)
+        elif action.source is not None:  # move or replace held back: it stays at its current location
+            placement.append(replace(p, node=action.source.node, gpus=action.source.gpus))
+    return replace(plan, actions=tuple(a for a in plan.actions if (a.model, a.replica) not in keys),
+                   placement=tuple(placement))
+
+
+class Loop:
+    """Runs ``Controller.cycle`` whenever the schedule says so, until ``stop()``; one cycle at a time.
+
+    File changes arriving during a cycle (an apply can take minutes) only touch the debouncer; the next cycle picks
+    them up after the current one ends, so applies never overlap.
+    """
+
+    def __init__(self, controller: Controller, settings: WatchSettings,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.controller = controller
+        self.monotonic = monotonic
+        self.schedule = Schedule(Debouncer(quiet=settings.debounce, max_wait=settings.max_debounce),
+                                 interval=settings.interval)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.why_stopped = ""
+
+    def changed(self, count: int = 1) -> None:
+        with self._cond:
+            self.schedule.debouncer.touch(self.monotonic(), count)
+            self._cond.notify_all()
+
+    def stop(self, why: str = "stop requested") -> None:
+        with self._cond:
+            if not self._stopping:
+                self.why_stopped = why
+            self._stopping = True
+            self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run(self, max_cycles: int | None = None) -> None:
+        cycles = 0
+        while max_cycles is None or cycles < max_cycles:
+            with self._cond:
+                while not self._stopping:
+                    now = self.monotonic()
+                    taken = self.schedule.take(now)
+                    if taken is not None:
+                        break
+                    self._cond.wait(timeout=max(0.0, self.schedule.next_wakeup() - now))
+                if self._stopping:
+                    return
+            cause, changes = taken
+            result = self.controller.cycle(cause, changes)
+            cycles += 1
+            if result.retry_in is not None:
+                with self._cond:
+                    self.schedule.retry_after(self.monotonic(), result.retry_in)

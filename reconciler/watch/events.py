@@ -1,0 +1,86 @@
+"""Structured events of the watch loop: one JSON object per line for machines, one short line for people.
+
+Every event has ``time`` (UTC, ISO 8601 with milliseconds), ``event`` (its kind) and ``message`` (the human line);
+the other fields depend on the kind and are documented with ``Kind``. Sinks are plain text streams, so a test reads
+the events back with ``json.loads`` per line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, TextIO
+
+from reconciler.plan import SYMBOLS, Action
+
+
+class Kind(StrEnum):
+    STARTED = "started"  # directory, address, interval, heal, planOnly
+    LEASE = "lease"  # holder, generation: the apply lock was taken
+    LEASE_LOST = "lease-lost"  # holder: someone else holds it now; the watcher stops
+    SPEC_INVALID = "spec-invalid"  # diagnostics: ["path:line:col: error: ..."], keeping: desired fingerprint or null
+    SPEC_LOADED = "spec-loaded"  # fingerprint, models
+    PLAN = "plan"  # cause, summary, actions, unplaced, fingerprint, desiredFingerprint
+    DRIFT = "drift"  # actions: the cluster moved away from the applied desired state
+    SKIPPED = "skipped"  # why: plan-only | no-heal | backoff | stopping; actions
+    BACKOFF = "backoff"  # model, replica, failures, retryAt, reason
+    APPLY = "apply"  # actions: an apply starts
+    ACTION = "action"  # action, model, replica, from, to, ok, error
+    APPLIED = "applied"  # ok, failed, seconds
+    FAILURE = "failure"  # stage (load|observe|plan|apply), error, temporary, retryIn
+    CYCLE = "cycle"  # cause, seconds, acted
+    STOPPED = "stopped"  # why
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    def loc(location: Any) -> str | None:
+        return None if location is None else str(location)
+
+    return {
+        "action": str(action.kind),
+        "model": action.model,
+        "replica": action.replica,
+        "from": loc(action.source),
+        "to": loc(action.target),
+        "vram_bytes": action.vram,
+        "reason": action.reason,
+    }
+
+
+def action_line(action: Action) -> str:
+    where = " → ".join(str(x) for x in (action.source, action.target) if x is not None)
+    return f"{SYMBOLS[action.kind]} {action.kind} {action.model}#{action.replica} {where}: {action.reason}"
+
+
+def _timestamp(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class EventLog:
+    """Writes each event to a JSON-lines sink and/or a human sink; safe to call from several threads."""
+
+    def __init__(self, *, json_sink: TextIO | None = None, text_sink: TextIO | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.json_sink = json_sink
+        self.text_sink = text_sink
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def emit(self, kind: Kind, message: str, /, *, detail: list[str] | None = None, **fields: Any) -> dict[str, Any]:
+        """``detail`` lines go to the human log under the message (diagnostics, actions); JSON has them in fields."""
+        now = self.clock()
+        record = {"time": _timestamp(now), "event": str(kind), "message": message, **fields}
+        with self._lock:
+            if self.json_sink is not None:
+                self.json_sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                self.json_sink.flush()
+            if self.text_sink is not None:
+                stamp = datetime.fromtimestamp(now).strftime("%H:%M:%S")
+                lines = [f"{stamp} {message}"] + [f"         {line}" for line in detail or ()]
+                self.text_sink.write("\n".join(lines) + "\n")
+                self.text_sink.flush()
+        return record

@@ -1,0 +1,130 @@
+"""The lease's logic against an in-memory store with the same put-if-absent contract as Ray's GCS KV.
+
+The Ray tests of watch take the same lease through the real GCS (a second watcher refused, SIGKILL then takeover).
+"""
+
+import threading
+
+import pytest
+
+from reconciler.adapter.lease import (
+    Holder,
+    LeaseHeld,
+    LeaseKeeper,
+    LeaseLost,
+    MemoryKV,
+    acquire,
+    describe,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def holder(command="reconciler watch specs/"):
+    return Holder.current(command)
+
+
+def test_a_second_reconciler_is_refused_with_who_holds_the_lock():
+    kv, clock = MemoryKV(), Clock()
+    first = holder()
+    acquire(kv, holder=first, ttl=15, clock=clock)
+    with pytest.raises(LeaseHeld) as refused:
+        acquire(kv, holder=holder("reconciler apply specs/"), ttl=15, clock=clock)
+    message = str(refused.value)
+    assert f"pid {first.pid} on {first.host}" in message
+    assert "`reconciler watch specs/`" in message and "expires in 15 s" in message
+    assert refused.value.record.holder == first
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_finds_out():
+    kv, clock = MemoryKV(), Clock()
+    old = acquire(kv, holder=holder(), ttl=15, clock=clock)
+    clock.now += 16  # the holder died (or stalled) without renewing
+    new = acquire(kv, holder=holder(), ttl=15, clock=clock)
+    assert new.generation == old.generation + 1
+    with pytest.raises(LeaseLost):
+        old.renew()
+    assert describe(kv).holder == new.record.holder
+    assert kv.keys("lease/apply/") == ["lease/apply/000000000002"]  # old generations are cleaned up
+
+
+def test_a_holder_that_renewed_too_late_stops_even_if_nobody_took_over():
+    kv, clock = MemoryKV(), Clock()
+    lease = acquire(kv, holder=holder(), ttl=15, clock=clock)
+    clock.now += 14  # inside the ttl but past the safety margin (ttl/5): others may see it expired soon
+    assert not lease.valid()
+    with pytest.raises(LeaseLost):
+        lease.renew()
+
+
+def test_renewal_keeps_it_and_publishes_status():
+    kv, clock = MemoryKV(), Clock()
+    lease = acquire(kv, holder=holder(), ttl=15, clock=clock)
+    for _ in range(10):
+        clock.now += 5
+        lease.renew(status={"backoff": [{"model": "llm", "replica": 0}]})
+    assert lease.valid()
+    record = describe(kv)
+    assert record.expires == clock.now + 15
+    assert record.status["backoff"][0]["model"] == "llm"
+    with pytest.raises(LeaseHeld):
+        acquire(kv, holder=holder(), ttl=15, clock=clock)
+
+
+def test_release_lets_the_next_one_in_at_once():
+    kv, clock = MemoryKV(), Clock()
+    lease = acquire(kv, holder=holder(), ttl=15, clock=clock)
+    lease.release()
+    lease.release()  # idempotent
+    assert describe(kv).released
+    assert acquire(kv, holder=holder(), ttl=15, clock=clock).generation == 2
+
+
+def test_of_many_racing_for_an_expired_lease_exactly_one_wins():
+    kv, clock = MemoryKV(), Clock()
+    acquire(kv, holder=holder(), ttl=15, clock=clock)
+    clock.now += 100
+    winners, refused = [], []
+    start = threading.Barrier(8)
+
+    def contend():
+        start.wait()
+        try:
+            winners.append(acquire(kv, holder=holder(), ttl=15, clock=clock))
+        except LeaseHeld as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(refused) == 7
+    assert describe(kv).holder == winners[0].record.holder
+
+
+def test_the_keeper_renews_in_the_background_and_reports_a_loss():
+    kv = MemoryKV()
+    lease = acquire(kv, holder=holder(), ttl=1.5)
+    first_expiry = lease.record.expires
+    lost = threading.Event()
+    keeper = LeaseKeeper(lease, on_lost=lambda exc: lost.set(), status=lambda: {"inSync": True}).start()
+    try:
+        for _ in range(100):
+            if describe(kv).expires > first_expiry:
+                break
+            threading.Event().wait(0.1)
+        assert describe(kv).expires > first_expiry
+        assert describe(kv).status == {"inSync": True}
+        # Someone breaks in by force (e.g. an operator deleting the record): the keeper notices at its next renewal.
+        for key in kv.keys("lease/apply/"):
+            kv.delete(key)
+        assert lost.wait(5)
+    finally:
+        keeper.stop()
