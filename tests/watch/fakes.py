@@ -1,9 +1,8 @@
 """Plain-data stand-ins for the cluster *state* and the spec directory, for fast tests of the watch loop.
 
 ``FakeCluster`` holds an ObservedState; ``apply`` moves it to the plan's end state (as the executor does), and a test
-changes it behind the loop's back (a replica dies) to see the loop heal it. ``simple_plan`` is a tiny planner for the
-loop's tests: create what is missing on gpu0 of the first node, delete what is no longer desired. The real planner is
-exercised by its own tests and by the Ray tests of watch.
+changes it behind the loop's back (a replica dies) to see the loop heal it. ``simple_plan``, the planner of the
+loop's tests is the real, pure planner.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.desired import DesiredState, Engine, GpuSpec, InventoryNode, Model, Pool, Preemption
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState, from_inventory, normalised
-from reconciler.plan import Action, ActionKind, GpuUse, GpuView, Location, PlacedReplica, Plan
+from reconciler.plan import ActionKind, Plan
+from reconciler.planner import PlanSettings, plan
 from reconciler.watch.controller import ActionResult
 
 GiB = 1 << 30
@@ -24,7 +24,7 @@ def model(name: str, replicas: int = 1, *, vram: int = 2 * GiB, source: str = "e
 
 
 def desired(*models: Model) -> DesiredState:
-    pool = Pool(name="default", inventory=(InventoryNode("node-a", (GpuSpec("A10", 24 * GiB),)),))
+    pool = Pool(name="default", reserve=GiB, inventory=(InventoryNode("node-a", (GpuSpec("A10", 24 * GiB),)),))
     return DesiredState(pools=(pool,), models=tuple(sorted(models, key=lambda m: m.name)))
 
 
@@ -55,26 +55,8 @@ class SpecDir:
 
 
 def simple_plan(want: DesiredState, seen: ObservedState) -> Plan:
-    have = {r.key: r for r in seen.replicas if r.state is not ReplicaState.FAILED}
-    here = Location("node-a", (0,))
-    placement, actions = [], []
-    for m in want.models:
-        for i in range(m.replicas or 0):
-            placement.append(PlacedReplica(m.name, i, "node-a", (0,), m.vram))
-            old = have.get((m.name, i))
-            if old is None:
-                actions.append(Action(ActionKind.CREATE, m.name, i, None, here, m.vram, "missing"))
-            elif old.restart_hash != m.restart_hash:
-                actions.append(Action(ActionKind.REPLACE, m.name, i, here, here, m.vram, "spec changed"))
-    names = {(p.model, p.replica) for p in placement}
-    for key, r in sorted(have.items()):
-        if key not in names:
-            actions.insert(0, Action(ActionKind.DELETE, r.model, r.replica, here, None, r.vram, "not desired"))
-    view = GpuView(pool="default", node="node-a", index=0, name="A10", memory=24 * GiB, reserve=GiB, foreign=0,
-                   before=tuple(GpuUse(r.model, r.replica, r.vram) for r in seen.replicas),
-                   after=tuple(GpuUse(p.model, p.replica, p.vram) for p in placement))
-    return Plan(actions=tuple(actions), placement=tuple(placement), unplaced=(), gpus=(view,),
-                fingerprint=seen.fingerprint, desired_fingerprint=want.fingerprint)
+    """The real planner with default settings: pure, so it needs no stand-in."""
+    return plan(want, seen, PlanSettings())
 
 
 @dataclass

@@ -1,4 +1,6 @@
-from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
+from dataclasses import replace
+
+from reconciler.observed import ObservedReplica, ReplicaState, from_inventory
 from reconciler.plan import Action, ActionKind, Location
 from reconciler.watch.backoff import Backoff, split
 
@@ -11,6 +13,10 @@ def failed(m, replica=0, message="OOM"):
     return ObservedReplica(model=m.name, replica=replica, node="node-a", gpus=(0,), vram=m.vram,
                            restart_hash=m.restart_hash, config_hash=m.config_hash, state=ReplicaState.FAILED,
                            message=message)
+
+
+def cluster(want, *replicas):
+    return replace(from_inventory(want), replicas=replicas)
 
 
 def test_delay_doubles_up_to_the_cap():
@@ -40,10 +46,9 @@ def test_only_the_crash_looping_replica_is_deferred():
     want = desired(good, bad)
     b = Backoff(base=5)
     for now in (0, 1):  # failed, re-created, failed again
-        b.observe(desired=want, observed=ObservedState(replicas=(failed(bad),)),
-                  plan=simple_plan(want, ObservedState()), now=now)
+        b.observe(desired=want, observed=cluster(want, failed(bad)), plan=simple_plan(want, cluster(want)), now=now)
         b.note_started(("bad", 0), restart_hash=bad.restart_hash)
-    actions = simple_plan(want, ObservedState()).actions
+    actions = simple_plan(want, cluster(want)).actions
     run, deferred = split(actions, b.held(2))
     assert [(a.model, a.kind) for a in run] == [("good", ActionKind.CREATE)]
     assert [(a.model, a.kind) for a in deferred] == [("bad", ActionKind.CREATE)]
@@ -55,7 +60,7 @@ def test_a_replica_that_vanishes_after_each_start_backs_off():
     m = model("llm")
     want = desired(m)
     b = Backoff(base=5)
-    empty = ObservedState()
+    empty = cluster(want)
     plan = simple_plan(want, empty)  # wants a create: nothing known about it yet, not a failure
     b.observe(desired=want, observed=empty, plan=plan, now=0)
     assert b.held(0) == ()
@@ -69,18 +74,18 @@ def test_a_replica_that_vanishes_after_each_start_backs_off():
 def test_a_spec_change_or_a_stable_run_forgives():
     m = model("llm")
     b = Backoff(base=5, stable=60)
-    b.observe(desired=desired(m), observed=ObservedState(replicas=(failed(m),)),
-              plan=simple_plan(desired(m), ObservedState()), now=0)
+    b.observe(desired=desired(m), observed=cluster(desired(m), failed(m)),
+              plan=simple_plan(desired(m), cluster(desired(m))), now=0)
     assert b.failing()
     fixed = model("llm", vram=4 << 30)
-    b.observe(desired=desired(fixed), observed=ObservedState(), plan=simple_plan(desired(fixed), ObservedState()),
-              now=2)
+    b.observe(desired=desired(fixed), observed=cluster(desired(fixed)),
+              plan=simple_plan(desired(fixed), cluster(desired(fixed))), now=2)
     assert b.failing() == ()
 
     b.note_failure(("llm", 0), restart_hash=fixed.restart_hash, reason="x", now=10)
     b.note_started(("llm", 0), restart_hash=fixed.restart_hash)
-    up = ObservedState(replicas=(ObservedReplica("llm", 0, "node-a", (0,), fixed.vram, fixed.restart_hash,
-                                                 fixed.config_hash),))
+    up = cluster(desired(fixed), ObservedReplica("llm", 0, "node-a", (0,), fixed.vram, fixed.restart_hash,
+                                                 fixed.config_hash))
     no_actions = simple_plan(desired(fixed), up)
     b.observe(desired=desired(fixed), observed=up, plan=no_actions, now=20)
     assert b.failing()

@@ -46,7 +46,8 @@ def test_state_and_event_metrics_are_exposed_over_http():
     assert got[("reconciler_gpu_vram_total_bytes", gpu)] == 24 * GiB
     assert got[("reconciler_gpu_vram_reserved_bytes", gpu)] == GiB
     assert got[("reconciler_gpu_vram_planned_bytes", gpu)] == 13 * GiB
-    assert got[("reconciler_gpu_vram_used_bytes", gpu)] == 13 * GiB  # simulated: what our replicas hold
+    # Simulated GPU: used is what our replicas hold; the failed one holds nothing.
+    assert got[("reconciler_gpu_vram_used_bytes", gpu)] == 12 * GiB
     assert got[("reconciler_gpu_vram_foreign_bytes", gpu)] == 0
     assert got[("reconciler_replicas_desired", (("model", "llm"),))] == 2
     assert got[("reconciler_replicas", (("model", "llm"), ("state", "running")))] == 2
