@@ -34,6 +34,8 @@ class _Spec(BaseModel):
         alias_generator=to_camel,
         validate_by_alias=True,
         validate_by_name=False,
+        # Editors show the title: the name as written in YAML, not pydantic's "Apiversion".
+        field_title_generator=lambda name, info: info.alias or name,
     )
     # How messages name a value of this class ("`replica` is not a field of a Model spec").
     label: ClassVar[str] = "this mapping"

@@ -1,0 +1,88 @@
+"""The JSON Schemas in ``schemas/``: generated from the spec models (and the observed-state and plan schemas), so
+editors, CI and the loader agree on one format.
+
+Output is deterministic (sorted keys, two-space indent, trailing newline): `reconciler schema --check` compares the
+committed files byte for byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from reconciler.spec.models import AnyDocument, ModelDocument, PriorityClassDocument, ResourcePoolDocument
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# Schemas of other data formats, written by their own modules; each has FILENAME and schema().
+OTHER_SCHEMA_MODULES = ("reconciler.observed_schema", "reconciler.plan_schema")
+
+
+def _spec_schema(target: Any, title: str, description: str) -> dict[str, Any]:
+    schema = TypeAdapter(target).json_schema(by_alias=True)
+    return {"$schema": DIALECT, **schema, "title": title, "description": description}
+
+
+def spec_schemas() -> dict[str, dict[str, Any]]:
+    return {
+        "model.schema.json": _spec_schema(ModelDocument, "Model", "A reconciler/v1 Model spec document."),
+        "priorityclass.schema.json": _spec_schema(
+            PriorityClassDocument, "PriorityClass", "A reconciler/v1 PriorityClass spec document."
+        ),
+        "resourcepool.schema.json": _spec_schema(
+            ResourcePoolDocument, "ResourcePool", "A reconciler/v1 ResourcePool spec document."
+        ),
+        "document.schema.json": _spec_schema(
+            AnyDocument,
+            "reconciler/v1 document",
+            "Any one reconciler/v1 spec document (Model, PriorityClass or ResourcePool), chosen by its kind.",
+        ),
+    }
+
+
+def other_schemas() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name in OTHER_SCHEMA_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise  # the module exists but something it imports is missing: a real bug
+            continue
+        found[module.FILENAME] = module.schema()
+    return found
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """File name → exact file content, for every schema."""
+    schemas = {**spec_schemas(), **other_schemas()}
+    return {name: render(schemas[name]) for name in sorted(schemas)}
+
+
+def write(out: Path) -> list[str]:
+    """Writes every schema into ``out``; returns the names of the files that changed."""
+    out.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, text in generate().items():
+        path = out / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(name)
+    return changed
+
+
+def stale(out: Path) -> list[str]:
+    """Names of the schema files in ``out`` that are missing or differ from what would be generated."""
+    return [
+        name
+        for name, text in generate().items()
+        if not (out / name).exists() or (out / name).read_text(encoding="utf-8") != text
+    ]
