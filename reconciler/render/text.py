@@ -187,14 +187,20 @@ def _use_key(use: GpuUse) -> tuple[str, int, int]:
 
 def _bar_line(label: str, gpu: GpuView, uses: tuple[GpuUse, ...], colours: dict[str, str]) -> Text:
     line = Text(f"      {label:<9} ▕")
-    cut: list[GpuUse] = []  # replicas whose names do not fit in their cells, named after the figures
+    # Names cut to fit their cells are spelled out after the figures: "abbreviation = full name", once each.
+    spelled: dict[str, None] = {}
     for seg in segments(gpu, uses, BAR_WIDTH):
         if seg.kind is CellKind.REPLICA:
             assert seg.use is not None
-            name = replica_name(seg.use.model, seg.use.replica)
-            if len(name) > seg.width - 1:
-                cut.append(seg.use)
-            line.append(_cell_label(name, seg.width), colours[seg.use.model])
+            cell = _cell_label(seg.use.model, seg.use.replica, seg.width)
+            line.append(cell, colours[seg.use.model])
+            shown = cell[:-1].rstrip()
+            if shown != replica_name(seg.use.model, seg.use.replica):
+                index = f"[{seg.use.replica}]"
+                if shown.endswith(f"…{index}"):
+                    spelled[f"{shown[: -len(index)]} = {seg.use.model}"] = None
+                else:
+                    spelled[f"{shown or '│'} = {replica_name(seg.use.model, seg.use.replica)}"] = None
         else:
             char, style = CELLS[seg.kind]
             line.append(char * seg.width, style)
@@ -203,18 +209,21 @@ def _bar_line(label: str, gpu: GpuView, uses: tuple[GpuUse, ...], colours: dict[
     figures = f"{format_bytes(used(uses))} placed, "
     figures += f"{format_bytes(remaining)} free" if remaining >= 0 else f"over capacity by {format_bytes(-remaining)}"
     line.append(figures, "red" if remaining < 0 else "")
-    if cut:
-        line.append(" · " + ", ".join(f"{replica_name(u.model, u.replica)} {format_bytes(u.vram)}" for u in cut), "dim")
+    if spelled:
+        line.append(" · " + ", ".join(spelled), "dim")
     return line
 
 
-def _cell_label(name: str, width: int) -> str:
-    """A replica's cells: its name, cut to fit, and a bar that ends it."""
+def _cell_label(model: str, replica: int, width: int) -> str:
+    """A replica's cells: its name, cut to fit (the model's name first, so the index stays), and a bar that ends it."""
     inner = width - 1
     if inner <= 0:
         return "│"
+    name = replica_name(model, replica)
     if len(name) > inner:
-        name = name[: inner - 1] + "…" if inner >= 2 else name[:inner]
+        index = f"[{replica}]"
+        keep = inner - len(index) - 1
+        name = f"{model[:keep]}…{index}" if keep >= 2 else name[: inner - 1] + "…" if inner >= 2 else name[:inner]
     return f"{name:<{inner}}│"
 
 
