@@ -125,16 +125,18 @@ def json_path(parts: Iterable[str | int]) -> str:
 
 
 def live_state(address: str | None, desired: DesiredState) -> ObservedState:
+    unavailable = "observing a live cluster needs the Ray adapter, which is not available here ({}); " \
+        "use --offline or --observed FILE"
     try:
         from reconciler import adapter
     except ModuleNotFoundError as exc:
         if exc.name not in ("reconciler.adapter", "ray"):
             raise
-        raise UserError(
-            "observing a live cluster needs the Ray adapter, which is not available here "
-            f"({exc.name} cannot be imported); use --offline or --observed FILE"
-        ) from exc
-    return adapter.connect(address).observe(desired)
+        raise UserError(unavailable.format(f"{exc.name} cannot be imported")) from exc
+    connect = getattr(adapter, "connect", None)
+    if connect is None:
+        raise UserError(unavailable.format("reconciler.adapter has no connect()"))
+    return connect(address).observe(desired)
 
 
 def plan_against(desired: DesiredState, observed: ObservedState) -> Plan:

@@ -125,3 +125,15 @@ def test_directory_missing_at_base_means_everything_is_added(repo, capsys):
     code, out, _ = _run(capsys, "diff", "base", "HEAD", "specs2", "--offline")
     assert code == 0
     assert "  + ResourcePool homelab" in out and "  + Model embed" in out
+
+
+def test_errors_in_the_base_revision_are_named_with_it(repo, capsys):
+    (repo / "specs" / "embed.yaml").write_text(EMBED.replace("vram: 12GiB", "vram: lots"))
+    _git(repo, "commit", "-q", "-am", "broken")
+    _git(repo, "tag", "broken")
+    (repo / "specs" / "embed.yaml").write_text(EMBED)
+    code, out, err = _run(capsys, "diff", "broken", "--offline")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("in specs at broken (")
+    assert "embed.yaml:4:" in err and "error: the specs in specs at broken have errors" in err
