@@ -16,7 +16,6 @@ from reconciler.render._common import (
     replica_name,
     segments,
     size,
-    used,
 )
 
 BAR_WIDTH = 20
