@@ -117,6 +117,7 @@ class Controller:
         self.spec_errors: tuple[str, ...] = ()
         self.failures_in_a_row = 0
         self._status: dict[str, Any] = {}
+        self._last_plan: Any = None
 
     # -- one cycle -------------------------------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Controller:
             if self.spec_errors or self.last_good is None or desired.fingerprint != self.last_good.fingerprint:
                 self.events.emit(
                     Kind.SPEC_LOADED,
-                    f"specs loaded: {len(desired.models)} models, {len(desired.pools)} pools "
+                    f"specs loaded: {_count(len(desired.models), 'model')}, {_count(len(desired.pools), 'pool')} "
                     f"(desired {desired.fingerprint})",
                     fingerprint=desired.fingerprint,
                     models=[m.name for m in desired.models],
@@ -170,7 +171,7 @@ class Controller:
             keeping = self.last_good.fingerprint if self.last_good is not None else None
             then = (f"keeping the last good desired state ({keeping}); nothing from this change is applied"
                     if keeping else "no valid desired state yet: nothing will be applied until the specs are fixed")
-            self.events.emit(Kind.SPEC_INVALID, f"specs invalid ({len(errors)} errors): {then}",
+            self.events.emit(Kind.SPEC_INVALID, f"specs invalid ({_count(len(errors), 'error')}): {then}",
                              detail=list(errors), diagnostics=list(errors), keeping=keeping)
         self.spec_errors = errors
         return self.last_good
@@ -244,13 +245,17 @@ class Controller:
 
     def _emit_plan(self, cause: Cause, changes: int, plan: Plan) -> None:
         if plan.empty and not plan.unplaced:
+            self._last_plan = None
             return
         counts = ", ".join(f"{v} {k}" for k, v in plan.summary.items() if v)
-        what = f" after {changes} file changes" if changes else ""
+        what = f" after {_count(changes, 'file change')}" if changes else ""
+        # The human log lists the actions when they change, not on every tick of an unchanged plan.
+        same = (plan.actions, plan.unplaced) == self._last_plan
+        self._last_plan = (plan.actions, plan.unplaced)
         self.events.emit(
-            Kind.PLAN, f"plan ({cause}{what}): {counts or 'nothing to do'}",
-            detail=[action_line(a) for a in plan.actions] + [f"unplaced {u.model}#{u.replica}: {u.reason}"
-                                                             for u in plan.unplaced],
+            Kind.PLAN, f"plan ({cause}{what}): {counts or 'nothing to do'}" + (" (unchanged)" if same else ""),
+            detail=[] if same else [action_line(a) for a in plan.actions]
+            + [f"unplaced {u.model}#{u.replica}: {u.reason}" for u in plan.unplaced],
             cause=str(cause), summary=plan.summary, actions=[action_json(a) for a in plan.actions],
             unplaced=[{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
             fingerprint=plan.fingerprint, desiredFingerprint=plan.desired_fingerprint,
@@ -299,6 +304,10 @@ class Controller:
     def status(self) -> dict[str, Any]:
         """What the lease publishes for `reconciler status`; safe to read from another thread."""
         return dict(self._status)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _model(desired: DesiredState, name: str) -> Any:

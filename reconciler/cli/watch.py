@@ -1,0 +1,92 @@
+"""`reconciler watch [DIR]`: keep the cluster at the specs, continuously."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reconciler.cli import _planning
+
+DESCRIPTION = """\
+Watch the spec directory and keep the cluster at it. A burst of file changes (an editor's save, a git pull) becomes
+one reconcile after --debounce seconds of quiet; every --interval seconds the cluster is checked for drift (a replica
+that died, an application deleted by hand, foreign VRAM use) and healed. Each cycle is level-based: it reads every
+spec and the whole cluster, plans, and applies the plan; cycles never overlap.
+
+An invalid spec never changes the cluster: watch prints the diagnostics (path:line:col), keeps enforcing the last
+good desired state, and resumes when the files are fixed. A replica that keeps failing is retried with exponential
+backoff (its reason is published for `reconciler status`) while the others carry on.
+
+Only one reconciler applies to a cluster at a time: watch takes the cluster's apply lock (a lease in Ray's GCS that
+expires --lease-ttl seconds after its holder dies) and is refused, with who holds it, when another has it.
+Ctrl-C or SIGTERM finishes the current step and releases the lock; a second one abandons the step."""
+
+EPILOG = """\
+events (--events FILE, or --log-format json on stdout): one JSON object per line with time, event, message and
+fields: started, lease, lease-lost, spec-loaded, spec-invalid, plan, drift, skipped, backoff, apply, action,
+applied, failure, cycle, stopped.
+
+metrics (--metrics-port P, on 127.0.0.1): reconciler_gpu_vram_{total,reserved,planned,used,foreign}_bytes,
+reconciler_replicas{model,state}, reconciler_replicas_desired, reconciler_replicas_unplaced,
+reconciler_actions_applied_total, reconciler_actions_failed_total, reconciler_reconcile_duration_seconds,
+reconciler_drift_detected_total, reconciler_last_successful_reconcile_timestamp_seconds, reconciler_spec_valid.
+
+exit codes: 0 stopped by a signal; 1 error (lock held by another reconciler, bad options); 4 the lock was lost
+(taken over after this process stalled past its lease); 130 interrupted twice."""
+
+
+def positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return number
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "watch",
+        help="keep the cluster at the specs: apply on change, heal drift, export metrics",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("directory", nargs="?", default="specs", metavar="DIR", help="spec directory (default: specs)")
+    parser.add_argument("--address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, or the local one "
+                        "`reconciler up` started)")
+    _planning.add_observed_arguments(parser)
+    parser.add_argument("--interval", type=positive, default=30.0, metavar="S",
+                        help="seconds between drift checks (default: 30)")
+    parser.add_argument("--debounce", type=positive, default=0.3, metavar="S",
+                        help="quiet seconds after a file change before reconciling (default: 0.3)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-heal", action="store_true",
+                      help="report drift without acting on it; spec changes are still applied")
+    mode.add_argument("--plan-only", action="store_true", help="never act: print what each change would do")
+    parser.add_argument("--events", type=Path, metavar="FILE", help="append the events to FILE as JSON lines")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="stdout: a human log (text, default) or the events as JSON lines (json)")
+    parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on 127.0.0.1:P")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help=argparse.SUPPRESS)
+    parser.add_argument("--yes", action="store_true",
+                        help="act without asking first (needed when stdin is not a terminal)")
+    parser.add_argument("--lease-ttl", type=positive, default=15.0, metavar="S",
+                        help="seconds after which the apply lock of a dead watcher may be taken over (default: 15)")
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="when another reconciler holds the lock, wait for it instead of exiting (a standby)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.watch.controller import WatchSettings
+    from reconciler.watch.session import WatchOptions
+    from reconciler.watch.session import run as run_watch
+
+    settings = WatchSettings(interval=args.interval, debounce=args.debounce, heal=not args.no_heal,
+                             plan_only=args.plan_only)
+    options = WatchOptions(
+        directory=Path(args.directory), settings=settings, address=args.address, observed=args.observed,
+        offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host, yes=args.yes, lease_ttl=args.lease_ttl, wait_for_lock=args.wait_for_lock,
+        command=f"reconciler watch {args.directory}",
+    )
+    return run_watch(options)

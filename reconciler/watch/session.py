@@ -1,0 +1,237 @@
+"""One `reconciler watch` run: assembles the loop from its parts, runs it until a signal, and tears it down.
+
+The CLI parses arguments into ``WatchOptions`` and calls ``run``; the benchmark calls the same. Everything that
+touches Ray is reached through ``Cluster`` (the adapter and the executor), and only when a live cluster is watched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler.adapter.lease import Holder, LeaseHeld, LeaseKeeper, LeaseLost, MemoryKV, acquire, wait_acquire
+from reconciler.desired import DesiredState
+from reconciler.errors import UserError
+from reconciler.metrics import Metrics, MetricsServer
+from reconciler.observed import ObservedState
+from reconciler.plan import Plan
+from reconciler.watch.backoff import Backoff
+from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchSettings
+from reconciler.watch.debounce import SpecWatcher
+from reconciler.watch.events import EventLog, Kind
+
+EXIT_LEASE_LOST = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    directory: Path
+    settings: WatchSettings
+    address: str | None = None
+    observed: Path | None = None  # plan against this snapshot (plan-only)
+    offline: bool = False  # plan against the pools' inventory (plan-only)
+    events_file: Path | None = None
+    log_format: str = "text"  # text | json (JSON lines on stdout)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    yes: bool = False
+    lease_ttl: float = 15.0
+    wait_for_lock: bool = False
+    command: str = "reconciler watch"
+
+
+@dataclass(slots=True)
+class Cluster:
+    """What the loop needs from the world, already bound to one cluster (or to a snapshot)."""
+
+    observe: Observe
+    apply: Apply | None  # None: this source can't be acted on
+    kv: Any  # where the lease lives
+    describe: str
+    close: Callable[[], None] = lambda: None
+
+
+def connect(options: WatchOptions) -> Cluster:
+    if options.offline or options.observed is not None:
+        from reconciler.cli import _planning
+        from reconciler.observed import from_inventory
+
+        snapshot = None if options.observed is None else _planning.read_snapshot(options.observed)
+
+        def observe(desired: DesiredState) -> ObservedState:
+            return snapshot if snapshot is not None else from_inventory(desired)
+
+        what = f"the snapshot {options.observed}" if snapshot is not None else "the pools' inventory (--offline)"
+        return Cluster(observe=observe, apply=None, kv=MemoryKV(), describe=what)
+    from reconciler.watch.live import connect_live
+
+    return connect_live(options.address)
+
+
+def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:
+    json_sink: TextIO | None = None
+    text_sink: TextIO | None = sys.stdout
+    if options.log_format == "json":
+        json_sink, text_sink = sys.stdout, None
+    if options.events_file is not None:
+        if json_sink is not None:
+            raise UserError("--events FILE and --log-format json both take the JSON events: choose one")
+        try:
+            json_sink = stack.enter_context(options.events_file.open("a", encoding="utf-8", buffering=1))
+        except OSError as exc:
+            raise UserError(f"cannot open the events file {options.events_file}: {exc.strerror or exc}") from exc
+    return EventLog(json_sink=json_sink, text_sink=text_sink)
+
+
+def _confirm_on_terminal(plan: Plan) -> bool:
+    from reconciler.render import text
+
+    sys.stdout.write(text.render_plan(plan, color=sys.stdout.isatty()))
+    answer = input("\nwatch applies this plan now, and every later change automatically. Continue? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -> int:
+    """Watch until SIGINT/SIGTERM (exit 0) or until the lease is lost (exit 4). ``ready`` is for in-process use."""
+    from reconciler.spec import load_specs
+
+    settings = options.settings
+    acting = not settings.plan_only
+    if (options.offline or options.observed is not None) and acting:
+        raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
+                        "--plan-only")
+    if not options.directory.is_dir():
+        raise UserError(f"{options.directory} is not a directory of specs")
+    confirm = None
+    if acting and not options.yes:
+        if not sys.stdin.isatty():
+            raise UserError("watch applies every change to the cluster unattended: pass --yes to allow it, or "
+                            "--plan-only to only report")
+        confirm = _confirm_on_terminal
+
+    with ExitStack() as stack:
+        events = _sinks(options, stack)
+        metrics = Metrics() if options.metrics_port is not None else None
+        if metrics is not None:
+            try:
+                server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
+            except OSError as exc:
+                raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
+                                f"{exc.strerror or exc}") from exc
+            stack.callback(server.close)
+        cluster = connect(options)
+        stack.callback(cluster.close)
+
+        keeper: LeaseKeeper | None = None
+        loop_holder: list[Loop] = []
+        if acting:
+            holder = Holder.current(options.command)
+            if options.wait_for_lock:
+                stop_waiting = threading.Event()
+                previous = _stop_on_signals(lambda why: stop_waiting.set())
+                try:
+                    lease = wait_acquire(cluster.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
+                                         on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}",
+                                                                          waiting=True))
+                finally:
+                    _restore_signals(previous)
+                if lease is None:
+                    events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
+                    return 0
+            else:
+                try:
+                    lease = acquire(cluster.kv, holder=holder, ttl=options.lease_ttl)
+                except LeaseHeld as held:
+                    raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
+
+            def lost(exc: LeaseLost) -> None:
+                events.emit(Kind.LEASE_LOST, str(exc))
+                if loop_holder:
+                    loop_holder[0].stop("lease lost")
+
+            controller_status: list[Controller] = []
+            keeper = LeaseKeeper(lease, on_lost=lost,
+                                 status=lambda: controller_status[0].status() if controller_status else {})
+            events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
+                        f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
+
+        directory = options.directory
+
+        def load() -> Any:
+            return load_specs(directory)
+
+        controller = Controller(
+            load=load, observe=cluster.observe, plan=_plan, apply=cluster.apply or _never_apply, events=events,
+            settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
+        )
+        loop = Loop(controller, settings)
+        loop_holder.append(loop)
+        if keeper is not None:
+            controller_status.append(controller)
+            keeper.start()
+            stack.callback(lambda: keeper.stop(release=True))
+        watcher = SpecWatcher(directory, loop.changed)
+        watcher.start()
+        stack.callback(watcher.stop)
+        previous = _stop_on_signals(loop.stop)
+        stack.callback(lambda: _restore_signals(previous))
+        events.emit(
+            Kind.STARTED,
+            f"watching {directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
+            + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
+               else "self-heal on")
+            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+               if options.metrics_port is not None else ""),
+            directory=str(directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
+            planOnly=settings.plan_only, pid=os.getpid(),
+        )
+        if ready is not None:
+            ready(loop)
+        try:
+            loop.run()
+        except LeaseLost as exc:
+            events.emit(Kind.LEASE_LOST, str(exc))
+            loop.why_stopped = "lease lost"
+        events.emit(Kind.STOPPED, f"stopped: {loop.why_stopped}", why=loop.why_stopped)
+        return EXIT_LEASE_LOST if loop.why_stopped == "lease lost" else 0
+
+
+def _plan(desired: DesiredState, observed: ObservedState) -> Plan:
+    from reconciler.planner import plan
+
+    return plan(desired, observed)
+
+
+def _never_apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> list[Any]:
+    raise AssertionError("a plan-only watch never applies")
+
+
+def _stop_on_signals(stop: Callable[[str], None]) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: finish the current step and stop. Second: abandon it (KeyboardInterrupt).
+
+    Abandoning is safe because an apply hands Serve one whole declarative config: what was submitted stays
+    consistent, and the next reconciler converges the rest.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    asked = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        stop(f"{signal.Signals(signum).name} received")
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
