@@ -58,10 +58,11 @@ class Problem:
 class PackSettings:
     """Tunables of the solver. Budgets are deterministic work, never wall time, so a plan is reproducible."""
 
-    exact_time: float = 5.0  # CP-SAT max_deterministic_time (its own deterministic seconds) per solve
-    exact_max_items: int = 200  # the exact method is skipped above this many items in a pool
-    exact_max_bins: int = 64
-    improve_steps: int = 4000  # local-search steps spent on freeing GPUs (binpack)
+    exact_time: float = 1.0  # CP-SAT max_deterministic_time (its own deterministic seconds) per level solved
+    exact_max_items: int = 40  # the exact method is skipped above this many replicas in a pool
+    exact_max_bins: int = 32
+    improve_steps: int = 2_000_000  # local-search work (evaluated candidates) spent on freeing GPUs (binpack)
+    improve_max_items: int = 2_000  # above this many replicas in a pool, best-fit decreasing alone (speed)
     seed: int = 0
 
 

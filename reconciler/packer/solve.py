@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reconciler.desired import Placement
 from reconciler.packer.bounds import gpus_needed
+from reconciler.packer.exact import levels_of, solve_exact
 from reconciler.packer.greedy import construct
 from reconciler.packer.improve import consolidate
 from reconciler.packer.problem import PackSettings, Problem, Solution
@@ -16,11 +17,29 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     bound = 0
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
-        if _used(state) > bound:
+        if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
             consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
             method = "greedy+search"
     proven = problem.policy == Placement.BINPACK and _used(state) <= bound and _all_placed_in_place(state)
-    return Solution(assignment=state.assignment(), lower_bound=bound, proven_optimal=proven, method=method)
+    assignment = state.assignment()
+    if not proven and _exact_applies(problem, settings):
+        exact = solve_exact(problem, time_per_solve=settings.exact_time, seed=settings.seed, hint=assignment)
+        if exact is not None:
+            mine = (levels_of(problem, assignment), -_used(state))
+            if (exact.levels, -exact.gpus) > mine:
+                assignment, method = exact.assignment, "cp-sat"
+            proven = exact.optimal
+    return Solution(assignment=assignment, lower_bound=bound, proven_optimal=proven, method=method)
+
+
+def _exact_applies(problem: Problem, settings: PackSettings) -> bool:
+    """Small pools of new replicas only: CP-SAT stays fast there, and stability is the heuristic's job."""
+    return (
+        settings.exact_time > 0
+        and 0 < len(problem.items) <= settings.exact_max_items
+        and len(problem.bins) <= settings.exact_max_bins
+        and all(item.current is None for item in problem.items)
+    )
 
 
 def _used(state: State) -> int:

@@ -13,7 +13,8 @@ from collections import Counter
 from reconciler.desired import Placement, Spread
 from reconciler.packer.problem import Item, Problem
 
-_SCALE = 1_000_000  # fixed-point relative load, for the spread policy
+_SCALE = 1_000_000
+_NONE: Counter = Counter()  # fixed-point relative load, for the spread policy
 
 
 class State:
@@ -85,9 +86,9 @@ class State:
     def allowed(self, item: Item, b: int) -> bool:
         """Spread anti-affinity only; capacity is checked by the callers."""
         if item.spread == Spread.GPU:
-            return not self.on_bin.get(item.model, Counter())[b]
+            return not self.on_bin.get(item.model, _NONE)[b]
         if item.spread == Spread.NODE:
-            return not self.on_node.get(item.model, Counter())[self.node_of[b]]
+            return not self.on_node.get(item.model, _NONE)[self.node_of[b]]
         return True
 
     def fits(self, item: Item, bins: tuple[int, ...]) -> bool:
@@ -115,10 +116,15 @@ class State:
 
     def _find_gang(self, item: Item) -> tuple[int, ...] | None:
         best: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        free, need, plain = self.free, item.vram, item.spread == Spread.NONE
         for node in self.nodes:
-            ok = [b for b in self.node_bins[node] if self.free[b] >= item.vram and self.allowed(item, b)]
+            ok = [b for b in self.node_bins[node] if free[b] >= need]
             if len(ok) < item.gpus:
                 continue
+            if not plain:
+                ok = [b for b in ok if self.allowed(item, b)]
+                if len(ok) < item.gpus:
+                    continue
             if self.binpack:
                 ok.sort(key=lambda b: (not self.occupants[b], self.free[b], b))
                 chosen = tuple(sorted(ok[: item.gpus]))
