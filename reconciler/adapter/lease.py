@@ -46,31 +46,40 @@ class KV(Protocol):
 
 
 class RayKV:
-    """Ray's GCS internal KV of the cluster this process is connected to (``ray.init`` must have run)."""
+    """Ray's GCS internal KV: of the cluster this process is connected to (after ``ray.init``), or of the GCS at
+    an address (``RayKV.at("127.0.0.1:6379")``, no driver needed)."""
 
-    def __init__(self, namespace: str = NAMESPACE) -> None:
-        from ray.experimental import internal_kv  # the adapter is the one place that imports ray
+    def __init__(self, gcs_client: Any = None, namespace: str = NAMESPACE) -> None:
+        if gcs_client is None:
+            from ray.experimental import internal_kv  # the adapter is the one place that imports ray
 
-        if not internal_kv._internal_kv_initialized():
-            raise RuntimeError("RayKV needs a connected Ray driver: call the adapter's connect() first")
-        self._kv = internal_kv
-        self.namespace = namespace
+            if not internal_kv._internal_kv_initialized():
+                raise RuntimeError("RayKV needs a connected Ray driver (the adapter's connect()) or a GCS address")
+            gcs_client = internal_kv.internal_kv_get_gcs_client()
+        self._gcs = gcs_client
+        self._namespace = namespace.encode()
+
+    @classmethod
+    def at(cls, gcs_address: str, namespace: str = NAMESPACE) -> "RayKV":
+        from ray._raylet import GcsClient
+
+        return cls(GcsClient(address=gcs_address), namespace)
 
     def get(self, key: str) -> bytes | None:
-        return self._kv._internal_kv_get(key, namespace=self.namespace)
+        return self._gcs.internal_kv_get(key.encode(), self._namespace)
 
     def put(self, key: str, value: bytes) -> None:
-        self._kv._internal_kv_put(key, value, overwrite=True, namespace=self.namespace)
+        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace)
 
     def put_if_absent(self, key: str, value: bytes) -> bool:
-        already_there = self._kv._internal_kv_put(key, value, overwrite=False, namespace=self.namespace)
-        return not already_there
+        # The GCS answers how many keys the call added: 0 when the key was already there (and is left unchanged).
+        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace) == 1
 
     def delete(self, key: str) -> None:
-        self._kv._internal_kv_del(key, namespace=self.namespace)
+        self._gcs.internal_kv_del(key.encode(), False, self._namespace)
 
     def keys(self, prefix: str) -> list[str]:
-        return [k.decode() for k in self._kv._internal_kv_list(prefix, namespace=self.namespace)]
+        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace)]
 
 
 class MemoryKV:
