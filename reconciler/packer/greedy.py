@@ -6,7 +6,8 @@
    largest first. An item that finds no free room tries, in order: relocating one replica placed in this plan (free),
    moving one running replica of no higher priority (within max_moves), evicting the least disruptive set of
    lower-priority preemptible replicas (when its class preempts). Elastic items only take free room.
-3. Evicted running replicas get another chance at their own level: placed elsewhere, they count as a move.
+3. Evicted running replicas get another chance at their own level: free room elsewhere takes them (the plan shows a
+   move); they never evict or move others themselves.
 """
 
 from __future__ import annotations
@@ -78,14 +79,8 @@ class _Search:
             bins = self.state.find(item)
             if bins is None:
                 full.add(item.model)
-            elif i not in self.evicted or self._take_move():
+            else:
                 self.state.place(i, bins)
-
-    def _take_move(self) -> bool:
-        if self.moves_left <= 0:
-            return False
-        self.moves_left -= 1
-        return True
 
     def _place(self, i: int) -> list[int]:
         """Place item i if the rules allow; return the running items it evicted."""
@@ -93,9 +88,7 @@ class _Search:
         state = self.state
         bins = state.find(item)
         if bins is not None:
-            if i in self.evicted and not self._take_move():
-                return []
-            state.place(i, bins)
+            state.place(i, bins)  # an evicted replica that finds free room elsewhere restarts there
             return []
         if i in self.evicted:
             return []  # an evicted replica only takes free room elsewhere
