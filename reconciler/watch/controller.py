@@ -158,8 +158,10 @@ class Controller:
                     Kind.SPEC_LOADED,
                     f"specs loaded: {_count(len(desired.models), 'model')}, {_count(len(desired.pools), 'pool')} "
                     f"(desired {desired.fingerprint})",
+                    detail=[str(d) for d in loaded.diagnostics],  # warnings: the load succeeded
                     fingerprint=desired.fingerprint,
                     models=[m.name for m in desired.models],
+                    warnings=[str(d) for d in loaded.diagnostics],
                 )
             self.spec_errors = ()
             self.last_good = desired

@@ -248,3 +248,72 @@ def test_event_lines_are_json_with_time_kind_and_message():
                       "actions": [{"action": "create"}]}
     assert text.getvalue().splitlines()[0].endswith(" drift: 1 action")
     assert text.getvalue().splitlines()[1].strip() == "+ create llm#0"
+
+
+def wait_until(predicate, timeout: float = 30) -> None:
+    deadline = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        deadline.wait(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_a_change_during_an_apply_is_planned_after_it_finishes():
+    llm = model("llm", 1)
+    specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
+    inside, release = threading.Event(), threading.Event()
+    real_apply = cluster.apply
+
+    def slow_apply(plan, want, seen):
+        inside.set()
+        release.wait(30)
+        return real_apply(plan, want, seen)
+
+    sink = io.StringIO()
+    c = Controller(load=specs.load, observe=cluster.observe, plan=simple_plan, apply=slow_apply,
+                   events=EventLog(json_sink=sink))
+    loop = Loop(c, WatchSettings(interval=3600, debounce=0.01))
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        assert inside.wait(30)  # the startup apply is in progress...
+        specs.set(desired(model("llm", 3)))  # ...when the specs change
+        loop.changed()
+        wait_until(lambda: loop.schedule.debouncer.pending)
+        release.set()
+        wait_until(lambda: set(cluster.running()) == {("llm", 0), ("llm", 1), ("llm", 2)})
+    finally:
+        release.set()
+        loop.stop()
+        thread.join(10)
+    kinds = [e["event"] for e in events(sink) if e["event"] in ("apply", "applied")]
+    assert kinds == ["apply", "applied", "apply", "applied"]  # strictly one after the other
+
+
+def test_a_burst_of_file_writes_becomes_one_reconcile(tmp_path):
+    from reconciler.watch.debounce import SpecWatcher
+
+    llm = model("llm", 1)
+    specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
+    c, sink = make(specs, cluster)
+    # A generous quiet period: the burst below must not be split by a slow moment of a busy machine.
+    loop = Loop(c, WatchSettings(interval=3600, debounce=1.0, max_debounce=30))
+    watcher = SpecWatcher(tmp_path, loop.changed)
+    watcher.start()
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        wait_until(lambda: events(sink, "cycle"))
+        for i in range(20):  # a git pull touching twenty files, one of them through a temp file and a rename
+            (tmp_path / f"model-{i}.yaml").write_text(f"replicas: {i}\n")
+        (tmp_path / ".model-0.yaml.tmp").write_text("replicas: 0\n")
+        (tmp_path / ".model-0.yaml.tmp").rename(tmp_path / "model-0.yaml")
+        wait_until(lambda: len(events(sink, "cycle")) >= 2)
+        threading.Event().wait(2.5)  # more than twice the quiet period: a second reconcile would have run by now
+    finally:
+        loop.stop()
+        thread.join(10)
+        watcher.stop()
+    changes = [e for e in events(sink, "cycle") if e["cause"] == "spec-change"]
+    assert len(changes) == 1
