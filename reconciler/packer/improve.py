@@ -108,7 +108,11 @@ def _descend(state: State, *, open_bins: list[int], budget: int) -> int:
     while improved and spent < budget:
         improved = False
         for a in open_bins:
+            if state.free[a] == 0:
+                continue  # a full GPU has no free room to hand over
             for b in open_bins:
+                if state.free[b] == 0:
+                    continue  # nothing fits into a full GPU, not even the difference of a swap
                 if a == b or state.free[b] > state.free[a] or (state.free[b] == state.free[a] and b > a):
                     continue  # only towards the fuller GPU
                 for x in list(state.occupants[a]):
