@@ -1,0 +1,261 @@
+"""The one place reconciler talks to Ray: a driver connection (for NVML probes on each node) and the dashboard's REST
+API (Serve's declarative config, the state API), with Ray's token auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+from reconciler.desired import DesiredState
+from reconciler.errors import PermanentError, TransientError, UserError
+from reconciler.executor.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
+from reconciler.observed import ObservedState
+from reconciler import localcluster
+from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
+
+SERVE_API = "/api/serve/applications/"
+HTTP_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a cluster is and how to authenticate to it."""
+
+    address: str  # GCS host:port
+    token: str | None
+    token_path: str | None = None
+    dashboard_url: str | None = None  # known up front for the local cluster; discovered otherwise
+    http_url: str | None = None  # Serve's HTTP proxy, when known
+    local: bool = False  # started by `reconciler up`
+
+
+def state_files() -> list[Path]:
+    return [localcluster.default_state_file(), Path.home() / localcluster.STATE_DIR_NAME / localcluster.STATE_FILE_NAME]
+
+
+def find_local_cluster() -> tuple[Path, dict[str, Any]] | None:
+    for path in state_files():
+        state = localcluster.read_state(path)
+        if state is not None:
+            return path, state
+    return None
+
+
+def read_token() -> tuple[str | None, str | None]:
+    """The token Ray 2.60 itself would use, in its order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip(), None
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    try:
+        return Path(path).read_text().strip() or None, path
+    except OSError:
+        return None, None
+
+
+def resolve(address: str | None) -> Endpoint:
+    """`--address`, else RAY_ADDRESS, else the local cluster `reconciler up` started."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        found = find_local_cluster()
+        if found is None:
+            raise UserError(
+                "no Ray cluster to talk to: pass --address HOST:PORT, set RAY_ADDRESS, or start the local one "
+                "with `reconciler up`"
+            )
+        _, state = found
+        token_path = state.get("auth_token_path")
+        token = Path(token_path).read_text().strip() if token_path else None
+        return Endpoint(
+            address=state["address"],
+            token=token,
+            token_path=token_path,
+            dashboard_url=state["dashboard_url"],
+            http_url=state.get("http_url"),
+            local=True,
+        )
+    if address.startswith(("ray://", "http://", "https://")):
+        raise UserError(
+            f"--address {address!r}: give the cluster's GCS address HOST:PORT (what `ray start --head` prints, "
+            "default port 6379); the dashboard is found from there"
+        )
+    token, token_path = read_token()
+    return Endpoint(address=address, token=token, token_path=token_path)
+
+
+class Cluster:
+    """A connection to one Ray cluster. Use `connect()`; call `close()` (or use it as a context manager)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "reconciler"  # not a browser: Ray returns runtime_env unredacted
+        if endpoint.token:
+            self._session.headers["Authorization"] = f"Bearer {endpoint.token}"
+        self._ray = None
+        self.dashboard_url = endpoint.dashboard_url
+        self.http_url = endpoint.http_url
+        self.last_serve: dict[str, Any] = {}
+        self._probe_fn = None
+
+    # -- connection -------------------------------------------------------------------------------------------------
+
+    def _driver(self) -> Any:
+        if self._ray is not None:
+            return self._ray
+        if self.endpoint.token and "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+        if self.endpoint.token_path:
+            os.environ.setdefault("RAY_AUTH_TOKEN_PATH", self.endpoint.token_path)
+        elif self.endpoint.token:
+            os.environ.setdefault("RAY_AUTH_TOKEN", self.endpoint.token)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        host = self.address.rsplit(":", 1)[0]
+        kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+        if host in ("127.0.0.1", "localhost"):
+            kwargs["_node_ip_address"] = "127.0.0.1"  # else Ray may rewrite loopback to the host IP and hang
+        if ray.is_initialized():
+            ray.shutdown()
+        try:
+            context = ray.init(address=self.address, **kwargs)
+        except ConnectionError as exc:
+            raise TransientError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+        except Exception as exc:  # AuthenticationError and friends: say what to fix
+            raise PermanentError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+        if self.dashboard_url is None:
+            url = context.address_info.get("webui_url") or ""
+            if not url:
+                raise PermanentError(f"the Ray cluster at {self.address} runs no dashboard; reconciler needs its API")
+            self.dashboard_url = url if url.startswith("http") else f"http://{url}"
+        self._ray = ray
+        return ray
+
+    def close(self) -> None:
+        if self._ray is not None:
+            self._ray.shutdown()
+            self._ray = None
+        self._session.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- REST -------------------------------------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        if self.dashboard_url is None:
+            self._driver()
+        return f"{self.dashboard_url}{path}"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self._session.request(method, self._url(path), timeout=HTTP_TIMEOUT_S, **kwargs)
+        except requests.RequestException as exc:
+            raise TransientError(f"the Ray dashboard at {self.dashboard_url} did not answer: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise PermanentError(
+                f"the Ray dashboard refused reconciler ({response.status_code}): token auth is on and the token is "
+                "missing or wrong; set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token"
+            )
+        return response
+
+    def serve_details(self) -> dict[str, Any]:
+        """Serve's full instance details: applications, deployments, replicas, deployed configs, HTTP options."""
+        response = self._request("GET", SERVE_API)
+        if response.status_code != 200:
+            raise TransientError(f"GET {SERVE_API} answered {response.status_code}: {response.text[:500]}")
+        self.last_serve = response.json()
+        http = self.last_serve.get("http_options") or {}
+        if self.http_url is None and http.get("port"):
+            host = http.get("host") or "127.0.0.1"
+            host = urlparse(self.dashboard_url or "").hostname if host in ("0.0.0.0", "::") else host
+            self.http_url = f"http://{host}:{http['port']}"
+        return self.last_serve
+
+    def put_serve_config(self, config: dict[str, Any]) -> None:
+        """Serve's declarative apply: the whole config; Serve changes only the applications whose config changed."""
+        response = self._request("PUT", SERVE_API, data=json.dumps(config), headers={"Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise PermanentError(f"Serve refused the configuration ({response.status_code}): {response.text[:2000]}")
+
+    def pending_actors(self) -> set[str]:
+        """Names of actors Ray has not placed yet (waiting for resources)."""
+        params = {
+            "filter_keys": "state",
+            "filter_predicates": "=",
+            "filter_values": "PENDING_CREATION",
+            "detail": "false",
+            "limit": "10000",
+        }
+        response = self._request("GET", "/api/v0/actors", params=params)
+        if response.status_code != 200:
+            return set()
+        data = response.json().get("data", {}).get("result", {})
+        rows = data.get("result", []) if isinstance(data, dict) else data
+        return {row.get("name") for row in rows if row.get("name")}
+
+    # -- observation ------------------------------------------------------------------------------------------------
+
+    def ray_nodes(self) -> list[RayNode]:
+        ray = self._driver()
+        return [RayNode.from_ray(n) for n in ray.nodes()]
+
+    def _probes(self, nodes: list[RayNode], pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
+        ray = self._driver()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from reconciler.adapter.nvml import probe_node
+
+        if self._probe_fn is None:
+            self._probe_fn = ray.remote(num_cpus=0, max_retries=0)(probe_node)
+        refs = {}
+        for node in nodes:
+            if not node.alive or node.labels.get(GPU_SOURCE_LABEL) == GPU_SOURCE_INVENTORY:
+                continue  # simulated by `reconciler up`: NVML has nothing to say about it
+            strategy = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
+            refs[node.node_id] = self._probe_fn.options(scheduling_strategy=strategy).remote(pids.get(node.node_id, []))
+        results: dict[str, dict[str, Any]] = {}
+        for node_id, ref in refs.items():
+            try:
+                results[node_id] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+            except Exception as exc:  # a node that cannot run the probe keeps its inventory GPUs
+                results[node_id] = {"available": False, "error": f"probe failed: {exc}", "gpus": []}
+        return results
+
+    def observe(self, desired: DesiredState | None = None) -> ObservedState:
+        serve = self.serve_details()
+        nodes = self.ray_nodes()
+        probes = self._probes(nodes, replica_pids_by_node(serve))
+        starting = any(
+            r.get("state") != "RUNNING"
+            for app in (serve.get("applications") or {}).values()
+            for d in (app.get("deployments") or {}).values()
+            for r in d.get("replicas", [])
+        )
+        pending = self.pending_actors() if starting else set()
+        return build_observed(nodes=nodes, probes=probes, serve=serve, desired=desired, pending_actors=pending)
+
+    def wait_serve(self, predicate: Any, *, timeout: float, interval: float = 0.5) -> dict[str, Any]:
+        """Poll Serve's details until `predicate(details)` is true or `timeout` passes; returns the last details."""
+        deadline = time.monotonic() + timeout
+        while True:
+            details = self.serve_details()
+            if predicate(details) or time.monotonic() >= deadline:
+                return details
+            time.sleep(interval)
+
+
+def connect(address: str | None = None) -> Cluster:
+    return Cluster(resolve(address))

@@ -1,0 +1,185 @@
+"""From what Ray and Serve report (plain dicts) to an ObservedState. Pure: the adapter fetches, this interprets, and
+the tests of the interpretation need no cluster."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.desired import DesiredState
+from reconciler.executor.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
+from reconciler.observed import (
+    NODE_NAME_LABEL,
+    ObservedGpu,
+    ObservedNode,
+    ObservedReplica,
+    ObservedState,
+    ReplicaState,
+    Source,
+    normalised,
+)
+
+HIDDEN_LABELS = ("ray.io/node-id",)  # Ray's own per-process label: it is node_id, and would churn fingerprints
+
+
+@dataclass(frozen=True)
+class RayNode:
+    node_id: str
+    alive: bool
+    labels: dict[str, str]
+    resources: dict[str, float]
+    hostname: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.labels.get(NODE_NAME_LABEL) or self.hostname or self.node_id[:12]
+
+    @classmethod
+    def from_ray(cls, raw: dict[str, Any]) -> "RayNode":
+        return cls(
+            node_id=raw["NodeID"],
+            alive=bool(raw.get("Alive")),
+            labels=dict(raw.get("Labels") or {}),
+            resources=dict(raw.get("Resources") or {}),
+            hostname=raw.get("NodeManagerHostname", ""),
+        )
+
+
+def is_ours(app: dict[str, Any]) -> bool:
+    config = app.get("deployed_app_config") or {}
+    return (config.get("args") or {}).get("managed_by") == MANAGED_BY
+
+
+def our_kind(app: dict[str, Any]) -> str | None:
+    if not is_ours(app):
+        return None
+    return app["deployed_app_config"]["args"].get("kind")
+
+
+def replica_pids_by_node(serve: dict[str, Any]) -> dict[str, list[int]]:
+    """The worker PIDs of our replicas per Ray node id: what NVML must not count as foreign use."""
+    pids: dict[str, list[int]] = {}
+    for app in (serve.get("applications") or {}).values():
+        if our_kind(app) != "replica":
+            continue
+        for deployment in app.get("deployments", {}).values():
+            for replica in deployment.get("replicas", []):
+                if replica.get("node_id") and replica.get("pid"):
+                    pids.setdefault(replica["node_id"], []).append(int(replica["pid"]))
+    return pids
+
+
+def _gpus_from_resources(node: RayNode) -> tuple[ObservedGpu, ...]:
+    pattern = re.compile(rf"^vram_mb_{re.escape(sanitise(node.name))}_gpu(\d+)$")
+    gpus = []
+    for key, value in node.resources.items():
+        match = pattern.match(key)
+        if match:
+            gpus.append(ObservedGpu(index=int(match.group(1)), name="", memory=int(value) * MIB))
+    return tuple(sorted(gpus, key=lambda g: g.index))
+
+
+def _inventory(desired: DesiredState | None) -> dict[str, tuple[ObservedGpu, ...]]:
+    found: dict[str, tuple[ObservedGpu, ...]] = {}
+    for pool in desired.pools if desired else ():
+        for inv in pool.inventory:
+            found.setdefault(
+                inv.node, tuple(ObservedGpu(index=i, name=g.name, memory=g.memory) for i, g in enumerate(inv.gpus))
+            )
+    return found
+
+
+def build_nodes(
+    nodes: list[RayNode], probes: dict[str, dict[str, Any]], desired: DesiredState | None
+) -> tuple[ObservedNode, ...]:
+    inventory = _inventory(desired)
+    observed = []
+    for node in nodes:
+        if not node.alive:
+            continue
+        probe = probes.get(node.node_id) or {}
+        if probe.get("available") and probe.get("gpus"):
+            gpus = tuple(
+                ObservedGpu(index=g["index"], name=g["name"], memory=g["memory"], foreign=g["foreign"], used=g["used"])
+                for g in probe["gpus"]
+            )
+            simulated = False
+        else:
+            gpus = inventory.get(node.name) or _gpus_from_resources(node)
+            simulated = True
+        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in HIDDEN_LABELS))
+        observed.append(
+            ObservedNode(
+                name=node.name, labels=labels, gpus=gpus, node_id=node.node_id, alive=True, simulated=simulated
+            )
+        )
+    return tuple(observed)
+
+
+def replica_state(app: dict[str, Any], pending_actors: set[str]) -> tuple[ReplicaState, str]:
+    """One replica application's state, and Serve's words for why when it is not running."""
+    status = app.get("status", "")
+    deployment = (app.get("deployments") or {}).get(REPLICA_DEPLOYMENT) or {}
+    replicas = deployment.get("replicas") or []
+    message = deployment.get("message") or app.get("message") or ""
+    if status == "DELETING":
+        return ReplicaState.STOPPING, message
+    if any(r.get("state") == "RUNNING" for r in replicas):
+        return ReplicaState.RUNNING, ""
+    if status in ("DEPLOY_FAILED", "UNHEALTHY") or deployment.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return ReplicaState.FAILED, message or app.get("message", "")
+    if any(r.get("actor_name") in pending_actors for r in replicas):
+        return ReplicaState.PENDING, message or "waiting for Ray to schedule it: no room for its VRAM resource"
+    return ReplicaState.STARTING, message
+
+
+def build_replicas(
+    serve: dict[str, Any], nodes_by_id: dict[str, str], pending_actors: set[str]
+) -> tuple[ObservedReplica, ...]:
+    replicas = []
+    for name, app in (serve.get("applications") or {}).items():
+        if our_kind(app) != "replica":
+            continue
+        config = app["deployed_app_config"]
+        engine = config["args"]["engine_config"]
+        deployment_config = next(
+            (d for d in config.get("deployments", []) if d.get("name") == REPLICA_DEPLOYMENT), {}
+        )
+        running_on = [
+            r.get("node_id")
+            for d in (app.get("deployments") or {}).values()
+            for r in d.get("replicas", [])
+            if r.get("node_id")
+        ]
+        node = nodes_by_id.get(running_on[0], engine["node"]) if running_on else engine["node"]
+        state, message = replica_state(app, pending_actors)
+        replicas.append(
+            ObservedReplica(
+                model=engine["model"],
+                replica=int(engine["replica"]),
+                node=node,
+                gpus=tuple(engine["gpus"]),
+                vram=int(engine["vram_bytes"]),
+                restart_hash=config["args"].get("restart_hash", ""),
+                config_hash=str((deployment_config.get("user_config") or {}).get("config_hash", "")),
+                state=state,
+                message=message,
+                app=name,
+            )
+        )
+    return tuple(replicas)
+
+
+def build_observed(
+    *,
+    nodes: list[RayNode],
+    probes: dict[str, dict[str, Any]],
+    serve: dict[str, Any],
+    desired: DesiredState | None,
+    pending_actors: set[str] = frozenset(),
+) -> ObservedState:
+    observed_nodes = build_nodes(nodes, probes, desired)
+    nodes_by_id = {n.node_id: n.name for n in observed_nodes if n.node_id}
+    replicas = build_replicas(serve, nodes_by_id, set(pending_actors))
+    return normalised(ObservedState(nodes=observed_nodes, replicas=replicas, source=Source.LIVE))

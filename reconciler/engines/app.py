@@ -1,0 +1,72 @@
+"""The Serve application builder every reconciler application names as its import path.
+
+``build(args)`` returns either one placed replica of a model (``args["kind"] == "replica"``) or a model's router
+(``"router"``). The executor writes these args; observe reads them back from Serve's deployed config, which is how it
+recognises applications reconciler created (``managed_by``) and which spec a replica was started from.
+
+Replica args: ``{"managed_by", "kind": "replica", "engine_config": EngineConfig.to_dict(), "restart_hash"}``. The
+replica's ``user_config`` carries what may change without a restart (``config_hash``); Serve hands it to
+``reconfigure`` without restarting the replica.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ray import serve
+
+from reconciler.engines.router import Router
+
+ENGINES = {
+    "echo": "reconciler.engines.echo:EchoEngine",
+    "vllm": "reconciler.engines.vllm:VllmEngine",
+}
+
+
+def engine_class(name: str) -> type:
+    """The engine class for `name`, imported only when a replica of that engine starts (vLLM is heavy)."""
+    try:
+        module, attr = ENGINES[name].split(":")
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(sorted(ENGINES))}") from None
+    return getattr(importlib.import_module(module), attr)
+
+
+@serve.deployment(name="Replica", num_replicas=1, max_ongoing_requests=64)
+class Replica:
+    def __init__(self, engine_config: dict[str, Any], restart_hash: str) -> None:
+        self._engine = engine_class(engine_config["engine"])(engine_config)
+        self._restart_hash = restart_hash
+        self._config_hash = ""
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._config_hash = str(user_config.get("config_hash", ""))
+
+    async def openai(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return await self._engine.openai(endpoint, body)
+
+    async def info(self) -> dict[str, Any]:
+        import ray
+
+        info = await self._engine.info()
+        context = ray.get_runtime_context()
+        return {
+            **info,
+            "actor_id": context.get_actor_id(),
+            "app": serve.get_replica_context().app_name,
+            "restart_hash": self._restart_hash,
+            "config_hash": self._config_hash,
+        }
+
+    def check_health(self) -> None:
+        self._engine.check_health()
+
+
+def build(args: dict[str, Any]) -> Any:
+    kind = args.get("kind")
+    if kind == "replica":
+        return Replica.bind(args["engine_config"], args.get("restart_hash", ""))
+    if kind == "router":
+        return Router.bind(args["model"])
+    raise ValueError(f"reconciler application args need kind 'replica' or 'router', got {kind!r}")

@@ -1,0 +1,108 @@
+"""The `echo` engine: an OpenAI-compatible responder with no model behind it.
+
+What it is for: control-plane tests and capacity drills. It loads nothing and uses no GPU memory, so a CPU box can run
+dozens of "replicas" placed exactly as real ones would be, and every replica can say where it runs (`info()`), which
+is how the tests check placement. What it answers: completions and chat completions repeat the prompt (or the last
+user message); embeddings are a deterministic unit vector derived from the text; `models` lists the model.
+
+Engine args (all optional, for drills):
+- ``startup_delay_s``: seconds the constructor sleeps, to stand in for a model load;
+- ``startup_error``: a message the constructor raises, to rehearse a replica that fails at load (e.g. "out of memory");
+- ``dimensions``: the embedding size (default 8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from typing import Any
+
+from reconciler.engines import EngineConfig
+
+ENDPOINTS = ("completions", "chat/completions", "embeddings", "models")
+
+
+class EchoStartupError(RuntimeError):
+    """Raised at start when the `startup_error` engine arg asks for it."""
+
+
+class EchoEngine:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = EngineConfig.from_dict(config)
+        args = self.config.engine_args
+        if args.get("startup_delay_s"):
+            time.sleep(float(args["startup_delay_s"]))
+        if args.get("startup_error"):
+            raise EchoStartupError(str(args["startup_error"]))
+        self.dimensions = int(args.get("dimensions", 8))
+        self.started = time.time()
+
+    async def openai(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        created = int(time.time())
+        name = self.config.model
+        if endpoint == "models":
+            return 200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "reconciler-echo"}]}
+        if endpoint == "completions":
+            prompt = body.get("prompt", "")
+            text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+            return 200, {
+                "id": f"cmpl-echo-{created}",
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": _usage(text, text),
+            }
+        if endpoint == "chat/completions":
+            messages = body.get("messages") or []
+            users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            text = str(users[-1].get("content", "")) if users else ""
+            return 200, {
+                "id": f"chatcmpl-echo-{created}",
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": _usage(text, text),
+            }
+        if endpoint == "embeddings":
+            inputs = body.get("input", "")
+            items = [inputs] if isinstance(inputs, str) else list(inputs)
+            data = [
+                {"object": "embedding", "index": i, "embedding": _embedding(str(text), self.dimensions)}
+                for i, text in enumerate(items)
+            ]
+            return 200, {"object": "list", "model": name, "data": data, "usage": _usage(" ".join(map(str, items)), "")}
+        return 404, {"error": {"message": f"unknown endpoint {endpoint!r}", "type": "invalid_request_error"}}
+
+    async def info(self) -> dict[str, Any]:
+        import ray  # inside the replica only: keeps this module importable without a cluster
+
+        context = ray.get_runtime_context()
+        return {
+            "model": self.config.model,
+            "replica": self.config.replica,
+            "node": self.config.node,
+            "gpus": list(self.config.gpus),
+            "ray_node_id": context.get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "pid": os.getpid(),
+            "engine": "echo",
+        }
+
+    def check_health(self) -> None:
+        return None
+
+
+def _usage(prompt: str, completion: str) -> dict[str, int]:
+    p, c = len(prompt.split()), len(completion.split())
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]

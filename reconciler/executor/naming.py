@@ -1,0 +1,63 @@
+"""How reconciler names what it creates on a Ray cluster: Serve applications and per-GPU VRAM resources.
+
+Pure: the executor, observe, `reconciler up` and `reconciler node-resources` all spell names through here, so a
+resource that a node advertises is exactly the one a replica asks for.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reconciler.desired import short_hash
+from reconciler.plan import Location
+
+APP_PREFIX = "reconciler--"
+MANAGED_BY = "reconciler"  # the `managed_by` marker in the args of every application reconciler creates
+IMPORT_PATH = "reconciler.engines.app:build"
+REPLICA_DEPLOYMENT = "Replica"
+ROUTER_DEPLOYMENT = "Router"
+
+# Labels of nodes that `reconciler up` simulates: observe takes their GPUs from the pool inventory without asking
+# NVML, which has nothing to say about them.
+GPU_SOURCE_LABEL = "reconciler.io/gpu-source"
+GPU_SOURCE_INVENTORY = "inventory"
+
+MIB = 1 << 20
+
+
+def sanitise(name: str) -> str:
+    """A node name as it may appear inside a Ray resource name (letters, digits, `_`, `-`, `.`: DNS names fit)."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    # Two names that only differ in the characters replaced must not share resources.
+    return clean if clean == name else f"{clean}_{short_hash(name, 6)}"
+
+
+def vram_resource(node: str, gpu: int) -> str:
+    return f"vram_mb_{sanitise(node)}_gpu{gpu}"
+
+
+def vram_mib(memory: int) -> int:
+    """Whole MiB a replica asks for: rounded up, so a replica never gets less than it was planned with."""
+    return -(-memory // MIB)
+
+
+def capacity_mib(memory: int) -> int:
+    """Whole MiB a GPU advertises: rounded down, so Ray never admits more than the GPU has."""
+    return memory // MIB
+
+
+def generation(restart_hash: str, location: Location) -> str:
+    """Differs whenever the replica must be started anew (new spec or new GPU), so old and new can coexist."""
+    return short_hash({"restart": restart_hash, "node": location.node, "gpus": list(location.gpus)}, 8)
+
+
+def replica_app(model: str, replica: int, gen: str) -> str:
+    return f"{APP_PREFIX}{model}--r{replica}--{gen}"
+
+
+def router_app(model: str) -> str:
+    return f"{APP_PREFIX}{model}"
+
+
+def cuda_visible_devices(gpus: tuple[int, ...]) -> str:
+    return ",".join(str(i) for i in gpus)

@@ -1,0 +1,280 @@
+"""The embedded default: a local Ray cluster shaped like the pools' inventory, owned by a detached supervisor.
+
+`reconciler up` starts ``python -m reconciler.localcluster run --spec S --state F`` in its own session; the supervisor
+starts one Ray node per inventory node (``ray.cluster_utils.Cluster``: separate raylets on this machine, loopback only,
+free ports), starts Serve with its HTTP proxy on 127.0.0.1, writes the state file (PID, addresses, ports, token path)
+and then sleeps until SIGTERM/SIGINT, when it shuts the cluster down and removes the state file. `reconciler down`
+and the test suite's session fixture stop it by signalling that PID. Token auth stays on: the supervisor generates a
+token of its own (next to the state file) instead of sharing ``~/.ray/auth_token`` with other clusters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import DesiredState
+from reconciler.executor.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL, capacity_mib, vram_resource
+from reconciler.observed import NODE_NAME_LABEL
+
+STATE_DIR_NAME = ".reconciler"
+STATE_FILE_NAME = "cluster.json"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    labels: dict[str, str]
+    num_gpus: int
+    resources: dict[str, float]
+    num_cpus: int = 2
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    nodes: list[NodeSpec]
+    auth: bool = True  # False only for throwaway clusters whose caller asks for it explicitly
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ClusterSpec":
+        return cls(
+            nodes=[NodeSpec(**n) for n in data["nodes"]],
+            auth=data.get("auth", True),
+            env=data.get("env", {}),
+        )
+
+
+def node_resources(node: str, gpu_memory: list[int], reserve: int = 0) -> dict[str, float]:
+    """One VRAM resource per GPU, in MiB, named after the node: Ray then refuses over-commit GPU by GPU."""
+    return {vram_resource(node, i): float(capacity_mib(max(0, memory - reserve))) for i, memory in enumerate(gpu_memory)}
+
+
+def spec_from_desired(desired: DesiredState) -> ClusterSpec:
+    """One simulated node per inventory node of every pool, labelled the way the pool selects it."""
+    nodes: list[NodeSpec] = []
+    seen: set[str] = set()
+    for pool in desired.pools:
+        for inv in pool.inventory:
+            if inv.node in seen:
+                continue
+            seen.add(inv.node)
+            labels = {**dict(pool.selector or ()), NODE_NAME_LABEL: inv.node, GPU_SOURCE_LABEL: GPU_SOURCE_INVENTORY}
+            nodes.append(
+                NodeSpec(
+                    name=inv.node,
+                    labels=labels,
+                    num_gpus=len(inv.gpus),
+                    resources=node_resources(inv.node, [g.memory for g in inv.gpus], pool.reserve),
+                )
+            )
+    return ClusterSpec(nodes=nodes)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def default_state_file() -> Path:
+    """`.reconciler/cluster.json` in the working directory."""
+    return Path.cwd() / STATE_DIR_NAME / STATE_FILE_NAME
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The state of a running local cluster, or None when there is none (no file, or its supervisor is gone)."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not state.get("ready") or not pid_alive(state.get("pid", 0)):
+        return None
+    return state
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start(spec: ClusterSpec, state_file: Path, *, timeout: float = 120.0) -> dict[str, Any]:
+    """Start a supervisor for `spec` and wait until its cluster is ready; returns the state it wrote."""
+    state_file = state_file.absolute()
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file = state_file.with_name(state_file.stem + ".spec.json")
+    log_file = state_file.with_name(state_file.stem + ".log")
+    spec_file.write_text(json.dumps(spec.to_json(), indent=2))
+    state_file.unlink(missing_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.localcluster", "run", "--spec", str(spec_file), "--state", str(state_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the command that started it, and a Ctrl-C of that command
+            cwd=str(state_file.parent),
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(state_file)
+        if state is not None:
+            return state
+        if proc.poll() is not None:
+            tail = log_file.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the local cluster failed to start (exit {proc.returncode}); log {log_file}:\n{tail}")
+        time.sleep(0.2)
+    stop_pid(proc.pid)
+    raise RuntimeError(f"the local cluster did not become ready in {timeout:.0f}s; see {log_file}")
+
+
+def stop_pid(pid: int, *, timeout: float = 60.0) -> bool:
+    """Ask a supervisor to shut its cluster down; kill it if it does not within `timeout`. True if it was running."""
+    if not pid_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (the test fixture)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop(state_file: Path, *, timeout: float = 60.0) -> bool:
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    stopped = stop_pid(int(state.get("pid", 0)), timeout=timeout)
+    state_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _supervise(spec: ClusterSpec, state_file: Path) -> int:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.update(spec.env)
+    token_path = None
+    if spec.auth:
+        token_path = state_file.with_name("auth_token")
+        if not token_path.exists():
+            token_path.write_text(secrets.token_hex(32))
+            token_path.chmod(0o600)
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    gcs_port, dashboard_port, agent_port, http_port = (free_port() for _ in range(4))
+    head, *workers = spec.nodes
+    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **common,
+            "gcs_server_port": gcs_port,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": agent_port,
+            "num_cpus": head.num_cpus,
+            "num_gpus": head.num_gpus,
+            "resources": head.resources,
+            "labels": head.labels,
+        },
+    )
+    try:
+        for node in workers:
+            cluster.add_node(
+                **common,
+                num_cpus=node.num_cpus,
+                num_gpus=node.num_gpus,
+                resources=node.resources,
+                labels=node.labels,
+            )
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
+        dashboard_url = f"http://{cluster.webui_url}" if not cluster.webui_url.startswith("http") else cluster.webui_url
+        state = {
+            "pid": os.getpid(),
+            "address": cluster.address,
+            "dashboard_url": dashboard_url,
+            "http_url": f"http://127.0.0.1:{http_port}",
+            "auth_token_path": str(token_path) if token_path else None,
+            "nodes": [n.name for n in spec.nodes],
+            "ready": True,
+            "started_at": time.time(),
+        }
+        ray.shutdown()  # Serve is detached: the supervisor need not stay a driver
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(state_file)
+        print(f"local cluster ready: {json.dumps(state)}", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+    finally:
+        print("shutting the local cluster down", flush=True)
+        try:
+            cluster.shutdown()
+        finally:
+            try:
+                if json.loads(state_file.read_text()).get("pid") == os.getpid():
+                    state_file.unlink()
+            except (OSError, ValueError):
+                pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reconciler.localcluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="supervise a local cluster until SIGTERM")
+    run.add_argument("--spec", required=True, type=Path)
+    run.add_argument("--state", required=True, type=Path)
+    args = parser.parse_args(argv)
+    spec = ClusterSpec.from_json(json.loads(args.spec.read_text()))
+    return _supervise(spec, args.state.absolute())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
