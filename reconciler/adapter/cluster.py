@@ -190,21 +190,20 @@ class Cluster:
         if response.status_code != 200:
             raise PermanentError(f"Serve refused the configuration ({response.status_code}): {response.text[:2000]}")
 
-    def pending_actors(self) -> set[str]:
-        """Names of actors Ray has not placed yet (waiting for resources)."""
-        params = {
-            "filter_keys": "state",
-            "filter_predicates": "=",
-            "filter_values": "PENDING_CREATION",
-            "detail": "false",
-            "limit": "10000",
-        }
-        response = self._request("GET", "/api/v0/actors", params=params)
-        if response.status_code != 200:
-            return set()
-        data = response.json().get("data", {}).get("result", {})
-        rows = data.get("result", []) if isinstance(data, dict) else data
-        return {row.get("name") for row in rows if row.get("name")}
+    def pending_demands(self) -> list[tuple[dict[str, float], int]]:
+        """Resource shapes Ray cannot schedule yet, with how many tasks/actors wait for each."""
+        self._driver()
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        try:
+            status = get_cluster_status(self.address)
+        except Exception as exc:
+            raise TransientError(f"cannot read the cluster's resource demand: {exc}") from exc
+        return [
+            (dict(request.bundle), int(request.count))
+            for demand in status.resource_demands.ray_task_actor_demand
+            for request in demand.bundles_by_count
+        ]
 
     # -- observation ------------------------------------------------------------------------------------------------
 
@@ -238,14 +237,9 @@ class Cluster:
         serve = self.serve_details()
         nodes = self.ray_nodes()
         probes = self._probes(nodes, replica_pids_by_node(serve))
-        starting = any(
-            r.get("state") != "RUNNING"
-            for app in (serve.get("applications") or {}).values()
-            for d in (app.get("deployments") or {}).values()
-            for r in d.get("replicas", [])
+        return build_observed(
+            nodes=nodes, probes=probes, serve=serve, desired=desired, demands=self.pending_demands()
         )
-        pending = self.pending_actors() if starting else set()
-        return build_observed(nodes=nodes, probes=probes, serve=serve, desired=desired, pending_actors=pending)
 
     def wait_serve(self, predicate: Any, *, timeout: float, interval: float = 0.5) -> dict[str, Any]:
         """Poll Serve's details until `predicate(details)` is true or `timeout` passes; returns the last details."""

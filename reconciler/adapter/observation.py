@@ -117,7 +117,37 @@ def build_nodes(
     return tuple(observed)
 
 
-def replica_state(app: dict[str, Any], pending_actors: set[str]) -> tuple[ReplicaState, str]:
+def _shape(resources: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, float(v)) for k, v in resources.items() if float(v) and k not in ("CPU", "GPU")))
+
+
+def pending_apps(serve: dict[str, Any], demands: list[tuple[dict[str, float], int]]) -> set[str]:
+    """Our replica applications Ray is holding back for want of resources.
+
+    Ray reports unmet demand by resource shape, not by actor; every replica's shape names its GPUs, so a shape's
+    count is handed to that many not-yet-running replicas asking for exactly it. (A replica whose worker is merely
+    starting already holds its resources and is no longer a demand.)
+    """
+    left: dict[tuple[tuple[str, float], ...], int] = {}
+    for bundle, count in demands:
+        key = _shape(bundle)
+        left[key] = left.get(key, 0) + int(count)
+    pending = set()
+    for name, app in sorted((serve.get("applications") or {}).items()):
+        if our_kind(app) != "replica" or app.get("status") == "DELETING":
+            continue
+        replicas = [r for d in (app.get("deployments") or {}).values() for r in d.get("replicas", [])]
+        if any(r.get("state") == "RUNNING" for r in replicas):
+            continue
+        deployments = app["deployed_app_config"].get("deployments") or [{}]
+        key = _shape((deployments[0].get("ray_actor_options") or {}).get("resources") or {})
+        if key and left.get(key, 0) > 0:
+            left[key] -= 1
+            pending.add(name)
+    return pending
+
+
+def replica_state(app: dict[str, Any], pending: bool) -> tuple[ReplicaState, str]:
     """One replica application's state, and Serve's words for why when it is not running."""
     status = app.get("status", "")
     deployment = (app.get("deployments") or {}).get(REPLICA_DEPLOYMENT) or {}
@@ -129,13 +159,13 @@ def replica_state(app: dict[str, Any], pending_actors: set[str]) -> tuple[Replic
         return ReplicaState.RUNNING, ""
     if status in ("DEPLOY_FAILED", "UNHEALTHY") or deployment.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
         return ReplicaState.FAILED, message or app.get("message", "")
-    if any(r.get("actor_name") in pending_actors for r in replicas):
+    if pending:
         return ReplicaState.PENDING, message or "waiting for Ray to schedule it: no room for its VRAM resource"
     return ReplicaState.STARTING, message
 
 
 def build_replicas(
-    serve: dict[str, Any], nodes_by_id: dict[str, str], pending_actors: set[str]
+    serve: dict[str, Any], nodes_by_id: dict[str, str], pending: set[str]
 ) -> tuple[ObservedReplica, ...]:
     replicas = []
     for name, app in (serve.get("applications") or {}).items():
@@ -153,7 +183,7 @@ def build_replicas(
             if r.get("node_id")
         ]
         node = nodes_by_id.get(running_on[0], engine["node"]) if running_on else engine["node"]
-        state, message = replica_state(app, pending_actors)
+        state, message = replica_state(app, name in pending)
         replicas.append(
             ObservedReplica(
                 model=engine["model"],
@@ -177,9 +207,9 @@ def build_observed(
     probes: dict[str, dict[str, Any]],
     serve: dict[str, Any],
     desired: DesiredState | None,
-    pending_actors: set[str] = frozenset(),
+    demands: list[tuple[dict[str, float], int]] = (),
 ) -> ObservedState:
     observed_nodes = build_nodes(nodes, probes, desired)
     nodes_by_id = {n.node_id: n.name for n in observed_nodes if n.node_id}
-    replicas = build_replicas(serve, nodes_by_id, set(pending_actors))
+    replicas = build_replicas(serve, nodes_by_id, pending_apps(serve, list(demands)))
     return normalised(ObservedState(nodes=observed_nodes, replicas=replicas, source=Source.LIVE))

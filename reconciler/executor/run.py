@@ -1,0 +1,252 @@
+"""Carrying a plan out on a cluster, phase by phase (see `steps`), and reporting what each action came to."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.adapter.observation import is_ours, pending_apps, replica_state
+from reconciler.desired import DesiredState
+from reconciler.executor import serveconfig, steps
+from reconciler.executor.progress import Progress
+from reconciler.observed import ObservedState, ReplicaState
+from reconciler.plan import Action, ActionKind, Plan
+
+POLL_S = 0.5
+PENDING_CHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    replica_timeout: float = 600.0  # seconds one replica may take to start (model load included)
+    stop_timeout: float = 120.0  # seconds a replica may take to stop
+    pending_grace: float = 20.0  # seconds Ray may leave a replica unscheduled before apply reports it pending
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    ok: bool
+    message: str = ""
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    elapsed: float = 0.0
+    cleaned: list[str] = field(default_factory=list)  # applications of ours removed that no action named
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+@dataclass
+class _AppResult:
+    ok: bool
+    message: str
+
+
+def _ours(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: app["deployed_app_config"]
+        for name, app in (details.get("applications") or {}).items()
+        if is_ours(app)
+    }
+
+
+def _foreign(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """Applications someone else deployed declaratively, exactly as deployed. Imperative ones (`serve.run`) are not
+    part of any declarative config and a PUT leaves them alone."""
+    return [
+        app["deployed_app_config"]
+        for app in (details.get("applications") or {}).values()
+        if not is_ours(app) and app.get("deployed_app_config")
+    ]
+
+
+class Executor:
+    def __init__(self, cluster: Any, *, settings: Settings = Settings(), progress: Progress | None = None) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.progress = progress or Progress()
+
+    def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+        started = time.monotonic()
+        details = self.cluster.serve_details()
+        foreign = _foreign(details)
+        current = _ours(details)
+        tgt = steps.target(plan, desired, observed)
+        results: dict[str, _AppResult] = {}
+        report = Report()
+        named = set(tgt.old_app.values())
+
+        free = steps.phase_free(plan, tgt, current)
+        report.cleaned = sorted(
+            n for n in current if n not in free.apps and n not in named and n.count("--") > 1
+        )
+        self._run(free, details, foreign, current, results, what={n: f"stop {n}" for n in free.wait_gone})
+
+        start = steps.phase_start(plan, tgt, free)
+        self._run(start, details, foreign, free.apps, results, what=self._what(plan, tgt, start.wait_running))
+        running = {n for n in start.wait_running if results.get(n, _AppResult(False, "")).ok}
+
+        switch = steps.phase_switch(plan, tgt, start, running)
+        self._run(switch, details, foreign, start.apps, results, what={n: f"stop {n}" for n in switch.wait_gone})
+        failed_replacements = {
+            tgt.old_app[i]: tgt.new_app[i]
+            for i, a in enumerate(plan.actions)
+            if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)
+            and a.make_before_break
+            and i in tgt.old_app
+            and tgt.new_app.get(i) not in running
+        }
+
+        create = steps.phase_create(plan, tgt, switch, failed_replacements)
+        self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))
+        self.progress.close()
+
+        report.outcomes = self._outcomes(plan, tgt, results, failed_replacements)
+        report.elapsed = time.monotonic() - started
+        return report
+
+    def _what(self, plan: Plan, tgt: steps.Target, apps: list[str]) -> dict[str, str]:
+        by_app = steps.actions_by_app(plan, tgt)
+        out = {}
+        for app in apps:
+            indexes = by_app.get(app)
+            out[app] = steps.describe(plan.actions[indexes[0]]) if indexes else f"start {app}"
+        return out
+
+    def _run(
+        self,
+        phase: steps.Phase,
+        details: dict[str, Any],
+        foreign: list[dict[str, Any]],
+        previous: dict[str, dict[str, Any]],
+        results: dict[str, _AppResult],
+        *,
+        what: dict[str, str],
+    ) -> None:
+        if phase.apps == previous and not phase.wait_running and not phase.wait_gone:
+            return
+        detail = []
+        if phase.wait_gone:
+            detail.append(f"stopping {len(phase.wait_gone)}")
+        if phase.wait_running:
+            detail.append(f"starting {len(phase.wait_running)}")
+        self.progress.phase(phase.name, ", ".join(detail) or "reconfiguring")
+        if phase.apps != previous:
+            self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, phase.apps))
+        for app in [*phase.wait_gone, *phase.wait_running]:
+            self.progress.track(app, what.get(app, app))
+        self._wait(phase, results)
+
+    def _wait(self, phase: steps.Phase, results: dict[str, _AppResult]) -> None:
+        s = self.settings
+        begun = time.monotonic()
+        open_running = set(phase.wait_running)
+        open_gone = set(phase.wait_gone)
+        pending_since: dict[str, float] = {}
+        last_pending_check = 0.0
+        demands: list = []
+        while open_running or open_gone:
+            details = self.cluster.serve_details()
+            apps = details.get("applications") or {}
+            now = time.monotonic()
+            for name in sorted(open_gone):
+                if name not in apps:
+                    open_gone.discard(name)
+                    results[name] = _AppResult(True, "stopped")
+                    self.progress.update(name, "stopped")
+                elif now - begun > s.stop_timeout:
+                    open_gone.discard(name)
+                    results[name] = _AppResult(False, f"still stopping after {s.stop_timeout:.0f}s")
+                    self.progress.update(name, "stop timed out")
+                else:
+                    self.progress.update(name, "stopping")
+            if open_running and now - last_pending_check > PENDING_CHECK_S:
+                last_pending_check = now
+                demands = self.cluster.pending_demands()
+            pending = pending_apps(details, demands)
+            for name in sorted(open_running):
+                app = apps.get(name)
+                if app is None:
+                    self.progress.update(name, "submitted")
+                    continue
+                state, message = replica_state(app, name in pending)
+                if state == ReplicaState.RUNNING:
+                    open_running.discard(name)
+                    results[name] = _AppResult(True, "running")
+                    self.progress.update(name, "running")
+                elif state == ReplicaState.FAILED:
+                    open_running.discard(name)
+                    results[name] = _AppResult(False, f"failed: {message or 'Serve reported the deployment failed'}")
+                    self.progress.update(name, "FAILED")
+                elif state == ReplicaState.PENDING:
+                    first = pending_since.setdefault(name, now)
+                    self.progress.update(name, "pending (no room on its GPU)")
+                    if now - first > s.pending_grace:
+                        open_running.discard(name)
+                        results[name] = _AppResult(False, _pending_message(app, s.pending_grace))
+                        self.progress.update(name, "PENDING")
+                else:
+                    pending_since.pop(name, None)
+                    self.progress.update(name, "starting")
+                    if now - begun > s.replica_timeout:
+                        open_running.discard(name)
+                        results[name] = _AppResult(
+                            False, f"not running after {s.replica_timeout:.0f}s: {message or 'still starting'}"
+                        )
+                        self.progress.update(name, "TIMED OUT")
+            self.progress.tick()
+            if open_running or open_gone:
+                time.sleep(POLL_S)
+
+    def _outcomes(
+        self,
+        plan: Plan,
+        tgt: steps.Target,
+        results: dict[str, _AppResult],
+        failed_replacements: dict[str, str],
+    ) -> list[Outcome]:
+        outcomes = []
+        for i, action in enumerate(plan.actions):
+            new, old = tgt.new_app.get(i), tgt.old_app.get(i)
+            if action.kind in (ActionKind.CREATE, ActionKind.MOVE, ActionKind.REPLACE):
+                result = results.get(new) if new else None
+                if new is None:
+                    outcomes.append(Outcome(action, False, "the plan's end state has no place for it"))
+                elif result is None:
+                    outcomes.append(Outcome(action, True, "already running"))
+                elif not result.ok:
+                    kept = " (the old replica keeps serving)" if old in failed_replacements else ""
+                    outcomes.append(Outcome(action, False, result.message + kept))
+                else:
+                    outcomes.append(Outcome(action, True, result.message))
+            elif action.kind in (ActionKind.EVICT, ActionKind.DELETE):
+                result = results.get(old) if old else None
+                if result is None:
+                    outcomes.append(Outcome(action, True, "already gone"))
+                else:
+                    outcomes.append(Outcome(action, result.ok, result.message))
+            else:
+                outcomes.append(Outcome(action, True, "reconfigured"))
+        return outcomes
+
+
+def _pending_message(app: dict[str, Any], grace: float) -> str:
+    config = app.get("deployed_app_config") or {}
+    deployments = config.get("deployments") or [{}]
+    resources = (deployments[0].get("ray_actor_options") or {}).get("resources") or {}
+    node = ((config.get("args") or {}).get("engine_config") or {}).get("node", "?")
+    need = ", ".join(f"{k}={v}" for k, v in sorted(resources.items()))
+    return (
+        f"pending: Ray has not placed it after {grace:.0f}s; it needs {need} MiB on {node} and that GPU has no room "
+        "for it (over-committed, or held by replicas still stopping)"
+    )

@@ -1,0 +1,206 @@
+"""How a plan becomes a short sequence of whole-config Serve updates. Pure: no Ray, no clock.
+
+The executor puts the whole Serve config several times, each a *phase* of the plan's order:
+
+1. free: evictions and deletions, the old replicas of moves/replaces that are not make-before-break, and anything
+   of ours the end state does not contain (stale generations left by an interrupted apply, routers of models that are
+   gone). Routers stop naming what goes. Waits until those applications are gone, so their VRAM is free.
+2. start: the new replicas of moves and replaces. Waits until they run.
+3. switch: the old replicas of make-before-break moves/replaces go, but only those whose new replica runs (a failed
+   replacement leaves the old one serving); updates (route, config hash: no restarts).
+4. create: new replicas; routers name their final backends. Waits until the new replicas run.
+
+Phases with nothing to do are skipped. Phase 3 depends on how phase 2 went, so it is computed from that outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.desired import DesiredState
+from reconciler.executor import serveconfig
+from reconciler.executor.naming import router_app
+from reconciler.observed import ObservedReplica, ObservedState
+from reconciler.plan import Action, ActionKind, Location, Plan
+
+ROUTER_KIND = "router"
+REPLICA_KIND = "replica"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The end state of our applications, and where each action's applications are."""
+
+    apps: dict[str, dict[str, Any]]  # every application of ours at the end, by name (replicas and routers)
+    replica_of: dict[tuple[str, int], str]  # (model, replica) -> its end-state application
+    old_app: dict[int, str]  # index of an action in plan.actions -> the application it stops/moves/replaces
+    new_app: dict[int, str]  # index of an action -> the application it starts (create, move, replace)
+
+
+@dataclass
+class Phase:
+    name: str
+    apps: dict[str, dict[str, Any]]  # all our applications after this phase
+    wait_running: list[str] = field(default_factory=list)
+    wait_gone: list[str] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)  # indexes into plan.actions this phase carries out
+
+    @property
+    def empty(self) -> bool:
+        return not (self.wait_running or self.wait_gone or self.actions)
+
+
+def _observed_app(observed: ObservedState, model: str, replica: int, location: Location | None) -> str | None:
+    candidates = [r for r in observed.replicas if (r.model, r.replica) == (model, replica) and r.app]
+    if location is not None:
+        exact = [r for r in candidates if r.node == location.node and tuple(r.gpus) == tuple(location.gpus)]
+        candidates = exact or candidates
+    return candidates[0].app if candidates else None
+
+
+def _gpu_memory(observed: ObservedState, location: Location) -> int:
+    try:
+        node = observed.node(location.node)
+        return min(node.gpu(i).memory for i in location.gpus)
+    except KeyError:
+        return 0
+
+
+def target(plan: Plan, desired: DesiredState, observed: ObservedState) -> Target:
+    apps: dict[str, dict[str, Any]] = {}
+    replica_of: dict[tuple[str, int], str] = {}
+    for placed in plan.placement:
+        model = desired.model(placed.model)
+        config = serveconfig.replica_app(
+            model=model,
+            replica=placed.replica,
+            location=placed.location,
+            gpu_memory=_gpu_memory(observed, placed.location),
+        )
+        apps[config["name"]] = config
+        replica_of[(placed.model, placed.replica)] = config["name"]
+    for model in desired.models:
+        backends = [name for (m, _), name in replica_of.items() if m == model.name]
+        router = serveconfig.router_app(model=model, backends=backends)
+        apps[router["name"]] = router
+    old_app: dict[int, str] = {}
+    new_app: dict[int, str] = {}
+    for index, action in enumerate(plan.actions):
+        if action.source is not None:
+            old = _observed_app(observed, action.model, action.replica, action.source)
+            if old is not None:
+                old_app[index] = old
+        if action.target is not None and (action.model, action.replica) in replica_of:
+            new_app[index] = replica_of[(action.model, action.replica)]
+    return Target(apps=apps, replica_of=replica_of, old_app=old_app, new_app=new_app)
+
+
+def _kind(config: dict[str, Any]) -> str:
+    return (config.get("args") or {}).get("kind", "")
+
+
+def _routers_naming(apps: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each router in `apps` naming exactly the replica applications of its model that `apps` contains."""
+    out = dict(apps)
+    by_model: dict[str, list[str]] = {}
+    for name, config in apps.items():
+        if _kind(config) == REPLICA_KIND:
+            by_model.setdefault(config["args"]["engine_config"]["model"], []).append(name)
+    for name, config in apps.items():
+        if _kind(config) == ROUTER_KIND:
+            out[name] = serveconfig.with_backends(config, by_model.get(config["args"]["model"], []))
+    return out
+
+
+def phase_free(plan: Plan, tgt: Target, current: dict[str, dict[str, Any]]) -> Phase:
+    keep_for_switch = {
+        tgt.old_app[i]
+        for i, a in enumerate(plan.actions)
+        if a.kind in (ActionKind.MOVE, ActionKind.REPLACE) and a.make_before_break and i in tgt.old_app
+    }
+    going = sorted(
+        name
+        for name, config in current.items()
+        if name not in tgt.apps and name not in keep_for_switch
+    )
+    apps = {name: config for name, config in current.items() if name not in going}
+    actions = [
+        i
+        for i, a in enumerate(plan.actions)
+        if a.kind in (ActionKind.EVICT, ActionKind.DELETE)
+    ]
+    return Phase(
+        name="free",
+        apps=_routers_naming(apps, current),
+        wait_gone=[name for name in going if _kind(current[name]) == REPLICA_KIND],
+        actions=actions,
+    )
+
+
+def phase_start(plan: Plan, tgt: Target, before: Phase) -> Phase:
+    indexes = [i for i, a in enumerate(plan.actions) if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)]
+    starting = sorted({tgt.new_app[i] for i in indexes if i in tgt.new_app} - set(before.apps))
+    apps = dict(before.apps)
+    for name in starting:
+        apps[name] = tgt.apps[name]
+    # Routers are left as they are: new replicas join them once they run (phase switch).
+    return Phase(name="start", apps=apps, wait_running=starting, actions=indexes)
+
+
+def phase_switch(plan: Plan, tgt: Target, before: Phase, running: set[str]) -> Phase:
+    """Make-before-break: drop an old replica only where its successor runs; apply updates."""
+    dropping = []
+    for i, action in enumerate(plan.actions):
+        if action.kind in (ActionKind.MOVE, ActionKind.REPLACE) and action.make_before_break:
+            old, new = tgt.old_app.get(i), tgt.new_app.get(i)
+            if old and old in before.apps and old not in tgt.apps and new in running:
+                dropping.append(old)
+    apps = {name: config for name, config in before.apps.items() if name not in dropping}
+    for name in apps:
+        if name in tgt.apps and _kind(tgt.apps[name]) == REPLICA_KIND:
+            apps[name] = tgt.apps[name]  # updates: new config_hash through user_config, no restart
+    for name, config in tgt.apps.items():
+        if _kind(config) == ROUTER_KIND:
+            apps[name] = config  # new routes, new config hashes
+    apps = _routers_naming(apps, before.apps)
+    updates = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.UPDATE]
+    return Phase(name="switch", apps=apps, wait_gone=sorted(dropping), actions=updates)
+
+
+def phase_create(plan: Plan, tgt: Target, before: Phase, failed_replacements: dict[str, str]) -> Phase:
+    """Everything of the end state; old replicas whose replacement failed stay and keep serving."""
+    creating = sorted(
+        name for name, config in tgt.apps.items() if _kind(config) == REPLICA_KIND and name not in before.apps
+    )
+    apps = dict(tgt.apps)
+    for old in failed_replacements:
+        if old in before.apps:
+            apps[old] = before.apps[old]
+    apps = _routers_naming(apps, before.apps)
+    indexes = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.CREATE]
+    return Phase(name="create", apps=apps, wait_running=creating, actions=indexes)
+
+
+def actions_by_app(plan: Plan, tgt: Target) -> dict[str, list[int]]:
+    """Which actions succeed when an application runs (or goes): for the report."""
+    out: dict[str, list[int]] = {}
+    for i, action in enumerate(plan.actions):
+        if action.kind in (ActionKind.CREATE, ActionKind.MOVE, ActionKind.REPLACE) and i in tgt.new_app:
+            out.setdefault(tgt.new_app[i], []).append(i)
+    return out
+
+
+def describe(action: Action) -> str:
+    where = f" {action.source}" if action.source else ""
+    if action.target is not None and action.target != action.source:
+        where += f" -> {action.target}" if action.source else f" {action.target}"
+    return f"{action.kind} {action.model}#{action.replica}{where}"
+
+
+def router_name(model: str) -> str:
+    return router_app(model)
+
+
+def stale_replicas(observed: ObservedState, tgt: Target) -> list[ObservedReplica]:
+    return [r for r in observed.replicas if r.app and r.app not in tgt.apps]
