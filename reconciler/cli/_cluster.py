@@ -1,0 +1,73 @@
+"""What the cluster commands share: connecting (offering the local cluster when there is none) and confirming."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import UserError
+
+if TYPE_CHECKING:
+    from reconciler.desired import DesiredState
+
+
+def add_address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster's GCS address HOST:PORT (default: RAY_ADDRESS, else the local cluster of `reconciler up`)",
+    )
+
+
+def confirm(question: str) -> bool:
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def start_local(desired: DesiredState, state_file: Path | None = None) -> dict[str, Any]:
+    from reconciler import localcluster
+
+    path = state_file or localcluster.default_state_file()
+    spec = localcluster.spec_from_desired(desired)
+    if not spec.nodes:
+        raise UserError("the pools list no inventory nodes: there is nothing to start a local cluster from")
+    names = ", ".join(n.name for n in spec.nodes)
+    print(f"Starting a local Ray cluster with {len(spec.nodes)} node(s): {names} …", file=sys.stderr, flush=True)
+    try:
+        state = localcluster.start(spec, path)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from exc
+    print(
+        f"Local cluster up: Ray {state['address']}, dashboard {state['dashboard_url']}, "
+        f"models at {state['http_url']} (state in {path}; `reconciler down` stops it)",
+        file=sys.stderr,
+    )
+    return state
+
+
+def connect(address: str | None, *, desired: DesiredState | None = None, offer_local: bool = False,
+            yes: bool = False) -> Any:
+    """A connected adapter Cluster. With `offer_local`, no address and no cluster running, offers to start the local
+    one (starts it with `yes`)."""
+    from reconciler import adapter
+    from reconciler.adapter.cluster import find_local_cluster
+
+    if offer_local and desired is not None and not address and not os.environ.get("RAY_ADDRESS"):
+        if find_local_cluster() is None:
+            if not (yes or (interactive() and confirm("No Ray cluster is running. Start the local one now?"))):
+                raise UserError(
+                    "no Ray cluster to apply to: start the local one with `reconciler up` (or pass --yes), or "
+                    "point --address / RAY_ADDRESS at yours"
+                )
+            start_local(desired)
+    return adapter.connect(address)

@@ -1,0 +1,115 @@
+"""`reconciler apply`: plan against the live cluster, show the plan, and carry it out through Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reconciler.cli import _cluster, _planning
+from reconciler.errors import UserError
+
+DESCRIPTION = """\
+Plan the specs against the live cluster, show the plan, ask, and apply it through Ray Serve's declarative API in the
+plan's order: evictions and deletions first, moves and replaces (make-before-break where the plan says so), updates,
+creates last. Waits until every replica runs, fails, or stays pending, and reports each action.
+
+Applications reconciler did not create are never touched. Re-running after an interrupted apply converges: whatever
+of reconciler's is not in the plan's end state is removed."""
+
+EPILOG = """\
+exit codes:
+  0  applied (or nothing to do, or --dry-run)
+  1  error, a refused stale plan, or at least one action failed
+
+examples:
+  reconciler apply specs --dry-run
+  reconciler apply specs --yes
+  reconciler plan specs --out plan.json && reconciler apply specs --plan plan.json"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "apply",
+        help="apply the specs to the cluster through Ray Serve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
+                        help="the spec directory (default: specs)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask; also start the local cluster when no cluster is running")
+    parser.add_argument("--plan", metavar="FILE", type=Path,
+                        help="apply exactly this saved plan (`reconciler plan --out`); refused when the cluster or "
+                        "the specs changed since it was made")
+    _cluster.add_address_argument(parser)
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long one replica may take to start, model load included (default: 600)")
+    parser.add_argument("--pending-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="how long Ray may leave a replica unscheduled before it is reported pending "
+                        "(default: 30)")
+    parser.set_defaults(handler=run)
+
+
+def load_saved_plan(path: Path):
+    from reconciler.plan import from_json
+
+    try:
+        return from_json(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise UserError(f"cannot read the plan {path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a saved plan: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.executor.progress import Progress
+    from reconciler.executor.run import Executor, Settings
+    from reconciler.render.status import render_report, render_status
+    from reconciler.render.text import render_plan
+
+    desired = _planning.load_directory(args.directory)
+    saved = load_saved_plan(args.plan) if args.plan is not None else None
+    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes)
+    try:
+        observed = cluster.observe(desired)
+        if saved is not None:
+            if saved.fingerprint != observed.fingerprint:
+                raise UserError(
+                    f"Saved plan is stale: the cluster changed after {args.plan} was made (observed state "
+                    f"{observed.fingerprint}, the plan was computed from {saved.fingerprint}). Nothing was applied; "
+                    "make a new plan with `reconciler plan --out`."
+                )
+            if saved.desired_fingerprint and saved.desired_fingerprint != desired.fingerprint:
+                raise UserError(
+                    f"Saved plan is stale: the specs in {args.directory} changed after {args.plan} was made. "
+                    "Nothing was applied; make a new plan with `reconciler plan --out`."
+                )
+            plan = saved
+        else:
+            plan = _planning.plan_against(desired, observed)
+        color = _planning.use_color(sys.stdout)
+        sys.stdout.write(render_plan(plan, color=color))
+        if plan.empty:
+            print("Nothing to apply: the cluster matches the specs.")
+            return 0
+        if args.dry_run:
+            print("Dry run: nothing was changed.")
+            return 0
+        if not args.yes:
+            if not _cluster.interactive():
+                raise UserError("not a terminal: pass --yes to apply without confirmation")
+            if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?"):
+                print("Nothing was applied.")
+                return 1
+        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace)
+        report = Executor(cluster, settings=settings, progress=Progress(sys.stderr)).apply(plan, desired, observed)
+        after = cluster.observe(desired)
+        sys.stdout.write(render_report(report, color=color))
+        sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url))
+        return 0 if report.ok else 1
+    finally:
+        cluster.close()

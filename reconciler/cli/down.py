@@ -1,0 +1,25 @@
+"""`reconciler down`: stop the local Ray cluster `reconciler up` started."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "down",
+        help="stop the local Ray cluster",
+        description="Stop the local Ray cluster started by `reconciler up` (or by `apply --yes`) from this directory.",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler import localcluster
+
+    path = localcluster.default_state_file()
+    if localcluster.stop(path):
+        print("Local cluster stopped.")
+    else:
+        print("No local cluster was running.")
+    return 0

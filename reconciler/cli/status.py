@@ -1,0 +1,40 @@
+"""`reconciler status`: the cluster for people: VRAM per GPU with its replicas, foreign use, free; what is not
+running and why."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reconciler.cli import _cluster, _planning
+from reconciler.cli.observe import load_optional
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="VRAM per GPU, replicas and their state",
+        description="Per node and GPU: a VRAM bar with the replicas on it, foreign use and free memory; then every "
+        "replica that is pending, failed or starting, with what the cluster says about it. With a spec "
+        "directory, also the replicas the specs want that have no place.",
+    )
+    parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
+                        help="the spec directory (default: specs; optional)")
+    _cluster.add_address_argument(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.render.status import render_status
+
+    desired = load_optional(args.directory)
+    with _cluster.connect(args.address) as cluster:
+        observed = cluster.observe(desired)
+        http_url = cluster.http_url
+    unplaced = ()
+    if desired is not None:
+        unplaced = _planning.plan_against(desired, observed).unplaced
+    sys.stdout.write(render_status(observed, desired=desired, color=_planning.use_color(sys.stdout),
+                                   http_url=http_url, unplaced=unplaced))
+    return 0

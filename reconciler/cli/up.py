@@ -1,0 +1,35 @@
+"""`reconciler up`: start the local Ray cluster (the embedded default) shaped like the pools' inventory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reconciler.cli import _cluster, _planning
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="start a local Ray cluster shaped like the pools' inventory",
+        description="Start a local Ray cluster that outlives this command: one Ray node per inventory node of the "
+        "pools, labelled like the pool selects it, with one VRAM resource per (simulated) GPU; Serve's HTTP proxy and "
+        "the dashboard on 127.0.0.1, free ports, token auth on. Its state lives in .reconciler/cluster.json; "
+        "`reconciler down` stops it.",
+    )
+    parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
+                        help="the spec directory (default: specs)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler import localcluster
+
+    desired = _planning.load_directory(args.directory)
+    path = localcluster.default_state_file()
+    state = localcluster.read_state(path)
+    if state is not None:
+        print(f"A local cluster is already running: Ray {state['address']}, models at {state['http_url']}.")
+        return 0
+    _cluster.start_local(desired, path)
+    return 0

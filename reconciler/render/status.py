@@ -1,0 +1,116 @@
+"""The cluster for people (`reconciler status`) and an apply's report. Renders only: no Ray, no decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from reconciler.desired import DesiredState
+from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
+from reconciler.quantity import format_bytes
+
+BAR_WIDTH = 40
+MARKS = "█▓▒■◆●▲▼"
+
+_COLOURS = {"ok": "32", "warn": "33", "bad": "31", "dim": "2", "bold": "1"}
+
+
+def _c(text: str, style: str, color: bool) -> str:
+    return f"\033[{_COLOURS[style]}m{text}\033[0m" if color else text
+
+
+def _bar(gpu_memory: int, uses: list[tuple[str, int]], foreign: int) -> str:
+    cells: list[str] = []
+    total = max(gpu_memory, 1)
+    for i, (_, vram) in enumerate(uses):
+        cells += [MARKS[i % len(MARKS)]] * max(1, round(vram / total * BAR_WIDTH))
+    cells += ["x"] * (round(foreign / total * BAR_WIDTH) if foreign else 0)
+    cells = cells[:BAR_WIDTH]
+    return "[" + "".join(cells) + "·" * (BAR_WIDTH - len(cells)) + "]"
+
+
+def _state(replica: ObservedReplica, color: bool) -> str:
+    style = {
+        ReplicaState.RUNNING: "ok",
+        ReplicaState.STARTING: "warn",
+        ReplicaState.PENDING: "warn",
+        ReplicaState.STOPPING: "dim",
+        ReplicaState.FAILED: "bad",
+    }[replica.state]
+    return _c(str(replica.state), style, color)
+
+
+def render_status(
+    observed: ObservedState,
+    *,
+    desired: DesiredState | None = None,
+    color: bool = False,
+    http_url: str | None = None,
+    unplaced: Iterable[Any] = (),
+) -> str:
+    lines: list[str] = []
+    on_gpu: dict[tuple[str, int], list[ObservedReplica]] = {}
+    for replica in observed.replicas:
+        for gpu in replica.gpus:
+            on_gpu.setdefault((replica.node, gpu), []).append(replica)
+    for node in observed.nodes:
+        source = "simulated from the inventory" if node.simulated else "NVML"
+        labels = ", ".join(f"{k}={v}" for k, v in node.labels if not k.startswith("reconciler.io/"))
+        lines.append(_c(f"{node.name}", "bold", color) + f"  ({source}{'; ' + labels if labels else ''})")
+        if not node.gpus:
+            lines.append("  no GPUs")
+        for gpu in node.gpus:
+            replicas = sorted(on_gpu.get((node.name, gpu.index), []), key=lambda r: (r.model, r.replica))
+            held = [r for r in replicas if r.state != ReplicaState.PENDING]
+            used = sum(r.vram for r in held)
+            free = max(0, gpu.memory - used - gpu.foreign)
+            uses = [(f"{r.model}#{r.replica}", r.vram) for r in held]
+            lines.append(
+                f"  gpu{gpu.index} {gpu.name or '?':<10} {_bar(gpu.memory, uses, gpu.foreign)} "
+                f"{format_bytes(used)} reconciler, {format_bytes(gpu.foreign)} foreign, "
+                f"{_c(format_bytes(free) + ' free', 'ok' if free else 'warn', color)} of {format_bytes(gpu.memory)}"
+            )
+            for replica in replicas:
+                mark = MARKS[held.index(replica) % len(MARKS)] if replica in held else " "
+                label = f"{replica.model}#{replica.replica}"
+                lines.append(f"    {mark} {label:<28} {format_bytes(replica.vram):>9}  {_state(replica, color)}")
+        lines.append("")
+    known = {(n.name) for n in observed.nodes}
+    elsewhere = [r for r in observed.replicas if r.node not in known]
+    troubled = [r for r in observed.replicas if r.state != ReplicaState.RUNNING] + elsewhere
+    if troubled:
+        lines.append(_c("Replicas not running:", "bold", color))
+        for replica in sorted(set(troubled), key=lambda r: (r.model, r.replica, r.app)):
+            where = f"{replica.node}/" + "+".join(f"gpu{g}" for g in replica.gpus)
+            why = f": {replica.message}" if replica.message else ""
+            lines.append(f"  {replica.model}#{replica.replica} on {where} {_state(replica, color)}{why}")
+        lines.append("")
+    unplaced = list(unplaced)
+    if unplaced:
+        lines.append(_c("Replicas the specs want that have no place:", "bold", color))
+        for item in unplaced:
+            lines.append(f"  {item.model}#{item.replica}: {item.reason}")
+        lines.append("")
+    running = sum(1 for r in observed.replicas if r.state == ReplicaState.RUNNING)
+    summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes)} node(s)"
+    if http_url and desired is not None and desired.models:
+        routes = ", ".join(f"{http_url}{m.route or '/' + m.name}" for m in desired.models)
+        summary += f"; endpoints: {routes}"
+    lines.append(summary)
+    return "\n".join(lines) + "\n"
+
+
+def render_report(report: Any, *, color: bool = False) -> str:
+    """An apply's outcome: one line per action, failures with the cluster's words for why."""
+    from reconciler.executor.steps import describe
+
+    lines = []
+    for outcome in report.outcomes:
+        mark = _c("ok  ", "ok", color) if outcome.ok else _c("FAIL", "bad", color)
+        lines.append(f"{mark} {describe(outcome.action)}: {outcome.message}")
+    for app in report.cleaned:
+        lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
+    failed = len(report.failed)
+    verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
+    lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")
+    return "\n".join(lines) + "\n\n"
