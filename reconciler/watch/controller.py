@@ -118,6 +118,7 @@ class Controller:
         self.failures_in_a_row = 0
         self._status: dict[str, Any] = {}
         self._last_plan: Any = None
+        self._was_in_sync = False
 
     # -- one cycle -------------------------------------------------------------------------------------------------
 
@@ -233,7 +234,7 @@ class Controller:
             a = r.action
             if self.metrics is not None:
                 self.metrics.action(str(a.kind), ok=r.ok)
-            line = action_line(a) + ("" if r.ok else f" FAILED: {r.error}")
+            line = ("done " if r.ok else "FAILED ") + action_line(a) + ("" if r.ok else f": {r.error}")
             self.events.emit(Kind.ACTION, line, ok=r.ok, error=r.error or None, **action_json(a))
             model = _model(desired, a.model)
             if not r.ok and model is not None and a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.MOVE):
@@ -287,12 +288,15 @@ class Controller:
         if not result.failed:
             self.failures_in_a_row = 0
         in_sync = result.plan is not None and result.plan.empty
+        # The human log says "in sync" when it becomes so, not on every tick of a quiet cluster.
+        routine = in_sync and self._was_in_sync and result.cause is Cause.DRIFT_TIMER
+        self._was_in_sync = in_sync
         self.events.emit(
             Kind.CYCLE,
             f"{result.cause}: " + ("in sync" if in_sync else "acted" if result.acted else "done")
             + f" ({seconds * 1000:.0f} ms)",
             cause=str(result.cause), seconds=round(seconds, 4), acted=result.acted, drift=result.drift,
-            failed=result.failed, inSync=in_sync,
+            failed=result.failed, inSync=in_sync, human=not routine,
         )
         self._status = {
             "time": self.clock(),

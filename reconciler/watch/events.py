@@ -70,15 +70,17 @@ class EventLog:
         self.clock = clock
         self._lock = threading.Lock()
 
-    def emit(self, kind: Kind, message: str, /, *, detail: list[str] | None = None, **fields: Any) -> dict[str, Any]:
-        """``detail`` lines go to the human log under the message (diagnostics, actions); JSON has them in fields."""
+    def emit(self, kind: Kind, message: str, /, *, detail: list[str] | None = None, human: bool = True,
+             **fields: Any) -> dict[str, Any]:
+        """``detail`` lines go to the human log under the message (diagnostics, actions); JSON has them in fields.
+        ``human=False`` keeps a routine event (another in-sync cycle) out of the human log; JSON gets everything."""
         now = self.clock()
         record = {"time": _timestamp(now), "event": str(kind), "message": message, **fields}
         with self._lock:
             if self.json_sink is not None:
                 self.json_sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 self.json_sink.flush()
-            if self.text_sink is not None:
+            if self.text_sink is not None and human:
                 stamp = datetime.fromtimestamp(now).strftime("%H:%M:%S")
                 lines = [f"{stamp} {message}"] + [f"         {line}" for line in detail or ()]
                 self.text_sink.write("\n".join(lines) + "\n")

@@ -72,7 +72,8 @@ def connect(options: WatchOptions) -> Cluster:
         return Cluster(observe=observe, apply=None, kv=MemoryKV(), describe=what)
     from reconciler.watch.live import connect_live
 
-    return connect_live(options.address)
+    # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
+    return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:
