@@ -151,9 +151,8 @@ def choice(*values: str, description: str) -> Any:
                 raise ValueError(f"`{value}` is not one of {allowed}; did you mean `{close}`?")
         raise ValueError(f"{describe(value)} is not one of {allowed}")
 
-    return Annotated[
-        str, PlainValidator(validate), WithJsonSchema({"type": "string", "enum": list(values), "description": description})
-    ]
+    schema = {"type": "string", "enum": list(values), "description": description}
+    return Annotated[str, PlainValidator(validate), WithJsonSchema(schema)]
 
 
 Name = Annotated[

@@ -6,7 +6,7 @@ These models check the shape of one document; rules that span documents (referen
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -25,6 +25,16 @@ from reconciler.spec.fields import (
 )
 
 API_VERSION = "reconciler/v1"
+
+PlacementName = choice("binpack", "spread", description="binpack: fewest GPUs in use; spread: balance VRAM use.")
+PreemptionName = choice(
+    "LowerPriority", "Never", description="LowerPriority: may evict lower-priority replicas; Never: never evicts."
+)
+EngineName = choice("vllm", "echo", description="vllm, or echo: a tiny OpenAI-compatible test server.")
+SpreadName = choice("none", "gpu", "node", description="gpu | node: replicas of this model never share one.")
+AnyInteger = integer()
+NonNegativeInteger = integer(minimum=0)
+PositiveInteger = integer(minimum=1)
 
 
 class _Spec(BaseModel):
@@ -71,16 +81,14 @@ class NodeSelection(_Spec):
 
 class Disruption(_Spec):
     label: ClassVar[str] = "`disruption`"
-    max_moves: integer(minimum=0) = Field(  # type: ignore[valid-type]
+    max_moves: NonNegativeInteger = Field(
         default=0, description="Running replicas one apply may move to make room (0: never move)."
     )
 
 
 class ResourcePoolSpec(_Spec):
     label: ClassVar[str] = "a ResourcePool spec"
-    placement: choice("binpack", "spread", description="binpack: fewest GPUs in use; spread: balance VRAM use.") = (  # type: ignore[valid-type]
-        "binpack"
-    )
+    placement: PlacementName = "binpack"
     reserve: Quantity = Field(default=0, description="VRAM kept free on every GPU of the pool.")
     nodes: NodeSelection = Field(default_factory=NodeSelection)
     inventory: list[InventoryNode] = Field(
@@ -92,10 +100,8 @@ class ResourcePoolSpec(_Spec):
 
 class PriorityClassSpec(_Spec):
     label: ClassVar[str] = "a PriorityClass spec"
-    value: integer() = Field(description="Higher wins.")  # type: ignore[valid-type]
-    preemption: choice(  # type: ignore[valid-type]
-        "LowerPriority", "Never", description="LowerPriority: may evict lower-priority replicas; Never: never evicts."
-    ) = "LowerPriority"
+    value: AnyInteger = Field(description="Higher wins.")
+    preemption: PreemptionName = "LowerPriority"
     preemptible: Boolean = Field(default=True, description="false: replicas of this class are never evicted.")
     default: Boolean = Field(default=False, description="The class of models that name none; at most one.")
 
@@ -104,14 +110,14 @@ class ModelSpec(_Spec):
     label: ClassVar[str] = "a Model spec"
     pool: Name | None = Field(default=None, description="The ResourcePool; required unless exactly one exists.")
     priority_class: Name | None = Field(default=None, description="The PriorityClass; default: the default class.")
-    engine: choice("vllm", "echo", description="vllm, or echo: a tiny OpenAI-compatible test server.") = "vllm"  # type: ignore[valid-type]
+    engine: EngineName = "vllm"
     source: NonEmptyText = Field(description="Model id or local path, handed to the engine.")
     vram: Quantity = Field(description="Per replica and per GPU: weights + KV cache + overhead.")
     replicas: Replicas = Field(default=1, description='A whole number >= 0, or "max": as many as fit.')
-    tensor_parallel: integer(minimum=1) = Field(  # type: ignore[valid-type]
+    tensor_parallel: PositiveInteger = Field(
         default=1, description="GPUs per replica, all on one node."
     )
-    spread: choice("none", "gpu", "node", description="gpu | node: replicas of this model never share one.") = "none"  # type: ignore[valid-type]
+    spread: SpreadName = "none"
     route: Route | None = Field(default=None, description="HTTP route prefix; default /<name>.")
     engine_args: Mapping = Field(default_factory=dict, description="Passed through to the engine.")
 

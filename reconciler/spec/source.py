@@ -204,9 +204,10 @@ class _Converter:
                 merged = self._mapping(source, path, merged_positions, depth)
                 for key, value in merged.items():
                     result.setdefault(key, value)
-                for where, table in ((positions.values, merged_positions.values), (positions.keys, merged_positions.keys)):
-                    for at, position in table.items():
-                        where.setdefault(at, position)
+                for at, position in merged_positions.values.items():
+                    positions.values.setdefault(at, position)
+                for at, position in merged_positions.keys.items():
+                    positions.keys.setdefault(at, position)
         return result
 
 

@@ -225,7 +225,15 @@ def _set(root: Any, path: tuple, value: Any, delete: bool = False) -> None:
         parent[path[-1]] = value
 
 
-junk = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+junk = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
 bad_quantities = st.sampled_from(["24", 24, "24g", "-1Gi", "1e9", ".nan", "Gi", "", "24Xi", "9999999999E", "1.5.2Gi"])
 
 
