@@ -7,6 +7,7 @@ JSON Schema editors and CI validate against (so the schema and the loader accept
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Annotated, Any
 
@@ -57,6 +58,8 @@ def _name(value: Any) -> str:
 
 
 def _quantity(value: Any) -> int:
+    if value is None:
+        raise ValueError("no value given: write a quantity like 24Gi or 512Mi")
     try:
         return parse_quantity(value)
     except QuantityError as exc:
@@ -132,9 +135,24 @@ def _string_map(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _mapping(value: Any) -> dict[str, Any]:
+def _non_finite(value: Any, where: str) -> str | None:
+    """Where a NaN or infinity hides in nested data: JSON, and so the engine, cannot carry one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _json_mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping, not {describe(value)}")
+    where = _non_finite(value, "")
+    if where is not None:
+        raise ValueError(f"`{where}` is not a finite number; JSON cannot carry NaN or infinity")
     return value
 
 
@@ -188,4 +206,4 @@ StringMap = Annotated[
     PlainValidator(_string_map),
     WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
 ]
-Mapping = Annotated[dict[str, Any], PlainValidator(_mapping), WithJsonSchema({"type": "object"})]
+JsonMapping = Annotated[dict[str, Any], PlainValidator(_json_mapping), WithJsonSchema({"type": "object"})]

@@ -13,7 +13,7 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.spec.fields import (
     Boolean,
-    Mapping,
+    JsonMapping,
     Name,
     NonEmptyText,
     Quantity,
@@ -119,7 +119,7 @@ class ModelSpec(_Spec):
     )
     spread: SpreadName = "none"
     route: Route | None = Field(default=None, description="HTTP route prefix; default /<name>.")
-    engine_args: Mapping = Field(default_factory=dict, description="Passed through to the engine.")
+    engine_args: JsonMapping = Field(default_factory=dict, description="Passed through to the engine.")
 
 
 class _Document(_Spec):

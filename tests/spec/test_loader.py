@@ -135,6 +135,9 @@ def test_models_are_sorted_by_name_whatever_the_file_order():
         ({"route": "/chat/"}, "`route`: `/chat/` is not a valid route"),
         ({"engineArgs": [1]}, "`engineArgs`: expected a mapping, not a list"),
         ({"source": ""}, "`source`: this must not be empty"),
+        ({"vram": None}, "`vram`: no value given: write a quantity like 24Gi or 512Mi"),
+        ({"engineArgs": {"x": [1, {"y": float("nan")}]}}, "`engineArgs`: `x.1.y` is not a finite number"),
+        ({"pool": 5}, "`pool`: a name must be text, not `5`"),
     ],
 )
 def test_model_field_messages(spec, message):
