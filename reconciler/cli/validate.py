@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reconciler.spec import LoadResult, load_specs
+if TYPE_CHECKING:
+    from reconciler.spec import LoadResult
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:
@@ -47,6 +49,8 @@ def as_json(directory: Path, result: LoadResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reconciler.spec import load_specs  # pydantic and ruamel: only when the command runs
+
     directory = Path(args.directory)
     result = load_specs(directory)
     if args.format == "json":
