@@ -105,6 +105,7 @@ class Cluster:
         self.http_url = endpoint.http_url
         self.last_serve: dict[str, Any] = {}
         self._probe_fn = None
+        self._owns_driver = False
 
     # -- connection -------------------------------------------------------------------------------------------------
 
@@ -124,8 +125,19 @@ class Cluster:
         kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
         if host in ("127.0.0.1", "localhost"):
             kwargs["_node_ip_address"] = "127.0.0.1"  # else Ray may rewrite loopback to the host IP and hang
+        if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
+            # This process is already a driver of this cluster (a test session, a notebook): share it, leave it up.
+            self._owns_driver = False
+            if self.dashboard_url is None:
+                url = ray._private.worker._global_node.webui_url or ""  # the public accessor is deprecated
+                self.dashboard_url = url if url.startswith("http") else f"http://{url}"
+            self._ray = ray
+            return ray
         if ray.is_initialized():
-            ray.shutdown()
+            raise PermanentError(
+                f"this process is already connected to another Ray cluster ({ray.get_runtime_context().gcs_address})"
+            )
+        self._owns_driver = True
         try:
             context = ray.init(address=self.address, **kwargs)
         except ConnectionError as exc:
@@ -141,9 +153,9 @@ class Cluster:
         return ray
 
     def close(self) -> None:
-        if self._ray is not None:
+        if self._ray is not None and self._owns_driver:
             self._ray.shutdown()
-            self._ray = None
+        self._ray = None
         self._session.close()
 
     def __enter__(self) -> "Cluster":
