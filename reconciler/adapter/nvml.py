@@ -3,6 +3,7 @@ task, and `reconciler node-resources` runs it locally."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 
@@ -24,7 +25,9 @@ def probe() -> dict[str, Any]:
 
 def read_gpus() -> list[dict[str, Any]]:
     try:
-        import pynvml
+        with warnings.catch_warnings():  # nvidia-ml-py's module is named pynvml; an old `pynvml` shim warns on import
+            warnings.simplefilter("ignore", FutureWarning)
+            import pynvml
     except ImportError as exc:  # nvidia-ml-py is a dependency, but a node's environment may lack it
         raise NvmlUnavailable(f"nvidia-ml-py is not installed: {exc}") from exc
     try:
