@@ -36,10 +36,11 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     elapsed: float = 0.0
     cleaned: list[str] = field(default_factory=list)  # applications of ours removed that no action named
+    router_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
+        return all(o.ok for o in self.outcomes) and not self.router_errors
 
     @property
     def failed(self) -> list[Outcome]:
@@ -75,6 +76,7 @@ class Executor:
         self.cluster = cluster
         self.settings = settings
         self.progress = progress or Progress()
+        self.router_errors: list[str] = []
 
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         started = time.monotonic()
@@ -88,7 +90,9 @@ class Executor:
 
         free = steps.phase_free(plan, tgt, current)
         report.cleaned = sorted(
-            n for n in current if n not in free.apps and n not in named and n.count("--") > 1
+            n
+            for n, config in current.items()
+            if n not in free.apps and n not in named and config.get("args", {}).get("kind") == steps.REPLICA_KIND
         )
         self._run(free, details, foreign, current, results, what={n: f"stop {n}" for n in free.wait_gone})
 
@@ -112,6 +116,7 @@ class Executor:
         self.progress.close()
 
         report.outcomes = self._outcomes(plan, tgt, results, failed_replacements)
+        report.router_errors = list(self.router_errors)
         report.elapsed = time.monotonic() - started
         return report
 
@@ -146,6 +151,35 @@ class Executor:
         for app in [*phase.wait_gone, *phase.wait_running]:
             self.progress.track(app, what.get(app, app))
         self._wait(phase, results)
+        routers = [
+            name
+            for name, config in phase.apps.items()
+            if config["args"].get("kind") == steps.ROUTER_KIND and previous.get(name) != config
+        ]
+        if routers:
+            self._wait_routers(routers)
+
+    def _wait_routers(self, routers: list[str]) -> None:
+        """Until reconfigured or new routers serve: when apply returns, every route answers with its new backends."""
+
+        def settled(details: dict[str, Any]) -> bool:
+            apps = details.get("applications") or {}
+            for name in routers:
+                app = apps.get(name)
+                if app is None or app.get("status") != "RUNNING":
+                    return False
+                replicas = [r for d in app["deployments"].values() for r in d.get("replicas", [])]
+                if not replicas or any(r.get("state") != "RUNNING" for r in replicas):
+                    return False
+            return True
+
+        details = self.cluster.wait_serve(settled, timeout=self.settings.replica_timeout, interval=POLL_S)
+        if not settled(details):
+            apps = details.get("applications") or {}
+            for name in routers:
+                status = (apps.get(name) or {}).get("status", "missing")
+                if status != "RUNNING":
+                    self.router_errors.append(f"router {name} is {status}: {(apps.get(name) or {}).get('message', '')}")
 
     def _wait(self, phase: steps.Phase, results: dict[str, _AppResult]) -> None:
         s = self.settings

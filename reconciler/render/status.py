@@ -110,7 +110,9 @@ def render_report(report: Any, *, color: bool = False) -> str:
         lines.append(f"{mark} {describe(outcome.action)}: {outcome.message}")
     for app in report.cleaned:
         lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
-    failed = len(report.failed)
+    for error in report.router_errors:
+        lines.append(f"{_c('FAIL', 'bad', color)} {error}")
+    failed = len(report.failed) + len(report.router_errors)
     verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
     lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")
     return "\n".join(lines) + "\n\n"
