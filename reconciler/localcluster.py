@@ -84,6 +84,20 @@ def spec_from_desired(desired: DesiredState) -> ClusterSpec:
     return ClusterSpec(nodes=nodes)
 
 
+def spec_for_real_gpus(desired: DesiredState, memories: list[int], node: str | None = None) -> ClusterSpec:
+    """One node with the GPUs NVML sees on this machine, named after the inventory node it stands for: `node`, else
+    the first inventory node with as many GPUs, else the first one. Observe reads its GPUs through NVML."""
+    entries = [(pool, inv) for pool in desired.pools for inv in pool.inventory]
+    if not entries:
+        raise ValueError("the pools list no inventory nodes")
+    chosen = next((e for e in entries if e[1].node == node), None) if node else None
+    chosen = chosen or next((e for e in entries if len(e[1].gpus) == len(memories)), entries[0])
+    pool, inv = chosen
+    labels = {**dict(pool.selector or ()), NODE_NAME_LABEL: inv.node}
+    resources = node_resources(inv.node, memories, pool.reserve)
+    return ClusterSpec(nodes=[NodeSpec(name=inv.node, labels=labels, num_gpus=len(memories), resources=resources)])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

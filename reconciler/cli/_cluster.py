@@ -34,11 +34,24 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def start_local(desired: DesiredState, state_file: Path | None = None) -> dict[str, Any]:
+def local_spec(desired: DesiredState, *, simulate: bool = False) -> Any:
+    """Real GPUs when NVML sees some on this machine (one node), else one simulated node per inventory node."""
+    from reconciler import localcluster
+    from reconciler.adapter.nvml import probe
+
+    if not simulate:
+        found = probe()
+        if found["available"] and found["gpus"]:
+            print(f"NVML sees {len(found['gpus'])} GPU(s) here: starting one node with them.", file=sys.stderr)
+            return localcluster.spec_for_real_gpus(desired, [g["memory"] for g in found["gpus"]])
+    return localcluster.spec_from_desired(desired)
+
+
+def start_local(desired: DesiredState, state_file: Path | None = None, *, simulate: bool = False) -> dict[str, Any]:
     from reconciler import localcluster
 
     path = state_file or localcluster.default_state_file()
-    spec = localcluster.spec_from_desired(desired)
+    spec = local_spec(desired, simulate=simulate)
     if not spec.nodes:
         raise UserError("the pools list no inventory nodes: there is nothing to start a local cluster from")
     names = ", ".join(n.name for n in spec.nodes)

@@ -13,12 +13,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up",
         help="start a local Ray cluster shaped like the pools' inventory",
         description="Start a local Ray cluster that outlives this command: one Ray node per inventory node of the "
-        "pools, labelled like the pool selects it, with one VRAM resource per (simulated) GPU; Serve's HTTP proxy and "
+        "pools, labelled like the pool selects it, with one VRAM resource per simulated GPU (or, when NVML sees GPUs "
+        "here, one node with the real ones); Serve's HTTP proxy and "
         "the dashboard on 127.0.0.1, free ports, token auth on. Its state lives in .reconciler/cluster.json; "
         "`reconciler down` stops it.",
     )
     parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
                         help="the spec directory (default: specs)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="simulate the inventory's GPUs even when NVML sees real ones here")
     parser.set_defaults(handler=run)
 
 
@@ -31,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     if state is not None:
         print(f"A local cluster is already running: Ray {state['address']}, models at {state['http_url']}.")
         return 0
-    _cluster.start_local(desired, path)
+    _cluster.start_local(desired, path, simulate=args.simulate)
     return 0

@@ -206,6 +206,44 @@ def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tm
     assert apply_cli(world, "--plan", str(saved)) == 1  # the cluster changed since: refused
     assert "Saved plan is stale" in capsys.readouterr().err
     assert replica_actors(world) == after
+    world["models"]["embeddings"]["replicas"] = 2  # the specs as applied
+
+
+def test_move_is_make_before_break(world):
+    """A hand-made plan (the planner only moves to make room): an embeddings replica to another GPU."""
+    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.progress import Progress
+    from reconciler.plan import Action
+
+    desired, observed, _ = plan_now(world)
+    moving = next(r for r in observed.replicas if r.model == "embeddings")
+    def free(node, gpu):
+        used = sum(r.vram for r in observed.replicas if r.node == node.name and gpu.index in r.gpus)
+        return gpu.memory - (1 << 30) - used
+
+    target = next(
+        Location(node.name, (gpu.index,))
+        for node in observed.nodes
+        for gpu in node.gpus
+        if free(node, gpu) >= moving.vram and (node.name, (gpu.index,)) != (moving.node, moving.gpus)
+    )
+    placement = tuple(
+        PlacedReplica(r.model, r.replica, *(
+            (target.node, target.gpus) if r is moving else (r.node, r.gpus)), r.vram)
+        for r in observed.replicas
+    )
+    move = Action(ActionKind.MOVE, "embeddings", moving.replica, Location(moving.node, moving.gpus), target, moving.vram,
+                  "test: move", make_before_break=True)
+    plan = Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint)
+    before = replica_actors(world)
+    report = Executor(world["cluster"], settings=Settings(pending_grace=8), progress=Progress(live=False)).apply(
+        plan, desired, observed)
+    assert report.ok, report.failed
+    after = replica_actors(world)
+    untouched = {k: v for k, v in before.items() if not k.startswith("reconciler--embeddings--")}
+    assert {k: after.get(k) for k in untouched} == untouched
+    assert_matches_plan(world, plan, desired)
+    assert plan_now(world)[2].empty
 
 
 def test_delete_removes_only_what_the_plan_names(world):
@@ -238,43 +276,6 @@ def test_replace_restarts_only_the_changed_model(world):
     emb = requests.post(f"{world['http']}/coder/v1/embeddings", json={"input": "x"}, timeout=30).json()
     assert len(emb["data"][0]["embedding"]) == 4  # the new engine args are live
     assert_matches_plan(world, plan, desired)
-
-
-def test_move_is_make_before_break(world):
-    """A hand-made plan (the planner only moves to make room): coder to another GPU while it keeps serving."""
-    from reconciler.executor.run import Executor, Settings
-    from reconciler.executor.progress import Progress
-    from reconciler.plan import Action
-
-    desired, observed, _ = plan_now(world)
-    coder = next(r for r in observed.replicas if r.model == "coder")
-    def free(node, gpu):
-        used = sum(r.vram for r in observed.replicas if r.node == node.name and gpu.index in r.gpus)
-        return gpu.memory - (1 << 30) - used
-
-    target = next(
-        Location(node.name, (gpu.index,))
-        for node in observed.nodes
-        for gpu in node.gpus
-        if free(node, gpu) >= coder.vram and (node.name, (gpu.index,)) != (coder.node, coder.gpus)
-    )
-    placement = tuple(
-        PlacedReplica(r.model, r.replica, *(
-            (target.node, target.gpus) if r is coder else (r.node, r.gpus)), r.vram)
-        for r in observed.replicas
-    )
-    move = Action(ActionKind.MOVE, "coder", coder.replica, Location(coder.node, coder.gpus), target, coder.vram,
-                  "test: move", make_before_break=True)
-    plan = Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint)
-    before = replica_actors(world)
-    report = Executor(world["cluster"], settings=Settings(pending_grace=8), progress=Progress(live=False)).apply(
-        plan, desired, observed)
-    assert report.ok, report.failed
-    after = replica_actors(world)
-    untouched = {k: v for k, v in before.items() if not k.startswith("reconciler--coder--")}
-    assert {k: after.get(k) for k in untouched} == untouched
-    assert_matches_plan(world, plan, desired)
-    assert plan_now(world)[2].empty
 
 
 def test_priority_eviction_evicts_what_the_plan_says(world):
@@ -345,3 +346,19 @@ def test_killed_replica_is_running_again_after_apply(world):
 
 def test_foreign_application_was_never_touched(world):
     assert replica_actors(world)[FOREIGN_APP] == world["foreign_actor"]
+
+
+def test_nodes_without_nvml_keep_their_inventory_gpus(world):
+    """The NVML probe really runs on every node (a Ray task pinned there); none has NVML here, so each node keeps
+    the GPUs the pool's inventory gives it."""
+    from reconciler.adapter.observation import RayNode, build_nodes
+
+    cluster = world["cluster"]
+    nodes = [RayNode(n.node_id, n.alive, {k: v for k, v in n.labels.items() if k != "reconciler.io/gpu-source"},
+                     n.resources, n.hostname) for n in cluster.ray_nodes()]
+    probes = cluster._probes(nodes, {})
+    assert set(probes) == {n.node_id for n in nodes if n.alive}
+    assert all(p["available"] is False and p["error"] for p in probes.values())
+    observed = build_nodes(nodes, probes, desired_of(world))
+    assert {(n.name, tuple(g.memory >> 30 for g in n.gpus), n.simulated) for n in observed} == {
+        ("node-a", (24, 24), True), ("node-b", (12,), True), ("node-c", (16,), True)}
