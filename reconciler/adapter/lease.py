@@ -334,3 +334,27 @@ class LeaseKeeper:
                 if not self.lease.valid():
                     self.on_lost(LeaseLost(f"lost the cluster's apply lock: could not renew it ({exc})"))
                     return
+
+
+def status_lines(record: LeaseRecord | None, now: float | None = None) -> list[str]:
+    """What `reconciler status` shows about the apply lock and what its holder published (crash-loop backoff).
+
+        record = describe(RayKV())          # after the adapter connected
+        for line in status_lines(record): print(line)
+    """
+    if record is None:
+        return ["apply lock: free (no reconciler has taken it)"]
+    now = time.time() if now is None else now
+    if record.free(now):
+        return [f"apply lock: free (last {record.describe(now)})"]
+    lines = [f"apply lock: {record.describe(now)}"]
+    status = record.status
+    if status.get("specValid") is False:
+        lines.append("  specs invalid: the watcher keeps enforcing the last good desired state "
+                     f"({status.get('desiredFingerprint')})")
+    for held in status.get("backoff", []):
+        left = held.get("retryAt", 0) - now
+        when = f"next try in {left:.0f} s" if left > 0 else "retrying now"
+        lines.append(f"  crash loop: {held['model']}#{held['replica']}: {held['failures']} failures, {when}; last: "
+                     f"{held.get('reason') or 'unknown'}")
+    return lines

@@ -15,6 +15,7 @@ from reconciler.adapter.lease import (
     MemoryKV,
     acquire,
     describe,
+    status_lines,
 )
 
 
@@ -128,3 +129,17 @@ def test_the_keeper_renews_in_the_background_and_reports_a_loss():
         assert lost.wait(5)
     finally:
         keeper.stop()
+
+
+def test_status_lines_show_the_holder_and_its_crash_looping_replicas():
+    kv, clock = MemoryKV(), Clock()
+    assert status_lines(describe(kv), clock.now) == ["apply lock: free (no reconciler has taken it)"]
+    first = holder()
+    lease = acquire(kv, holder=first, ttl=15, clock=clock)
+    lease.renew(status={"specValid": True, "backoff": [
+        {"model": "llm", "replica": 1, "failures": 3, "retryAt": clock.now + 20, "reason": "CUDA out of memory"}]})
+    lines = status_lines(describe(kv), clock.now)
+    assert lines[0].startswith(f"apply lock: held by `reconciler watch specs/` (pid {first.pid} on {first.host}")
+    assert lines[1] == "  crash loop: llm#1: 3 failures, next try in 20 s; last: CUDA out of memory"
+    lease.release()
+    assert status_lines(describe(kv), clock.now)[0].startswith("apply lock: free (last released by")
