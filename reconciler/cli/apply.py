@@ -93,20 +93,23 @@ def run(args: argparse.Namespace) -> int:
             plan = _planning.plan_against(desired, observed)
         color = _planning.use_color(sys.stdout)
         sys.stdout.write(render_plan(plan, color=color))
-        if plan.empty:
+        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace)
+        executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
+        if executor.in_sync(plan, desired, observed):
             print("Nothing to apply: the cluster matches the specs.")
             return 0
+        if plan.empty:
+            print("No replica changes; reconciler's routers and leftovers need tidying.")
         if args.dry_run:
             print("Dry run: nothing was changed.")
             return 0
         if not args.yes:
             if not _cluster.interactive():
                 raise UserError("not a terminal: pass --yes to apply without confirmation")
-            if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?"):
+            if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?" if plan.actions else "Tidy up?"):
                 print("Nothing was applied.")
                 return 1
-        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace)
-        report = Executor(cluster, settings=settings, progress=Progress(sys.stderr)).apply(plan, desired, observed)
+        report = executor.apply(plan, desired, observed)
         after = cluster.observe(desired)
         sys.stdout.write(render_report(report, color=color))
         sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url))

@@ -78,6 +78,12 @@ class Executor:
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
 
+    def in_sync(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> bool:
+        """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
+        if not plan.empty:
+            return False
+        return steps.in_sync(_ours(self.cluster.serve_details()), steps.target(plan, desired, observed))
+
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         started = time.monotonic()
         details = self.cluster.serve_details()

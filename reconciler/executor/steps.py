@@ -204,3 +204,13 @@ def router_name(model: str) -> str:
 
 def stale_replicas(observed: ObservedState, tgt: Target) -> list[ObservedReplica]:
     return [r for r in observed.replicas if r.app and r.app not in tgt.apps]
+
+
+def in_sync(current: dict[str, dict[str, Any]], tgt: Target) -> bool:
+    """Whether our applications already are the end state: the same applications, routers configured alike.
+
+    An empty plan can still leave something to tidy: a router of a model that left the specs with no replica
+    running, a router whose backend list an interrupted apply never updated."""
+    if set(current) != set(tgt.apps):
+        return False
+    return all(current[name] == config for name, config in tgt.apps.items() if _kind(config) == ROUTER_KIND)

@@ -280,7 +280,7 @@ def test_replace_restarts_only_the_changed_model(world):
 
 def test_priority_eviction_evicts_what_the_plan_says(world):
     world["models"]["urgent"] = {"priorityClass": "critical", "vram": "14Gi", "replicas": 2, "spread": "gpu"}
-    desired, _, plan = plan_now(world)
+    desired, observed_before, plan = plan_now(world)
     evicted = {(a.model, a.replica) for a in plan.actions if a.kind == ActionKind.EVICT}
     assert evicted, "the scenario must need an eviction: " + str(plan.actions)
     before = replica_actors(world)
@@ -291,12 +291,9 @@ def test_priority_eviction_evicts_what_the_plan_says(world):
     assert not evicted & running
     assert len(by_model(after, "urgent")) == 2
     touched = {(a.model, a.replica) for a in plan.actions}
-    for app, actor in before.items():
-        if app == FOREIGN_APP:
-            continue
-        key = next((r.model, r.replica) for r in observed.replicas if r.app == app) if app in after else None
-        if key is not None and key not in touched:
-            assert after[app] == actor
+    keys = {r.app: (r.model, r.replica) for r in observed_before.replicas}
+    untouched = {app: actor for app, actor in before.items() if app in keys and keys[app] not in touched}
+    assert untouched and {app: after.get(app) for app in untouched} == untouched
     assert_matches_plan(world, plan, desired)
 
 
@@ -362,3 +359,24 @@ def test_nodes_without_nvml_keep_their_inventory_gpus(world):
     observed = build_nodes(nodes, probes, desired_of(world))
     assert {(n.name, tuple(g.memory >> 30 for g in n.gpus), n.simulated) for n in observed} == {
         ("node-a", (24, 24), True), ("node-b", (12,), True), ("node-c", (16,), True)}
+
+
+def test_application_deleted_by_hand_is_recreated_and_orphans_go(world):
+    cluster = world["cluster"]
+    details = cluster.serve_details()
+    victim = next(n for n in sorted(details["applications"]) if n.startswith("reconciler--summaries--r"))
+    count = len(by_model(replica_actors(world), "summaries"))
+    orphan = copy.deepcopy(details["applications"]["reconciler--summaries"]["deployed_app_config"])
+    orphan.update(name="reconciler--gone-model", route_prefix="/gone-model")
+    orphan["args"]["model"] = "gone-model"
+    apps = [a["deployed_app_config"] for n, a in details["applications"].items()
+            if a.get("deployed_app_config") and n != victim]
+    cluster.put_serve_config({k: details[k] for k in ("proxy_location", "http_options") if details.get(k)}
+                             | {"applications": [*apps, orphan]})
+    cluster.wait_serve(lambda d: victim not in d["applications"], timeout=60)
+    desired, _, plan = plan_now(world)
+    assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.CREATE, "summaries")]
+    assert apply_cli(world) == 0
+    assert "reconciler--gone-model" not in cluster.serve_details()["applications"]  # ours, of no desired model
+    assert len(by_model(replica_actors(world), "summaries")) == count
+    assert plan_now(world)[2].empty
