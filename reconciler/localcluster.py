@@ -147,7 +147,6 @@ def start(spec: ClusterSpec, state_file: Path, *, timeout: float = 120.0) -> dic
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the command that started it, and a Ctrl-C of that command
-            cwd=str(state_file.parent),
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def start_local(desired: DesiredState, state_file: Path | None = None, *, simula
 
     path = state_file or localcluster.default_state_file()
     spec = local_spec(desired, simulate=simulate)
+    # Relative model sources (a locally built model directory) mean the directory the cluster was started from.
+    spec = dataclasses.replace(spec, env={**spec.env, "RECONCILER_SOURCE_ROOT": str(Path.cwd())})
     if not spec.nodes:
         raise UserError("the pools list no inventory nodes: there is nothing to start a local cluster from")
     names = ", ".join(n.name for n in spec.nodes)

@@ -85,6 +85,12 @@ class Executor:
         return steps.in_sync(_ours(self.cluster.serve_details()), steps.target(plan, desired, observed))
 
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+        try:
+            return self._apply(plan, desired, observed)
+        finally:
+            self.progress.close()
+
+    def _apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         started = time.monotonic()
         details = self.cluster.serve_details()
         foreign = _foreign(details)
@@ -119,7 +125,6 @@ class Executor:
 
         create = steps.phase_create(plan, tgt, switch, failed_replacements)
         self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))
-        self.progress.close()
 
         report.outcomes = self._outcomes(plan, tgt, results, failed_replacements)
         report.router_errors = list(self.router_errors)
