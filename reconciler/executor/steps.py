@@ -161,8 +161,8 @@ def phase_switch(plan: Plan, tgt: Target, before: Phase, running: set[str]) -> P
         if name in tgt.apps and _kind(tgt.apps[name]) == REPLICA_KIND:
             apps[name] = tgt.apps[name]  # updates: new config_hash through user_config, no restart
     for name, config in tgt.apps.items():
-        if _kind(config) == ROUTER_KIND:
-            apps[name] = config  # new routes, new config hashes
+        if _kind(config) == ROUTER_KIND and name in before.apps:
+            apps[name] = config  # new routes, new config hashes; new routers start with the new replicas (create)
     apps = _routers_naming(apps, before.apps)
     updates = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.UPDATE]
     return Phase(name="switch", apps=apps, wait_gone=sorted(dropping), actions=updates)

@@ -341,6 +341,20 @@ def test_killed_replica_is_running_again_after_apply(world):
     assert plan_now(world)[2].empty
 
 
+def test_replica_failing_at_load_is_reported_and_hurts_no_other(world, capsys):
+    world["models"]["broken"] = {"vram": "1Gi", "replicas": 1,
+                                 "engineArgs": {"startup_error": "CUDA out of memory (rehearsal)"}}
+    before = replica_actors(world)
+    capsys.readouterr()
+    assert apply_cli(world) == 1
+    out = capsys.readouterr().out
+    assert "FAIL create broken#0" in out and "CUDA out of memory (rehearsal)" in out
+    assert {k: v for k, v in replica_actors(world).items() if k in before} == before
+    del world["models"]["broken"]
+    assert apply_cli(world) == 0
+    assert not [n for n in world["cluster"].serve_details()["applications"] if n.startswith("reconciler--broken")]
+
+
 def test_foreign_application_was_never_touched(world):
     assert replica_actors(world)[FOREIGN_APP] == world["foreign_actor"]
 
