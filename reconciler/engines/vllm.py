@@ -312,9 +312,14 @@ class VllmEngine:
             ),
             weights_bytes=weights_size(local_dir),
             tensor_parallel=self.config.tensor_parallel,
-            kv_cache_memory_bytes=engine_kwargs.pop("kv_cache_memory_bytes", None),
+            kv_cache_memory_bytes=_optional_int(engine_kwargs.pop("kv_cache_memory_bytes", None),
+                                                "kv_cache_memory_bytes", self.config.model),
         )
         defaults: dict[str, Any] = {"disable_log_stats": True}
+        if self.config.tensor_parallel > 1:
+            # The replica's GPUs are all on this node and named by CUDA_VISIBLE_DEVICES: vLLM's own worker processes
+            # use exactly those, where its Ray backend would schedule workers of its own outside the plan.
+            defaults["distributed_executor_backend"] = "mp"
         if self.device == "cpu":
             # Eager mode: torch.compile on CPU costs minutes at start for little gain on the models a CPU serves.
             defaults["enforce_eager"] = True
@@ -348,6 +353,14 @@ class VllmEngine:
         )
         self.max_model_len = vllm_config.model_config.max_model_len
         self.kv_cache_bytes = vllm_config.cache_config.kv_cache_memory_bytes
+        try:
+            loop = asyncio.get_running_loop()  # under Serve the constructor runs on the loop requests will use
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            # Build the serving layer now rather than on the first request; a failure here is retried by it.
+            warmup = loop.create_task(self._serving())
+            warmup.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     # -------------------------------------------------------------------------------------------------- contract
 
@@ -473,6 +486,16 @@ class VllmEngine:
         if hasattr(response, "body"):  # a starlette Response
             return int(response.status_code), json.loads(response.body)
         return _as_result(response)
+
+
+def _optional_int(value: Any, name: str, model: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EngineArgsError(f"invalid engineArgs of model {model!r}: `{name}` must be a number of bytes, "
+                              f"got {value!r}") from None
 
 
 def _dataclass_fields(cls):

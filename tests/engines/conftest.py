@@ -1,27 +1,29 @@
-"""Fixtures for the engine tests: the tiny LLaMA, and a Ray cluster with Serve for the real-vLLM tests.
+"""Fixtures for the engine tests: the tiny LLaMA, and the session's Ray cluster (tests/conftest.py) for real vLLM.
 
-The cluster is the session's shared one when the pytest process is already connected to Ray (its simulated GPUs'
-VRAM resources are reused); otherwise a one-node cluster of its own on 127.0.0.1 with a simulated GPU, torn down
-when the module's tests end.
+The vLLM replicas are pinned to one of the session cluster's simulated GPUs through its VRAM resource, the way the
+executor pins them, and hold a share of it.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import pytest
 
 from reconciler.engines import tinymodel
 
-SIM_GPU_RESOURCE = "vram_mb_enginetest_gpu0"
-SIM_GPU_MIB = 1024
+# Ray reads this when it is first imported: without it, `ray.init(address="127.0.0.1:port")` rewrites loopback to
+# the host's IP, where the session cluster (bound to 127.0.0.1) is not listening, and the connection hangs.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+ENGINE_TEST_NODE = "node-b"  # the session cluster's 12 GiB GPU
 
 
 @dataclass(frozen=True)
 class EngineCluster:
-    gpu_resource: str  # a Ray custom resource standing for one GPU's VRAM, in MiB
+    node: str
+    gpu_resource: str  # the Ray custom resource standing for that GPU's VRAM, in MiB
     gpu_mib: int
 
 
@@ -30,61 +32,24 @@ def tiny_model_dir(tmp_path_factory):
     return tinymodel.build(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shared_gpu_resource(need_mib: int) -> tuple[str, int] | None:
-    import ray
-
-    for name, amount in sorted(ray.cluster_resources().items()):
-        if name.startswith("vram_mb_") and amount >= need_mib:
-            return name, int(amount)
-    return None
-
-
 @pytest.fixture(scope="module")
-def engine_cluster():
+def engine_cluster(ray_cluster):
     import ray
-    from ray import serve
 
-    if ray.is_initialized():
-        shared = _shared_gpu_resource(need_mib=768)
-        if shared is None:
-            pytest.fail("the session's Ray cluster has no simulated GPU with 768 MiB of VRAM resource")
-        yield EngineCluster(*shared)
-        return
+    from reconciler.executor.naming import vram_resource
 
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    previous_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster, reachable on loopback only
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "node_ip_address": "127.0.0.1",
-            "gcs_server_port": _free_port(),
-            "include_dashboard": False,
-            "num_cpus": 4,
-            "num_gpus": 0,
-            "resources": {SIM_GPU_RESOURCE: SIM_GPU_MIB},
-            "object_store_memory": 80 * 1024 * 1024,
-        },
-    )
+    owns_driver = not ray.is_initialized()
+    if owns_driver:
+        if ray._private.ray_constants.ENABLE_RAY_CLUSTER:
+            pytest.fail("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: loopback addresses "
+                        "would be rewritten to the host IP (set it in tests/conftest.py)")
+        ray.init(address=ray_cluster.address, _node_ip_address="127.0.0.1", logging_level="WARNING",
+                 log_to_driver=False)
     try:
-        ray.init(address=cluster.address, logging_level="WARNING")
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
-        yield EngineCluster(SIM_GPU_RESOURCE, SIM_GPU_MIB)
+        resource = vram_resource(ENGINE_TEST_NODE, 0)
+        capacity = int(ray.cluster_resources().get(resource, 0))
+        assert capacity > 0, f"the session cluster has no {resource} resource"
+        yield EngineCluster(ENGINE_TEST_NODE, resource, capacity)
     finally:
-        try:
-            serve.shutdown()
-        finally:
+        if owns_driver:
             ray.shutdown()
-            cluster.shutdown()
-            if previous_auth is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = previous_auth
