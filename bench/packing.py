@@ -116,8 +116,7 @@ def published(settings: PlanSettings, quick: bool) -> bool:
     print("Published instances (one pool of identical GPUs, one single-replica model per item), planned by plan():")
     print(f"{'set':<22} {'optimum':>9} {'max+':>5} {'mean s':>7} {'max s':>6}   {'FFD opt':>8} {'FFD max+':>8}"
           f"   {'Ray opt':>8} {'Ray OOM':>8}")
-    ok = True
-    total_hits = total = 0
+    total_hits = total = total_worst = 0
     for filename in SETS:
         instances = read_orlib(HERE / "binpack" / filename)
         if quick:
@@ -147,12 +146,13 @@ def published(settings: PlanSettings, quick: bool) -> bool:
             ray_oom += r_oom
         total_hits += hits
         total += len(instances)
-        ok = ok and worst <= 1
+        total_worst = max(total_worst, worst)
         print(f"{filename:<22} {hits:>4}/{len(instances):<4} {worst:>5} {statistics.mean(times):>7.2f} {max(times):>6.2f}"
               f"   {ffd_hits:>4}/{len(instances):<3} {ffd_worst:>8}   {ray_hits:>4}/{len(instances):<3} {ray_oom:>8}")
     rate = total_hits / total
-    print(f"{'all':<22} {total_hits:>4}/{total:<4} = {rate:.0%} (target: >= 95%, never more than one GPU above)")
-    return ok and rate >= 0.95
+    print(f"{'all':<22} {total_hits:>4}/{total:<4} {total_worst:>5}   optimum reached on {rate:.0%}, at most "
+          f"{total_worst} GPU{'s' if total_worst != 1 else ''} above it (target: >= 95%, never more than one above)")
+    return total_worst <= 1 and rate >= 0.95
 
 
 # -- speed ---------------------------------------------------------------------------------------------------------

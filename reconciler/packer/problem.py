@@ -61,6 +61,11 @@ class PackSettings:
     exact_time: float = 1.0  # CP-SAT max_deterministic_time (its own deterministic seconds) per level solved
     exact_max_items: int = 40  # the exact method is skipped above this many replicas in a pool
     exact_max_bins: int = 32
+    arcflow_node_budget: int = 2_000  # HiGHS branch-and-bound nodes for the arc-flow MILP; 0 turns arc-flow off
+    arcflow_max_items: int = 2_000  # above this many replicas in a pool, no arc-flow (speed)
+    arcflow_max_nodes: int = 5_000  # graph limits: larger graphs (fine-grained sizes) are left to the search
+    arcflow_max_arcs: int = 200_000
+    arcflow_safety_seconds: float = 60.0  # wall-clock cap against pathological solves; hitting it is reported
     improve_steps: int = 2_000_000  # local-search work (evaluated candidates) spent on freeing GPUs (binpack)
     improve_max_items: int = 2_000  # above this many replicas in a pool, best-fit decreasing alone (speed)
     seed: int = 0
@@ -72,7 +77,7 @@ class Solution:
     assignment: tuple[tuple[int, ...] | None, ...]
     lower_bound: int  # GPUs any placement of the placed items needs (binpack); 0 when not computed
     proven_optimal: bool  # every objective level is known to be optimal
-    method: str  # how it was found, for benchmarks and debugging: "greedy", "greedy+search", "cp-sat"
+    method: str  # how it was found, for benchmarks and debugging: "greedy", "arc-flow", "greedy+search", "cp-sat"
 
     def used_bins(self) -> int:
         return len({b for bins in self.assignment if bins for b in bins})

@@ -1,8 +1,9 @@
-"""Orchestration: construct, improve, prove or solve exactly."""
+"""Orchestration: construct, repack exactly (arc-flow), improve, prove or solve exactly (CP-SAT)."""
 
 from __future__ import annotations
 
 from reconciler.desired import Placement
+from reconciler.packer.arcflow import eligible, repack
 from reconciler.packer.bounds import gpus_needed
 from reconciler.packer.exact import levels_of, solve_exact
 from reconciler.packer.greedy import construct
@@ -17,9 +18,11 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     bound = 0
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
+        if _used(state) > bound and _arcflow_applies(problem, settings):
+            state, method, bound = _arcflow(problem, state, settings, bound=bound)
         if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
             consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
-            method = "greedy+search"
+            method += "+search"
     proven = problem.policy == Placement.BINPACK and _used(state) <= bound and _all_placed_in_place(state)
     assignment = state.assignment()
     if not proven and _exact_applies(problem, settings):
@@ -30,6 +33,48 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
                 assignment, method = exact.assignment, "cp-sat"
             proven = exact.optimal
     return Solution(assignment=assignment, lower_bound=bound, proven_optimal=proven, method=method)
+
+
+def _arcflow_applies(problem: Problem, settings: PackSettings) -> bool:
+    return settings.arcflow_node_budget > 0 and 0 < len(problem.items) <= settings.arcflow_max_items
+
+
+def _arcflow(problem: Problem, state: State, settings: PackSettings, *, bound: int) -> tuple[State, str, int]:
+    """Repack the replicas this plan places on one GPU (no spread) with the arc-flow model. Its bound holds for
+    the whole pool when every other placed replica is a running one that stays: then only stability fixed them."""
+    assignment = state.assignment()
+    free = eligible(problem, assignment)
+    if not free:
+        return state, "greedy", bound
+    result = repack(
+        problem,
+        assignment,
+        free=free,
+        max_nodes=settings.arcflow_max_nodes,
+        max_arcs=settings.arcflow_max_arcs,
+        node_budget=settings.arcflow_node_budget,
+        seed=settings.seed,
+        safety_seconds=settings.arcflow_safety_seconds,
+    )
+    method = "greedy" if result.status != "time cap" else "greedy (arc-flow hit its time cap)"
+    if result.gpus < _used(state):
+        state = _state_of(problem, result.assignment)
+        method = "arc-flow"
+    free_set = set(free)
+    pinned_only = all(
+        i in free_set or bins is None or bins == problem.items[i].current for i, bins in enumerate(assignment)
+    )
+    if pinned_only:
+        bound = max(bound, result.lower_bound)
+    return state, method, bound
+
+
+def _state_of(problem: Problem, assignment) -> State:
+    state = State(problem)
+    for i, bins in enumerate(assignment):
+        if bins:
+            state.place(i, bins)
+    return state
 
 
 def _exact_applies(problem: Problem, settings: PackSettings) -> bool:
