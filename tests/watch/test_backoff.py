@@ -91,3 +91,21 @@ def test_a_spec_change_or_a_stable_run_forgives():
     assert b.failing()
     b.observe(desired=desired(fixed), observed=up, plan=no_actions, now=80)
     assert b.failing() == ()
+
+
+def test_holding_back_keeps_the_end_state_consistent_for_the_executor():
+    from reconciler.watch.controller import hold_back
+
+    good, bad, failing = model("good"), model("bad"), model("failing")
+    want = desired(good, bad, failing)
+    seen = cluster(want, failed(failing))
+    plan = simple_plan(want, seen)
+    kinds = {a.model: a.kind for a in plan.actions}
+    assert kinds == {"good": ActionKind.CREATE, "bad": ActionKind.CREATE, "failing": ActionKind.REPLACE}
+    deferred = [a for a in plan.actions if a.model in ("bad", "failing")]
+    held = hold_back(plan, deferred)
+    assert [a.model for a in held.actions] == ["good"]
+    placed = {p.model: (p.node, p.gpus) for p in held.placement}
+    assert "bad" not in placed  # a held create: not started at all
+    assert placed["failing"] == ("node-a", (0,))  # a held replace: left where it is, as it is
+    assert hold_back(plan, []) is plan
