@@ -146,14 +146,17 @@ def bench(args: argparse.Namespace, *, specs: Path, counts: list[int], address: 
         events.wait_for(lambda e: e["event"] == "cycle" and e.get("inSync"), timeout=1800)
         print(f"converged on {sum(counts)} replicas in {time.monotonic() - t0:.1f} s", flush=True)
 
-        steady = []
+        steady, stages = [], {"load": [], "observe": [], "plan": []}
         while len(steady) < args.rounds:
             e = events.wait_for(lambda e: e["event"] == "cycle", timeout=args.interval * 3 + 60)
             if e["cause"] == "drift-timer" and e.get("inSync"):
                 steady.append(e["seconds"] * 1000)
+                for stage, values in stages.items():
+                    values.append(e["stagesMs"].get(stage, 0.0))
         print(f"steady-state cycle (load + observe + plan, {sum(counts)} replicas, 3 nodes): median "
               f"{statistics.median(steady):.0f} ms, max {max(steady):.0f} ms over {len(steady)} cycles "
-              f"(target < 200 ms)", flush=True)
+              f"(target < 200 ms)\n  medians: "
+              + ", ".join(f"{stage} {statistics.median(v):.0f} ms" for stage, v in stages.items()), flush=True)
 
         save_to_action = []
         for i in range(args.rounds):

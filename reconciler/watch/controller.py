@@ -119,20 +119,22 @@ class Controller:
         self._status: dict[str, Any] = {}
         self._last_plan: Any = None
         self._was_in_sync = False
+        self._stages: dict[str, float] = {}
 
     # -- one cycle -------------------------------------------------------------------------------------------------
 
     def cycle(self, cause: Cause, changes: int = 0) -> CycleResult:
         started = time.perf_counter()
+        self._stages = {}
         stage = "load"
         try:
-            desired = self._desired(cause)
+            desired = self._timed("load", lambda: self._desired(cause))
             if desired is None:
                 return self._finish(CycleResult(cause=cause), started)
             stage = "observe"
-            observed = self.observe(desired)
+            observed = self._timed("observe", lambda: self.observe(desired))
             stage = "plan"
-            plan = self.plan(desired, observed)
+            plan = self._timed("plan", lambda: self.plan(desired, observed))
             now = self.clock()
             self.backoff.observe(desired=desired, observed=observed, plan=plan, now=now)
             held = self.backoff.held(now)
@@ -147,6 +149,13 @@ class Controller:
         except Exception as exc:  # noqa: BLE001 - one failed cycle must not end the controller
             return self._finish(self._failed(cause, stage, exc), started)
         return self._finish(result, started)
+
+    def _timed(self, stage: str, step: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return step()
+        finally:
+            self._stages[stage] = round((time.perf_counter() - t0) * 1000, 1)
 
     def _desired(self, cause: Cause) -> DesiredState | None:
         loaded = self.load()
@@ -226,7 +235,7 @@ class Controller:
                 model = _model(desired, action.model)
                 if model is not None:
                     self.backoff.note_started((action.model, action.replica), restart_hash=model.restart_hash)
-        results = tuple(self.apply(to_apply, desired, observed))
+        results = tuple(self._timed("apply", lambda: self.apply(to_apply, desired, observed)))
         # Only after apply returned: an apply that raised is retried as the spec change it was, even with --no-heal.
         self.applied = desired.fingerprint
         now = self.clock()
@@ -296,7 +305,7 @@ class Controller:
             f"{result.cause}: " + ("in sync" if in_sync else "acted" if result.acted else "done")
             + f" ({seconds * 1000:.0f} ms)",
             cause=str(result.cause), seconds=round(seconds, 4), acted=result.acted, drift=result.drift,
-            failed=result.failed, inSync=in_sync, human=not routine,
+            failed=result.failed, inSync=in_sync, stagesMs=dict(self._stages), human=not routine,
         )
         self._status = {
             "time": self.clock(),
