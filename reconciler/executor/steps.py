@@ -133,7 +133,7 @@ def phase_free(plan: Plan, tgt: Target, current: dict[str, dict[str, Any]]) -> P
     return Phase(
         name="free",
         apps=_routers_naming(apps, current),
-        wait_gone=[name for name in going if _kind(current[name]) == REPLICA_KIND],
+        wait_gone=going,
         actions=actions,
     )
 

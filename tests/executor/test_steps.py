@@ -117,5 +117,8 @@ def test_stale_generations_are_cleaned_up():
     stale = serveconfig.replica_app(model=model("m", vram=GIB), replica=0, location=Location("a", (0,)),
                                     gpu_memory=0)
     current[stale["name"]] = stale
+    orphan = serveconfig.router_app(model=model("gone"), backends=[])
+    current[orphan["name"]] = orphan
     free = steps.phase_free(plan, steps.target(plan, desired, observed), current)
     assert stale["name"] in free.wait_gone and old not in free.wait_gone
+    assert orphan["name"] in free.wait_gone and orphan["name"] not in free.apps
