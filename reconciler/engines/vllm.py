@@ -390,7 +390,7 @@ class VllmEngine:
             "model": self.config.model,
             "replica": self.config.replica,
             "node": self.config.node,
-            "ray_node_id": ray.get_runtime_context().get_node_id(),
+            "ray_node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "pid": os.getpid(),
             "engine": "vllm",

@@ -142,8 +142,8 @@ def test_chat_completions_use_the_tokenizers_template(replicas, hf_tiny):
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant"
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else list(prompt_ids)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert body["prompt_token_ids"] == prompt_ids
     assert choice["token_ids"] == hf_greedy(model, prompt_ids, 12)
     assert body["usage"]["prompt_tokens"] == len(prompt_ids)
