@@ -23,9 +23,9 @@ REQUEST_TIMEOUT_S = 300.0  # generation can be slow on CPU; a stuck backend must
 INFO_TIMEOUT_S = 10.0
 STATUS_TTL_S = 2.0
 
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": status}})
-
 
 
 @serve.deployment(name="Router", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
