@@ -15,6 +15,10 @@ find it without arguments.
 from __future__ import annotations
 
 import os
+
+# Must precede any import of ray: without it Ray rewrites 127.0.0.1 addresses to the host's IP and the connection
+# hangs on a machine whose only usable interface is loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from dataclasses import dataclass
 from pathlib import Path
 

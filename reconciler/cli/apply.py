@@ -10,6 +10,9 @@ from pathlib import Path
 from reconciler.cli import _cluster, _planning
 from reconciler.errors import UserError
 
+# How long the apply lock outlives a crashed `reconciler apply`; the holder renews it every third of that.
+LEASE_TTL_S = 15.0
+
 DESCRIPTION = """\
 Plan the specs against the live cluster, show the plan, ask, and apply it through Ray Serve's declarative API in the
 plan's order: evictions and deletions first, moves and replaces (make-before-break where the plan says so), updates,
@@ -65,6 +68,31 @@ def load_saved_plan(path: Path):
         raise UserError(f"{path} is not a saved plan: {exc}") from exc
 
 
+def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, desired, observed):
+    """Apply while holding the cluster's apply lock, so no watcher or second `apply` acts at the same time.
+
+    The plan was computed before the lock was taken; when the cluster changed in between (another reconciler applied
+    meanwhile), the plan is stale and nothing is applied.
+    """
+    from reconciler.adapter.lease import Holder, LeaseKeeper, RayKV, acquire
+
+    command = "reconciler apply " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["apply"] else "reconciler apply"
+    lease = acquire(RayKV(), holder=Holder.current(command.strip()), ttl=LEASE_TTL_S)
+    lost: list[Exception] = []
+    keeper = LeaseKeeper(lease, on_lost=lost.append).start()
+    try:
+        now = cluster.observe(desired)
+        if now.fingerprint != observed.fingerprint:
+            raise UserError(
+                "the cluster changed while this plan waited for confirmation (another reconciler applied?). "
+                "Nothing was applied; run `reconciler apply` again to plan against what runs now."
+            )
+        keeper.confirm()
+        return executor.apply(plan, desired, observed)
+    finally:
+        keeper.stop(release=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor, Settings
@@ -109,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?" if plan.actions else "Tidy up?"):
                 print("Nothing was applied.")
                 return 1
-        report = executor.apply(plan, desired, observed)
+        report = apply_holding_lock(args, cluster, executor=executor, plan=plan, desired=desired, observed=observed)
         after = cluster.observe(desired)
         sys.stdout.write(render_report(report, color=color))
         sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url))

@@ -29,12 +29,18 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.render.status import render_status
 
     desired = load_optional(args.directory)
+    from reconciler.adapter.lease import RayKV, describe, status_lines
+
     with _cluster.connect(args.address) as cluster:
         observed = cluster.observe(desired)
         http_url = cluster.http_url
+        # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
+        lock = status_lines(describe(RayKV()))
     unplaced = ()
     if desired is not None:
         unplaced = _planning.plan_against(desired, observed).unplaced
     sys.stdout.write(render_status(observed, desired=desired, color=_planning.use_color(sys.stdout),
                                    http_url=http_url, unplaced=unplaced))
+    for line in lock:
+        print(line)
     return 0

@@ -62,6 +62,11 @@ class Replica:
     def check_health(self) -> None:
         self._engine.check_health()
 
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica. Dropping the engine here ends vLLM's engine-core process with
+        # the replica rather than whenever the garbage collector gets to it.
+        self._engine = None
+
 
 def build(args: dict[str, Any]) -> Any:
     kind = args.get("kind")

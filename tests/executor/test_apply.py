@@ -209,6 +209,25 @@ def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tm
     world["models"]["embeddings"]["replicas"] = 2  # the specs as applied
 
 
+def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys):
+    from reconciler.adapter.lease import Holder, RayKV, acquire
+
+    world["cluster"].ray_nodes()  # the lease lives in this cluster's GCS: connect the driver first
+    lease = acquire(RayKV(), holder=Holder.current("reconciler watch (another operator)"), ttl=120)
+    try:
+        before = replica_actors(world)
+        world["models"]["embeddings"]["replicas"] += 1
+        capsys.readouterr()
+        assert apply_cli(world) == 1
+        err = capsys.readouterr().err
+        assert "reconciler watch (another operator)" in err, err
+        assert replica_actors(world) == before  # nothing was applied
+    finally:
+        world["models"]["embeddings"]["replicas"] -= 1
+        lease.release()
+    assert apply_cli(world) == 0  # the lock is free again: apply goes ahead (and the specs match: no-op)
+
+
 def test_move_is_make_before_break(world):
     """A hand-made plan (the planner only moves to make room): an embeddings replica to another GPU."""
     from reconciler.executor.run import Executor, Settings
