@@ -188,7 +188,9 @@ def _use_key(use: GpuUse) -> tuple[str, int, int]:
 def _bar_line(label: str, gpu: GpuView, uses: tuple[GpuUse, ...], colours: dict[str, str]) -> Text:
     line = Text(f"      {label:<9} ▕")
     # Names cut to fit their cells are spelled out after the figures: "abbreviation = full name", once each.
-    spelled: dict[str, None] = {}
+    spelled: dict[str | tuple[str, str], None] = {}
+    # Cells too narrow to keep the index: one legend entry per abbreviation and model, with the replicas it stands for.
+    indexless: dict[tuple[str, str], list[int]] = {}
     for seg in segments(gpu, uses, BAR_WIDTH):
         if seg.kind is CellKind.REPLICA:
             assert seg.use is not None
@@ -200,7 +202,9 @@ def _bar_line(label: str, gpu: GpuView, uses: tuple[GpuUse, ...], colours: dict[
                 if shown.endswith(f"…{index}"):
                     spelled[f"{shown[: -len(index)]} = {seg.use.model}"] = None
                 else:
-                    spelled[f"{shown or '│'} = {replica_name(seg.use.model, seg.use.replica)}"] = None
+                    key = (shown or "│", seg.use.model)
+                    spelled[key] = None  # its place among the others; the text is written once all are known
+                    indexless.setdefault(key, []).append(seg.use.replica)
         else:
             char, style = CELLS[seg.kind]
             line.append(char * seg.width, style)
@@ -210,8 +214,19 @@ def _bar_line(label: str, gpu: GpuView, uses: tuple[GpuUse, ...], colours: dict[
     figures += f"{format_bytes(remaining)} free" if remaining >= 0 else f"over capacity by {format_bytes(-remaining)}"
     line.append(figures, "red" if remaining < 0 else "")
     if spelled:
-        line.append(" · " + ", ".join(spelled), "dim")
+        legend = [e if isinstance(e, str) else f"{e[0]} = {_replica_set(e[1], indexless[e])}" for e in spelled]
+        line.append(" · " + ", ".join(legend), "dim")
     return line
+
+
+def _replica_set(model: str, replicas: list[int]) -> str:
+    """`bge-embed[3]`, `bge-embed[8-14]` for a run of indices, `bge-embed[1,4,7]` otherwise."""
+    replicas = sorted(replicas)
+    if len(replicas) == 1:
+        return replica_name(model, replicas[0])
+    if replicas == list(range(replicas[0], replicas[-1] + 1)):
+        return f"{model}[{replicas[0]}-{replicas[-1]}]"
+    return f"{model}[{','.join(map(str, replicas))}]"
 
 
 def _cell_label(model: str, replica: int, width: int) -> str:
