@@ -76,8 +76,7 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     """
     from reconciler.adapter.lease import Holder, LeaseKeeper, RayKV, acquire
 
-    command = "reconciler apply " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["apply"] else "reconciler apply"
-    lease = acquire(RayKV(), holder=Holder.current(command.strip()), ttl=LEASE_TTL_S)
+    lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {args.directory}"), ttl=LEASE_TTL_S)
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
     try:
