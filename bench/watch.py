@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="watch's drift interval (default: 5)")
     parser.add_argument("--debounce", type=float, default=0.3, help="watch's debounce (default: 0.3, the CLI's)")
     parser.add_argument("--rounds", type=int, default=5, help="measurements per figure (default: 5)")
+    parser.add_argument("--watch-log", help="keep the watcher's human log in this file (default: a temp file)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
@@ -135,10 +136,12 @@ def main() -> int:
 
 
 def bench(args: argparse.Namespace, *, specs: Path, counts: list[int], address: str, events_path: Path) -> int:
+    log_path = Path(args.watch_log) if args.watch_log else events_path.with_name("watch.log")
+    log = log_path.open("w")
     watcher = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "watch", str(specs), "--address", address, "--yes",
          "--interval", f"{args.interval:g}", "--debounce", f"{args.debounce:g}", "--events", str(events_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     events = EventFile(events_path)
     try:
@@ -198,9 +201,15 @@ def bench(args: argparse.Namespace, *, specs: Path, counts: list[int], address: 
               f"max {max(heal):.1f} s over {len(heal)} (target < interval {args.interval:g} s + 5 s)\n"
               f"  of which: drift noticed after median {statistics.median(detect):.1f} s (the timer), the apply "
               f"(Serve starting the replica) took median {statistics.median(applying):.1f} s", flush=True)
+    except BaseException:
+        log.flush()
+        tail = log_path.read_text().splitlines()[-40:]
+        print("the watcher's log ended with:\n  " + "\n  ".join(tail), file=sys.stderr)
+        raise
     finally:
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(120)
+        log.close()
     return 0
 
 

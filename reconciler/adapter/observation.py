@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.desired import DesiredState
+from reconciler.desired import DesiredState, short_hash
 from reconciler.executor.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
 from reconciler.observed import (
     NODE_NAME_LABEL,
@@ -55,6 +55,21 @@ def our_kind(app: dict[str, Any]) -> str | None:
     if not is_ours(app):
         return None
     return app["deployed_app_config"]["args"].get("kind")
+
+
+def serve_fingerprint(serve: dict[str, Any]) -> str:
+    """What changes when an application or replica starts, stops, fails or is redeployed, and nothing else.
+
+    Watch's cheap probe between drift checks compares it with the details the last cycle ended on; messages and
+    metrics are left out because they change without anything having happened to reconcile."""
+    apps = serve.get("applications") or {}
+    return short_hash([
+        [name, app.get("status"), app.get("last_deployed_time_s"),
+         sorted([d_name, d.get("status"), sorted([r.get("replica_id") or r.get("actor_name"), r.get("state")]
+                                                  for r in d.get("replicas") or [])]
+                for d_name, d in (app.get("deployments") or {}).items())]
+        for name, app in sorted(apps.items())
+    ], 16)
 
 
 def replica_pids_by_node(serve: dict[str, Any]) -> dict[str, list[int]]:

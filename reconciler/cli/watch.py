@@ -11,7 +11,9 @@ DESCRIPTION = """\
 Watch the spec directory and keep the cluster at it. A burst of file changes (an editor's save, a git pull) becomes
 one reconcile after --debounce seconds of quiet; every --interval seconds the cluster is checked for drift (a replica
 that died, an application deleted by hand, foreign VRAM use) and healed. Each cycle is level-based: it reads every
-spec and the whole cluster, plans, and applies the plan; cycles never overlap.
+spec and the whole cluster, plans, and applies the plan; cycles never overlap. Between drift checks, every --poll
+seconds, one cheap call asks Serve whether any application or replica changed since the last cycle; if so, a cycle
+runs at once, so a deleted application or a dead replica is healed within about a second, not at the next check.
 
 An invalid spec never changes the cluster: watch prints the diagnostics (path:line:col), keeps enforcing the last
 good desired state, and resumes when the files are fixed. A replica that keeps failing is retried with exponential
@@ -42,6 +44,13 @@ def positive(value: str) -> float:
     return number
 
 
+def non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "watch",
@@ -56,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _planning.add_observed_arguments(parser)
     parser.add_argument("--interval", type=positive, default=30.0, metavar="S",
                         help="seconds between drift checks (default: 30)")
+    parser.add_argument("--poll", type=non_negative, default=1.0, metavar="S",
+                        help="seconds between the cheap checks of Serve's state between drift checks; 0 turns them "
+                        "off (default: 1)")
     parser.add_argument("--debounce", type=positive, default=0.3, metavar="S",
                         help="quiet seconds after a file change before reconciling (default: 0.3)")
     mode = parser.add_mutually_exclusive_group()
@@ -82,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.watch.session import run as run_watch
 
     settings = WatchSettings(interval=args.interval, debounce=args.debounce, heal=not args.no_heal,
-                             plan_only=args.plan_only)
+                             plan_only=args.plan_only, poll=args.poll)
     options = WatchOptions(
         directory=Path(args.directory), settings=settings, address=args.address, observed=args.observed,
         offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,

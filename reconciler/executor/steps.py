@@ -100,8 +100,15 @@ def _kind(config: dict[str, Any]) -> str:
     return (config.get("args") or {}).get("kind", "")
 
 
-def _routers_naming(apps: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each router in `apps` naming exactly the replica applications of its model that `apps` contains."""
+def _backends(router: dict[str, Any]) -> list[str]:
+    return [b for d in router["deployments"] for b in (d.get("user_config") or {}).get("backends", [])]
+
+
+def _routers_naming(
+    apps: dict[str, dict[str, Any]], tgt: Target, before: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each router in `apps` naming the replica applications of its model that `apps` contains, and keeping the ones
+    it named `before` that the end state brings back under the same name (see `_routers_dropping`)."""
     out = dict(apps)
     by_model: dict[str, list[str]] = {}
     for name, config in apps.items():
@@ -109,7 +116,24 @@ def _routers_naming(apps: dict[str, dict[str, Any]], current: dict[str, dict[str
             by_model.setdefault(config["args"]["engine_config"]["model"], []).append(name)
     for name, config in apps.items():
         if _kind(config) == ROUTER_KIND:
-            out[name] = serveconfig.with_backends(config, by_model.get(config["args"]["model"], []))
+            returning = [b for b in _backends(before.get(name, config)) if b not in apps and b in tgt.apps]
+            out[name] = serveconfig.with_backends(config, by_model.get(config["args"]["model"], []) + returning)
+    return out
+
+
+def _routers_dropping(apps: dict[str, dict[str, Any]], going: set[str]) -> dict[str, dict[str, Any]]:
+    """Each router in `apps` without the backends that are going, and otherwise as it is.
+
+    A backend whose application is already gone (deleted by hand, lost with its node) stays named: the router skips
+    applications Serve does not report running, and leaving it saves a router reconfiguration (and the wait for it)
+    when the create phase brings it back under the same name, which is how drift is healed."""
+    out = dict(apps)
+    for name, config in apps.items():
+        if _kind(config) != ROUTER_KIND or not going:
+            continue
+        backends = _backends(config)
+        if going & set(backends):
+            out[name] = serveconfig.with_backends(config, [b for b in backends if b not in going])
     return out
 
 
@@ -130,12 +154,7 @@ def phase_free(plan: Plan, tgt: Target, current: dict[str, dict[str, Any]]) -> P
         for i, a in enumerate(plan.actions)
         if a.kind in (ActionKind.EVICT, ActionKind.DELETE)
     ]
-    return Phase(
-        name="free",
-        apps=_routers_naming(apps, current),
-        wait_gone=going,
-        actions=actions,
-    )
+    return Phase(name="free", apps=_routers_dropping(apps, set(going)), wait_gone=going, actions=actions)
 
 
 def phase_start(plan: Plan, tgt: Target, before: Phase) -> Phase:
@@ -163,7 +182,7 @@ def phase_switch(plan: Plan, tgt: Target, before: Phase, running: set[str]) -> P
     for name, config in tgt.apps.items():
         if _kind(config) == ROUTER_KIND and name in before.apps:
             apps[name] = config  # new routes, new config hashes; new routers start with the new replicas (create)
-    apps = _routers_naming(apps, before.apps)
+    apps = _routers_naming(apps, tgt, before.apps)
     updates = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.UPDATE]
     return Phase(name="switch", apps=apps, wait_gone=sorted(dropping), actions=updates)
 
@@ -177,7 +196,7 @@ def phase_create(plan: Plan, tgt: Target, before: Phase, failed_replacements: di
     for old in failed_replacements:
         if old in before.apps:
             apps[old] = before.apps[old]
-    apps = _routers_naming(apps, before.apps)
+    apps = _routers_naming(apps, tgt, before.apps)
     indexes = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.CREATE]
     return Phase(name="create", apps=apps, wait_running=creating, actions=indexes)
 

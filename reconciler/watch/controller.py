@@ -68,6 +68,7 @@ class WatchSettings:
     heal: bool = True
     plan_only: bool = False
     retry_base: float = 2.0  # first retry after a temporary failure; doubles up to the interval
+    poll: float = 1.0  # cluster probe between drift checks (0: off); only used where a probe is given
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,7 @@ class Controller:
             self.failures_in_a_row = 0
         in_sync = result.plan is not None and result.plan.empty
         # The human log says "in sync" when it becomes so, not on every tick of a quiet cluster.
-        routine = in_sync and self._was_in_sync and result.cause is Cause.DRIFT_TIMER
+        routine = in_sync and self._was_in_sync and result.cause in (Cause.DRIFT_TIMER, Cause.CLUSTER_CHANGE)
         self._was_in_sync = in_sync
         self.events.emit(
             Kind.CYCLE,
@@ -356,11 +357,12 @@ class Loop:
     """
 
     def __init__(self, controller: Controller, settings: WatchSettings,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, probe: Callable[[], bool] | None = None) -> None:
         self.controller = controller
         self.monotonic = monotonic
+        self.probe = probe
         self.schedule = Schedule(Debouncer(quiet=settings.debounce, max_wait=settings.max_debounce),
-                                 interval=settings.interval)
+                                 interval=settings.interval, poll=settings.poll if probe is not None else 0.0)
         self._cond = threading.Condition()
         self._stopping = False
         self.why_stopped = ""
@@ -388,14 +390,28 @@ class Loop:
                 while not self._stopping:
                     now = self.monotonic()
                     taken = self.schedule.take(now)
-                    if taken is not None:
+                    if taken is not None or self.schedule.poll_due(now):
                         break
                     self._cond.wait(timeout=max(0.0, self.schedule.next_wakeup() - now))
                 if self._stopping:
                     return
+            if taken is None:
+                changed = self._probe()
+                with self._cond:
+                    self.schedule.polled(self.monotonic(), changed)
+                continue
             cause, changes = taken
             result = self.controller.cycle(cause, changes)
             cycles += 1
             if result.retry_in is not None:
                 with self._cond:
                     self.schedule.retry_after(self.monotonic(), result.retry_in)
+
+    def _probe(self) -> bool:
+        """Runs in the loop's thread, between cycles, so it never races one. A probe that fails says nothing: the
+        drift timer's full observation reports what is wrong."""
+        assert self.probe is not None
+        try:
+            return self.probe()
+        except Exception:  # noqa: BLE001
+            return False

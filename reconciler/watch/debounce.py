@@ -20,6 +20,7 @@ class Cause(StrEnum):
     SPEC_CHANGE = "spec-change"
     DRIFT_TIMER = "drift-timer"
     RETRY = "retry"  # the previous cycle failed on a temporary error
+    CLUSTER_CHANGE = "cluster-change"  # the probe between drift checks saw Serve's applications or replicas change
 
 
 @dataclass(slots=True)
@@ -65,16 +66,23 @@ class Debouncer:
 
 @dataclass(slots=True)
 class Schedule:
-    """Which cycle runs next and when: a debounced spec change, the drift timer, or a retry after a failure.
+    """Which cycle runs next and when: a debounced spec change, the drift timer, a change the cluster probe saw, or a
+    retry after a failure.
 
     Spec changes win over the timer; every cycle (whatever its cause) restarts the drift timer, because each cycle
-    observes the whole cluster anyway.
+    observes the whole cluster anyway. Between cycles, every ``poll`` seconds (0: never), the loop runs a cheap probe
+    of the cluster; what it reports changed runs a cycle at once instead of at the next tick. The full observation
+    stays on the timer: the probe only looks at what changes fast (Serve's applications and replicas), not at
+    everything drift covers (NVML's foreign VRAM use, node labels).
     """
 
     debouncer: Debouncer
     interval: float
+    poll: float = 0.0
     next_timer: float = 0.0  # 0: run a first cycle at once
+    next_poll: float = 0.0
     retry_at: float | None = None
+    cluster_changed: bool = False
     started: bool = False
 
     def next_wakeup(self) -> float:
@@ -83,7 +91,17 @@ class Schedule:
             candidates.append(deadline)
         if self.retry_at is not None:
             candidates.append(self.retry_at)
+        if self.poll > 0:
+            candidates.append(self.next_poll)
         return min(candidates)
+
+    def poll_due(self, now: float) -> bool:
+        return self.poll > 0 and self.started and now >= self.next_poll
+
+    def polled(self, now: float, changed: bool) -> None:
+        """The probe ran at ``now``; ``changed``: the cluster is not as the last cycle left it."""
+        self.next_poll = now + self.poll
+        self.cluster_changed = self.cluster_changed or changed
 
     def take(self, now: float) -> tuple[Cause, int] | None:
         """The cause of the cycle to run now (and how many file changes it covers), or None to keep waiting."""
@@ -93,6 +111,8 @@ class Schedule:
             return self._ran(now, Cause.STARTUP, 0)
         if self.debouncer.due(now):
             return self._ran(now, Cause.SPEC_CHANGE, self.debouncer.take())
+        if self.cluster_changed:
+            return self._ran(now, Cause.CLUSTER_CHANGE, 0)
         if self.retry_at is not None and now >= self.retry_at:
             return self._ran(now, Cause.RETRY, 0)
         if now >= self.next_timer:
@@ -104,7 +124,9 @@ class Schedule:
 
     def _ran(self, now: float, cause: Cause, changes: int) -> tuple[Cause, int]:
         self.next_timer = now + self.interval
+        self.next_poll = now + self.poll
         self.retry_at = None
+        self.cluster_changed = False
         return cause, changes
 
 

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
+from reconciler import adapter
 from reconciler.adapter.lease import RayKV
+from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
@@ -18,7 +20,6 @@ from reconciler.watch.session import Cluster
 
 
 def connect_live(address: str | None, *, progress: IO[str] | None = None) -> Cluster:
-    from reconciler import adapter
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor
 
@@ -30,20 +31,45 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None) -> Clu
         cluster.close()
         raise
     stream = progress if progress is not None else sys.stdout
+    probe = ServeProbe(cluster)
+
+    def observe(desired: DesiredState) -> ObservedState:
+        observed = cluster.observe(desired)
+        probe.mark()
+        return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
         # A fresh Progress per apply: it keeps per-apply rows; plain lines, never a live table, in a long-running log.
         executor = Executor(cluster, progress=Progress(stream, live=False))
-        report = executor.apply(plan, desired, observed)
+        try:
+            report = executor.apply(plan, desired, observed)
+        finally:
+            probe.mark()
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
-    return Cluster(observe=cluster.observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                   close=cluster.close)
+    return Cluster(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
+                   close=cluster.close, probe=probe.changed)
+
+
+class ServeProbe:
+    """Between drift checks: has Serve changed since the last cycle looked? One REST call, no NVML, no planning.
+
+    The baseline is the last Serve details the cycle itself fetched (its observation, or the executor's last poll
+    of an apply), so a change that happens after the cycle looked is never taken for the state it left."""
+
+    def __init__(self, cluster: "adapter.Cluster") -> None:
+        self.cluster = cluster
+        self.baseline: str | None = None
+
+    def mark(self) -> None:
+        self.baseline = serve_fingerprint(self.cluster.last_serve) if self.cluster.last_serve else None
+
+    def changed(self) -> bool:
+        now = serve_fingerprint(self.cluster.serve_details())
+        return self.baseline is not None and now != self.baseline
 
 
 def observe_once(address: str | None, desired: DesiredState | None) -> ObservedState:
     """One observation through a connection of its own (benchmarks and tests)."""
-    from reconciler import adapter
-
     with adapter.connect(address) as cluster:
         return cluster.observe(desired)

@@ -56,6 +56,7 @@ class Cluster:
     kv: Any  # where the lease lives
     describe: str
     close: Callable[[], None] = lambda: None
+    probe: Callable[[], bool] | None = None  # cheap "changed since the last cycle?" between drift checks
 
 
 def connect(options: WatchOptions) -> Cluster:
@@ -172,7 +173,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             load=load, observe=cluster.observe, plan=_plan, apply=cluster.apply or _never_apply, events=events,
             settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
         )
-        loop = Loop(controller, settings)
+        loop = Loop(controller, settings, probe=cluster.probe)
         loop_holder.append(loop)
         if keeper is not None:
             controller_status.append(controller)

@@ -122,3 +122,36 @@ def test_stale_generations_are_cleaned_up():
     free = steps.phase_free(plan, steps.target(plan, desired, observed), current)
     assert stale["name"] in free.wait_gone and old not in free.wait_gone
     assert orphan["name"] in free.wait_gone and orphan["name"] not in free.apps
+
+
+def test_a_vanished_backend_is_not_dropped_from_its_router_before_it_is_created_again():
+    """Healing an application deleted by hand: the router keeps naming it, so the apply needs no router update."""
+    m = model("m")
+    desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
+    loc = Location("a", (0,))
+    app = serveconfig.replica_app(model=m, replica=0, location=loc, gpu_memory=0)
+    router = serveconfig.router_app(model=m, backends=[app["name"]])
+    current = {router["name"]: router}  # the replica's application is gone
+    plan = Plan((Action(ActionKind.CREATE, "m", 0, None, loc, m.vram, "why"),),
+                (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d")
+    tgt = steps.target(plan, desired, ObservedState())
+    free = steps.phase_free(plan, tgt, current)
+    assert free.apps == current and not free.wait_gone
+    switch = steps.phase_switch(plan, tgt, steps.phase_start(plan, tgt, free), set())
+    assert switch.apps == current
+    create = steps.phase_create(plan, tgt, switch, {})
+    assert create.wait_running == [app["name"]]
+    assert create.apps[router["name"]] == router  # unchanged: the executor waits for no router
+
+
+def test_the_serve_fingerprint_changes_with_states_not_with_messages():
+    from reconciler.adapter.observation import serve_fingerprint
+
+    c = serveconfig.replica_app(model=model("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
+    running = {"applications": {c["name"]: _serve_app(c, status="RUNNING", replica_state="RUNNING")}}
+    talkative = {"applications": {c["name"]: _serve_app(c, status="RUNNING", replica_state="RUNNING",
+                                                        message="autoscaling metrics")}}
+    restarting = {"applications": {c["name"]: _serve_app(c, status="RUNNING", replica_state="STARTING")}}
+    assert serve_fingerprint(running) == serve_fingerprint(talkative)
+    assert serve_fingerprint(running) != serve_fingerprint(restarting)
+    assert serve_fingerprint(running) != serve_fingerprint({"applications": {}})

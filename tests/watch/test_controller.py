@@ -291,6 +291,51 @@ def test_a_change_during_an_apply_is_planned_after_it_finishes():
     assert kinds == ["apply", "applied", "apply", "applied"]  # strictly one after the other
 
 
+def test_a_change_the_probe_sees_is_healed_without_waiting_for_the_timer():
+    llm = model("llm", 2)
+    specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
+    c, sink = make(specs, cluster)
+    seen = dict(cluster.running())
+
+    def probe() -> bool:
+        return cluster.running() != seen
+
+    loop = Loop(c, WatchSettings(interval=3600, poll=0.02), probe=probe)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(cluster.running()) == 2)
+        seen.update(cluster.running())
+        cluster.kill("llm", 1)
+        wait_until(lambda: set(cluster.running()) == {("llm", 0), ("llm", 1)})
+    finally:
+        loop.stop()
+        thread.join(10)
+    assert [e["cause"] for e in events(sink, "cycle")][:2] == ["startup", "cluster-change"]
+    assert events(sink, "drift")[0]["actions"][0]["action"] == "create"
+
+
+def test_a_probe_that_fails_leaves_it_to_the_timer():
+    llm = model("llm", 1)
+    specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
+    c, sink = make(specs, cluster)
+    calls = []
+
+    def probe() -> bool:
+        calls.append(1)
+        raise TransientError("dashboard restarting")
+
+    loop = Loop(c, WatchSettings(interval=3600, poll=0.01), probe=probe)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(calls) >= 5)
+    finally:
+        loop.stop()
+        thread.join(10)
+    assert [e["cause"] for e in events(sink, "cycle")] == ["startup"]
+
+
 def test_a_burst_of_file_writes_becomes_one_reconcile(tmp_path):
     from reconciler.watch.debounce import SpecWatcher
 

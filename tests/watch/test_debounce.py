@@ -57,6 +57,25 @@ def test_a_failed_cycle_is_retried_before_the_timer_but_never_later():
     assert s.next_wakeup() == 35.0
 
 
+def test_the_cluster_probe_runs_between_ticks_and_a_change_it_sees_runs_a_cycle_at_once():
+    s = Schedule(Debouncer(quiet=0.3, max_wait=3), interval=30, poll=1.0)
+    assert not s.poll_due(0.0)  # nothing to compare with before the first cycle
+    s.take(0.0)
+    assert s.next_wakeup() == 1.0 and not s.poll_due(0.9) and s.poll_due(1.0)
+    s.polled(1.0, changed=False)
+    assert s.take(1.0) is None and s.next_wakeup() == 2.0
+    s.polled(2.0, changed=True)
+    assert s.take(2.0) == (Cause.CLUSTER_CHANGE, 0)
+    assert s.next_wakeup() == 3.0 and s.take(3.0) is None  # one change, one cycle
+    assert s.take(32.0) == (Cause.DRIFT_TIMER, 0)  # the full check still runs on the timer
+
+
+def test_without_a_probe_the_schedule_only_wakes_for_the_timer():
+    s = Schedule(Debouncer(quiet=0.3, max_wait=3), interval=30)
+    s.take(0.0)
+    assert not s.poll_due(100.0) and s.next_wakeup() == 30.0
+
+
 def test_the_filter_ignores_editor_droppings_and_non_spec_files(tmp_path: Path):
     f = SpecFilter()
     from watchfiles import Change
