@@ -6,7 +6,8 @@
 Targets (issue 5):
 - saving a spec file -> first action starting (the apply event, i.e. the Serve config being submitted): < 1 s;
 - steady-state cycle (load + observe + plan, nothing to do) at 50 replicas on 3 nodes: < 200 ms;
-- a replica's Serve application deleted by hand -> running again through watch: < drift interval + 5 s.
+- a replica's Serve application deleted by hand -> running again through watch: < drift interval + 5 s;
+- a replica's process killed -> running again (Serve restarts it; watch only checks): < drift interval + 5 s.
 
 `reconciler watch` runs as its own process, as in production, writing its events to a file that the benchmark reads
 back; latencies are the events' own timestamps against the benchmark's clock (one host). The benchmark observes the
@@ -199,8 +200,21 @@ def bench(args: argparse.Namespace, *, specs: Path, counts: list[int], address: 
             events.wait_for(lambda e: e["event"] == "cycle" and e.get("inSync"), timeout=600)
         print(f"application deleted by hand -> replica running again: median {statistics.median(heal):.1f} s, "
               f"max {max(heal):.1f} s over {len(heal)} (target < interval {args.interval:g} s + 5 s)\n"
-              f"  of which: drift noticed after median {statistics.median(detect):.1f} s (the timer), the apply "
+              f"  of which: drift noticed after median {statistics.median(detect):.1f} s, the apply "
               f"(Serve starting the replica) took median {statistics.median(applying):.1f} s", flush=True)
+
+        back = []
+        for i in range(args.rounds):
+            app = replicas(address, specs)[(f"m{i % len(counts)}", 1)].app
+            pid = replica_pid(address, app)
+            os.kill(pid, signal.SIGKILL)  # the replica's worker process, started by this benchmark's cluster
+            killed = time.time()
+            while replica_pid(address, app) in (pid, None):
+                time.sleep(0.05)
+            back.append(time.time() - killed)
+            events.wait_for(lambda e: e["event"] == "cycle" and e.get("inSync"), timeout=600)
+        print(f"replica process killed (SIGKILL) -> running again: median {statistics.median(back):.1f} s, max "
+              f"{max(back):.1f} s over {len(back)} (target < interval {args.interval:g} s + 5 s)", flush=True)
     except BaseException:
         log.flush()
         tail = log_path.read_text().splitlines()[-40:]
@@ -228,6 +242,16 @@ def _connected(address: str):
 def replicas(address: str, specs: Path) -> dict:
     observed = _connected(address).observe(load_specs(specs).desired)
     return {r.key: r for r in observed.replicas}
+
+
+def replica_pid(address: str, app: str) -> int | None:
+    """The pid of the application's replica while Serve reports it running, else None."""
+    found = (_connected(address).serve_details().get("applications") or {}).get(app) or {}
+    for deployment in (found.get("deployments") or {}).values():
+        for replica in deployment.get("replicas") or []:
+            if replica.get("state") == "RUNNING" and replica.get("pid"):
+                return int(replica["pid"])
+    return None
 
 
 def gone_from(address: str, specs: Path, key: tuple[str, int], app: str) -> bool:

@@ -162,6 +162,9 @@ def pending_apps(serve: dict[str, Any], demands: list[tuple[dict[str, float], in
     return pending
 
 
+SERVE_RECOVERING = ("STARTING", "UPDATING", "RECOVERING", "STOPPING")  # Serve's replica states while it replaces one
+
+
 def replica_state(app: dict[str, Any], pending: bool) -> tuple[ReplicaState, str]:
     """One replica application's state, and Serve's words for why when it is not running."""
     status = app.get("status", "")
@@ -172,7 +175,13 @@ def replica_state(app: dict[str, Any], pending: bool) -> tuple[ReplicaState, str
         return ReplicaState.STOPPING, message
     if any(r.get("state") == "RUNNING" for r in replicas):
         return ReplicaState.RUNNING, ""
-    if status in ("DEPLOY_FAILED", "UNHEALTHY") or deployment.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
+    if status == "DEPLOY_FAILED" or deployment.get("status") == "DEPLOY_FAILED":
+        return ReplicaState.FAILED, message or app.get("message", "")
+    if status == "UNHEALTHY" or deployment.get("status") == "UNHEALTHY":
+        # A replica that died or failed its health check: Serve is already starting another in its place. Acting
+        # on it too would race Serve; if the new one cannot start either, Serve says DEPLOY_FAILED.
+        if any(r.get("state") in SERVE_RECOVERING for r in replicas):
+            return ReplicaState.STARTING, f"Serve is restarting it: {message}" if message else "Serve is restarting it"
         return ReplicaState.FAILED, message or app.get("message", "")
     if pending:
         return ReplicaState.PENDING, message or "waiting for Ray to schedule it: no room for its VRAM resource"

@@ -8,6 +8,8 @@ user message); embeddings are a deterministic unit vector derived from the text;
 Engine args (all optional, for drills):
 - ``startup_delay_s``: seconds the constructor sleeps, to stand in for a model load;
 - ``startup_error``: a message the constructor raises, to rehearse a replica that fails at load (e.g. "out of memory");
+- ``startup_error_while_exists``: a path; ``startup_error`` is raised only while it exists on the replica's node, to
+  rehearse a failure that gets fixed (a driver reinstalled, a disk freed) and the retry that follows;
 - ``dimensions``: the embedding size (default 8).
 """
 
@@ -34,7 +36,8 @@ class EchoEngine:
         args = self.config.engine_args
         if args.get("startup_delay_s"):
             time.sleep(float(args["startup_delay_s"]))
-        if args.get("startup_error"):
+        fixed = args.get("startup_error_while_exists") and not os.path.exists(str(args["startup_error_while_exists"]))
+        if args.get("startup_error") and not fixed:
             raise EchoStartupError(str(args["startup_error"]))
         self.dimensions = int(args.get("dimensions", 8))
         self.started = time.time()

@@ -121,6 +121,7 @@ class Executor:
             and a.make_before_break
             and i in tgt.old_app
             and tgt.new_app.get(i) not in running
+            and tgt.old_app[i] != tgt.new_app.get(i)  # restarted in place: the old one was deleted first
         }
 
         create = steps.phase_create(plan, tgt, switch, failed_replacements)

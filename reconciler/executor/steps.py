@@ -137,16 +137,27 @@ def _routers_dropping(apps: dict[str, dict[str, Any]], going: set[str]) -> dict[
     return out
 
 
+def restarting_in_place(plan: Plan, tgt: Target) -> set[str]:
+    """Applications a replace starts again under their own name: same spec, same GPU (a replica Serve gave up on).
+    Serve would keep a failed application as it is, so it is deleted first and created again."""
+    return {
+        tgt.old_app[i]
+        for i, a in enumerate(plan.actions)
+        if a.kind in (ActionKind.MOVE, ActionKind.REPLACE) and i in tgt.old_app and tgt.old_app[i] == tgt.new_app.get(i)
+    }
+
+
 def phase_free(plan: Plan, tgt: Target, current: dict[str, dict[str, Any]]) -> Phase:
+    restarting = restarting_in_place(plan, tgt)
     keep_for_switch = {
         tgt.old_app[i]
         for i, a in enumerate(plan.actions)
         if a.kind in (ActionKind.MOVE, ActionKind.REPLACE) and a.make_before_break and i in tgt.old_app
-    }
+    } - restarting
     going = sorted(
         name
         for name, config in current.items()
-        if name not in tgt.apps and name not in keep_for_switch
+        if (name not in tgt.apps and name not in keep_for_switch) or name in restarting
     )
     apps = {name: config for name, config in current.items() if name not in going}
     actions = [

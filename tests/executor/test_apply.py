@@ -360,14 +360,25 @@ def test_killed_replica_is_running_again_after_apply(world):
     assert plan_now(world)[2].empty
 
 
-def test_replica_failing_at_load_is_reported_and_hurts_no_other(world, capsys):
+def test_replica_failing_at_load_is_reported_hurts_no_other_and_is_retried_once_fixed(world, capsys, tmp_path):
+    broken = tmp_path / "driver-broken"  # the failure lasts while this file exists (all nodes share this host)
+    broken.touch()
     world["models"]["broken"] = {"vram": "1Gi", "replicas": 1,
-                                 "engineArgs": {"startup_error": "CUDA out of memory (rehearsal)"}}
+                                 "engineArgs": {"startup_error": "CUDA out of memory (rehearsal)",
+                                                "startup_error_while_exists": str(broken)}}
     before = replica_actors(world)
     capsys.readouterr()
     assert apply_cli(world) == 1
     out = capsys.readouterr().out
     assert "FAIL create broken#0" in out and "CUDA out of memory (rehearsal)" in out
+    assert {k: v for k, v in replica_actors(world).items() if k in before} == before
+    desired, observed, plan = plan_now(world)
+    assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.REPLACE, "broken")]
+    # Fixed: the next apply starts the failed application again, under its own name and on its own GPU.
+    broken.unlink()
+    assert apply_cli(world) == 0
+    assert len(by_model(replica_actors(world), "broken")) == 1
+    assert plan_now(world)[2].empty
     assert {k: v for k, v in replica_actors(world).items() if k in before} == before
     del world["models"]["broken"]
     assert apply_cli(world) == 0

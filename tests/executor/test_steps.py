@@ -155,3 +155,28 @@ def test_the_serve_fingerprint_changes_with_states_not_with_messages():
     assert serve_fingerprint(running) == serve_fingerprint(talkative)
     assert serve_fingerprint(running) != serve_fingerprint(restarting)
     assert serve_fingerprint(running) != serve_fingerprint({"applications": {}})
+
+
+def test_a_replica_serve_gave_up_on_is_deleted_then_started_again_under_its_own_name():
+    m = model("m")
+    desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
+    loc = Location("a", (0,))
+    app = serveconfig.replica_app(model=m, replica=0, location=loc, gpu_memory=0)
+    router = serveconfig.router_app(model=m, backends=[app["name"]])
+    observed = ObservedState(replicas=(ObservedReplica("m", 0, "a", (0,), m.vram, m.restart_hash, m.config_hash,
+                                                       app=app["name"], state=ReplicaState.FAILED),))
+    plan = Plan((Action(ActionKind.REPLACE, "m", 0, loc, loc, m.vram, "failed: restart", make_before_break=True),),
+                (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d")
+    tgt = steps.target(plan, desired, observed)
+    free = steps.phase_free(plan, tgt, {app["name"]: app, router["name"]: router})
+    assert free.wait_gone == [app["name"]] and app["name"] not in free.apps
+    start = steps.phase_start(plan, tgt, free)
+    assert start.wait_running == [app["name"]] and start.apps[app["name"]] == app
+
+
+def test_an_unhealthy_replica_that_serve_is_replacing_is_starting_not_failed():
+    c = serveconfig.replica_app(model=model("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
+    recovering = _serve_app(c, status="UNHEALTHY", replica_state="STARTING", message="health check failed")
+    state, message = replica_state(recovering, False)
+    assert state == ReplicaState.STARTING and "health check failed" in message
+    assert replica_state(_serve_app(c, status="UNHEALTHY", replica_state=None), False)[0] == ReplicaState.FAILED
