@@ -87,3 +87,9 @@ def connect(address: str | None, *, desired: DesiredState | None = None, offer_l
                 )
             start_local(desired)
     return adapter.connect(address)
+
+
+def add_max_starting_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-starting", type=int, default=4, metavar="N",
+                        help="replicas started at once on one node; the others wait for them to run (model loads "
+                        "compete for CPU, disk and network; 0: no limit; default: 4)")

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pending-grace", type=float, default=30.0, metavar="SECONDS",
                         help="how long Ray may leave a replica unscheduled before it is reported pending "
                         "(default: 30)")
+    _cluster.add_max_starting_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             plan = _planning.plan_against(desired, observed)
         color = _planning.use_color(sys.stdout)
         sys.stdout.write(render_plan(plan, color=color))
-        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace)
+        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace,
+                            max_starting=args.max_starting)
         executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
         if executor.in_sync(plan, desired, observed):
             print("Nothing to apply: the cluster matches the specs.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reconciler.cli import _planning
+from reconciler.cli import _cluster, _planning
 
 DESCRIPTION = """\
 Watch the spec directory and keep the cluster at it. A burst of file changes (an editor's save, a git pull) becomes
@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="seconds after which the apply lock of a dead watcher may be taken over (default: 15)")
     parser.add_argument("--wait-for-lock", action="store_true",
                         help="when another reconciler holds the lock, wait for it instead of exiting (a standby)")
+    _cluster.add_max_starting_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         directory=Path(args.directory), settings=settings, address=args.address, observed=args.observed,
         offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, yes=args.yes, lease_ttl=args.lease_ttl, wait_for_lock=args.wait_for_lock,
+        max_starting=args.max_starting,
         command=f"reconciler watch {args.directory}",
     )
     return run_watch(options)

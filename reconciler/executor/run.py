@@ -22,6 +22,7 @@ class Settings:
     replica_timeout: float = 600.0  # seconds one replica may take to start (model load included)
     stop_timeout: float = 120.0  # seconds a replica may take to stop
     pending_grace: float = 20.0  # seconds Ray may leave a replica unscheduled before apply reports it pending
+    max_starting: int = 4  # replicas starting at once on one node (0: no limit); see steps.batches
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,14 @@ class Executor:
         if phase.wait_running:
             detail.append(f"starting {len(phase.wait_running)}")
         self.progress.phase(phase.name, ", ".join(detail) or "reconfiguring")
-        if phase.apps != previous:
-            self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, phase.apps))
         for app in [*phase.wait_gone, *phase.wait_running]:
             self.progress.track(app, what.get(app, app))
-        self._wait(phase, results)
+        before = previous
+        for i, (apps, starting) in enumerate(steps.batches(phase, previous, self.settings.max_starting)):
+            if apps != before:
+                self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, apps))
+            before = apps
+            self._wait(phase.wait_gone if i == 0 else [], starting, results)
         routers = [
             name
             for name, config in phase.apps.items()
@@ -193,11 +197,11 @@ class Executor:
                 if status != "RUNNING":
                     self.router_errors.append(f"router {name} is {status}: {(apps.get(name) or {}).get('message', '')}")
 
-    def _wait(self, phase: steps.Phase, results: dict[str, _AppResult]) -> None:
+    def _wait(self, wait_gone: list[str], wait_running: list[str], results: dict[str, _AppResult]) -> None:
         s = self.settings
         begun = time.monotonic()
-        open_running = set(phase.wait_running)
-        open_gone = set(phase.wait_gone)
+        open_running = set(wait_running)
+        open_gone = set(wait_gone)
         pending_since: dict[str, float] = {}
         last_pending_check = 0.0
         demands: list = []

@@ -212,6 +212,40 @@ def phase_create(plan: Plan, tgt: Target, before: Phase, failed_replacements: di
     return Phase(name="create", apps=apps, wait_running=creating, actions=indexes)
 
 
+def batches(
+    phase: Phase, previous: dict[str, dict[str, Any]], per_node: int
+) -> list[tuple[dict[str, dict[str, Any]], list[str]]]:
+    """The phase as successive whole configs, each starting at most `per_node` new replicas on any one node.
+
+    Starting many replicas at once on one node makes them all slow: the raylet starts a worker process for each,
+    every one imports Serve and loads its model, and they contend for CPU, disk and the network. Each config is the
+    phase's end state less the replicas of later batches; routers keep their previous config until the last batch
+    (new routers start with the first), so they are reconfigured once. `per_node` 0: one batch."""
+    starting = list(phase.wait_running)
+    if per_node <= 0 or not starting:
+        return [(phase.apps, starting)]
+    by_node: dict[str, list[str]] = {}
+    for name in starting:
+        node = (phase.apps[name].get("args") or {}).get("engine_config", {}).get("node", "")
+        by_node.setdefault(node, []).append(name)
+    rounds = max(-(-len(names) // per_node) for names in by_node.values())
+    if rounds <= 1:
+        return [(phase.apps, starting)]
+    out = []
+    for k in range(rounds):
+        later = {n for names in by_node.values() for n in names[(k + 1) * per_node:]}
+        if k == rounds - 1:
+            apps = phase.apps
+        else:
+            apps = {
+                name: previous.get(name, config) if _kind(config) == ROUTER_KIND else config
+                for name, config in phase.apps.items()
+                if name not in later
+            }
+        out.append((apps, [n for names in by_node.values() for n in names[k * per_node:(k + 1) * per_node]]))
+    return out
+
+
 def actions_by_app(plan: Plan, tgt: Target) -> dict[str, list[int]]:
     """Which actions succeed when an application runs (or goes): for the report."""
     out: dict[str, list[int]] = {}

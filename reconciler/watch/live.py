@@ -19,9 +19,9 @@ from reconciler.watch.controller import ActionResult
 from reconciler.watch.session import Cluster
 
 
-def connect_live(address: str | None, *, progress: IO[str] | None = None) -> Cluster:
+def connect_live(address: str | None, *, progress: IO[str] | None = None, max_starting: int = 4) -> Cluster:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor
+    from reconciler.executor.run import Executor, Settings
 
     cluster = adapter.connect(address)
     try:
@@ -40,7 +40,8 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None) -> Clu
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
         # A fresh Progress per apply: it keeps per-apply rows; plain lines, never a live table, in a long-running log.
-        executor = Executor(cluster, progress=Progress(stream, live=False))
+        executor = Executor(cluster, settings=Settings(max_starting=max_starting),
+                            progress=Progress(stream, live=False))
         try:
             report = executor.apply(plan, desired, observed)
         finally:

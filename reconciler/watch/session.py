@@ -44,6 +44,7 @@ class WatchOptions:
     yes: bool = False
     lease_ttl: float = 15.0
     wait_for_lock: bool = False
+    max_starting: int = 4  # replicas an apply starts at once on one node
     command: str = "reconciler watch"
 
 
@@ -74,7 +75,8 @@ def connect(options: WatchOptions) -> Cluster:
     from reconciler.watch.live import connect_live
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
-    return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout)
+    return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout,
+                        max_starting=options.max_starting)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:

@@ -180,3 +180,26 @@ def test_an_unhealthy_replica_that_serve_is_replacing_is_starting_not_failed():
     state, message = replica_state(recovering, False)
     assert state == ReplicaState.STARTING and "health check failed" in message
     assert replica_state(_serve_app(c, status="UNHEALTHY", replica_state=None), False)[0] == ReplicaState.FAILED
+
+
+def test_many_new_replicas_start_a_few_per_node_at_a_time_and_routers_change_once():
+    m = model("m")
+    desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
+    placement = tuple(PlacedReplica("m", i, "a" if i < 5 else "b", (0,), m.vram) for i in range(7))
+    plan = Plan(tuple(Action(ActionKind.CREATE, "m", p.replica, None, p.location, m.vram, "new") for p in placement),
+                placement, (), (), "f", "d")
+    tgt = steps.target(plan, desired, ObservedState())
+    old_router = serveconfig.router_app(model=m, backends=[])
+    current = {old_router["name"]: old_router}
+    free = steps.phase_free(plan, tgt, current)
+    create = steps.phase_create(plan, tgt, steps.phase_switch(plan, tgt, steps.phase_start(plan, tgt, free), set()),
+                                {})
+    rounds = steps.batches(create, free.apps, per_node=2)
+    assert [len(starting) for _, starting in rounds] == [4, 2, 1]  # a: 2+2+1, b: 2
+    assert sorted(n for _, starting in rounds for n in starting) == sorted(create.wait_running)
+    for k, (apps, starting) in enumerate(rounds):
+        started_so_far = {n for _, s in rounds[: k + 1] for n in s}
+        assert {n for n in apps if n in create.wait_running} == started_so_far
+        router = apps[old_router["name"]]
+        assert router == (create.apps[old_router["name"]] if k == len(rounds) - 1 else old_router)
+    assert steps.batches(create, free.apps, per_node=0) == [(create.apps, create.wait_running)]

@@ -128,6 +128,17 @@ def delete_app_by_hand(app: str) -> None:
         cluster.put_serve_config(serveconfig.whole_config(details, foreign, ours))
 
 
+def replica_pid(app: str) -> int | None:
+    """The pid of the application's replica while Serve reports it running."""
+    from reconciler import adapter
+
+    with adapter.connect() as cluster:
+        found = cluster.serve_details()["applications"].get(app) or {}
+    pids = [r.get("pid") for d in (found.get("deployments") or {}).values() for r in d.get("replicas") or []
+            if r.get("state") == "RUNNING"]
+    return pids[0] if pids else None
+
+
 @pytest.fixture
 def specs(ray_cluster, tmp_path):
     directory = tmp_path / "specs"
@@ -161,7 +172,8 @@ def test_edits_are_applied_invalid_specs_change_nothing_and_drift_is_healed(spec
         assert not timer["acted"]
         assert running(specs) == before
 
-        # Fixed again, and then an application deleted by hand: the drift timer puts it back.
+        # Fixed again, and then an application deleted by hand: watch puts it back (its probe of Serve, or the
+        # drift timer, whichever notices first).
         write_specs(specs, {"alpha": 2, "beta": 1})
         watcher.wait_for(lambda e: e["event"] == "spec-loaded", after=seen)
         seen = len(watcher.events())
@@ -169,7 +181,18 @@ def test_edits_are_applied_invalid_specs_change_nothing_and_drift_is_healed(spec
         drift = watcher.wait_for(lambda e: e["event"] == "drift", after=seen)
         assert [(a["action"], a["model"]) for a in drift["actions"]] == [("create", "beta")]
         watcher.wait_for(lambda e: e["event"] == "applied", after=seen)
-        wait_running(specs, {("alpha", 0), ("alpha", 1), ("beta", 0)})
+        healed = wait_running(specs, {("alpha", 0), ("alpha", 1), ("beta", 0)})
+
+        # A replica's process killed: it runs again (a new process) and watch ends in sync without a spec change.
+        pid = replica_pid(healed[("alpha", 1)])
+        seen = len(watcher.events())
+        os.kill(pid, signal.SIGKILL)  # a worker of the test session's own cluster
+        deadline = time.monotonic() + 120
+        while replica_pid(healed[("alpha", 1)]) in (pid, None):
+            assert time.monotonic() < deadline, "the killed replica did not come back"
+            time.sleep(0.2)
+        watcher.wait_for(lambda e: e["event"] == "cycle" and e["inSync"], after=seen)
+        assert running(specs) == healed
     finally:
         out = watcher.stop()
     assert watcher.process.returncode == 0, out
