@@ -8,6 +8,7 @@ from typing import Any
 
 from reconciler.adapter.observation import is_ours, pending_apps, replica_state
 from reconciler.desired import DesiredState
+from reconciler.errors import TransientError
 from reconciler.executor import serveconfig, steps
 from reconciler.executor.progress import Progress
 from reconciler.observed import ObservedState, ReplicaState
@@ -206,7 +207,15 @@ class Executor:
         last_pending_check = 0.0
         demands: list = []
         while open_running or open_gone:
-            details = self.cluster.serve_details()
+            try:
+                details = self.cluster.serve_details()
+            except TransientError:
+                # A dashboard too busy to answer (many replicas starting on few cores) is not a failed apply: what
+                # was submitted goes on, and the timeouts below still bound the wait.
+                if time.monotonic() - begun > max(s.replica_timeout, s.stop_timeout):
+                    raise
+                time.sleep(POLL_S)
+                continue
             apps = details.get("applications") or {}
             now = time.monotonic()
             for name in sorted(open_gone):

@@ -5,6 +5,6 @@ when there is no error, and every diagnostic of the whole directory either way.
 """
 
 from reconciler.spec.diagnostics import Diagnostic, Severity
-from reconciler.spec.loader import LoadResult, load_spec_files, load_specs
+from reconciler.spec.loader import LoadResult, load_contents, load_spec_files, load_specs, read_specs
 
-__all__ = ["Diagnostic", "LoadResult", "Severity", "load_spec_files", "load_specs"]
+__all__ = ["Diagnostic", "LoadResult", "Severity", "load_contents", "load_spec_files", "load_specs", "read_specs"]

@@ -193,9 +193,18 @@ def load_specs(directory: Path) -> LoadResult:
             desired=None,
             diagnostics=(error(str(directory), NOWHERE, f"the spec directory {problem}"),),
         )
+    contents, unreadable = read_specs(directory)
+    return load_contents(contents, unreadable)
+
+
+def read_specs(directory: Path) -> tuple[dict[str, bytes], tuple[Diagnostic, ...]]:
+    """The bytes of every spec file under an existing directory, by relative path, and the files that can't be read.
+
+    With ``load_contents`` this is ``load_specs`` in two steps, for a caller that skips the parse when nothing
+    changed (watch, every few seconds)."""
     contents: dict[str, bytes] = {}
     unreadable: list[Diagnostic] = []
-    for relative, path in _walk(directory).items():
+    for relative, path in _walk(Path(directory)).items():
         try:
             # A huge file is refused by its size, without reading it into memory.
             big = too_large(relative, path.stat().st_size)
@@ -205,4 +214,9 @@ def load_specs(directory: Path) -> LoadResult:
                 unreadable.append(big)
         except OSError as exc:
             unreadable.append(error(relative, NOWHERE, f"cannot read the file: {exc.strerror or exc}"))
-    return _load(contents, tuple(unreadable))
+    return contents, tuple(unreadable)
+
+
+def load_contents(contents: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -> LoadResult:
+    """Specs from what ``read_specs`` returned."""
+    return _load(contents, unreadable)

@@ -26,6 +26,7 @@ from reconciler.watch.backoff import Backoff
 from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchSettings
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
+from reconciler.watch.specload import SpecLoader
 
 EXIT_LEASE_LOST = 4
 
@@ -104,8 +105,6 @@ def _confirm_on_terminal(plan: Plan) -> bool:
 
 def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -> int:
     """Watch until SIGINT/SIGTERM (exit 0) or until the lease is lost (exit 4). ``ready`` is for in-process use."""
-    from reconciler.spec import load_specs
-
     settings = options.settings
     acting = not settings.plan_only
     if (options.offline or options.observed is not None) and acting:
@@ -166,13 +165,9 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
                         f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
 
-        directory = options.directory
-
-        def load() -> Any:
-            return load_specs(directory)
-
         controller = Controller(
-            load=load, observe=cluster.observe, plan=_plan, apply=cluster.apply or _never_apply, events=events,
+            load=SpecLoader(options.directory), observe=cluster.observe, plan=_plan,
+            apply=cluster.apply or _never_apply, events=events,
             settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
         )
         loop = Loop(controller, settings, probe=cluster.probe)
@@ -181,19 +176,19 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             controller_status.append(controller)
             keeper.start()
             stack.callback(lambda: keeper.stop(release=True))
-        watcher = SpecWatcher(directory, loop.changed)
+        watcher = SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
         previous = _stop_on_signals(loop.stop)
         stack.callback(lambda: _restore_signals(previous))
         events.emit(
             Kind.STARTED,
-            f"watching {directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
+            f"watching {options.directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
             + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
                if options.metrics_port is not None else ""),
-            directory=str(directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
+            directory=str(options.directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
         if ready is not None:
