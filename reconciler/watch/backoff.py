@@ -83,6 +83,10 @@ class Backoff:
         entry.restart_hash = restart_hash
         entry.attempted = True
 
+    def forget(self, key: ReplicaKey) -> None:
+        """The replica is being removed on purpose (scaled down, evicted): when it is wanted again, it is new."""
+        self.entries.pop(key, None)
+
     def observe(self, *, desired: DesiredState, observed: ObservedState, plan: Plan, now: float) -> None:
         """Count failures from what the cluster shows, and forgive replicas that stayed up.
 

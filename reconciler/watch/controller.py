@@ -232,6 +232,8 @@ class Controller:
                          actions=[action_json(a) for a in run])
         t0 = time.perf_counter()
         for action in run:
+            if action.kind in (ActionKind.DELETE, ActionKind.EVICT):
+                self.backoff.forget((action.model, action.replica))
             if action.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.MOVE):
                 model = _model(desired, action.model)
                 if model is not None:

@@ -175,6 +175,23 @@ def test_a_crash_looping_replica_backs_off_without_blocking_the_others():
     assert c.backoff.held(clock.now)[0].retry_at == clock.now + 20
 
 
+def test_scaling_down_and_up_again_is_not_a_crash_loop():
+    specs, cluster = SpecDir(Loaded(desired(model("llm", 2)))), FakeCluster.shaped_like(desired(model("llm", 2)))
+    clock = Clock()
+    c, sink = make(specs, cluster, clock=clock)
+    c.cycle(Cause.STARTUP)
+    for _ in range(3):  # well within the time that forgives a replica for running stably
+        clock.now += 1
+        specs.set(desired(model("llm", 1)))
+        c.cycle(Cause.SPEC_CHANGE)
+        assert set(cluster.running()) == {("llm", 0)}
+        clock.now += 1
+        specs.set(desired(model("llm", 2)))
+        c.cycle(Cause.SPEC_CHANGE)
+        assert set(cluster.running()) == {("llm", 0), ("llm", 1)}
+    assert not events(sink, "backoff") and not c.backoff.failing()
+
+
 def test_a_temporary_observe_failure_is_retried_with_backoff_and_reported():
     llm = model("llm", 1)
     specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
