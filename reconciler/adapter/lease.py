@@ -296,10 +296,12 @@ class LeaseKeeper:
     """
 
     def __init__(self, lease: Lease, *, on_lost: Callable[[LeaseLost], None],
-                 status: Callable[[], dict[str, Any]] = dict) -> None:
+                 status: Callable[[], dict[str, Any]] = dict,
+                 on_retaken: Callable[[Lease], None] = lambda _: None) -> None:
         self.lease = lease
         self.on_lost = on_lost
         self.status = status
+        self.on_retaken = on_retaken
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler-lease", daemon=True)
@@ -310,7 +312,11 @@ class LeaseKeeper:
 
     def confirm(self) -> None:
         with self._lock:
-            self.lease.confirm()
+            try:
+                self.lease.confirm()
+            except LeaseLost:
+                if not self._retake():
+                    raise
 
     def valid(self) -> bool:
         return self.lease.valid()
@@ -328,12 +334,46 @@ class LeaseKeeper:
                 with self._lock:
                     self.lease.renew(status=self.status())
             except LeaseLost as lost:
+                with self._lock:
+                    if self._retake():
+                        continue
                 self.on_lost(lost)
                 return
             except Exception as exc:  # the store is briefly unreachable: keep trying until the lease runs out
                 if not self.lease.valid():
+                    with self._lock:
+                        if self._retake():
+                            continue
                     self.on_lost(LeaseLost(f"lost the cluster's apply lock: could not renew it ({exc})"))
                     return
+
+    def _retake(self) -> bool:
+        """Called with the lock held, once the lease is lost. A lease that merely ran out (this process, or a GCS
+        busy starting fifty replicas, was too slow to renew it in time) while nobody took it is taken again, as the
+        next generation, exactly as a newcomer would take it: the store's put-if-absent still decides. Never when
+        another reconciler took it over or the record was removed (an operator breaking the lock)."""
+        lease = self.lease
+        try:
+            if lease.kv.get(_key(lease.generation + 1)) is not None:
+                return False
+            data = lease.kv.get(_key(lease.generation))
+            if data is None:
+                return False
+            record = LeaseRecord.from_bytes(data)
+            if record.holder.token != lease.record.holder.token or record.released:
+                return False
+            left = record.expires - lease.clock()
+            if left > lease.margin:  # not expired by our own clock's reckoning: nothing to retake
+                return False
+            if left > 0:  # inside the safety margin: let it run out for everyone first
+                time.sleep(left + 0.05)
+            fresh = acquire(lease.kv, holder=lease.record.holder, ttl=lease.ttl, margin=lease.margin,
+                            clock=lease.clock, status=self.status())
+        except Exception:  # noqa: BLE001 - taken meanwhile (LeaseHeld) or the store is unreachable: it is lost
+            return False
+        self.lease = fresh
+        self.on_retaken(fresh)
+        return True
 
 
 def status_lines(record: LeaseRecord | None, now: float | None = None) -> list[str]:

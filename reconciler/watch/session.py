@@ -160,7 +160,12 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                     loop_holder[0].stop("lease lost")
 
             controller_status: list[Controller] = []
-            keeper = LeaseKeeper(lease, on_lost=lost,
+            def retaken(fresh: Any) -> None:
+                events.emit(Kind.LEASE, f"the apply lock ran out while this watcher (or the cluster's GCS) stalled, "
+                            f"and nobody took it: taken again (generation {fresh.generation})",
+                            generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
+
+            keeper = LeaseKeeper(lease, on_lost=lost, on_retaken=retaken,
                                  status=lambda: controller_status[0].status() if controller_status else {})
             events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
                         f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)

@@ -131,6 +131,36 @@ def test_the_keeper_renews_in_the_background_and_reports_a_loss():
         keeper.stop()
 
 
+def test_a_keeper_that_stalled_past_its_lease_takes_it_again_when_nobody_else_did():
+    kv, clock = MemoryKV(), Clock()
+    retaken = []
+    keeper = LeaseKeeper(acquire(kv, holder=holder(), ttl=15, clock=clock), on_lost=lambda exc: None,
+                         on_retaken=retaken.append)
+    clock.now += 40  # e.g. a GCS too busy to answer the renewals in time
+    keeper.confirm()  # before acting: the lease ran out, nobody took it, so it is taken again
+    assert keeper.lease.generation == 2 and retaken == [keeper.lease] and keeper.valid()
+    assert describe(kv).holder == keeper.lease.record.holder
+
+
+def test_a_keeper_whose_lease_was_taken_over_or_broken_stays_out():
+    kv, clock = MemoryKV(), Clock()
+    keeper = LeaseKeeper(acquire(kv, holder=holder(), ttl=15, clock=clock), on_lost=lambda exc: None)
+    clock.now += 40
+    other = acquire(kv, holder=holder("reconciler apply specs/"), ttl=15, clock=clock)
+    with pytest.raises(LeaseLost):
+        keeper.confirm()
+    assert describe(kv).holder == other.record.holder
+
+    kv, clock = MemoryKV(), Clock()
+    keeper = LeaseKeeper(acquire(kv, holder=holder(), ttl=15, clock=clock), on_lost=lambda exc: None)
+    for key in kv.keys("lease/apply/"):  # an operator breaking the lock by hand
+        kv.delete(key)
+    clock.now += 40
+    with pytest.raises(LeaseLost):
+        keeper.confirm()
+    assert describe(kv) is None
+
+
 def test_status_lines_show_the_holder_and_its_crash_looping_replicas():
     kv, clock = MemoryKV(), Clock()
     assert status_lines(describe(kv), clock.now) == ["apply lock: free (no reconciler has taken it)"]
