@@ -259,6 +259,9 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
             "started_at": time.time(),
         }
         ray.shutdown()  # Serve is detached: the supervisor need not stay a driver
+        # ray.init installed its own SIGTERM handler, which ends this process without the shutdown below: ours again.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(state_file)
@@ -267,8 +270,15 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
             time.sleep(0.5)
     finally:
         print("shutting the local cluster down", flush=True)
+        # Every process of the cluster descends from this supervisor. Ray's shutdown stops the raylets and the GCS,
+        # but their agents notice only a minute or so later: the whole tree is stopped here, so `down` and the
+        # tests leave nothing running behind them.
+        import psutil
+
+        tree = psutil.Process().children(recursive=True)
         try:
             cluster.shutdown()
+            _stop_processes(tree)
         finally:
             try:
                 if json.loads(state_file.read_text()).get("pid") == os.getpid():
@@ -276,6 +286,24 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
             except (OSError, ValueError):
                 pass
     return 0
+
+
+def _stop_processes(processes: list[Any], timeout: float = 10.0) -> None:
+    """SIGTERM what is still alive of these processes, then SIGKILL what did not exit within ``timeout``."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, left = psutil.wait_procs(alive, timeout=timeout)
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
