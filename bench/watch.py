@@ -245,13 +245,9 @@ def replicas(address: str, specs: Path) -> dict:
 
 
 def replica_pid(address: str, app: str) -> int | None:
-    """The pid of the application's replica while Serve reports it running, else None."""
-    found = (_connected(address).serve_details().get("applications") or {}).get(app) or {}
-    for deployment in (found.get("deployments") or {}).values():
-        for replica in deployment.get("replicas") or []:
-            if replica.get("state") == "RUNNING" and replica.get("pid"):
-                return int(replica["pid"])
-    return None
+    from reconciler.adapter.observation import running_pid
+
+    return running_pid(_connected(address).serve_details(), app)
 
 
 def gone_from(address: str, specs: Path, key: tuple[str, int], app: str) -> bool:
@@ -261,15 +257,13 @@ def gone_from(address: str, specs: Path, key: tuple[str, int], app: str) -> bool
 
 
 def delete_app_by_hand(address: str, app: str) -> None:
-    from reconciler.adapter.observation import is_ours
+    from reconciler.adapter.observation import foreign_configs, our_configs
     from reconciler.executor import serveconfig
 
     cluster = _connected(address)
     details = cluster.serve_details()
-    apps = details["applications"]
-    ours = {n: a["deployed_app_config"] for n, a in apps.items() if is_ours(a) and n != app}
-    foreign = [a["deployed_app_config"] for a in apps.values() if not is_ours(a) and a.get("deployed_app_config")]
-    cluster.put_serve_config(serveconfig.whole_config(details, foreign, ours))
+    ours = {n: c for n, c in our_configs(details).items() if n != app}
+    cluster.put_serve_config(serveconfig.whole_config(details, foreign_configs(details), ours))
 
 
 if __name__ == "__main__":

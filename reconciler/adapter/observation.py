@@ -85,6 +85,35 @@ def replica_pids_by_node(serve: dict[str, Any]) -> dict[str, list[int]]:
     return pids
 
 
+def our_configs(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The deployed configs of reconciler's applications, by name, from Serve's details."""
+    return {
+        name: app["deployed_app_config"]
+        for name, app in (details.get("applications") or {}).items()
+        if is_ours(app)
+    }
+
+
+def foreign_configs(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """Applications someone else deployed declaratively, exactly as deployed. Imperative ones (`serve.run`) are not
+    part of any declarative config and a PUT leaves them alone."""
+    return [
+        app["deployed_app_config"]
+        for app in (details.get("applications") or {}).values()
+        if not is_ours(app) and app.get("deployed_app_config")
+    ]
+
+
+def running_pid(serve: dict[str, Any], app: str) -> int | None:
+    """The worker pid of an application's replica while Serve reports it running, else None."""
+    found = (serve.get("applications") or {}).get(app) or {}
+    for deployment in (found.get("deployments") or {}).values():
+        for replica in deployment.get("replicas") or []:
+            if replica.get("state") == "RUNNING" and replica.get("pid"):
+                return int(replica["pid"])
+    return None
+
+
 def _gpus_from_resources(node: RayNode) -> tuple[ObservedGpu, ...]:
     pattern = re.compile(rf"^vram_mb_{re.escape(sanitise(node.name))}_gpu(\d+)$")
     gpus = []

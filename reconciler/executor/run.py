@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adapter.observation import is_ours, pending_apps, replica_state
+from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
 from reconciler.desired import DesiredState
 from reconciler.errors import TransientError
 from reconciler.executor import serveconfig, steps
@@ -55,24 +55,6 @@ class _AppResult:
     message: str
 
 
-def _ours(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        name: app["deployed_app_config"]
-        for name, app in (details.get("applications") or {}).items()
-        if is_ours(app)
-    }
-
-
-def _foreign(details: dict[str, Any]) -> list[dict[str, Any]]:
-    """Applications someone else deployed declaratively, exactly as deployed. Imperative ones (`serve.run`) are not
-    part of any declarative config and a PUT leaves them alone."""
-    return [
-        app["deployed_app_config"]
-        for app in (details.get("applications") or {}).values()
-        if not is_ours(app) and app.get("deployed_app_config")
-    ]
-
-
 class Executor:
     def __init__(self, cluster: Any, *, settings: Settings = Settings(), progress: Progress | None = None) -> None:
         self.cluster = cluster
@@ -84,7 +66,7 @@ class Executor:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(_ours(self.cluster.serve_details()), steps.target(plan, desired, observed))
+        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan, desired, observed))
 
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         try:
@@ -95,8 +77,8 @@ class Executor:
     def _apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         started = time.monotonic()
         details = self.cluster.serve_details()
-        foreign = _foreign(details)
-        current = _ours(details)
+        foreign = foreign_configs(details)
+        current = our_configs(details)
         tgt = steps.target(plan, desired, observed)
         results: dict[str, _AppResult] = {}
         report = Report()

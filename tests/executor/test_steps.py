@@ -124,13 +124,18 @@ def test_stale_generations_are_cleaned_up():
     assert orphan["name"] in free.wait_gone and orphan["name"] not in free.apps
 
 
-def test_a_vanished_backend_is_not_dropped_from_its_router_before_it_is_created_again():
-    """Healing an application deleted by hand: the router keeps naming it, so the apply needs no router update."""
+def _one_replica_and_its_router():
+    """Model m with one replica on a/gpu0: the model, desired state, location, replica app and router naming it."""
     m = model("m")
-    desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
     loc = Location("a", (0,))
     app = serveconfig.replica_app(model=m, replica=0, location=loc, gpu_memory=0)
     router = serveconfig.router_app(model=m, backends=[app["name"]])
+    return m, DesiredState(pools=(Pool(name="p"),), models=(m,)), loc, app, router
+
+
+def test_a_vanished_backend_is_not_dropped_from_its_router_before_it_is_created_again():
+    """Healing an application deleted by hand: the router keeps naming it, so the apply needs no router update."""
+    m, desired, loc, app, router = _one_replica_and_its_router()
     current = {router["name"]: router}  # the replica's application is gone
     plan = Plan((Action(ActionKind.CREATE, "m", 0, None, loc, m.vram, "why"),),
                 (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d")
@@ -158,11 +163,7 @@ def test_the_serve_fingerprint_changes_with_states_not_with_messages():
 
 
 def test_a_replica_serve_gave_up_on_is_deleted_then_started_again_under_its_own_name():
-    m = model("m")
-    desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
-    loc = Location("a", (0,))
-    app = serveconfig.replica_app(model=m, replica=0, location=loc, gpu_memory=0)
-    router = serveconfig.router_app(model=m, backends=[app["name"]])
+    m, desired, loc, app, router = _one_replica_and_its_router()
     observed = ObservedState(replicas=(ObservedReplica("m", 0, "a", (0,), m.vram, m.restart_hash, m.config_hash,
                                                        app=app["name"], state=ReplicaState.FAILED),))
     plan = Plan((Action(ActionKind.REPLACE, "m", 0, loc, loc, m.vram, "failed: restart", make_before_break=True),),

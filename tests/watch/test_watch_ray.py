@@ -117,26 +117,21 @@ def wait_running(specs: Path, want: set[tuple[str, int]], timeout: float = 240) 
 def delete_app_by_hand(app: str) -> None:
     """What an operator does with the dashboard or `serve deploy` of a config without it."""
     from reconciler import adapter
-    from reconciler.adapter.observation import is_ours
+    from reconciler.adapter.observation import foreign_configs, our_configs
     from reconciler.executor import serveconfig
 
     with adapter.connect() as cluster:
         details = cluster.serve_details()
-        apps = details["applications"]
-        ours = {n: a["deployed_app_config"] for n, a in apps.items() if is_ours(a) and n != app}
-        foreign = [a["deployed_app_config"] for a in apps.values() if not is_ours(a) and a.get("deployed_app_config")]
-        cluster.put_serve_config(serveconfig.whole_config(details, foreign, ours))
+        ours = {n: c for n, c in our_configs(details).items() if n != app}
+        cluster.put_serve_config(serveconfig.whole_config(details, foreign_configs(details), ours))
 
 
 def replica_pid(app: str) -> int | None:
-    """The pid of the application's replica while Serve reports it running."""
     from reconciler import adapter
+    from reconciler.adapter.observation import running_pid
 
     with adapter.connect() as cluster:
-        found = cluster.serve_details()["applications"].get(app) or {}
-    pids = [r.get("pid") for d in (found.get("deployments") or {}).values() for r in d.get("replicas") or []
-            if r.get("state") == "RUNNING"]
-    return pids[0] if pids else None
+        return running_pid(cluster.serve_details(), app)
 
 
 @pytest.fixture
