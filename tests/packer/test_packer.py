@@ -108,8 +108,17 @@ def test_priorities_never_inverted(problem: Problem) -> None:
                 other = items[j]
                 if other.priority >= item.priority:
                     return False
-                was_running_here = other.current is not None and assignment[j] == other.current
-                return not was_running_here or (item.preempts and other.preemptible)
+                if other.current is None:
+                    return True
+                if item.preempts and other.preemptible:
+                    return True
+                if assignment[j] == other.current:
+                    return False
+                # Moved: it could have stayed where it ran, unless leaving made room for a replica above `item`.
+                return not any(
+                    items[k].priority > item.priority and assignment[k] and set(assignment[k]) & set(other.current)
+                    for k in range(len(items))
+                )
 
             room = gpu.capacity - sum(items[j].vram for j in on_b if not displaceable(j))
             assert room < item.vram, f"{item.key} unplaced but fits on bin {b} over lower priorities"
