@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
     from reconciler.adapter.cluster import Cluster, Endpoint
     from reconciler.spec import load_specs
 

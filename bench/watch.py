@@ -1,6 +1,6 @@
 """Latency of `reconciler watch` on a local Ray cluster of 3 simulated GPU nodes. Prints the figures.
 
-    python bench/watch.py                      # starts its own local cluster (reconciler.localcluster), stops it
+    python bench/watch.py                      # starts its own local cluster (reconciler.adapter.localcluster), stops it
     python bench/watch.py --address ADDR       # or uses a running one shaped like the bench's specs
 
 Targets (issue 5):
@@ -117,7 +117,7 @@ def main() -> int:
         address = args.address
         state_file = root / "cluster.json"
         if address is None:
-            from reconciler import localcluster
+            from reconciler.adapter import localcluster
 
             print("starting a local cluster of 3 simulated GPU nodes ...", flush=True)
             t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def main() -> int:
             if _cluster is not None:
                 _cluster.close()
             if args.address is None:
-                from reconciler import localcluster
+                from reconciler.adapter import localcluster
 
                 localcluster.stop(state_file)
 

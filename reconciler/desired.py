@@ -82,6 +82,11 @@ class PriorityClass:
 IMPLICIT_PRIORITY = PriorityClass(name="", value=0)
 
 
+def default_route(model_name: str) -> str:
+    """The route of a model whose spec names none."""
+    return f"/{model_name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     name: str
@@ -103,6 +108,11 @@ class Model:
     @property
     def engine_args(self) -> dict[str, Any]:
         return json.loads(self.engine_args_json)
+
+    @property
+    def route_path(self) -> str:
+        """Where the model answers over HTTP: its route, or the default one."""
+        return self.route or default_route(self.name)
 
     @property
     def is_max(self) -> bool:

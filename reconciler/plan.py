@@ -52,6 +52,11 @@ class Location:
         return f"{self.node}/" + "+".join(f"gpu{i}" for i in self.gpus)
 
 
+def replica_id(model: str, replica: int) -> str:
+    """How a replica is written everywhere people read it: plans, diffs, events, status, apply reports."""
+    return f"{model}[{replica}]"
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: ActionKind
@@ -64,6 +69,17 @@ class Action:
     # Make-before-break: the new replica starts while the old one still serves. Only set on move/replace when the
     # target has room for both at once.
     make_before_break: bool = False
+
+    @property
+    def replica_id(self) -> str:
+        return replica_id(self.model, self.replica)
+
+    def describe(self) -> str:
+        """One line without the reason, e.g. ``move chat[1] node-a/gpu0 -> node-b/gpu1``."""
+        where = f" {self.source}" if self.source else ""
+        if self.target is not None and self.target != self.source:
+            where += f" -> {self.target}" if self.source else f" {self.target}"
+        return f"{self.kind} {self.replica_id}{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +159,20 @@ def _parse_location(data: Any) -> Location | None:
     return None if data is None else Location(node=data["node"], gpus=tuple(data["gpus"]))
 
 
+def action_to_json(a: Action) -> dict[str, Any]:
+    """One action as the plan file, `plan --format json` and watch's events all write it."""
+    return {
+        "action": str(a.kind),
+        "model": a.model,
+        "replica": a.replica,
+        "from": _location(a.source),
+        "to": _location(a.target),
+        "vram_bytes": a.vram,
+        "makeBeforeBreak": a.make_before_break,
+        "reason": a.reason,
+    }
+
+
 def to_json(plan: Plan) -> dict[str, Any]:
     """The stable JSON form documented by schemas/plan.schema.json."""
     return {
@@ -150,19 +180,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "fingerprint": plan.fingerprint,
         "desiredFingerprint": plan.desired_fingerprint,
         "summary": plan.summary,
-        "actions": [
-            {
-                "action": str(a.kind),
-                "model": a.model,
-                "replica": a.replica,
-                "from": _location(a.source),
-                "to": _location(a.target),
-                "vram_bytes": a.vram,
-                "makeBeforeBreak": a.make_before_break,
-                "reason": a.reason,
-            }
-            for a in plan.actions
-        ],
+        "actions": [action_to_json(a) for a in plan.actions],
         "placement": [
             {"model": p.model, "replica": p.replica, "node": p.node, "gpus": list(p.gpus), "vram_bytes": p.vram}
             for p in plan.placement

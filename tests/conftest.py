@@ -1,6 +1,6 @@
 """The session's local Ray cluster: three simulated GPU nodes of mixed sizes, on 127.0.0.1 with free ports.
 
-Started once per test session by the same supervisor `reconciler up` uses (``reconciler.localcluster``), with token
+Started once per test session by the same supervisor `reconciler up` uses (``reconciler.adapter.localcluster``), with token
 auth on, and shut down at the end. Nodes carry the reconciler node label, the pool label ``pool=homelab`` and one
 VRAM resource per GPU (``vram_mb_<node>_gpu<i>``, MiB):
 
@@ -47,8 +47,8 @@ class LocalRayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    from reconciler import localcluster
-    from reconciler.executor.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
+    from reconciler.adapter import localcluster
+    from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
     from reconciler.observed import NODE_NAME_LABEL
 
     spec = localcluster.ClusterSpec(

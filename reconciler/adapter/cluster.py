@@ -15,9 +15,9 @@ import requests
 
 from reconciler.desired import DesiredState
 from reconciler.errors import PermanentError, TransientError, UserError
-from reconciler.executor.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
+from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
 from reconciler.observed import ObservedState
-from reconciler import localcluster
+from reconciler.adapter import localcluster
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
 
 SERVE_API = "/api/serve/applications/"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.desired import DesiredState, short_hash
-from reconciler.executor.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
+from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
 from reconciler.observed import (
     NODE_NAME_LABEL,
     ObservedGpu,

@@ -37,7 +37,7 @@ def interactive() -> bool:
 
 def local_spec(desired: DesiredState, *, simulate: bool = False) -> Any:
     """Real GPUs when NVML sees some on this machine (one node), else one simulated node per inventory node."""
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
     from reconciler.adapter.nvml import probe
 
     if not simulate:
@@ -49,7 +49,7 @@ def local_spec(desired: DesiredState, *, simulate: bool = False) -> Any:
 
 
 def start_local(desired: DesiredState, state_file: Path | None = None, *, simulate: bool = False) -> dict[str, Any]:
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
 
     path = state_file or localcluster.default_state_file()
     spec = local_spec(desired, simulate=simulate)

@@ -6,7 +6,6 @@ A private module (its name starts with an underscore), so the CLI does not take 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -89,39 +88,9 @@ def describe_observed(args: argparse.Namespace) -> str:
 
 
 def read_snapshot(path: Path) -> ObservedState:
-    """A recorded observed state, checked against its schema first so that a mistake is named by its JSON path."""
-    from jsonschema import Draft202012Validator
+    from reconciler.schemas.read import read_snapshot as read
 
-    from reconciler import observed_schema
-    from reconciler.observed import ObservedFormatError, from_json
-
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read the observed state {path}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
-    validator = Draft202012Validator(observed_schema.schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    if errors:
-        lines = [f"{path}: not an observed-state snapshot ({observed_schema.FILENAME}):"]
-        lines += [f"  {json_path(e.absolute_path)}: {e.message}" for e in errors[:20]]
-        if len(errors) > 20:
-            lines.append(f"  … and {len(errors) - 20} more")
-        raise UserError("\n".join(lines))
-    try:
-        return from_json(data)
-    except ObservedFormatError as exc:
-        raise UserError(f"{path}: {exc}") from exc
-
-
-def json_path(parts: Iterable[str | int]) -> str:
-    out = "$"
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+    return read(path)
 
 
 def live_state(address: str | None, desired: DesiredState) -> ObservedState:

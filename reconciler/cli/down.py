@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
 
     path = localcluster.default_state_file()
     if localcluster.stop(path):

@@ -73,8 +73,8 @@ def _from_inventory(directory: Path, node: str) -> tuple[list[int], int, dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.executor.naming import vram_resource  # noqa: F401 - the naming the executor asks for
-    from reconciler.localcluster import node_resources
+    from reconciler.naming import vram_resource  # noqa: F401 - the naming the executor asks for
+    from reconciler.adapter.localcluster import node_resources
     from reconciler.observed import NODE_NAME_LABEL
     from reconciler.quantity import parse_quantity
 

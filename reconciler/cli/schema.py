@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import schema
+    from reconciler import schemas as schema
 
     out = Path(args.out)
     if args.check:

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
 
     desired = _planning.load_directory(args.directory)
     path = localcluster.default_state_file()

@@ -121,7 +121,7 @@ class Executor:
         out = {}
         for app in apps:
             indexes = by_app.get(app)
-            out[app] = steps.describe(plan.actions[indexes[0]]) if indexes else f"start {app}"
+            out[app] = plan.actions[indexes[0]].describe() if indexes else f"start {app}"
         return out
 
     def _run(

@@ -6,17 +6,13 @@ from typing import Any
 
 from reconciler.desired import Model
 from reconciler.engines import EngineConfig
-from reconciler.executor import naming
+from reconciler import naming
 from reconciler.observed import NODE_NAME_LABEL
 from reconciler.plan import Location
 
 
 HEALTH_CHECK_PERIOD_S = 2.0
 GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
-
-
-def route_of(model: Model) -> str:
-    return model.route or f"/{model.name}"
 
 
 def replica_app_name(model: Model, replica: int, location: Location) -> str:
@@ -73,7 +69,7 @@ def replica_app(*, model: Model, replica: int, location: Location, gpu_memory: i
 def router_app(*, model: Model, backends: list[str]) -> dict[str, Any]:
     return {
         "name": naming.router_app(model.name),
-        "route_prefix": route_of(model),
+        "route_prefix": model.route_path,
         "import_path": naming.IMPORT_PATH,
         "args": {"managed_by": naming.MANAGED_BY, "kind": "router", "model": model.name},
         "deployments": [

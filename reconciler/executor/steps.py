@@ -20,7 +20,7 @@ from typing import Any
 
 from reconciler.desired import DesiredState
 from reconciler.executor import serveconfig
-from reconciler.executor.naming import router_app
+from reconciler.naming import router_app
 from reconciler.observed import ObservedReplica, ObservedState
 from reconciler.plan import Action, ActionKind, Location, Plan
 
@@ -253,21 +253,6 @@ def actions_by_app(plan: Plan, tgt: Target) -> dict[str, list[int]]:
         if action.kind in (ActionKind.CREATE, ActionKind.MOVE, ActionKind.REPLACE) and i in tgt.new_app:
             out.setdefault(tgt.new_app[i], []).append(i)
     return out
-
-
-def describe(action: Action) -> str:
-    where = f" {action.source}" if action.source else ""
-    if action.target is not None and action.target != action.source:
-        where += f" -> {action.target}" if action.source else f" {action.target}"
-    return f"{action.kind} {action.model}#{action.replica}{where}"
-
-
-def router_name(model: str) -> str:
-    return router_app(model)
-
-
-def stale_replicas(observed: ObservedState, tgt: Target) -> list[ObservedReplica]:
-    return [r for r in observed.replicas if r.app and r.app not in tgt.apps]
 
 
 def in_sync(current: dict[str, dict[str, Any]], tgt: Target) -> bool:

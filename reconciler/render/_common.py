@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reconciler.plan import Action, ActionKind, GpuUse, GpuView, Location, Plan
+from reconciler.plan import Action, ActionKind, GpuUse, GpuView, Location, Plan, replica_id
 from reconciler.quantity import format_bytes
 
 NONE = "—"
@@ -25,8 +25,7 @@ _SUMMARY_ORDER = (
 NO_CHANGES = "No changes. The cluster matches the specs."
 
 
-def replica_name(model: str, replica: int) -> str:
-    return f"{model}[{replica}]"
+replica_name = replica_id  # how every renderer writes a replica
 
 
 def where(loc: Location | None) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
+from reconciler.plan import replica_id
 from reconciler.quantity import format_bytes
 
 BAR_WIDTH = 40
@@ -64,7 +65,7 @@ def render_status(
             held = [r for r in replicas if r.state != ReplicaState.PENDING]
             used = sum(r.vram for r in held)
             free = max(0, gpu.memory - used - gpu.foreign)
-            uses = [(f"{r.model}#{r.replica}", r.vram) for r in held]
+            uses = [(replica_id(r.model, r.replica), r.vram) for r in held]
             lines.append(
                 f"  gpu{gpu.index} {gpu.name or '?':<10} {_bar(gpu.memory, uses, gpu.foreign)} "
                 f"{format_bytes(used)} reconciler, {format_bytes(gpu.foreign)} foreign, "
@@ -72,7 +73,7 @@ def render_status(
             )
             for replica in replicas:
                 mark = MARKS[held.index(replica) % len(MARKS)] if replica in held else " "
-                label = f"{replica.model}#{replica.replica}"
+                label = replica_id(replica.model, replica.replica)
                 lines.append(f"    {mark} {label:<28} {format_bytes(replica.vram):>9}  {_state(replica, color)}")
         lines.append("")
     known = {(n.name) for n in observed.nodes}
@@ -83,18 +84,18 @@ def render_status(
         for replica in sorted(set(troubled), key=lambda r: (r.model, r.replica, r.app)):
             where = f"{replica.node}/" + "+".join(f"gpu{g}" for g in replica.gpus)
             why = f": {replica.message}" if replica.message else ""
-            lines.append(f"  {replica.model}#{replica.replica} on {where} {_state(replica, color)}{why}")
+            lines.append(f"  {replica_id(replica.model, replica.replica)} on {where} {_state(replica, color)}{why}")
         lines.append("")
     unplaced = list(unplaced)
     if unplaced:
         lines.append(_c("Replicas the specs want that have no place:", "bold", color))
         for item in unplaced:
-            lines.append(f"  {item.model}#{item.replica}: {item.reason}")
+            lines.append(f"  {replica_id(item.model, item.replica)}: {item.reason}")
         lines.append("")
     running = sum(1 for r in observed.replicas if r.state == ReplicaState.RUNNING)
     summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes)} node(s)"
     if http_url and desired is not None and desired.models:
-        routes = ", ".join(f"{http_url}{m.route or '/' + m.name}" for m in desired.models)
+        routes = ", ".join(f"{http_url}{m.route_path}" for m in desired.models)
         summary += f"; endpoints: {routes}"
     lines.append(summary)
     return "\n".join(lines) + "\n"
@@ -102,12 +103,10 @@ def render_status(
 
 def render_report(report: Any, *, color: bool = False) -> str:
     """An apply's outcome: one line per action, failures with the cluster's words for why."""
-    from reconciler.executor.steps import describe
-
     lines = []
     for outcome in report.outcomes:
         mark = _c("ok  ", "ok", color) if outcome.ok else _c("FAIL", "bad", color)
-        lines.append(f"{mark} {describe(outcome.action)}: {outcome.message}")
+        lines.append(f"{mark} {outcome.action.describe()}: {outcome.message}")
     for app in report.cleaned:
         lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
     for error in report.router_errors:

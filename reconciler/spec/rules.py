@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from reconciler.desired import default_route
 from reconciler.quantity import format_bytes
 from reconciler.spec.diagnostics import Diagnostic, Position, error
 from reconciler.spec.fields import suggestion
@@ -212,7 +213,7 @@ def _zero_replicas(catalog: Catalog) -> Iterator[Diagnostic]:
 
 
 def route_of(model: Parsed) -> str:
-    return model.spec.route if model.spec.route is not None else f"/{model.name}"
+    return model.spec.route if model.spec.route is not None else default_route(model.name)
 
 
 def _routes(catalog: Catalog) -> Iterator[Diagnostic]:

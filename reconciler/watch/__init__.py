@@ -6,7 +6,7 @@
 - ``controller``: one level-based cycle (load, observe, plan, act) and the loop that runs cycles one at a time.
 
 The lease that keeps two reconcilers from applying at once is ``reconciler.adapter.lease``; metrics are
-``reconciler.metrics``.
+``reconciler.watch.metrics``.
 """
 
 from reconciler.watch.backoff import Backoff

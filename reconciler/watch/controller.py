@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 from reconciler.desired import DesiredState
 from reconciler.errors import TransientError, UserError
-from reconciler.metrics import Metrics, snapshot
+from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedState
-from reconciler.plan import Action, ActionKind, Plan
+from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id
 from reconciler.watch.backoff import Backoff, Held, split
 from reconciler.watch.debounce import Cause, Debouncer, Schedule
-from reconciler.watch.events import EventLog, Kind, action_json, action_line
+from reconciler.watch.events import EventLog, Kind, action_line
 
 
 class LoadResult(Protocol):
@@ -202,20 +202,20 @@ class Controller:
             if self.metrics is not None:
                 self.metrics.drift_detected.inc()
             self.events.emit(Kind.DRIFT, f"drift: the cluster differs from the applied specs ({len(plan.actions)} "
-                             f"actions to converge)", actions=[action_json(a) for a in plan.actions])
+                             f"actions to converge)", actions=[action_to_json(a) for a in plan.actions])
         if plan.empty:
             return CycleResult(cause=cause, plan=plan)
         why = "plan-only" if self.settings.plan_only else "no-heal" if drift and not self.settings.heal else None
         if why is not None:
             self.events.emit(Kind.SKIPPED, f"not acting (--{why}): {len(plan.actions)} actions left undone",
-                             why=why, actions=[action_json(a) for a in plan.actions])
+                             why=why, actions=[action_to_json(a) for a in plan.actions])
             return CycleResult(cause=cause, plan=plan, drift=drift)
         run, deferred = split(plan.actions, held)
         for h in held:
             if any((a.model, a.replica) == (h.model, h.replica) for a in deferred):
                 self.events.emit(
                     Kind.BACKOFF,
-                    f"{h.model}#{h.replica} is crash-looping ({h.failures} failures, last: {h.reason}); next try in "
+                    f"{replica_id(h.model, h.replica)} is crash-looping ({h.failures} failures, last: {h.reason}); next try in "
                     f"{max(0.0, h.retry_at - self.clock()):.0f} s",
                     **h.to_json(),
                 )
@@ -229,7 +229,7 @@ class Controller:
             self.guard.confirm()  # LeaseLost propagates: the loop stops without acting
         to_apply = hold_back(plan, deferred)
         self.events.emit(Kind.APPLY, f"applying {len(run)} actions", detail=[action_line(a) for a in run],
-                         actions=[action_json(a) for a in run])
+                         actions=[action_to_json(a) for a in run])
         t0 = time.perf_counter()
         for action in run:
             if action.kind in (ActionKind.DELETE, ActionKind.EVICT):
@@ -247,7 +247,7 @@ class Controller:
             if self.metrics is not None:
                 self.metrics.action(str(a.kind), ok=r.ok)
             line = ("done " if r.ok else "FAILED ") + action_line(a) + ("" if r.ok else f": {r.error}")
-            self.events.emit(Kind.ACTION, line, ok=r.ok, error=r.error or None, **action_json(a))
+            self.events.emit(Kind.ACTION, line, ok=r.ok, error=r.error or None, **action_to_json(a))
             model = _model(desired, a.model)
             if not r.ok and model is not None and a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.MOVE):
                 self.backoff.note_failure((a.model, a.replica), restart_hash=model.restart_hash, reason=r.error,
@@ -270,8 +270,8 @@ class Controller:
         self.events.emit(
             Kind.PLAN, f"plan ({cause}{what}): {counts or 'nothing to do'}" + (" (unchanged)" if same else ""),
             detail=[] if same else [action_line(a) for a in plan.actions]
-            + [f"unplaced {u.model}#{u.replica}: {u.reason}" for u in plan.unplaced],
-            cause=str(cause), summary=plan.summary, actions=[action_json(a) for a in plan.actions],
+            + [f"unplaced {replica_id(u.model, u.replica)}: {u.reason}" for u in plan.unplaced],
+            cause=str(cause), summary=plan.summary, actions=[action_to_json(a) for a in plan.actions],
             unplaced=[{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
             fingerprint=plan.fingerprint, desiredFingerprint=plan.desired_fingerprint,
         )

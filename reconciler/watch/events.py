@@ -36,24 +36,9 @@ class Kind(StrEnum):
     STOPPED = "stopped"  # why
 
 
-def action_json(action: Action) -> dict[str, Any]:
-    def loc(location: Any) -> str | None:
-        return None if location is None else str(location)
-
-    return {
-        "action": str(action.kind),
-        "model": action.model,
-        "replica": action.replica,
-        "from": loc(action.source),
-        "to": loc(action.target),
-        "vram_bytes": action.vram,
-        "reason": action.reason,
-    }
-
-
 def action_line(action: Action) -> str:
     where = " → ".join(str(x) for x in (action.source, action.target) if x is not None)
-    return f"{SYMBOLS[action.kind]} {action.kind} {action.model}#{action.replica} {where}: {action.reason}"
+    return f"{SYMBOLS[action.kind]} {action.kind} {action.replica_id} {where}: {action.reason}"
 
 
 def _timestamp(now: float) -> str:

@@ -16,10 +16,10 @@ from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.controller import ActionResult
-from reconciler.watch.session import Cluster
+from reconciler.watch.target import WatchTarget
 
 
-def connect_live(address: str | None, *, progress: IO[str] | None = None, max_starting: int = 4) -> Cluster:
+def connect_live(address: str | None, *, progress: IO[str] | None = None, max_starting: int = 4) -> WatchTarget:
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor, Settings
 
@@ -48,7 +48,7 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None, max_st
             probe.mark()
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
-    return Cluster(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
+    return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
                    close=cluster.close, probe=probe.changed)
 
 
@@ -69,8 +69,3 @@ class ServeProbe:
         now = serve_fingerprint(self.cluster.serve_details())
         return self.baseline is not None and now != self.baseline
 
-
-def observe_once(address: str | None, desired: DesiredState | None) -> ObservedState:
-    """One observation through a connection of its own (benchmarks and tests)."""
-    with adapter.connect(address) as cluster:
-        return cluster.observe(desired)

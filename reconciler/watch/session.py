@@ -1,7 +1,7 @@
 """One `reconciler watch` run: assembles the loop from its parts, runs it until a signal, and tears it down.
 
 The CLI parses arguments into ``WatchOptions`` and calls ``run``; the benchmark calls the same. Everything that
-touches Ray is reached through ``Cluster`` (the adapter and the executor), and only when a live cluster is watched.
+touches Ray is reached through a ``WatchTarget`` (the adapter and the executor), and only when a live cluster is watched.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from reconciler.adapter.lease import Holder, LeaseHeld, LeaseKeeper, LeaseLost, MemoryKV, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
-from reconciler.metrics import Metrics, MetricsServer
+from reconciler.watch.metrics import Metrics, MetricsServer
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
@@ -27,6 +27,7 @@ from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchS
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
 from reconciler.watch.specload import SpecLoader
+from reconciler.watch.target import WatchTarget
 
 EXIT_LEASE_LOST = 4
 
@@ -49,30 +50,18 @@ class WatchOptions:
     command: str = "reconciler watch"
 
 
-@dataclass(slots=True)
-class Cluster:
-    """What the loop needs from the world, already bound to one cluster (or to a snapshot)."""
-
-    observe: Observe
-    apply: Apply | None  # None: this source can't be acted on
-    kv: Any  # where the lease lives
-    describe: str
-    close: Callable[[], None] = lambda: None
-    probe: Callable[[], bool] | None = None  # cheap "changed since the last cycle?" between drift checks
-
-
-def connect(options: WatchOptions) -> Cluster:
+def connect(options: WatchOptions) -> WatchTarget:
     if options.offline or options.observed is not None:
-        from reconciler.cli import _planning
         from reconciler.observed import from_inventory
+        from reconciler.schemas.read import read_snapshot
 
-        snapshot = None if options.observed is None else _planning.read_snapshot(options.observed)
+        snapshot = None if options.observed is None else read_snapshot(options.observed)
 
         def observe(desired: DesiredState) -> ObservedState:
             return snapshot if snapshot is not None else from_inventory(desired)
 
         what = f"the snapshot {options.observed}" if snapshot is not None else "the pools' inventory (--offline)"
-        return Cluster(observe=observe, apply=None, kv=MemoryKV(), describe=what)
+        return WatchTarget(observe=observe, apply=None, kv=MemoryKV(), describe=what)
     from reconciler.watch.live import connect_live
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.

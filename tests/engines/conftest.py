@@ -36,7 +36,7 @@ def tiny_model_dir(tmp_path_factory):
 def engine_cluster(ray_cluster):
     import ray
 
-    from reconciler.executor.naming import vram_resource
+    from reconciler.naming import vram_resource
 
     owns_driver = not ray.is_initialized()
     if owns_driver:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from reconciler.adapter.observation import build_replicas, pending_apps, replica_state
 from reconciler.desired import DesiredState, Engine, Model, Pool, Preemption
-from reconciler.executor import naming, serveconfig, steps
+from reconciler import naming
+from reconciler.executor import serveconfig, steps
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
 from reconciler.plan import Action, ActionKind, Location, PlacedReplica, Plan
 

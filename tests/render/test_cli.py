@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from reconciler import plan_schema
+from reconciler.schemas import plan as plan_schema
 from reconciler.cli import main
 from reconciler.observed import ObservedReplica, from_inventory, to_json
 from reconciler.plan import from_json as plan_from_json

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from reconciler import plan_schema
+from reconciler.schemas import plan as plan_schema
 from reconciler.cli import main
 
 from .golden import check

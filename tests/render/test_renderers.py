@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from reconciler import plan_schema
+from reconciler.schemas import plan as plan_schema
 from reconciler.plan import GpuUse, GpuView, from_json, to_json
 from reconciler.render import json as json_render
 from reconciler.render import markdown, text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from reconciler import observed_schema, plan_schema
+from reconciler.schemas import observed as observed_schema, plan as plan_schema
 from reconciler.observed import (
     ObservedGpu,
     ObservedNode,

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reconciler import schema
+from reconciler import schemas as schema
 from reconciler.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,5 @@ def test_generated_schemas_are_deterministic_and_end_with_a_newline():
         assert json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n" == text
 
 
-def test_other_schema_modules_are_skipped_only_when_absent(monkeypatch):
-    monkeypatch.setattr(schema, "OTHER_SCHEMA_MODULES", ("reconciler.no_such_schema_module",))
-    assert schema.other_schemas() == {}
+def test_the_generator_writes_the_snapshot_and_plan_schemas_too():
+    assert {"observed.schema.json", "plan.schema.json"} <= set(schema.generate())

@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.adapter.lease import Holder, LeaseKeeper, LeaseLost, MemoryKV, acquire
 from reconciler.errors import TransientError
-from reconciler.metrics import Metrics
+from reconciler.watch.metrics import Metrics
 from reconciler.watch.backoff import Backoff
 from reconciler.watch.controller import Controller, Loop, WatchSettings
 from reconciler.watch.debounce import Cause

@@ -4,7 +4,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.metrics import Metrics, MetricsServer, snapshot
+from reconciler.watch.metrics import Metrics, MetricsServer, snapshot
 from reconciler.observed import ObservedReplica, ReplicaState
 
 from .fakes import GiB, FakeCluster, desired, model, simple_plan

@@ -1,5 +1,5 @@
-"""The JSON Schemas in ``schemas/``: generated from the spec models (and the observed-state and plan schemas), so
-editors, CI and the loader agree on one format.
+"""The JSON Schemas in ``schemas/``: generated from the spec models, the observed-state snapshot (``observed``) and the
+saved plan (``plan``), so editors, CI and the readers of those files agree on one format.
 
 Output is deterministic (sorted keys, two-space indent, trailing newline): `reconciler schema --check` compares the
 committed files byte for byte.
@@ -7,19 +7,16 @@ committed files byte for byte.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
 
+from reconciler.schemas import observed, plan
 from reconciler.spec.models import AnyDocument, ModelDocument, PriorityClassDocument, ResourcePoolDocument
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-# Schemas of other data formats, written by their own modules; each has FILENAME and schema().
-OTHER_SCHEMA_MODULES = ("reconciler.observed_schema", "reconciler.plan_schema")
 
 
 def _spec_schema(target: Any, title: str, description: str) -> dict[str, Any]:
@@ -45,16 +42,7 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
 
 
 def other_schemas() -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for name in OTHER_SCHEMA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise  # the module exists but something it imports is missing: a real bug
-            continue
-        found[module.FILENAME] = module.schema()
-    return found
+    return {module.FILENAME: module.schema() for module in (observed, plan)}
 
 
 def render(schema: dict[str, Any]) -> str:

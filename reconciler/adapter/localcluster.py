@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredState
-from reconciler.executor.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL, capacity_mib, vram_resource
+from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL, capacity_mib, vram_resource
 from reconciler.observed import NODE_NAME_LABEL
 
 STATE_DIR_NAME = ".reconciler"
@@ -142,7 +142,7 @@ def start(spec: ClusterSpec, state_file: Path, *, timeout: float = 120.0) -> dic
     state_file.unlink(missing_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.localcluster", "run", "--spec", str(spec_file), "--state", str(state_file)],
+            [sys.executable, "-m", "reconciler.adapter.localcluster", "run", "--spec", str(spec_file), "--state", str(state_file)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

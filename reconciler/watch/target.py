@@ -1,0 +1,23 @@
+"""What a watch loop acts on: a cluster (or a snapshot of one) already bound to observe, apply and a lease store.
+
+``session`` builds one for plan-only runs (a snapshot or the pools' inventory), ``live`` for a Ray cluster; the loop
+sees only this shape, so it never knows which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.watch.controller import Apply, Observe
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTarget:
+    observe: Observe
+    apply: Apply | None  # None: this target can't be acted on
+    kv: Any  # where the lease lives
+    describe: str
+    close: Callable[[], None] = lambda: None
+    probe: Callable[[], bool] | None = None  # cheap "changed since the last cycle?" between drift checks
