@@ -13,9 +13,11 @@ The holder also publishes a small ``status`` (what `reconciler status` shows: cr
 last reconcile) with each renewal, so readers need no second key.
 
     lease = acquire(RayKV(), holder=Holder.current("reconciler watch specs/"), ttl=15)
-    lease.renew(status={...})   # every ttl/3, or let LeaseKeeper do it
+    lease.renew(status={...})   # every ttl/3, or let keeper.LeaseKeeper do it
     lease.release()
     describe(RayKV())           # the current record, or None
+
+The store is ``kv``; the thread that renews a held lease is ``keeper``.
 """
 
 from __future__ import annotations
@@ -29,88 +31,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
+from reconciler.adapter.kv import KV
 from reconciler.errors import TransientError
 
-NAMESPACE = "reconciler"
 PREFIX = "lease/apply/"
-
-
-class KV(Protocol):
-    def get(self, key: str) -> bytes | None: ...
-    def put(self, key: str, value: bytes) -> None: ...
-    def put_if_absent(self, key: str, value: bytes) -> bool: ...  # True when this call created it
-    def delete(self, key: str) -> None: ...
-    def keys(self, prefix: str) -> list[str]: ...
-
-
-class RayKV:
-    """Ray's GCS internal KV: of the cluster this process is connected to (after ``ray.init``), or of the GCS at
-    an address (``RayKV.at("127.0.0.1:6379")``, no driver needed)."""
-
-    def __init__(self, gcs_client: Any = None, namespace: str = NAMESPACE) -> None:
-        if gcs_client is None:
-            from ray.experimental import internal_kv  # the adapter is the one place that imports ray
-
-            if not internal_kv._internal_kv_initialized():
-                raise RuntimeError("RayKV needs a connected Ray driver (the adapter's connect()) or a GCS address")
-            gcs_client = internal_kv.internal_kv_get_gcs_client()
-        self._gcs = gcs_client
-        self._namespace = namespace.encode()
-
-    @classmethod
-    def at(cls, gcs_address: str, namespace: str = NAMESPACE) -> "RayKV":
-        from ray._raylet import GcsClient
-
-        return cls(GcsClient(address=gcs_address), namespace)
-
-    def get(self, key: str) -> bytes | None:
-        return self._gcs.internal_kv_get(key.encode(), self._namespace)
-
-    def put(self, key: str, value: bytes) -> None:
-        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace)
-
-    def put_if_absent(self, key: str, value: bytes) -> bool:
-        # The GCS answers how many keys the call added: 0 when the key was already there (and is left unchanged).
-        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace) == 1
-
-    def delete(self, key: str) -> None:
-        self._gcs.internal_kv_del(key.encode(), False, self._namespace)
-
-    def keys(self, prefix: str) -> list[str]:
-        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace)]
-
-
-class MemoryKV:
-    """The same contract in one process's memory: for a reconciler without a cluster, and for tests of the logic."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            return self._data.get(key)
-
-    def put(self, key: str, value: bytes) -> None:
-        with self._lock:
-            self._data[key] = value
-
-    def put_if_absent(self, key: str, value: bytes) -> bool:
-        with self._lock:
-            if key in self._data:
-                return False
-            self._data[key] = value
-            return True
-
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
-    def keys(self, prefix: str) -> list[str]:
-        with self._lock:
-            return [k for k in self._data if k.startswith(prefix)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +101,7 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _key(generation: int) -> str:
+def key(generation: int) -> str:
     return f"{PREFIX}{generation:012d}"
 
 
@@ -187,7 +113,7 @@ def describe(kv: KV) -> LeaseRecord | None:
     """The current lease record (held, expired or released), or None when no reconciler ever took one."""
     for _ in range(5):  # a generation may be garbage-collected between listing and reading it
         for generation in _generations(kv):
-            data = kv.get(_key(generation))
+            data = kv.get(key(generation))
             if data is not None:
                 return LeaseRecord.from_bytes(data)
         if not _generations(kv):
@@ -220,10 +146,10 @@ class Lease:
         """Check the store, not just the local clock: call right before acting. Raises LeaseLost."""
         if not self.valid():
             self._lose("the lease expired before it could be renewed")
-        current = self.kv.get(_key(self.generation))
+        current = self.kv.get(key(self.generation))
         if current is None or LeaseRecord.from_bytes(current).holder.token != self.record.holder.token:
             self._lose("the lease record is gone or belongs to someone else")
-        if self.kv.get(_key(self.generation + 1)) is not None:
+        if self.kv.get(key(self.generation + 1)) is not None:
             self._lose(f"taken over by {describe(self.kv).holder if describe(self.kv) else 'another reconciler'}")
 
     def renew(self, *, status: dict[str, Any] | None = None) -> None:
@@ -231,10 +157,10 @@ class Lease:
         now = self.clock()
         record = replace(self.record, renewed=now, expires=now + self.ttl,
                          status=self.record.status if status is None else status)
-        self.kv.put(_key(self.generation), record.to_bytes())
+        self.kv.put(key(self.generation), record.to_bytes())
         self.record = record
         # A taker that read the old record as expired just before our write may have created the next generation.
-        if self.kv.get(_key(self.generation + 1)) is not None:
+        if self.kv.get(key(self.generation + 1)) is not None:
             self._lose("taken over while renewing")
 
     def release(self) -> None:
@@ -242,11 +168,11 @@ class Lease:
         if self.lost:
             return
         self.lost = True
-        if self.kv.get(_key(self.generation + 1)) is not None:
+        if self.kv.get(key(self.generation + 1)) is not None:
             return
-        current = self.kv.get(_key(self.generation))
+        current = self.kv.get(key(self.generation))
         if current is not None and LeaseRecord.from_bytes(current).holder.token == self.record.holder.token:
-            self.kv.put(_key(self.generation), replace(self.record, released=True).to_bytes())
+            self.kv.put(key(self.generation), replace(self.record, released=True).to_bytes())
 
     def _lose(self, why: str) -> None:
         self.lost = True
@@ -265,12 +191,12 @@ def acquire(kv: KV, *, holder: Holder, ttl: float = 15.0, margin: float | None =
         raise LeaseHeld(current, now)
     generation = 1 if current is None else current.generation + 1
     record = LeaseRecord(generation=generation, holder=holder, renewed=now, expires=now + ttl, status=status or {})
-    if not kv.put_if_absent(_key(generation), record.to_bytes()):
+    if not kv.put_if_absent(key(generation), record.to_bytes()):
         winner = describe(kv)
         raise LeaseHeld(winner if winner is not None else record, now)
     for old in _generations(kv):
         if old < generation:
-            kv.delete(_key(old))
+            kv.delete(key(old))
     return Lease(kv, record, ttl=ttl, margin=margin, clock=clock)
 
 
@@ -287,114 +213,3 @@ def wait_acquire(kv: KV, *, holder: Holder, ttl: float = 15.0, stop: threading.E
                 reported = held.record.generation
         stop.wait(poll)
     return None
-
-
-class LeaseKeeper:
-    """Renews a lease every ``ttl / 3`` from a daemon thread; calls ``on_lost`` once if it is lost.
-
-    ``status`` is read at each renewal, so the holder's published status stays current without extra writes.
-    """
-
-    def __init__(self, lease: Lease, *, on_lost: Callable[[LeaseLost], None],
-                 status: Callable[[], dict[str, Any]] = dict,
-                 on_retaken: Callable[[Lease], None] = lambda _: None) -> None:
-        self.lease = lease
-        self.on_lost = on_lost
-        self.status = status
-        self.on_retaken = on_retaken
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler-lease", daemon=True)
-
-    def start(self) -> "LeaseKeeper":
-        self._thread.start()
-        return self
-
-    def confirm(self) -> None:
-        with self._lock:
-            try:
-                self.lease.confirm()
-            except LeaseLost:
-                if not self._retake():
-                    raise
-
-    def valid(self) -> bool:
-        return self.lease.valid()
-
-    def stop(self, *, release: bool = True) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        if release:
-            with self._lock:
-                self.lease.release()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease.ttl / 3):
-            try:
-                with self._lock:
-                    self.lease.renew(status=self.status())
-            except LeaseLost as lost:
-                with self._lock:
-                    if self._retake():
-                        continue
-                self.on_lost(lost)
-                return
-            except Exception as exc:  # the store is briefly unreachable: keep trying until the lease runs out
-                if not self.lease.valid():
-                    with self._lock:
-                        if self._retake():
-                            continue
-                    self.on_lost(LeaseLost(f"lost the cluster's apply lock: could not renew it ({exc})"))
-                    return
-
-    def _retake(self) -> bool:
-        """Called with the lock held, once the lease is lost. A lease that merely ran out (this process, or a GCS
-        busy starting fifty replicas, was too slow to renew it in time) while nobody took it is taken again, as the
-        next generation, exactly as a newcomer would take it: the store's put-if-absent still decides. Never when
-        another reconciler took it over or the record was removed (an operator breaking the lock)."""
-        lease = self.lease
-        try:
-            if lease.kv.get(_key(lease.generation + 1)) is not None:
-                return False
-            data = lease.kv.get(_key(lease.generation))
-            if data is None:
-                return False
-            record = LeaseRecord.from_bytes(data)
-            if record.holder.token != lease.record.holder.token or record.released:
-                return False
-            left = record.expires - lease.clock()
-            if left > lease.margin:  # not expired by our own clock's reckoning: nothing to retake
-                return False
-            if left > 0:  # inside the safety margin: let it run out for everyone first
-                time.sleep(left + 0.05)
-            fresh = acquire(lease.kv, holder=lease.record.holder, ttl=lease.ttl, margin=lease.margin,
-                            clock=lease.clock, status=self.status())
-        except Exception:  # noqa: BLE001 - taken meanwhile (LeaseHeld) or the store is unreachable: it is lost
-            return False
-        self.lease = fresh
-        self.on_retaken(fresh)
-        return True
-
-
-def status_lines(record: LeaseRecord | None, now: float | None = None) -> list[str]:
-    """What `reconciler status` shows about the apply lock and what its holder published (crash-loop backoff).
-
-        record = describe(RayKV())          # after the adapter connected
-        for line in status_lines(record): print(line)
-    """
-    if record is None:
-        return ["apply lock: free (no reconciler has taken it)"]
-    now = time.time() if now is None else now
-    if record.free(now):
-        return [f"apply lock: free (last {record.describe(now)})"]
-    lines = [f"apply lock: {record.describe(now)}"]
-    status = record.status
-    if status.get("specValid") is False:
-        lines.append("  specs invalid: the watcher keeps enforcing the last good desired state "
-                     f"({status.get('desiredFingerprint')})")
-    for held in status.get("backoff", []):
-        left = held.get("retryAt", 0) - now
-        when = f"next try in {left:.0f} s" if left > 0 else "retrying now"
-        lines.append(f"  crash loop: {held['model']}#{held['replica']}: {held['failures']} failures, {when}; last: "
-                     f"{held.get('reason') or 'unknown'}")
-    return lines

@@ -75,7 +75,9 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     The plan was computed before the lock was taken; when the cluster changed in between (another reconciler applied
     meanwhile), the plan is stale and nothing is applied.
     """
-    from reconciler.adapter.lease import Holder, LeaseKeeper, RayKV, acquire
+    from reconciler.adapter.keeper import LeaseKeeper
+    from reconciler.adapter.kv import RayKV
+    from reconciler.adapter.lease import Holder, acquire
 
     lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {args.directory}"), ttl=LEASE_TTL_S)
     lost: list[Exception] = []

@@ -26,16 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.render.status import render_status
+    import time
+
+    from reconciler.adapter.kv import RayKV
+    from reconciler.adapter.lease import describe
+    from reconciler.render.status import lock_lines, render_status
 
     desired = load_optional(args.directory)
-    from reconciler.adapter.lease import RayKV, describe, status_lines
 
     with _cluster.connect(args.address) as cluster:
         observed = cluster.observe(desired)
         http_url = cluster.http_url
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
-        lock = status_lines(describe(RayKV()))
+        lock = lock_lines(describe(RayKV()), time.time())
     unplaced = ()
     if desired is not None:
         unplaced = _planning.plan_against(desired, observed).unplaced

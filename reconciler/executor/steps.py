@@ -20,9 +20,8 @@ from typing import Any
 
 from reconciler.desired import DesiredState
 from reconciler.executor import serveconfig
-from reconciler.naming import router_app
-from reconciler.observed import ObservedReplica, ObservedState
-from reconciler.plan import Action, ActionKind, Location, Plan
+from reconciler.observed import ObservedState
+from reconciler.plan import ActionKind, Location, Plan
 
 ROUTER_KIND = "router"
 REPLICA_KIND = "replica"

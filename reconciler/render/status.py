@@ -115,3 +115,25 @@ def render_report(report: Any, *, color: bool = False) -> str:
     verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
     lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")
     return "\n".join(lines) + "\n\n"
+
+
+def lock_lines(record: Any, now: float) -> list[str]:
+    """The apply lock and what its holder published (crash-loop backoff), for `reconciler status`.
+
+    ``record`` is the lease record the adapter read (``adapter.lease.describe``), or None when nobody ever held it.
+    """
+    if record is None:
+        return ["apply lock: free (no reconciler has taken it)"]
+    if record.free(now):
+        return [f"apply lock: free (last {record.describe(now)})"]
+    lines = [f"apply lock: {record.describe(now)}"]
+    status = record.status
+    if status.get("specValid") is False:
+        lines.append("  specs invalid: the watcher keeps enforcing the last good desired state "
+                     f"({status.get('desiredFingerprint')})")
+    for held in status.get("backoff", []):
+        left = held.get("retryAt", 0) - now
+        when = f"next try in {left:.0f} s" if left > 0 else "retrying now"
+        lines.append(f"  crash loop: {replica_id(held['model'], held['replica'])}: {held['failures']} failures, "
+                     f"{when}; last: {held.get('reason') or 'unknown'}")
+    return lines

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from reconciler import adapter
-from reconciler.adapter.lease import RayKV
+from reconciler.adapter.kv import RayKV
 from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState

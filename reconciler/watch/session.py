@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler.adapter.lease import Holder, LeaseHeld, LeaseKeeper, LeaseLost, MemoryKV, acquire, wait_acquire
+from reconciler.adapter.keeper import LeaseKeeper
+from reconciler.adapter.kv import MemoryKV
+from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
 from reconciler.watch.metrics import Metrics, MetricsServer
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
-from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchSettings
+from reconciler.watch.controller import Controller, Loop, WatchSettings
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
 from reconciler.watch.specload import SpecLoader

@@ -210,7 +210,8 @@ def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tm
 
 
 def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys):
-    from reconciler.adapter.lease import Holder, RayKV, acquire
+    from reconciler.adapter.kv import RayKV
+    from reconciler.adapter.lease import Holder, acquire
 
     world["cluster"].ray_nodes()  # the lease lives in this cluster's GCS: connect the driver first
     lease = acquire(RayKV(), holder=Holder.current("reconciler watch (another operator)"), ttl=120)

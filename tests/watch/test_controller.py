@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
-from reconciler.adapter.lease import Holder, LeaseKeeper, LeaseLost, MemoryKV, acquire
+from reconciler.adapter.keeper import LeaseKeeper
+from reconciler.adapter.kv import MemoryKV
+from reconciler.adapter.lease import Holder, LeaseLost, acquire
 from reconciler.errors import TransientError
 from reconciler.watch.metrics import Metrics
 from reconciler.watch.backoff import Backoff

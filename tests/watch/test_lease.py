@@ -7,16 +7,10 @@ import threading
 
 import pytest
 
-from reconciler.adapter.lease import (
-    Holder,
-    LeaseHeld,
-    LeaseKeeper,
-    LeaseLost,
-    MemoryKV,
-    acquire,
-    describe,
-    status_lines,
-)
+from reconciler.adapter.keeper import LeaseKeeper, retake_after
+from reconciler.adapter.kv import MemoryKV
+from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, LeaseRecord, acquire, describe
+from reconciler.render.status import lock_lines as status_lines
 
 
 class Clock:
@@ -170,6 +164,27 @@ def test_status_lines_show_the_holder_and_its_crash_looping_replicas():
         {"model": "llm", "replica": 1, "failures": 3, "retryAt": clock.now + 20, "reason": "CUDA out of memory"}]})
     lines = status_lines(describe(kv), clock.now)
     assert lines[0].startswith(f"apply lock: held by `reconciler watch specs/` (pid {first.pid} on {first.host}")
-    assert lines[1] == "  crash loop: llm#1: 3 failures, next try in 20 s; last: CUDA out of memory"
+    assert lines[1] == "  crash loop: llm[1]: 3 failures, next try in 20 s; last: CUDA out of memory"
     lease.release()
     assert status_lines(describe(kv), clock.now)[0].startswith("apply lock: free (last released by")
+
+
+MINE = Holder(host="h", pid=1, command="reconciler watch specs/", since=0.0, token="mine")
+OTHER = Holder(host="h", pid=2, command="reconciler apply specs/", since=0.0, token="other")
+
+
+@pytest.mark.parametrize(
+    ("stored", "taken_over", "now", "want"),
+    [
+        (LeaseRecord(1, MINE, renewed=0, expires=100), False, 110, 0.0),  # ran out, nobody took it: now
+        (LeaseRecord(1, MINE, renewed=0, expires=100), False, 99, pytest.approx(1.05)),  # inside the margin: wait
+        (LeaseRecord(1, MINE, renewed=0, expires=100), False, 50, None),  # still valid by our clock: nothing to do
+        (LeaseRecord(1, MINE, renewed=0, expires=100), True, 110, None),  # someone took the next generation
+        (None, False, 110, None),  # an operator removed the record: stay out
+        (LeaseRecord(1, MINE, renewed=0, expires=100, released=True), False, 110, None),  # released on purpose
+        (LeaseRecord(1, OTHER, renewed=0, expires=100), False, 110, None),  # not ours
+    ],
+)
+def test_when_a_lost_lease_may_be_taken_again(stored, taken_over, now, want):
+    mine = LeaseRecord(1, MINE, renewed=0, expires=100)
+    assert retake_after(mine=mine, stored=stored, taken_over=taken_over, now=now, margin=3) == want

@@ -1,0 +1,89 @@
+"""Where the apply lock lives: a small key-value contract, in Ray's GCS or in one process's memory.
+
+The lease algorithm (``lease``) needs only put-if-absent, get, put, delete and a prefix listing; ``RayKV`` gives
+them from the GCS of the cluster (so every reconciler talking to that cluster sees the same lock), ``MemoryKV`` from
+a dict, for a plan-only watch that has no cluster and for tests of the algorithm.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+NAMESPACE = "reconciler"
+
+
+class KV(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, value: bytes) -> None: ...
+    def put_if_absent(self, key: str, value: bytes) -> bool: ...  # True when this call created it
+    def delete(self, key: str) -> None: ...
+    def keys(self, prefix: str) -> list[str]: ...
+
+
+class RayKV:
+    """Ray's GCS internal KV: of the cluster this process is connected to (after ``ray.init``), or of the GCS at
+    an address (``RayKV.at("127.0.0.1:6379")``, no driver needed)."""
+
+    def __init__(self, gcs_client: Any = None, namespace: str = NAMESPACE) -> None:
+        if gcs_client is None:
+            from ray.experimental import internal_kv  # the adapter is the one place that imports ray
+
+            if not internal_kv._internal_kv_initialized():
+                raise RuntimeError("RayKV needs a connected Ray driver (the adapter's connect()) or a GCS address")
+            gcs_client = internal_kv.internal_kv_get_gcs_client()
+        self._gcs = gcs_client
+        self._namespace = namespace.encode()
+
+    @classmethod
+    def at(cls, gcs_address: str, namespace: str = NAMESPACE) -> "RayKV":
+        from ray._raylet import GcsClient
+
+        return cls(GcsClient(address=gcs_address), namespace)
+
+    def get(self, key: str) -> bytes | None:
+        return self._gcs.internal_kv_get(key.encode(), self._namespace)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace)
+
+    def put_if_absent(self, key: str, value: bytes) -> bool:
+        # The GCS answers how many keys the call added: 0 when the key was already there (and is left unchanged).
+        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace) == 1
+
+    def delete(self, key: str) -> None:
+        self._gcs.internal_kv_del(key.encode(), False, self._namespace)
+
+    def keys(self, prefix: str) -> list[str]:
+        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace)]
+
+
+class MemoryKV:
+    """The same contract in one process's memory: for a reconciler without a cluster, and for tests of the logic."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def put_if_absent(self, key: str, value: bytes) -> bool:
+        with self._lock:
+            if key in self._data:
+                return False
+            self._data[key] = value
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [k for k in self._data if k.startswith(prefix)]
