@@ -32,13 +32,14 @@ def _wait_empty(cluster) -> None:
 
 def _reconciler_apply(cluster, desired) -> tuple[float, int]:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.run import Executor
+    from reconciler.settings import ApplySettings
     from reconciler.planner import plan
 
     start = time.monotonic()
     observed = cluster.observe(desired)
     the_plan = plan(desired, observed)
-    report = Executor(cluster, settings=Settings(pending_grace=120), progress=Progress(live=False)).apply(
+    report = Executor(cluster, settings=ApplySettings(pending_grace=120), progress=Progress(live=False)).apply(
         the_plan, desired, observed
     )
     elapsed = time.monotonic() - start

@@ -1,0 +1,77 @@
+"""Every tunable of reconciler, written once: one frozen tree whose defaults the CLI's options read.
+
+`apply` and `watch` build their settings from the same branches, so the same apply behaves the same under both (a
+pending replica is reported after ``apply.pending_grace`` seconds whichever command started it). The planner's own
+knobs are ``planner.PlanSettings`` (pure core, passed in by the caller); this tree holds the ones of the outer ring.
+
+    settings = dataclasses.replace(DEFAULTS.apply, max_starting=2)   # a copy with one value changed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ApplySettings:
+    """How the executor carries a plan out and waits for it."""
+
+    replica_timeout: float = 600.0  # seconds one replica may take to start (model load included)
+    stop_timeout: float = 120.0  # seconds a replica may take to stop
+    pending_grace: float = 30.0  # seconds Ray may leave a replica unscheduled before apply reports it pending
+    max_starting: int = 4  # replicas starting at once on one node (0: no limit); see executor.steps.batches
+    poll: float = 0.25  # a replica that starts in 3 s is seen running within a quarter second
+    pending_check: float = 1.0  # seconds between asks for Ray's unschedulable demands (a costlier call)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Options every replica application of reconciler gets."""
+
+    # Serve learns that a replica's process died from a failed health check: every 2 s instead of the default 10 s
+    # puts a killed replica back within seconds, for one cheap call per replica per period.
+    health_check_period: float = 2.0
+    # A stopping replica polls for in-flight requests this often (Serve's default: 2 s): frees its GPU sooner.
+    graceful_shutdown_wait_loop: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """The cluster's apply lock."""
+
+    ttl: float = 15.0  # seconds after which the lock of a dead holder may be taken over; renewed every ttl / 3
+    wait_poll: float = 1.0  # a standby (--wait-for-lock) asks this often whether the lock is free
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Talking to a Ray cluster."""
+
+    http_timeout: float = 30.0  # one call of the dashboard's REST API
+    probe_timeout: float = 60.0  # one NVML probe on a node
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """The watch loop."""
+
+    interval: float = 30.0  # drift timer
+    debounce: float = 0.3  # quiet period after the last file change
+    max_debounce: float = 3.0  # a file rewritten continuously still gets reconciled this often
+    heal: bool = True
+    plan_only: bool = False
+    retry_base: float = 2.0  # first retry after a temporary failure; doubles up to the interval
+    poll: float = 1.0  # cluster probe between drift checks (0: off); only used where a probe is given
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    apply: ApplySettings = field(default_factory=ApplySettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+
+
+DEFAULTS = Settings()

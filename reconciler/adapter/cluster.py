@@ -17,12 +17,11 @@ from reconciler.desired import DesiredState
 from reconciler.errors import PermanentError, TransientError, UserError
 from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
 from reconciler.observed import ObservedState
+from reconciler.settings import DEFAULTS
 from reconciler.adapter import localcluster
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
 
 SERVE_API = "/api/serve/applications/"
-HTTP_TIMEOUT_S = 30.0
-PROBE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class Cluster:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = self._session.request(method, self._url(path), timeout=HTTP_TIMEOUT_S, **kwargs)
+            response = self._session.request(method, self._url(path), timeout=DEFAULTS.cluster.http_timeout, **kwargs)
         except requests.RequestException as exc:
             raise TransientError(f"the Ray dashboard at {self.dashboard_url} did not answer: {exc}") from exc
         if response.status_code in (401, 403):
@@ -240,7 +239,7 @@ class Cluster:
         results: dict[str, dict[str, Any]] = {}
         for node_id, ref in refs.items():
             try:
-                results[node_id] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+                results[node_id] = ray.get(ref, timeout=DEFAULTS.cluster.probe_timeout)
             except Exception as exc:  # a node that cannot run the probe keeps its inventory GPUs
                 results[node_id] = {"available": False, "error": f"probe failed: {exc}", "gpus": []}
         return results

@@ -35,6 +35,7 @@ from typing import Any
 
 from reconciler.adapter.kv import KV
 from reconciler.errors import TransientError
+from reconciler.settings import DEFAULTS
 
 PREFIX = "lease/apply/"
 
@@ -179,7 +180,7 @@ class Lease:
         raise LeaseLost(f"lost the cluster's apply lock: {why}")
 
 
-def acquire(kv: KV, *, holder: Holder, ttl: float = 15.0, margin: float | None = None,
+def acquire(kv: KV, *, holder: Holder, ttl: float = DEFAULTS.lease.ttl, margin: float | None = None,
             clock: Callable[[], float] = time.time, status: dict[str, Any] | None = None) -> Lease:
     """Take the lease, or raise LeaseHeld naming who has it. Never waits: see ``wait_acquire``."""
     if ttl <= 0:
@@ -200,8 +201,9 @@ def acquire(kv: KV, *, holder: Holder, ttl: float = 15.0, margin: float | None =
     return Lease(kv, record, ttl=ttl, margin=margin, clock=clock)
 
 
-def wait_acquire(kv: KV, *, holder: Holder, ttl: float = 15.0, stop: threading.Event,
-                 on_wait: Callable[[LeaseHeld], None] = lambda _: None, poll: float = 1.0) -> Lease | None:
+def wait_acquire(kv: KV, *, holder: Holder, ttl: float = DEFAULTS.lease.ttl, stop: threading.Event,
+                 on_wait: Callable[[LeaseHeld], None] = lambda _: None,
+                 poll: float = DEFAULTS.lease.wait_poll) -> Lease | None:
     """Acquire, waiting while someone else holds it (a standby watcher). None when ``stop`` is set first."""
     reported = None
     while not stop.is_set():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import UserError
+from reconciler.settings import DEFAULTS
 
 if TYPE_CHECKING:
     from reconciler.desired import DesiredState
@@ -90,6 +91,6 @@ def connect(address: str | None, *, desired: DesiredState | None = None, offer_l
 
 
 def add_max_starting_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-starting", type=int, default=4, metavar="N",
+    parser.add_argument("--max-starting", type=int, default=DEFAULTS.apply.max_starting, metavar="N",
                         help="replicas started at once on one node; the others wait for them to run (model loads "
-                        "compete for CPU, disk and network; 0: no limit; default: 4)")
+                        "compete for CPU, disk and network; 0: no limit; default: %(default)s)")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
 from reconciler.errors import UserError
-
-# How long the apply lock outlives a crashed `reconciler apply`; the holder renews it every third of that.
-LEASE_TTL_S = 15.0
+from reconciler.settings import DEFAULTS
 
 DESCRIPTION = """\
 Plan the specs against the live cluster, show the plan, ask, and apply it through Ray Serve's declarative API in the
@@ -49,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="apply exactly this saved plan (`reconciler plan --out`); refused when the cluster or "
                         "the specs changed since it was made")
     _cluster.add_address_argument(parser)
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
-                        help="how long one replica may take to start, model load included (default: 600)")
-    parser.add_argument("--pending-grace", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=float, default=DEFAULTS.apply.replica_timeout, metavar="SECONDS",
+                        help="how long one replica may take to start, model load included (default: %(default)g)")
+    parser.add_argument("--pending-grace", type=float, default=DEFAULTS.apply.pending_grace, metavar="SECONDS",
                         help="how long Ray may leave a replica unscheduled before it is reported pending "
-                        "(default: 30)")
+                        "(default: %(default)g)")
     _cluster.add_max_starting_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -79,7 +78,7 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import Holder, acquire
 
-    lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {args.directory}"), ttl=LEASE_TTL_S)
+    lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {args.directory}"), ttl=DEFAULTS.lease.ttl)
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
     try:
@@ -97,7 +96,7 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.run import Executor
     from reconciler.render.status import render_report, render_status
     from reconciler.render.text import render_plan
 
@@ -123,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
             plan = _planning.plan_against(desired, observed)
         color = _planning.use_color(sys.stdout)
         sys.stdout.write(render_plan(plan, color=color))
-        settings = Settings(replica_timeout=args.timeout, pending_grace=args.pending_grace,
-                            max_starting=args.max_starting)
+        settings = dataclasses.replace(DEFAULTS.apply, replica_timeout=args.timeout,
+                                       pending_grace=args.pending_grace, max_starting=args.max_starting)
         executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
         if executor.in_sync(plan, desired, observed):
             print("Nothing to apply: the cluster matches the specs.")

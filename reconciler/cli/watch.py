@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
+from reconciler.settings import DEFAULTS
 
 DESCRIPTION = """\
 Watch the spec directory and keep the cluster at it. A burst of file changes (an editor's save, a git pull) becomes
@@ -64,13 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, or the local one "
                         "`reconciler up` started)")
     _planning.add_observed_arguments(parser)
-    parser.add_argument("--interval", type=positive, default=30.0, metavar="S",
-                        help="seconds between drift checks (default: 30)")
-    parser.add_argument("--poll", type=non_negative, default=1.0, metavar="S",
+    parser.add_argument("--interval", type=positive, default=DEFAULTS.watch.interval, metavar="S",
+                        help="seconds between drift checks (default: %(default)g)")
+    parser.add_argument("--poll", type=non_negative, default=DEFAULTS.watch.poll, metavar="S",
                         help="seconds between the cheap checks of Serve's state between drift checks; 0 turns them "
-                        "off (default: 1)")
-    parser.add_argument("--debounce", type=positive, default=0.3, metavar="S",
-                        help="quiet seconds after a file change before reconciling (default: 0.3)")
+                        "off (default: %(default)g)")
+    parser.add_argument("--debounce", type=positive, default=DEFAULTS.watch.debounce, metavar="S",
+                        help="quiet seconds after a file change before reconciling (default: %(default)g)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-heal", action="store_true",
                       help="report drift without acting on it; spec changes are still applied")
@@ -79,11 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="stdout: a human log (text, default) or the events as JSON lines (json)")
     parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on 127.0.0.1:P")
-    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-host", default=DEFAULTS.watch.metrics_host, metavar="HOST", help=argparse.SUPPRESS)
     parser.add_argument("--yes", action="store_true",
                         help="act without asking first (needed when stdin is not a terminal)")
-    parser.add_argument("--lease-ttl", type=positive, default=15.0, metavar="S",
-                        help="seconds after which the apply lock of a dead watcher may be taken over (default: 15)")
+    parser.add_argument("--lease-ttl", type=positive, default=DEFAULTS.lease.ttl, metavar="S",
+                        help="seconds after which the apply lock of a dead watcher may be taken over "
+                        "(default: %(default)g)")
     parser.add_argument("--wait-for-lock", action="store_true",
                         help="when another reconciler holds the lock, wait for it instead of exiting (a standby)")
     _cluster.add_max_starting_argument(parser)
@@ -91,17 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.watch.controller import WatchSettings
+    import dataclasses
+
     from reconciler.watch.session import WatchOptions
     from reconciler.watch.session import run as run_watch
 
-    settings = WatchSettings(interval=args.interval, debounce=args.debounce, heal=not args.no_heal,
-                             plan_only=args.plan_only, poll=args.poll)
+    settings = dataclasses.replace(DEFAULTS.watch, interval=args.interval, debounce=args.debounce,
+                                   heal=not args.no_heal, plan_only=args.plan_only, poll=args.poll)
     options = WatchOptions(
         directory=Path(args.directory), settings=settings, address=args.address, observed=args.observed,
         offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, yes=args.yes, lease_ttl=args.lease_ttl, wait_for_lock=args.wait_for_lock,
-        max_starting=args.max_starting,
+        apply=dataclasses.replace(DEFAULTS.apply, max_starting=args.max_starting),
         command=f"reconciler watch {args.directory}",
     )
     return run_watch(options)

@@ -13,18 +13,7 @@ from reconciler.executor import serveconfig, steps
 from reconciler.executor.progress import Progress
 from reconciler.observed import ObservedState, ReplicaState
 from reconciler.plan import Action, ActionKind, Plan
-
-POLL_S = 0.25  # a replica that starts in 3 s is seen running within a quarter second
-PENDING_CHECK_S = 1.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    replica_timeout: float = 600.0  # seconds one replica may take to start (model load included)
-    stop_timeout: float = 120.0  # seconds a replica may take to stop
-    pending_grace: float = 20.0  # seconds Ray may leave a replica unscheduled before apply reports it pending
-    max_starting: int = 4  # replicas starting at once on one node (0: no limit); see steps.batches
-
+from reconciler.settings import DEFAULTS, ApplySettings
 
 @dataclass(frozen=True)
 class Outcome:
@@ -56,7 +45,8 @@ class _AppResult:
 
 
 class Executor:
-    def __init__(self, cluster: Any, *, settings: Settings = Settings(), progress: Progress | None = None) -> None:
+    def __init__(self, cluster: Any, *, settings: ApplySettings = DEFAULTS.apply,
+                 progress: Progress | None = None) -> None:
         self.cluster = cluster
         self.settings = settings
         self.progress = progress or Progress()
@@ -172,7 +162,7 @@ class Executor:
                     return False
             return True
 
-        details = self.cluster.wait_serve(settled, timeout=self.settings.replica_timeout, interval=POLL_S)
+        details = self.cluster.wait_serve(settled, timeout=self.settings.replica_timeout, interval=self.settings.poll)
         if not settled(details):
             apps = details.get("applications") or {}
             for name in routers:
@@ -196,7 +186,7 @@ class Executor:
                 # was submitted goes on, and the timeouts below still bound the wait.
                 if time.monotonic() - begun > max(s.replica_timeout, s.stop_timeout):
                     raise
-                time.sleep(POLL_S)
+                time.sleep(s.poll)
                 continue
             apps = details.get("applications") or {}
             now = time.monotonic()
@@ -211,7 +201,7 @@ class Executor:
                     self.progress.update(name, "stop timed out")
                 else:
                     self.progress.update(name, "stopping")
-            if open_running and now - last_pending_check > PENDING_CHECK_S:
+            if open_running and now - last_pending_check > s.pending_check:
                 last_pending_check = now
                 demands = self.cluster.pending_demands()
             pending = pending_apps(details, demands)
@@ -247,7 +237,7 @@ class Executor:
                         self.progress.update(name, "TIMED OUT")
             self.progress.tick()
             if open_running or open_gone:
-                time.sleep(POLL_S)
+                time.sleep(s.poll)
 
     def _outcomes(
         self,

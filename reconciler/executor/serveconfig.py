@@ -9,10 +9,7 @@ from reconciler.engines import EngineConfig
 from reconciler import naming
 from reconciler.observed import NODE_NAME_LABEL
 from reconciler.plan import Location
-
-
-HEALTH_CHECK_PERIOD_S = 2.0
-GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 0.5
+from reconciler.settings import DEFAULTS
 
 
 def replica_app_name(model: Model, replica: int, location: Location) -> str:
@@ -49,11 +46,8 @@ def replica_app(*, model: Model, replica: int, location: Location, gpu_memory: i
                 "name": naming.REPLICA_DEPLOYMENT,
                 "num_replicas": 1,
                 "user_config": {"config_hash": model.config_hash},
-                # Serve learns that a replica's process died from a failed health check: every 2 s instead of the
-                # default 10 s puts a killed replica back within seconds, for one cheap call per replica per period.
-                "health_check_period_s": HEALTH_CHECK_PERIOD_S,
-                # A stopping replica polls for in-flight requests this often (default 2 s): frees its GPU sooner.
-                "graceful_shutdown_wait_loop_s": GRACEFUL_SHUTDOWN_WAIT_LOOP_S,
+                "health_check_period_s": DEFAULTS.serve.health_check_period,
+                "graceful_shutdown_wait_loop_s": DEFAULTS.serve.graceful_shutdown_wait_loop,
                 "ray_actor_options": {
                     "num_cpus": 0,
                     "num_gpus": 0,

@@ -25,6 +25,7 @@ from reconciler.errors import TransientError, UserError
 from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedState
 from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id
+from reconciler.settings import WatchSettings
 from reconciler.watch.backoff import Backoff, Held, split
 from reconciler.watch.debounce import Cause, Debouncer, Schedule
 from reconciler.watch.events import EventLog, Kind, action_line
@@ -58,17 +59,6 @@ Load = Callable[[], LoadResult]
 Observe = Callable[[DesiredState], ObservedState]
 PlanFn = Callable[[DesiredState, ObservedState], Plan]
 Apply = Callable[[Plan, DesiredState, ObservedState], Sequence[ActionResult]]
-
-
-@dataclass(frozen=True, slots=True)
-class WatchSettings:
-    interval: float = 30.0  # drift timer
-    debounce: float = 0.3  # quiet period after the last file change
-    max_debounce: float = 3.0  # a file rewritten continuously still gets reconciled this often
-    heal: bool = True
-    plan_only: bool = False
-    retry_base: float = 2.0  # first retry after a temporary failure; doubles up to the interval
-    poll: float = 1.0  # cluster probe between drift checks (0: off); only used where a probe is given
 
 
 @dataclass(frozen=True, slots=True)

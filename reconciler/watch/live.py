@@ -15,13 +15,15 @@ from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
+from reconciler.settings import DEFAULTS, ApplySettings
 from reconciler.watch.controller import ActionResult
 from reconciler.watch.target import WatchTarget
 
 
-def connect_live(address: str | None, *, progress: IO[str] | None = None, max_starting: int = 4) -> WatchTarget:
+def connect_live(address: str | None, *, progress: IO[str] | None = None,
+                 apply_settings: ApplySettings = DEFAULTS.apply) -> WatchTarget:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.run import Executor
 
     cluster = adapter.connect(address)
     try:
@@ -40,7 +42,7 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None, max_st
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
         # A fresh Progress per apply: it keeps per-apply rows; plain lines, never a live table, in a long-running log.
-        executor = Executor(cluster, settings=Settings(max_starting=max_starting),
+        executor = Executor(cluster, settings=apply_settings,
                             progress=Progress(stream, live=False))
         try:
             report = executor.apply(plan, desired, observed)

@@ -25,7 +25,8 @@ from reconciler.watch.metrics import Metrics, MetricsServer
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
-from reconciler.watch.controller import Controller, Loop, WatchSettings
+from reconciler.settings import DEFAULTS, ApplySettings, WatchSettings
+from reconciler.watch.controller import Controller, Loop
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
 from reconciler.watch.specload import SpecLoader
@@ -44,11 +45,11 @@ class WatchOptions:
     events_file: Path | None = None
     log_format: str = "text"  # text | json (JSON lines on stdout)
     metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = DEFAULTS.watch.metrics_host
     yes: bool = False
-    lease_ttl: float = 15.0
+    lease_ttl: float = DEFAULTS.lease.ttl
     wait_for_lock: bool = False
-    max_starting: int = 4  # replicas an apply starts at once on one node
+    apply: ApplySettings = DEFAULTS.apply  # how each apply waits, and how many replicas it starts at once per node
     command: str = "reconciler watch"
 
 
@@ -68,7 +69,7 @@ def connect(options: WatchOptions) -> WatchTarget:
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
     return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout,
-                        max_starting=options.max_starting)
+                        apply_settings=options.apply)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:

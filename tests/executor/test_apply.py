@@ -231,7 +231,8 @@ def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys)
 
 def test_move_is_make_before_break(world):
     """A hand-made plan (the planner only moves to make room): an embeddings replica to another GPU."""
-    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.run import Executor
+    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
     from reconciler.plan import Action
 
@@ -256,7 +257,7 @@ def test_move_is_make_before_break(world):
                   "test: move", make_before_break=True)
     plan = Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint)
     before = replica_actors(world)
-    report = Executor(world["cluster"], settings=Settings(pending_grace=8), progress=Progress(live=False)).apply(
+    report = Executor(world["cluster"], settings=ApplySettings(pending_grace=8), progress=Progress(live=False)).apply(
         plan, desired, observed)
     assert report.ok, report.failed
     after = replica_actors(world)
@@ -319,7 +320,8 @@ def test_priority_eviction_evicts_what_the_plan_says(world):
 
 def test_overcommit_is_refused_by_ray_and_reported(world):
     """A replica forced onto a GPU with no room for it (a hand-made plan) stays pending; healthy ones stay up."""
-    from reconciler.executor.run import Executor, Settings
+    from reconciler.executor.run import Executor
+    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
     from reconciler.plan import Action
 
@@ -334,7 +336,7 @@ def test_overcommit_is_refused_by_ray_and_reported(world):
     create = Action(ActionKind.CREATE, "summaries", 9, None, extra.location, model.vram, "test: over-commit")
     plan = Plan((create,), placement, (), (), observed.fingerprint, desired.fingerprint)
     before = replica_actors(world)
-    report = Executor(world["cluster"], settings=Settings(pending_grace=5), progress=Progress(live=False)).apply(
+    report = Executor(world["cluster"], settings=ApplySettings(pending_grace=5), progress=Progress(live=False)).apply(
         plan, desired, observed)
     assert not report.ok
     assert "pending" in report.failed[0].message
