@@ -17,6 +17,8 @@ from reconciler.desired import DesiredState
 from reconciler.errors import PermanentError, TransientError, UserError
 from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
 from reconciler.observed import ObservedState
+from reconciler.plan import AssumedGpu
+from reconciler.planner.runtime import assumed_gpus
 from reconciler.settings import DEFAULTS
 from reconciler.adapter import localcluster
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
@@ -244,12 +246,17 @@ class Cluster:
                 results[node_id] = {"available": False, "error": f"probe failed: {exc}", "gpus": []}
         return results
 
-    def observe(self, desired: DesiredState | None = None) -> ObservedState:
+    def observe(self, desired: DesiredState | None = None, *,
+                assumed: tuple[AssumedGpu, ...] | None = None) -> ObservedState:
+        """The cluster now. GPUs that NVML cannot report (simulated nodes) are taken from ``assumed``, or from the
+        pools' inventory of ``desired``: a saved plan passes the inventory it was planned with."""
+        if assumed is None:
+            assumed = assumed_gpus(desired) if desired is not None else ()
         serve = self.serve_details()
         nodes = self.ray_nodes()
         probes = self._probes(nodes, replica_pids_by_node(serve))
         return build_observed(
-            nodes=nodes, probes=probes, serve=serve, desired=desired, demands=self.pending_demands()
+            nodes=nodes, probes=probes, serve=serve, assumed=assumed, demands=self.pending_demands()
         )
 
     def wait_serve(self, predicate: Any, *, timeout: float, interval: float = 0.5) -> dict[str, Any]:

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
-from reconciler.desired import DesiredState
 from reconciler.errors import TransientError
 from reconciler.executor import serveconfig, steps
 from reconciler.executor.progress import Progress
-from reconciler.observed import ObservedState, ReplicaState
+from reconciler.observed import ReplicaState
 from reconciler.plan import Action, ActionKind, Plan
 from reconciler.settings import DEFAULTS, ApplySettings
 
@@ -52,24 +51,25 @@ class Executor:
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
 
-    def in_sync(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> bool:
+    def in_sync(self, plan: Plan) -> bool:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan, desired, observed))
+        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan))
 
-    def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+    def apply(self, plan: Plan) -> Report:
+        """Carry out a plan; it is self-contained (see ``reconciler.plan``), so nothing else is needed."""
         try:
-            return self._apply(plan, desired, observed)
+            return self._apply(plan)
         finally:
             self.progress.close()
 
-    def _apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+    def _apply(self, plan: Plan) -> Report:
         started = time.monotonic()
         details = self.cluster.serve_details()
         foreign = foreign_configs(details)
         current = our_configs(details)
-        tgt = steps.target(plan, desired, observed)
+        tgt = steps.target(plan)
         results: dict[str, _AppResult] = {}
         report = Report()
         named = set(tgt.old_app.values())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.desired import DesiredState
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
 from reconciler.plan import replica_id
 from reconciler.quantity import format_bytes
@@ -44,7 +43,7 @@ def _state(replica: ObservedReplica, color: bool) -> str:
 def render_status(
     observed: ObservedState,
     *,
-    desired: DesiredState | None = None,
+    routes: Iterable[str] = (),
     color: bool = False,
     http_url: str | None = None,
     unplaced: Iterable[Any] = (),
@@ -94,9 +93,9 @@ def render_status(
         lines.append("")
     running = sum(1 for r in observed.replicas if r.state == ReplicaState.RUNNING)
     summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes)} node(s)"
-    if http_url and desired is not None and desired.models:
-        routes = ", ".join(f"{http_url}{m.route_path}" for m in desired.models)
-        summary += f"; endpoints: {routes}"
+    routes = list(routes)
+    if http_url and routes:
+        summary += "; endpoints: " + ", ".join(f"{http_url}{route}" for route in routes)
     lines.append(summary)
     return "\n".join(lines) + "\n"
 

@@ -45,7 +45,7 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None,
         executor = Executor(cluster, settings=apply_settings,
                             progress=Progress(stream, live=False))
         try:
-            report = executor.apply(plan, desired, observed)
+            report = executor.apply(plan)
         finally:
             probe.mark()
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]

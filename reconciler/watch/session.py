@@ -1,7 +1,8 @@
 """One `reconciler watch` run: assembles the loop from its parts, runs it until a signal, and tears it down.
 
 The CLI parses arguments into ``WatchOptions`` and calls ``run``; the benchmark calls the same. Everything that
-touches Ray is reached through a ``WatchTarget`` (the adapter and the executor), and only when a live cluster is watched.
+touches Ray is reached through a ``WatchTarget`` (the adapter and the executor), and only when a live cluster is
+watched.
 """
 
 from __future__ import annotations

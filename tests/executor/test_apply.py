@@ -189,14 +189,24 @@ def test_dry_run_changes_nothing(world, capsys):
     assert replica_actors(world) == before
 
 
-def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tmp_path, capsys):
+def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tmp_path, capsys, monkeypatch):
     desired, _, plan = plan_now(world)  # embeddings 1 -> 2
     saved = tmp_path / "plan.json"
     saved.write_text(json.dumps(plan_to_json(plan)))
     assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.CREATE, "embeddings")]
     before = replica_actors(world)
 
-    assert apply_cli(world, "--plan", str(saved)) == 0  # fresh: applies exactly it
+    edited = json.loads(saved.read_text())
+    edited["placement"][0]["gpus"] = [1 - edited["placement"][0]["gpus"][0]]  # fingerprints left as they were
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert cli(["apply", "--plan", str(tmp_path / "edited.json"), "--yes"]) == 1
+    assert "was edited" in capsys.readouterr().err
+    assert replica_actors(world) == before
+
+    # The plan carries all it needs: no spec directory is read (the working directory has none).
+    monkeypatch.chdir(tmp_path)
+    assert cli(["apply", "--plan", str(saved), "--yes", "--pending-grace", "8", "--timeout", "180"]) == 0
     after = replica_actors(world)
     assert len(by_model(after, "embeddings")) == 2
     assert {k: v for k, v in after.items() if k in before} == before  # nothing restarted
@@ -231,10 +241,11 @@ def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys)
 
 def test_move_is_make_before_break(world):
     """A hand-made plan (the planner only moves to make room): an embeddings replica to another GPU."""
-    from reconciler.executor.run import Executor
-    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
+    from reconciler.executor.run import Executor
     from reconciler.plan import Action
+    from reconciler.planner.runtime import self_contained
+    from reconciler.settings import ApplySettings
 
     desired, observed, _ = plan_now(world)
     moving = next(r for r in observed.replicas if r.model == "embeddings")
@@ -255,10 +266,11 @@ def test_move_is_make_before_break(world):
     )
     move = Action(ActionKind.MOVE, "embeddings", moving.replica, Location(moving.node, moving.gpus), target, moving.vram,
                   "test: move", make_before_break=True)
-    plan = Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint)
+    plan = self_contained(Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint),
+                          desired=desired, observed=observed)
     before = replica_actors(world)
     report = Executor(world["cluster"], settings=ApplySettings(pending_grace=8), progress=Progress(live=False)).apply(
-        plan, desired, observed)
+        plan)
     assert report.ok, report.failed
     after = replica_actors(world)
     untouched = {k: v for k, v in before.items() if not k.startswith("reconciler--embeddings--")}
@@ -320,10 +332,11 @@ def test_priority_eviction_evicts_what_the_plan_says(world):
 
 def test_overcommit_is_refused_by_ray_and_reported(world):
     """A replica forced onto a GPU with no room for it (a hand-made plan) stays pending; healthy ones stay up."""
-    from reconciler.executor.run import Executor
-    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
+    from reconciler.executor.run import Executor
     from reconciler.plan import Action
+    from reconciler.planner.runtime import self_contained
+    from reconciler.settings import ApplySettings
 
     desired, observed, _ = plan_now(world)
     crowded = max(
@@ -334,10 +347,11 @@ def test_overcommit_is_refused_by_ray_and_reported(world):
     extra = PlacedReplica("summaries", 9, crowded[0], crowded[1], model.vram)
     placement = tuple(PlacedReplica(r.model, r.replica, r.node, r.gpus, r.vram) for r in observed.replicas) + (extra,)
     create = Action(ActionKind.CREATE, "summaries", 9, None, extra.location, model.vram, "test: over-commit")
-    plan = Plan((create,), placement, (), (), observed.fingerprint, desired.fingerprint)
+    plan = self_contained(Plan((create,), placement, (), (), observed.fingerprint, desired.fingerprint),
+                          desired=desired, observed=observed)
     before = replica_actors(world)
     report = Executor(world["cluster"], settings=ApplySettings(pending_grace=5), progress=Progress(live=False)).apply(
-        plan, desired, observed)
+        plan)
     assert not report.ok
     assert "pending" in report.failed[0].message
     state = {(r.model, r.replica): r.state for r in world["cluster"].observe(desired).replicas}
@@ -396,6 +410,7 @@ def test_nodes_without_nvml_keep_their_inventory_gpus(world):
     """The NVML probe really runs on every node (a Ray task pinned there); none has NVML here, so each node keeps
     the GPUs the pool's inventory gives it."""
     from reconciler.adapter.observation import RayNode, build_nodes
+    from reconciler.planner.runtime import assumed_gpus
 
     cluster = world["cluster"]
     nodes = [RayNode(n.node_id, n.alive, {k: v for k, v in n.labels.items() if k != "reconciler.io/gpu-source"},
@@ -403,7 +418,7 @@ def test_nodes_without_nvml_keep_their_inventory_gpus(world):
     probes = cluster._probes(nodes, {})
     assert set(probes) == {n.node_id for n in nodes if n.alive}
     assert all(p["available"] is False and p["error"] for p in probes.values())
-    observed = build_nodes(nodes, probes, desired_of(world))
+    observed = build_nodes(nodes, probes, assumed_gpus(desired_of(world)))
     assert {(n.name, tuple(g.memory >> 30 for g in n.gpus), n.simulated) for n in observed} == {
         ("node-a", (24, 24), True), ("node-b", (12,), True), ("node-c", (16,), True)}
 
