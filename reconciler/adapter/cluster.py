@@ -222,7 +222,11 @@ class Cluster:
 
     def ray_nodes(self) -> list[RayNode]:
         ray = self._driver()
-        return [RayNode.from_ray(n) for n in ray.nodes()]
+        try:
+            nodes = ray.nodes()
+        except Exception as exc:  # the GCS is restarting or gone: worth another try later
+            raise TransientError(f"the Ray cluster at {self.address} did not list its nodes: {exc}") from exc
+        return [RayNode.from_ray(n) for n in nodes]
 
     def _probes(self, nodes: list[RayNode], pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
         ray = self._driver()
