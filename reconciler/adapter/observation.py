@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler.desired import short_hash
-from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
+from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, AppKind, sanitise
 from reconciler.plan import AssumedGpu
 from reconciler.observed import (
     NODE_NAME_LABEL,
@@ -78,7 +78,7 @@ def replica_pids_by_node(serve: dict[str, Any]) -> dict[str, list[int]]:
     """The worker PIDs of our replicas per Ray node id: what NVML must not count as foreign use."""
     pids: dict[str, list[int]] = {}
     for app in (serve.get("applications") or {}).values():
-        if our_kind(app) != "replica":
+        if our_kind(app) != AppKind.REPLICA:
             continue
         for deployment in app.get("deployments", {}).values():
             for replica in deployment.get("replicas", []):
@@ -177,7 +177,7 @@ def pending_apps(serve: dict[str, Any], demands: list[tuple[dict[str, float], in
         left[key] = left.get(key, 0) + int(count)
     pending = set()
     for name, app in sorted((serve.get("applications") or {}).items()):
-        if our_kind(app) != "replica" or app.get("status") == "DELETING":
+        if our_kind(app) != AppKind.REPLICA or app.get("status") == "DELETING":
             continue
         replicas = [r for d in (app.get("deployments") or {}).values() for r in d.get("replicas", [])]
         if any(r.get("state") == "RUNNING" for r in replicas):
@@ -221,7 +221,7 @@ def build_replicas(
 ) -> tuple[ObservedReplica, ...]:
     replicas = []
     for name, app in (serve.get("applications") or {}).items():
-        if our_kind(app) != "replica":
+        if our_kind(app) != AppKind.REPLICA:
             continue
         config = app["deployed_app_config"]
         engine = config["args"]["engine_config"]

@@ -36,7 +36,7 @@ def replica_app(*, model: ModelRuntime, replica: int, location: Location, gpu_me
         "import_path": naming.IMPORT_PATH,
         "args": {
             "managed_by": naming.MANAGED_BY,
-            "kind": "replica",
+            "kind": str(naming.AppKind.REPLICA),
             "engine_config": engine.to_dict(),
             "restart_hash": model.restart_hash,
         },
@@ -64,7 +64,7 @@ def router_app(*, model: ModelRuntime, backends: list[str]) -> dict[str, Any]:
         "name": naming.router_app(model.name),
         "route_prefix": model.route,
         "import_path": naming.IMPORT_PATH,
-        "args": {"managed_by": naming.MANAGED_BY, "kind": "router", "model": model.name},
+        "args": {"managed_by": naming.MANAGED_BY, "kind": str(naming.AppKind.ROUTER), "model": model.name},
         "deployments": [
             {
                 "name": naming.ROUTER_DEPLOYMENT,

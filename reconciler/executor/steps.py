@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.executor import serveconfig
+from reconciler.naming import AppKind
 from reconciler.plan import ActionKind, Plan
 
-ROUTER_KIND = "router"
-REPLICA_KIND = "replica"
+ROUTER_KIND = AppKind.ROUTER
+REPLICA_KIND = AppKind.REPLICA
 
 
 @dataclass(frozen=True)
