@@ -44,12 +44,17 @@ class Executor:
         self.settings = settings
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
+        self.last_serve: dict[str, Any] = {}  # the last Serve details this executor read (watch's probe baseline)
+
+    def _serve(self) -> dict[str, Any]:
+        self.last_serve = self.cluster.serve_details()
+        return self.last_serve
 
     def in_sync(self, plan: Plan) -> bool:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan))
+        return steps.in_sync(our_configs(self._serve()), steps.target(plan))
 
     def apply(self, plan: Plan) -> Report:
         """Carry out a plan; it is self-contained (see ``reconciler.plan``), so nothing else is needed."""
@@ -60,7 +65,7 @@ class Executor:
 
     def _apply(self, plan: Plan) -> Report:
         started = time.monotonic()
-        details = self.cluster.serve_details()
+        details = self._serve()
         foreign = foreign_configs(details)
         current = our_configs(details)
         tgt = steps.target(plan)
@@ -157,6 +162,7 @@ class Executor:
             return True
 
         details = self.cluster.wait_serve(settled, timeout=self.settings.replica_timeout, interval=self.settings.poll)
+        self.last_serve = details
         if not settled(details):
             apps = details.get("applications") or {}
             for name in routers:
@@ -173,7 +179,7 @@ class Executor:
         demands: list = []
         while not w.done:
             try:
-                details = self.cluster.serve_details()
+                details = self._serve()
             except TransientError:
                 # A dashboard too busy to answer (many replicas starting on few cores) is not a failed apply: what
                 # was submitted goes on, and the timeouts still bound the wait.

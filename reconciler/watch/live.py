@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from reconciler import adapter
 from reconciler.adapter.kv import RayKV
@@ -36,8 +36,8 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None,
     probe = ServeProbe(cluster)
 
     def observe(desired: DesiredState) -> ObservedState:
-        observed = cluster.observe(desired)
-        probe.mark()
+        observed, details = cluster.observe_with_details(desired)
+        probe.mark(details)
         return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
@@ -47,11 +47,11 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None,
         try:
             report = executor.apply(plan)
         finally:
-            probe.mark()
+            probe.mark(executor.last_serve)
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                   close=cluster.close, probe=probe.changed)
+                       close=cluster.close, probe=probe.changed)
 
 
 class ServeProbe:
@@ -64,8 +64,8 @@ class ServeProbe:
         self.cluster = cluster
         self.baseline: str | None = None
 
-    def mark(self) -> None:
-        self.baseline = serve_fingerprint(self.cluster.last_serve) if self.cluster.last_serve else None
+    def mark(self, details: dict[str, Any]) -> None:
+        self.baseline = serve_fingerprint(details) if details else None
 
     def changed(self) -> bool:
         now = serve_fingerprint(self.cluster.serve_details())
