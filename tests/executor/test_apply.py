@@ -387,7 +387,7 @@ def test_replica_failing_at_load_is_reported_hurts_no_other_and_is_retried_once_
     capsys.readouterr()
     assert apply_cli(world) == 1
     out = capsys.readouterr().out
-    assert "FAIL create broken#0" in out and "CUDA out of memory (rehearsal)" in out
+    assert "FAIL create broken[0]" in out and "CUDA out of memory (rehearsal)" in out
     assert {k: v for k, v in replica_actors(world).items() if k in before} == before
     desired, observed, plan = plan_now(world)
     assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.REPLACE, "broken")]
