@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
-from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, acquire, wait_acquire
+from reconciler.adapter.lease import Holder, Lease, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
 from reconciler.watch.metrics import Metrics, MetricsServer
@@ -100,78 +100,27 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
     """Watch until SIGINT/SIGTERM (exit 0) or until the lease is lost (exit 4). ``ready`` is for in-process use."""
     settings = options.settings
     acting = not settings.plan_only
-    if (options.offline or options.observed is not None) and acting:
-        raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
-                        "--plan-only")
-    if not options.directory.is_dir():
-        raise UserError(f"{options.directory} is not a directory of specs")
-    confirm = None
-    if acting and not options.yes:
-        if not sys.stdin.isatty():
-            raise UserError("watch applies every change to the cluster unattended: pass --yes to allow it, or "
-                            "--plan-only to only report")
-        confirm = _confirm_on_terminal
-
+    confirm = _check(options, acting=acting)
     with ExitStack() as stack:
         events = _sinks(options, stack)
-        metrics = Metrics() if options.metrics_port is not None else None
-        if metrics is not None:
-            try:
-                server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
-            except OSError as exc:
-                raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
-                                f"{exc.strerror or exc}") from exc
-            stack.callback(server.close)
-        cluster = connect(options)
-        stack.callback(cluster.close)
-
-        keeper: LeaseKeeper | None = None
-        loop_holder: list[Loop] = []
+        metrics = _metrics(options, stack)
+        target = connect(options)
+        stack.callback(target.close)
+        lease = None
         if acting:
-            holder = Holder.current(options.command)
-            if options.wait_for_lock:
-                stop_waiting = threading.Event()
-                previous = _stop_on_signals(lambda why: stop_waiting.set())
-                try:
-                    lease = wait_acquire(cluster.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
-                                         on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}",
-                                                                          waiting=True))
-                finally:
-                    _restore_signals(previous)
-                if lease is None:
-                    events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
-                    return 0
-            else:
-                try:
-                    lease = acquire(cluster.kv, holder=holder, ttl=options.lease_ttl)
-                except LeaseHeld as held:
-                    raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
-
-            def lost(exc: LeaseLost) -> None:
-                events.emit(Kind.LEASE_LOST, str(exc))
-                if loop_holder:
-                    loop_holder[0].stop("lease lost")
-
-            controller_status: list[Controller] = []
-            def retaken(fresh: Any) -> None:
-                events.emit(Kind.LEASE, f"the apply lock ran out while this watcher (or the cluster's GCS) stalled, "
-                            f"and nobody took it: taken again (generation {fresh.generation})",
-                            generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
-
-            keeper = LeaseKeeper(lease, on_lost=lost, on_retaken=retaken,
-                                 status=lambda: controller_status[0].status() if controller_status else {})
-            events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
-                        f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
-
+            lease = _take_lease(options, target, events)
+            if lease is None:
+                events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
+                return 0
         controller = Controller(
-            load=SpecLoader(options.directory), observe=cluster.observe, plan=_plan,
-            apply=cluster.apply or _never_apply, events=events,
-            settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
+            load=SpecLoader(options.directory), observe=target.observe, plan=_plan,
+            apply=target.apply or _never_apply, events=events,
+            settings=settings, metrics=metrics, backoff=Backoff(), confirm_first=confirm,
         )
-        loop = Loop(controller, settings, probe=cluster.probe)
-        loop_holder.append(loop)
-        if keeper is not None:
-            controller_status.append(controller)
+        loop = Loop(controller, settings, probe=target.probe)
+        if lease is not None:
+            keeper = _keeper(lease, events=events, loop=loop, controller=controller)
+            controller.guard = keeper
             keeper.start()
             stack.callback(lambda: keeper.stop(release=True))
         watcher = SpecWatcher(options.directory, loop.changed)
@@ -181,12 +130,12 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         stack.callback(lambda: _restore_signals(previous))
         events.emit(
             Kind.STARTED,
-            f"watching {options.directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
+            f"watching {options.directory} against {target.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
             + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
                if options.metrics_port is not None else ""),
-            directory=str(options.directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
+            directory=str(options.directory), cluster=target.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
         if ready is not None:
@@ -198,6 +147,73 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             loop.why_stopped = "lease lost"
         events.emit(Kind.STOPPED, f"stopped: {loop.why_stopped}", why=loop.why_stopped)
         return EXIT_LEASE_LOST if loop.why_stopped == "lease lost" else 0
+
+
+def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | None:
+    """Refuse contradictory options; the confirmation to ask before the first apply, if any."""
+    if (options.offline or options.observed is not None) and acting:
+        raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
+                        "--plan-only")
+    if not options.directory.is_dir():
+        raise UserError(f"{options.directory} is not a directory of specs")
+    if not acting or options.yes:
+        return None
+    if not sys.stdin.isatty():
+        raise UserError("watch applies every change to the cluster unattended: pass --yes to allow it, or "
+                        "--plan-only to only report")
+    return _confirm_on_terminal
+
+
+def _metrics(options: WatchOptions, stack: ExitStack) -> Metrics | None:
+    if options.metrics_port is None:
+        return None
+    metrics = Metrics()
+    try:
+        server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
+    except OSError as exc:
+        raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
+                        f"{exc.strerror or exc}") from exc
+    stack.callback(server.close)
+    return metrics
+
+
+def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog) -> Lease | None:
+    """The cluster's apply lock: taken at once, or (--wait-for-lock) once free; None when a signal ended the wait."""
+    holder = Holder.current(options.command)
+    if options.wait_for_lock:
+        stop_waiting = threading.Event()
+        previous = _stop_on_signals(lambda why: stop_waiting.set())
+        try:
+            lease = wait_acquire(target.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
+                                 on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}", waiting=True))
+        finally:
+            _restore_signals(previous)
+        if lease is None:
+            return None
+    else:
+        try:
+            lease = acquire(target.kv, holder=holder, ttl=options.lease_ttl)
+        except LeaseHeld as held:
+            raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
+    events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
+                f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
+    return lease
+
+
+def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controller) -> LeaseKeeper:
+    """Renews the lease, publishes the controller's status with it, and stops the loop when it is lost."""
+    holder = lease.record.holder
+
+    def lost(exc: LeaseLost) -> None:
+        events.emit(Kind.LEASE_LOST, str(exc))
+        loop.stop("lease lost")
+
+    def retaken(fresh: Lease) -> None:
+        events.emit(Kind.LEASE, f"the apply lock ran out while this watcher (or the cluster's GCS) stalled, "
+                    f"and nobody took it: taken again (generation {fresh.generation})",
+                    generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
+
+    return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=controller.status)
 
 
 def _plan(desired: DesiredState, observed: ObservedState) -> Plan:
