@@ -26,6 +26,7 @@ from reconciler.watch.backoff import Backoff
 from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchSettings
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
+from reconciler.watch.gitfollow import GitOptions, GitSpecs
 from reconciler.watch.specload import SpecLoader
 
 EXIT_LEASE_LOST = 4
@@ -47,6 +48,7 @@ class WatchOptions:
     wait_for_lock: bool = False
     max_starting: int = 4  # replicas an apply starts at once on one node
     command: str = "reconciler watch"
+    git: GitOptions | None = None  # follow a branch of a remote repository instead of watching ``directory``
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
     if (options.offline or options.observed is not None) and acting:
         raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
                         "--plan-only")
-    if not options.directory.is_dir():
+    if options.git is None and not options.directory.is_dir():
         raise UserError(f"{options.directory} is not a directory of specs")
     confirm = None
     if acting and not options.yes:
@@ -129,6 +131,8 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                 raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
                                 f"{exc.strerror or exc}") from exc
             stack.callback(server.close)
+        git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
+        watching = git.describe if git is not None else str(options.directory)
         cluster = connect(options)
         stack.callback(cluster.close)
 
@@ -165,13 +169,16 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                             f"and nobody took it: taken again (generation {fresh.generation})",
                             generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
 
-            keeper = LeaseKeeper(lease, on_lost=lost, on_retaken=retaken,
-                                 status=lambda: controller_status[0].status() if controller_status else {})
+            def published() -> dict[str, Any]:
+                return {**(controller_status[0].status() if controller_status else {}),
+                        **(git.status() if git is not None else {})}
+
+            keeper = LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
             events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
                         f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
 
         controller = Controller(
-            load=SpecLoader(options.directory), observe=cluster.observe, plan=_plan,
+            load=git if git is not None else SpecLoader(options.directory), observe=cluster.observe, plan=_plan,
             apply=cluster.apply or _never_apply, events=events,
             settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
         )
@@ -181,19 +188,20 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             controller_status.append(controller)
             keeper.start()
             stack.callback(lambda: keeper.stop(release=True))
-        watcher = SpecWatcher(options.directory, loop.changed)
+        watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
         previous = _stop_on_signals(loop.stop)
         stack.callback(lambda: _restore_signals(previous))
         events.emit(
             Kind.STARTED,
-            f"watching {options.directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
+            f"watching {watching} against {cluster.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
             + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
                if options.metrics_port is not None else ""),
-            directory=str(options.directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
+            directory=None if git is not None else str(options.directory), git=git.status()["git"] if git else None,
+            cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
         if ready is not None:
