@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 from reconciler.adapter.lease import Holder, LeaseHeld, LeaseKeeper, LeaseLost, MemoryKV, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
-from reconciler.metrics import Metrics, MetricsServer
+from reconciler.metrics import Metrics
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
@@ -27,6 +28,7 @@ from reconciler.watch.controller import Apply, Controller, Loop, Observe, WatchS
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
 from reconciler.watch.gitfollow import GitOptions, GitSpecs
+from reconciler.watch.health import Health, HealthServer, Phase, judge
 from reconciler.watch.specload import SpecLoader
 
 EXIT_LEASE_LOST = 4
@@ -124,9 +126,20 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
     with ExitStack() as stack:
         events = _sinks(options, stack)
         metrics = Metrics() if options.metrics_port is not None else None
+        phase: list[Any] = [Phase.STARTING, time.time()]  # what /healthz judges: the phase and since when
+        loop_holder: list[Loop] = []
+        cycles: list[Controller] = []
+
+        def health() -> Health:
+            stopping = bool(loop_holder) and loop_holder[0].stopping
+            last = cycles[0].status().get("time") if cycles else None
+            return judge(phase=Phase.STOPPING if stopping else phase[0], since=phase[1], now=time.time(),
+                         last_cycle=last)
+
         if metrics is not None:
+            assert options.metrics_port is not None
             try:
-                server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
+                server = HealthServer(metrics.registry, health, port=options.metrics_port, host=options.metrics_host)
             except OSError as exc:
                 raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
                                 f"{exc.strerror or exc}") from exc
@@ -137,10 +150,10 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         stack.callback(cluster.close)
 
         keeper: LeaseKeeper | None = None
-        loop_holder: list[Loop] = []
         if acting:
             holder = Holder.current(options.command)
             if options.wait_for_lock:
+                phase[:] = [Phase.STANDBY, time.time()]
                 stop_waiting = threading.Event()
                 previous = _stop_on_signals(lambda why: stop_waiting.set())
                 try:
@@ -184,6 +197,8 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         )
         loop = Loop(controller, settings, probe=cluster.probe)
         loop_holder.append(loop)
+        cycles.append(controller)
+        phase[:] = [Phase.RUNNING, time.time()]
         if keeper is not None:
             controller_status.append(controller)
             keeper.start()
@@ -198,7 +213,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             f"watching {watching} against {cluster.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
-            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics and /healthz"
                if options.metrics_port is not None else ""),
             directory=None if git is not None else str(options.directory), git=git.status()["git"] if git else None,
             cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
