@@ -158,6 +158,11 @@ class GitSpecs:
             self._last_fetch = time.time()
         return moved
 
+    @property
+    def last_fetch(self) -> float | None:
+        """Unix time of the last successful fetch."""
+        return self._last_fetch
+
     def follower(self, on_change: Callable[[int], None]) -> "Follower":
         return Follower(self, on_change)
 
@@ -185,7 +190,9 @@ class Follower:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.specs.remote.timeout + 5)
+        # A fetch in flight is not waited for to its end (a slow remote must not hold up a SIGTERM): the thread is a
+        # daemon and only ever writes the local copy.
+        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.specs.options.poll):
@@ -211,6 +218,6 @@ class _RevisionCollector:
         yield family
         fetched = GaugeMetricFamily("reconciler_git_last_fetch_timestamp_seconds",
                                     "Unix time of the last successful fetch of the followed branch")
-        if self.specs._last_fetch is not None:
-            fetched.add_metric((), self.specs._last_fetch)
+        if self.specs.last_fetch is not None:
+            fetched.add_metric((), self.specs.last_fetch)
         yield fetched

@@ -153,6 +153,7 @@ def test_each_pushed_commit_is_applied_and_a_broken_one_changes_nothing_and_is_n
         assert sample("reconciler_git_revision_info", {"commit": broken, "subject": "typo in replicas",
                                                        "branch": "main", "state": "invalid"}) == 1
         assert sample("reconciler_spec_valid") == 0
+        assert sample("reconciler_git_last_fetch_timestamp_seconds") > 0
 
         # Fixed by the next commit: applied, and nothing is reported broken any more.
         fixed = repo.push("fix the typo", {"specs/models.yaml": models(alpha=1)})
