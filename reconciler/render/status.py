@@ -127,6 +127,13 @@ def lock_lines(record: Any, now: float) -> list[str]:
         return [f"apply lock: free (last {record.describe(now)})"]
     lines = [f"apply lock: {record.describe(now)}"]
     status = record.status
+    revision, broken = status.get("revision"), status.get("brokenRevision")
+    if status.get("git"):
+        git = status["git"]
+        applied = f'{revision["commit"][:7]} "{revision["subject"]}"' if revision else "none yet"
+        lines.append(f"  revision: {applied} of {git['url']} (branch {git['branch']}, {git['path']})")
+    if broken:
+        lines.append(f'  not applied: commit {broken["commit"][:7]} "{broken["subject"]}" has invalid specs')
     if status.get("specValid") is False:
         lines.append("  specs invalid: the watcher keeps enforcing the last good desired state "
                      f"({status.get('desiredFingerprint')})")

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from reconciler.adapter.kv import MemoryKV
 from reconciler.adapter.lease import Holder, Lease, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
-from reconciler.watch.metrics import Metrics, MetricsServer
+from reconciler.watch.metrics import Metrics
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
@@ -30,6 +31,8 @@ from reconciler.settings import DEFAULTS, ApplySettings, WatchSettings
 from reconciler.watch.controller import Controller, Loop
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
+from reconciler.watch.gitfollow import GitOptions, GitSpecs
+from reconciler.watch.health import Health, HealthServer, Phase, judge
 from reconciler.watch.specload import SpecLoader
 from reconciler.watch.target import WatchTarget
 
@@ -52,6 +55,7 @@ class WatchOptions:
     wait_for_lock: bool = False
     apply: ApplySettings = DEFAULTS.apply  # how each apply waits, and how many replicas it starts at once per node
     command: str = "reconciler watch"
+    git: GitOptions | None = None  # follow a branch of a remote repository instead of watching ``directory``
 
 
 def connect(options: WatchOptions) -> WatchTarget:
@@ -103,39 +107,46 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
     confirm = _check(options, acting=acting)
     with ExitStack() as stack:
         events = _sinks(options, stack)
-        metrics = _metrics(options, stack)
+        liveness = Liveness()
+        metrics = _metrics(options, stack, liveness)
+        git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
+        watching = git.describe if git is not None else str(options.directory)
         target = connect(options)
         stack.callback(target.close)
         lease = None
         if acting:
+            if options.wait_for_lock:
+                liveness.enter(Phase.STANDBY)
             lease = _take_lease(options, target, events)
             if lease is None:
                 events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
                 return 0
         controller = Controller(
-            load=SpecLoader(options.directory), observe=target.observe, plan=_plan,
+            load=git if git is not None else SpecLoader(options.directory), observe=target.observe, plan=_plan,
             apply=target.apply or _never_apply, events=events,
             settings=settings, metrics=metrics, backoff=Backoff(), confirm_first=confirm,
         )
         loop = Loop(controller, settings, probe=target.probe)
+        liveness.watch(loop, controller)
         if lease is not None:
-            keeper = _keeper(lease, events=events, loop=loop, controller=controller)
+            keeper = _keeper(lease, events=events, loop=loop, controller=controller, git=git)
             controller.guard = keeper
             keeper.start()
             stack.callback(lambda: keeper.stop(release=True))
-        watcher = SpecWatcher(options.directory, loop.changed)
+        watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
         previous = _stop_on_signals(loop.stop)
         stack.callback(lambda: _restore_signals(previous))
         events.emit(
             Kind.STARTED,
-            f"watching {options.directory} against {target.describe}: drift check every {settings.interval:g} s, "
+            f"watching {watching} against {target.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
-            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics and /healthz"
                if options.metrics_port is not None else ""),
-            directory=str(options.directory), cluster=target.describe, interval=settings.interval, heal=settings.heal,
+            directory=None if git is not None else str(options.directory), git=git.status()["git"] if git else None,
+            cluster=target.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
         if ready is not None:
@@ -154,7 +165,7 @@ def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | N
     if (options.offline or options.observed is not None) and acting:
         raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
                         "--plan-only")
-    if not options.directory.is_dir():
+    if options.git is None and not options.directory.is_dir():
         raise UserError(f"{options.directory} is not a directory of specs")
     if not acting or options.yes:
         return None
@@ -164,12 +175,35 @@ def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | N
     return _confirm_on_terminal
 
 
-def _metrics(options: WatchOptions, stack: ExitStack) -> Metrics | None:
+class Liveness:
+    """What /healthz judges (``health.judge``): this watcher's phase and since when, and its loop's last cycle."""
+
+    def __init__(self) -> None:
+        self.phase, self.since = Phase.STARTING, time.time()
+        self.loop: Loop | None = None
+        self.controller: Controller | None = None
+
+    def enter(self, phase: Phase) -> None:
+        self.phase, self.since = phase, time.time()
+
+    def watch(self, loop: Loop, controller: Controller) -> None:
+        self.loop, self.controller = loop, controller
+        self.enter(Phase.RUNNING)
+
+    def __call__(self) -> Health:
+        stopping = self.loop is not None and self.loop.stopping
+        last = self.controller.status().get("time") if self.controller is not None else None
+        return judge(phase=Phase.STOPPING if stopping else self.phase, since=self.since, now=time.time(),
+                     last_cycle=last)
+
+
+def _metrics(options: WatchOptions, stack: ExitStack, health: Callable[[], Health]) -> Metrics | None:
+    """Prometheus metrics on /metrics and the health check on /healthz, when a port is given."""
     if options.metrics_port is None:
         return None
     metrics = Metrics()
     try:
-        server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
+        server = HealthServer(metrics.registry, health, port=options.metrics_port, host=options.metrics_host)
     except OSError as exc:
         raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
                         f"{exc.strerror or exc}") from exc
@@ -200,8 +234,10 @@ def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog) ->
     return lease
 
 
-def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controller) -> LeaseKeeper:
-    """Renews the lease, publishes the controller's status with it, and stops the loop when it is lost."""
+def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controller,
+            git: GitSpecs | None) -> LeaseKeeper:
+    """Renews the lease, publishes the controller's status (and the git revision) with it, and stops the loop when
+    it is lost."""
     holder = lease.record.holder
 
     def lost(exc: LeaseLost) -> None:
@@ -213,7 +249,10 @@ def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controlle
                     f"and nobody took it: taken again (generation {fresh.generation})",
                     generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
 
-    return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=controller.status)
+    def published() -> dict[str, Any]:
+        return {**controller.status(), **(git.status() if git is not None else {})}
+
+    return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
 
 
 def _plan(desired: DesiredState, observed: ObservedState) -> Plan:

@@ -34,7 +34,9 @@ def _snapshot(example: Path) -> str | None:
     return found[0].relative_to(ROOT).as_posix() if found else None
 
 
-_FOLDERS = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
+# Folders without specs (examples/systemd: a service unit) plan nothing.
+_FOLDERS = sorted(p for p in (ROOT / "examples").iterdir()
+                  if p.is_dir() and ((p / "specs").is_dir() or any(p.glob("*.yaml"))))
 SPECS = {p.name: _spec_dir(p) for p in _FOLDERS}
 OBSERVED = {p.name: snapshot for p in _FOLDERS if (snapshot := _snapshot(p)) is not None}
 EXAMPLES = sorted(SPECS)
