@@ -87,15 +87,7 @@ class Executor:
 
         switch = steps.phase_switch(plan, tgt, start, running)
         self._run(switch, details, foreign, start.apps, results, what={n: f"stop {n}" for n in switch.wait_gone})
-        failed_replacements = {
-            tgt.old_app[i]: tgt.new_app[i]
-            for i, a in enumerate(plan.actions)
-            if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)
-            and a.make_before_break
-            and i in tgt.old_app
-            and tgt.new_app.get(i) not in running
-            and tgt.old_app[i] != tgt.new_app.get(i)  # restarted in place: the old one was deleted first
-        }
+        failed_replacements = steps.failed_replacements(plan, tgt, running)
 
         create = steps.phase_create(plan, tgt, switch, failed_replacements)
         self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))

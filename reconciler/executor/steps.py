@@ -177,6 +177,19 @@ def phase_switch(plan: Plan, tgt: Target, before: Phase, running: set[str]) -> P
     return Phase(name="switch", apps=apps, wait_gone=sorted(dropping), actions=updates)
 
 
+def failed_replacements(plan: Plan, tgt: Target, running: set[str]) -> dict[str, str]:
+    """Old application -> its make-before-break successor that did not come up: the old one keeps serving."""
+    return {
+        tgt.old_app[i]: tgt.new_app[i]
+        for i, a in enumerate(plan.actions)
+        if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)
+        and a.make_before_break
+        and i in tgt.old_app
+        and tgt.new_app.get(i) not in running
+        and tgt.old_app[i] != tgt.new_app.get(i)  # restarted in place: the old one was deleted first
+    }
+
+
 def phase_create(plan: Plan, tgt: Target, before: Phase, failed_replacements: dict[str, str]) -> Phase:
     """Everything of the end state; old replicas whose replacement failed stay and keep serving."""
     creating = sorted(

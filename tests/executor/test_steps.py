@@ -106,6 +106,8 @@ def test_make_before_break_keeps_the_old_replica_until_the_new_one_runs():
     assert router["deployments"][0]["user_config"]["backends"] == [new]
     # The new one failed: the old one stays, and stays in the router.
     kept = steps.phase_switch(plan, tgt, start, running=set())
+    assert steps.failed_replacements(plan, tgt, running=set()) == {old: new}
+    assert steps.failed_replacements(plan, tgt, running={new}) == {}
     final = steps.phase_create(plan, tgt, kept, {old: new})
     assert old in final.apps
     assert old in final.apps[naming.router_app("m")]["deployments"][0]["user_config"]["backends"]
