@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from reconciler.quantity import format_bytes
+
 PLAN_FORMAT = "reconciler/plan-v1"
 
 
@@ -114,6 +116,29 @@ class GpuView:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolQuality:
+    """How good one pool's placement is: proven optimal for the planner's objective, or how far it may be from a
+    bound no placement can beat (placed VRAM summed over the priority levels, GPUs in use for binpack, running
+    replicas kept where they run)."""
+
+    pool: str
+    proven_optimal: bool
+    gap_bytes: int = 0
+    gap_gpus: int = 0
+    gap_stays: int = 0
+
+    @property
+    def summary(self) -> str:
+        if self.proven_optimal:
+            return "proven optimal"
+        gpus = f"{self.gap_gpus} GPU{'' if self.gap_gpus == 1 else 's'}"
+        text = f"within {format_bytes(self.gap_bytes)} / {gpus} of the bound"
+        if self.gap_stays:
+            text += f", {self.gap_stays} running replica{'' if self.gap_stays == 1 else 's'} that might stay"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     actions: tuple[Action, ...]  # in apply order
     placement: tuple[PlacedReplica, ...]  # the full desired end state, sorted by (model, replica)
@@ -121,6 +146,7 @@ class Plan:
     gpus: tuple[GpuView, ...]  # sorted by (pool, node, index)
     fingerprint: str  # ObservedState.fingerprint of the state the plan was computed from
     desired_fingerprint: str  # DesiredState.fingerprint of the specs it was computed from
+    quality: tuple[PoolQuality, ...] = ()  # one per pool, sorted by pool
 
     @property
     def empty(self) -> bool:
@@ -182,6 +208,17 @@ def to_json(plan: Plan) -> dict[str, Any]:
             }
             for g in plan.gpus
         ],
+        "quality": [
+            {
+                "pool": q.pool,
+                "provenOptimal": q.proven_optimal,
+                "gapBytes": q.gap_bytes,
+                "gapGpus": q.gap_gpus,
+                "gapStays": q.gap_stays,
+                "summary": q.summary,
+            }
+            for q in plan.quality
+        ],
     }
 
 
@@ -228,4 +265,8 @@ def from_json(data: dict[str, Any]) -> Plan:
         ),
         fingerprint=data["fingerprint"],
         desired_fingerprint=data.get("desiredFingerprint", ""),
+        quality=tuple(
+            PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])
+            for q in data.get("quality", [])
+        ),
     )

@@ -8,6 +8,12 @@
    lower-priority preemptible replicas (when its class preempts). Elastic items only take free room.
 3. Evicted running replicas get another chance at their own level: free room elsewhere takes them (the plan shows a
    move); they never evict or move others themselves.
+4. Settling: once every level is done, each replica still left out takes free room if there is any, where it ran
+   first. An eviction late in a level can leave room that a replica evicted earlier in that level fits in; without
+   this pass the plan would evict a replica that fits.
+
+Evictions weigh what they cost with the objective's order: any VRAM of a higher level outweighs all of a lower one,
+so three replicas of priority 0 go before one of priority 50.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from itertools import combinations
 from reconciler.packer.problem import Problem
 from reconciler.packer.state import State
 
-_EVICT_CANDIDATES = 12  # per GPU; beyond this, only the largest are considered (keeps the search bounded)
+_EVICT_CANDIDATES = 12  # per GPU; beyond this, only the lowest levels are considered (keeps the search bounded)
+_EVICT_COMBINATIONS = 1_000  # victim sets tried per GPU, fewest victims first
 
 
 def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
@@ -38,7 +45,31 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
     search = _Search(state, problem, repair_budget)
     pending = [i for i, it in enumerate(items) if it.current is None] + sorted(displaced)
     search.run_levels(pending)
+    settle(state)
     return state
+
+
+def settle(state: State) -> None:
+    """Give every replica left out a place in free room, in the objective's order, where it ran if it still fits
+    there. Placing in free room takes nothing from anyone, so one pass in level order is enough."""
+    items = state.items
+    left = sorted(
+        (i for i, bins in enumerate(state.where) if bins is None),
+        key=lambda i: (items[i].level, items[i].replica if items[i].elastic else 0, -items[i].size, items[i].key),
+    )
+    full: set[str] = set()
+    for i in left:
+        item = items[i]
+        if item.elastic and item.model in full:
+            continue
+        if item.current is not None and state.fits(item, item.current):
+            state.place(i, item.current)
+            continue
+        bins = state.find(item)
+        if bins is not None:
+            state.place(i, bins)
+        elif item.elastic:
+            full.add(item.model)
 
 
 class _Search:
@@ -179,17 +210,31 @@ class _Search:
         ]
         if sum(self.items[j].vram for j in candidates) < short:
             return None
-        candidates.sort(key=lambda j: (-self.items[j].vram, self.items[j].priority, self.items[j].key))
+        candidates.sort(key=lambda j: (self.items[j].priority, not self.items[j].elastic, -self.items[j].vram,
+                                       self.items[j].key))
         candidates = candidates[:_EVICT_CANDIDATES]
+        best, tried = None, 0
         for r in range(1, len(candidates) + 1):
-            feasible = [c for c in combinations(candidates, r) if sum(self.items[j].vram for j in c) >= short]
-            if feasible:
-                return min(feasible, key=lambda c: _cost(self.items, c))
-        return None
+            for c in combinations(candidates, r):
+                tried += 1
+                if sum(self.items[j].vram for j in c) >= short:
+                    cost = _cost(self.items, c)
+                    if best is None or cost < best[0]:
+                        best = (cost, c)
+            if tried >= _EVICT_COMBINATIONS:
+                break
+        return None if best is None else best[1]
 
 
 def _cost(items, victims) -> tuple:
+    """Lower is better: VRAM lost per level from the highest level down (the objective's order), then the number of
+    replicas disturbed."""
+    lost: dict[tuple[int, bool], int] = {}
+    for j in victims:
+        key = (items[j].priority, not items[j].elastic)
+        lost[key] = lost.get(key, 0) + items[j].size
     return (
+        tuple(sorted(lost.items(), reverse=True)),
         len(victims),
         sum(items[j].vram * items[j].gpus for j in victims),
         tuple(sorted((items[j].priority for j in victims), reverse=True)),

@@ -10,6 +10,11 @@ from reconciler.plan import Location
 from reconciler.quantity import format_bytes
 
 
+# Appended when the packer could not prove that no placement holds every replica (a pool too large to search
+# exactly): the plan then does not claim the replica cannot be placed, only that this plan does not place it.
+UNPROVEN = "; not proven impossible: the search found no room for it within its budget"
+
+
 def needs(item: Item) -> str:
     if item.gpus == 1:
         return f"needs {format_bytes(item.vram)} on one GPU"
