@@ -22,6 +22,9 @@ from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
 
 
+_SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units keep their nominal value
+
+
 @dataclass(frozen=True, slots=True)
 class ExactResult:
     assignment: tuple[tuple[int, ...] | None, ...]
@@ -39,7 +42,14 @@ def levels_of(problem: Problem, assignment: Assignment) -> tuple[int, ...]:
 
 
 class _Model:
-    """The CP-SAT model of one problem; `x[(i, b)]` is true when item i uses bin b."""
+    """The CP-SAT model of one problem.
+
+    Running replicas are variables of their own (`x[(i, b)]`: item i uses bin b), since where each one ends matters
+    for stability. The new replicas of one model are interchangeable, so they are counted, not named: `n[(g, b)]`
+    of group g on bin b (and `c[(g, node)]` gangs on a node for tensor parallelism). This removes the symmetric
+    twins that make a per-replica model slow to prove. A node's per-GPU counts, each at most its gang count and
+    summing to gpus x gangs, always split into that many gangs of distinct GPUs, so counting loses nothing.
+    """
 
     def __init__(self, problem: Problem, forced: Collection[int]) -> None:
         self.problem = problem
@@ -47,69 +57,123 @@ class _Model:
         # VRAM in units of the sizes' common divisor: the same constraints with smaller coefficients.
         self.unit = unit = reduce(math.gcd, (item.vram for item in items), 0) or 1
         m = self.model = cp_model.CpModel()
-        nodes: dict[str, list[int]] = {}
+        self.nodes: dict[str, list[int]] = {}
         for b, gpu in enumerate(bins):
-            nodes.setdefault(gpu.node, []).append(b)
+            self.nodes.setdefault(gpu.node, []).append(b)
         self.x: dict[tuple[int, int], cp_model.IntVar] = {}
-        on_bin: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in bins]
-        on_node: dict[tuple[int, str], cp_model.IntVar] = {}
-        self.placed: list = []
+        self.n: dict[tuple[int, int], cp_model.IntVar] = {}  # (group, bin) -> replicas of the group there
+        self.c: dict[tuple[int, str], cp_model.IntVar] = {}  # (group, node) -> gangs of the group there
+        # Per bin: (vram, count or 0/1 variable, owner) where owner is ("item", i) or ("group", g).
+        on_bin: list[list[tuple[int, object, tuple[str, int]]]] = [[] for _ in bins]
+        node_use: dict[tuple[str, str], list] = {}  # (model, node) -> replicas of the model on the node
+        self.placed_terms: list[tuple[tuple[int, bool], int, object]] = []  # (level, size, count or 0/1)
+        self.groups: list[list[int]] = []
+        grouped: dict[str, int] = {}
+        individual = []
         for i, item in enumerate(items):
+            if item.current is None:
+                if item.model not in grouped:
+                    grouped[item.model] = len(self.groups)
+                    self.groups.append([])
+                self.groups[grouped[item.model]].append(i)
+            else:
+                individual.append(i)
+        self.placed: dict[int, object] = {}
+        self.top: dict[int, int] = {}  # upper bounds of the count variables, by id
+        for i in individual:
+            item = items[i]
             choices = []
-            for node, members in sorted(nodes.items()):
+            for node, members in sorted(self.nodes.items()):
                 eligible = [b for b in members if bins[b].capacity >= item.vram]
                 if len(eligible) < item.gpus:
                     continue
-                if item.gpus == 1:
-                    for b in eligible:
-                        v = self.x[(i, b)] = m.new_bool_var(f"x{i}_{b}")
-                        on_bin[b].append((i, v))
-                        choices.append(v)
-                    if item.spread == Spread.NODE:
-                        y = m.new_bool_var(f"y{i}_{node}")
-                        m.add(sum(self.x[(i, b)] for b in eligible) == y)
-                        on_node[(i, node)] = y
-                    continue
-                y = m.new_bool_var(f"y{i}_{node}")
+                vs = []
                 for b in eligible:
                     v = self.x[(i, b)] = m.new_bool_var(f"x{i}_{b}")
-                    on_bin[b].append((i, v))
-                m.add(sum(self.x[(i, b)] for b in eligible) == item.gpus * y)
-                on_node[(i, node)] = y
-                choices.append(y)
+                    on_bin[b].append((item.vram, v, ("item", i)))
+                    vs.append(v)
+                if item.gpus == 1:
+                    choices += vs
+                    node_use.setdefault((item.model, node), []).extend(vs)
+                else:
+                    y = m.new_bool_var(f"y{i}_{node}")
+                    m.add(sum(vs) == item.gpus * y)
+                    choices.append(y)
+                    node_use.setdefault((item.model, node), []).append(y)
             p = m.new_bool_var(f"p{i}")
             m.add(sum(choices) == p)
-            self.placed.append(p)
+            self.placed[i] = p
+            self.placed_terms.append((item.level, item.size, p))
+        for g, members in enumerate(self.groups):
+            item = items[members[0]]
+            count = len(members)
+            total = []
+            for node, node_bins in sorted(self.nodes.items()):
+                eligible = [b for b in node_bins if bins[b].capacity >= item.vram]
+                if len(eligible) < item.gpus:
+                    continue
+                per_bin = []
+                for b in eligible:
+                    top = min(count, bins[b].capacity // item.vram)
+                    if item.spread == Spread.GPU:
+                        top = min(top, 1)
+                    v = self.n[(g, b)] = m.new_int_var(0, top, f"n{g}_{b}")
+                    self.top[id(v)] = top
+                    on_bin[b].append((item.vram, v, ("group", g)))
+                    per_bin.append(v)
+                if item.gpus == 1:
+                    total += per_bin
+                    node_use.setdefault((item.model, node), []).extend(per_bin)
+                    continue
+                gangs = self.c[(g, node)] = m.new_int_var(0, count, f"c{g}_{node}")
+                m.add(sum(per_bin) == item.gpus * gangs)
+                for v in per_bin:
+                    m.add(v <= gangs)
+                total.append(gangs)
+                node_use.setdefault((item.model, node), []).append(gangs)
+            placed = m.new_int_var(0, count, f"P{g}")
+            m.add(sum(total) == placed)
+            self.placed_terms.append((item.level, item.size, placed))
+        self.used: dict[int, cp_model.IntVar] = {}
+        binpack = problem.policy == Placement.BINPACK
         for b, gpu in enumerate(bins):
-            room = gpu.capacity // unit
-            if on_bin[b] and sum(items[i].vram // unit for i, _ in on_bin[b]) > room:
-                m.add(sum(items[i].vram // unit * v for i, v in on_bin[b]) <= room)
+            terms = on_bin[b]
+            if not terms:
+                continue
+            sizes = [vram // unit for vram, v, _ in terms for _ in range(self.top.get(id(v), 1))]
+            room = _reachable_load(sizes, gpu.capacity // unit)
+            load = sum(vram // unit * v for vram, v, _ in terms)
+            if binpack:
+                # A GPU is in use when anything is on it: its load times the flag bounds both (a tighter bound on
+                # GPUs than one implication per replica).
+                u = self.used[b] = m.new_bool_var(f"u{b}")
+                m.add(load <= room * u)
+                for _, v, _ in terms:
+                    m.add(v <= self.top.get(id(v), 1) * u)
+            elif sum(sizes) > room:
+                m.add(load <= room)
         self.on_bin = on_bin
-        by_model: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            by_model.setdefault(item.model, []).append(i)
-        for members in by_model.values():
-            spread = items[members[0]].spread
-            if spread == Spread.GPU:
-                for b in range(len(bins)):
-                    vs = [self.x[(i, b)] for i in members if (i, b) in self.x]
-                    if len(vs) > 1:
-                        m.add(sum(vs) <= 1)
-            elif spread == Spread.NODE:
-                for node in nodes:
-                    vs = [on_node[(i, node)] for i in members if (i, node) in on_node]
-                    if len(vs) > 1:
-                        m.add(sum(vs) <= 1)
-            # New replicas of one model are interchangeable: lower indices first (no symmetric twins to explore,
-            # and `replicas: max` stays dense).
-            new = [i for i in members if items[i].current is None]
-            for a, b in zip(new, new[1:]):
-                m.add(self.placed[a] >= self.placed[b])
-        self.stay: dict[int, cp_model.IntVar] = {}
+        spread = {item.model: item.spread for item in items}
+        for b in range(len(bins)):
+            by_model: dict[str, list] = {}
+            for _, v, (kind, k) in on_bin[b]:
+                name = items[k].model if kind == "item" else items[self.groups[k][0]].model
+                by_model.setdefault(name, []).append(v)
+            for name, vs in by_model.items():
+                if spread[name] == Spread.GPU and len(vs) > 1:
+                    m.add(sum(vs) <= 1)
+        for (name, _node), vs in node_use.items():
+            if spread[name] == Spread.NODE:
+                m.add(sum(vs) <= 1)
+        self.stay: dict[int, object] = {}
         counted = []
-        for i, item in enumerate(items):
+        for i in individual:
+            item = items[i]
             cur = item.current
-            if cur is None or any((i, b) not in self.x for b in cur) or len(set(cur)) != item.gpus:
+            assert cur is not None
+            if any((i, b) not in self.x for b in cur) or len(set(cur)) != item.gpus:
+                continue
+            if len({bins[b].node for b in cur}) != 1:
                 continue
             if item.gpus == 1:
                 stay = self.x[(i, cur[0])]
@@ -121,32 +185,75 @@ class _Model:
             self.stay[i] = stay
             if i in forced:
                 continue
-            came = [(j, v) for b in cur for j, v in on_bin[b] if j != i and b not in (items[j].current or ())]
-            pre_terms = [v for j, v in came if may_preempt(items[j], item)]
-            move_terms = [v for j, v in came if may_move(items[j], item)]
+            came = []
+            for b in cur:
+                for _, v, (kind, k) in on_bin[b]:
+                    if kind == "group":
+                        came.append((items[self.groups[k][0]], v))
+                    elif k != i and b not in (items[k].current or ()):
+                        came.append((items[k], v))
+            pre_terms = [v for other, v in came if may_preempt(other, item)]
+            move_terms = [v for other, v in came if may_move(other, item)]
             pre = m.new_bool_var(f"pre{i}") if pre_terms else 0
             if pre_terms:
                 m.add(pre <= sum(pre_terms))
             moved = self.placed[i] - stay
             m.add(self.placed[i] + pre >= 1)  # evicted only when preempted
             m.add(moved <= pre + sum(move_terms))  # moved only to make room for a newcomer
-            c = m.new_bool_var(f"c{i}")
-            m.add(c >= moved - pre)
-            counted.append(c)
+            counted_move = m.new_bool_var(f"c{i}")
+            m.add(counted_move >= moved - pre)
+            counted.append(counted_move)
         if counted:
             m.add(sum(counted) <= problem.max_moves)
 
     def hint(self, assignment: Assignment) -> None:
-        self.model.clear_hints()
+        model = self.model
+        model.clear_hints()
         for (i, b), v in self.x.items():
-            self.model.add_hint(v, int(bool(assignment[i]) and b in assignment[i]))
+            model.add_hint(v, int(bool(assignment[i]) and b in assignment[i]))
+        for (g, b), v in self.n.items():
+            model.add_hint(v, sum(1 for i in self.groups[g] if assignment[i] and b in assignment[i]))
+        for (g, node), v in self.c.items():
+            nodes_bins = set(self.nodes[node])
+            model.add_hint(v, sum(1 for i in self.groups[g] if assignment[i] and assignment[i][0] in nodes_bins))
 
     def read(self, solver: cp_model.CpSolver) -> tuple[tuple[int, ...] | None, ...]:
-        chosen: list[list[int]] = [[] for _ in self.problem.items]
-        for (i, b), v in self.x.items():
-            if solver.value(v):
-                chosen[i].append(b)
-        return tuple(tuple(sorted(c)) or None for c in chosen)
+        items = self.problem.items
+        chosen: list[tuple[int, ...] | None] = [None] * len(items)
+        for i in self.placed:
+            where = tuple(b for b in range(len(self.problem.bins)) if (i, b) in self.x and solver.value(self.x[(i, b)]))
+            chosen[i] = where or None
+        for g, members in enumerate(self.groups):
+            item = items[members[0]]
+            slots: list[tuple[int, ...]] = []
+            for node, node_bins in sorted(self.nodes.items()):
+                counts = [(b, solver.value(self.n[(g, b)])) for b in node_bins if (g, b) in self.n]
+                if item.gpus == 1:
+                    slots += [(b,) for b, k in counts for _ in range(k)]
+                    continue
+                gangs = solver.value(self.c[(g, node)]) if (g, node) in self.c else 0
+                # Each GPU's uses are consecutive and at most `gangs` long, so taking every gangs-th use gives
+                # every gang distinct GPUs.
+                uses = [b for b, k in counts for _ in range(k)]
+                slots += [tuple(sorted(uses[k :: gangs])) for k in range(gangs)]
+            slots.sort()
+            for i, where in zip(members, slots):
+                chosen[i] = where
+        return tuple(chosen)
+
+
+def _reachable_load(sizes: list[int], capacity: int) -> int:
+    """The largest load at most `capacity` that some subset of `sizes` sums to: no GPU can hold more, and using it
+    as the capacity tightens the model's bound (subset sums by a bitset, when the capacity is small enough)."""
+    if sum(sizes) <= capacity:
+        return sum(sizes)
+    if capacity > _SUBSET_SUM_LIMIT:
+        return capacity
+    mask = (1 << (capacity + 1)) - 1
+    reachable = 1
+    for size in sizes:
+        reachable = (reachable | (reachable << size)) & mask
+    return reachable.bit_length() - 1
 
 
 def solve_exact(
@@ -168,24 +275,19 @@ def solve_exact(
         built.hint(hint)
     stages: list[tuple[str, object]] = []
     for key in level_keys(problem):
-        stages.append(("level", sum(item.size // built.unit * built.placed[i] for i, item in enumerate(items) if item.level == key)))
+        terms = [size // built.unit * v for level, size, v in built.placed_terms if level == key]
+        stages.append(("level", sum(terms)))
     if built.stay:
         stages.append(("stays", sum(built.stay.values())))
     if problem.policy == Placement.BINPACK:
-        used = []
-        for b, members in enumerate(built.on_bin):
-            if members:
-                u = model.new_bool_var(f"u{b}")
-                for _, v in members:
-                    model.add_implication(v, u)
-                used.append(u)
-        stages.append(("gpus", -sum(used) if used else 0))
+        stages.append(("gpus", -sum(built.used.values()) if built.used else 0))
     else:
         top = model.new_int_var(0, PER_MILLE, "fullest")
         for b, members in enumerate(built.on_bin):
             cap = problem.bins[b].capacity
             if members and cap > 0:
-                model.add(PER_MILLE * sum(items[i].vram // built.unit * v for i, v in members) * built.unit <= top * cap)
+                load = sum(vram // built.unit * v for vram, v, _ in members)
+                model.add(PER_MILLE * built.unit * load <= top * cap)
         stages.append(("fill", -top))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1

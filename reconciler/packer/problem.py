@@ -58,7 +58,7 @@ class Problem:
 class PackSettings:
     """Tunables of the solver. Budgets are deterministic work, never wall time, so a plan is reproducible."""
 
-    exact_time: float = 1.0  # CP-SAT deterministic seconds (its own measure of work) for all stages of one pool
+    exact_time: float = 2.0  # CP-SAT deterministic seconds (its own measure of work) for all stages of one pool
     exact_max_items: int = 150  # pools up to this many replicas and GPUs are solved exactly; larger ones are
     exact_max_bins: int = 16  # improved exactly in a window of this size when the heuristic leaves replicas out
     arcflow_node_budget: int = 2_000  # HiGHS branch-and-bound nodes for the arc-flow MILP; 0 turns arc-flow off
