@@ -7,6 +7,7 @@ Every instance goes through the real planner: specs (a DesiredState) planned aga
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -115,14 +116,14 @@ def ray_fractional(capacities_by_node: list[list[int]], sizes, reference: int) -
 # -- published instances -------------------------------------------------------------------------------------------
 def published(settings: PlanSettings, quick: bool) -> bool:
     print("Published instances (one pool of identical GPUs, one single-replica model per item), planned by plan():")
-    print(f"{'set':<22} {'optimum':>9} {'max+':>5} {'mean s':>7} {'max s':>6}   {'FFD opt':>8} {'FFD max+':>8}"
-          f"   {'Ray opt':>8} {'Ray OOM':>8}")
+    print(f"{'set':<22} {'optimum':>9} {'max+':>5} {'proven':>7} {'bound+':>6} {'mean s':>7} {'max s':>6}"
+          f"   {'FFD opt':>8} {'FFD max+':>8}   {'Ray opt':>8} {'Ray OOM':>8}")
     total_hits = total = total_worst = 0
     for filename in SETS:
         instances = read_orlib(HERE / "binpack" / filename)
         if quick:
             instances = instances[:3]
-        hits = worst = ffd_hits = ffd_worst = ray_hits = ray_oom = 0
+        hits = worst = ffd_hits = ffd_worst = ray_hits = ray_oom = proven = reported = 0
         times = []
         for inst in instances:
             ffd = first_fit_decreasing(inst.capacity, inst.sizes)
@@ -137,6 +138,9 @@ def published(settings: PlanSettings, quick: bool) -> bool:
             times.append(time.perf_counter() - start)
             assert not result.unplaced, inst.name
             used = len({(p.node, g) for p in result.placement for g in p.gpus})
+            (quality,) = result.quality
+            proven += quality.proven_optimal
+            reported = max(reported, quality.gap_gpus)  # what the plan says it may be above its bound
             hits += used == inst.optimum
             worst = max(worst, used - inst.optimum)
             ffd_hits += ffd == inst.optimum
@@ -148,7 +152,8 @@ def published(settings: PlanSettings, quick: bool) -> bool:
         total_hits += hits
         total += len(instances)
         total_worst = max(total_worst, worst)
-        print(f"{filename:<22} {hits:>4}/{len(instances):<4} {worst:>5} {statistics.mean(times):>7.2f} {max(times):>6.2f}"
+        print(f"{filename:<22} {hits:>4}/{len(instances):<4} {worst:>5} {proven:>3}/{len(instances):<3} {reported:>6}"
+              f" {statistics.mean(times):>7.2f} {max(times):>6.2f}"
               f"   {ffd_hits:>4}/{len(instances):<3} {ffd_worst:>8}   {ray_hits:>4}/{len(instances):<3} {ray_oom:>8}")
     rate = total_hits / total
     print(f"{'all':<22} {total_hits:>4}/{total:<4} {total_worst:>5}   optimum reached on {rate:.0%}, at most "
@@ -197,6 +202,33 @@ def speed(settings: PlanSettings) -> bool:
         ok = ok and best < target
         print(f"  {label:<36} {best * 1000:8.1f} ms (best of 3; target < {target * 1000:.0f} ms)   "
               f"placed {len(result.placement)}, unplaced {len(result.unplaced)}, GPUs in use {used}")
+    return ok
+
+
+def fleet(sizes: tuple[int, ...]) -> bool:
+    """One plan() per size on `heterogeneous_pool` (80 GiB GPUs, seed 7, a GPU per ten replicas, a model per 25):
+    wall and CPU seconds, the growth exponent between sizes, and the GPUs in use against the lower bound the plan
+    reports."""
+    print("\nFleet scale (plan() of heterogeneous_pool, 80 GiB GPUs, seed 7, one call):")
+    print(f"{'replicas':>9} {'GPUs':>6} {'wall s':>7} {'CPU s':>6} {'growth':>7} {'in use':>7} {'bound':>6} {'gap':>4}"
+          f"  quality")
+    ok, previous = True, None
+    for replicas in sizes:
+        gpus = replicas // 10
+        desired = heterogeneous_pool(random.Random(7), replicas=replicas, nodes=nodes_of(gpus, 80 * GiB),
+                                     models=replicas // 25, vrams=[2 * GiB, 3 * GiB, 4 * GiB, 6 * GiB, 10 * GiB])
+        observed = from_inventory(desired)
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = plan(desired, observed, PlanSettings())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        used = len({(p.node, g) for p in result.placement for g in p.gpus})
+        (quality,) = result.quality
+        growth = "" if previous is None else f"n^{math.log(cpu / previous[1]) / math.log(replicas / previous[0]):.2f}"
+        previous = (replicas, cpu)
+        print(f"{replicas:>9,} {gpus:>6,} {wall:>7.2f} {cpu:>6.2f} {growth:>7} {used:>7,} {used - quality.gap_gpus:>6,}"
+              f" {quality.gap_gpus:>4}  {quality.summary}")
+        target = {10_000: 0.5, 100_000: 5.0}.get(replicas)
+        ok = ok and (target is None or cpu < target)
     return ok
 
 
@@ -325,11 +357,21 @@ def _ratio(mine: Score, best: Score) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three instances per published set, fewer random ones")
+    parser.add_argument("--only", choices=("published", "speed", "fleet", "heterogeneous", "realistic"),
+                        help="run one part")
     args = parser.parse_args()
     settings = PlanSettings()
-    ok = published(settings, args.quick)
-    ok = speed(settings) and ok
-    ok = heterogeneous(settings, 10 if args.quick else 50) and ok
+    parts = {
+        "published": lambda: published(settings, args.quick),
+        "speed": lambda: speed(settings),
+        "fleet": lambda: fleet((10_000, 50_000) if args.quick else (10_000, 50_000, 100_000)),
+        "heterogeneous": lambda: heterogeneous(settings, 10 if args.quick else 50),
+        "realistic": lambda: realistic(settings, 8 if args.quick else 24, 60.0),
+    }
+    ok = True
+    for name, part in parts.items():
+        if args.only in (None, name):
+            ok = part() and ok
     return 0 if ok else 1
 
 

@@ -60,7 +60,9 @@ class PackSettings:
 
     exact_time: float = 2.0  # CP-SAT deterministic seconds (its own measure of work) for all stages of one pool
     exact_max_items: int = 150  # pools up to this many replicas and GPUs are solved exactly; larger ones are
-    exact_max_bins: int = 16  # improved exactly in a window of this size when the heuristic leaves replicas out
+    exact_max_bins: int = 16  # improved exactly in a window when the heuristic leaves replicas out
+    window_max_items: int = 300  # the window: whole nodes with the most free room, up to this many replicas
+    window_max_bins: int = 32  # and GPUs
     arcflow_node_budget: int = 2_000  # HiGHS branch-and-bound nodes for the arc-flow MILP; 0 turns arc-flow off
     arcflow_max_items: int = 2_000  # above this many replicas in a pool, no arc-flow (speed)
     arcflow_max_nodes: int = 5_000  # graph limits: larger graphs (fine-grained sizes) are left to the search

@@ -36,7 +36,7 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
     room = {node: sum(bins[b].capacity - load[b] for b in members) for node, members in by_node.items()}
     chosen: list[int] = []
     for node in sorted(by_node, key=lambda n: (-room[n], n)):
-        if chosen and len(chosen) + len(by_node[node]) > settings.exact_max_bins:
+        if chosen and len(chosen) + len(by_node[node]) > settings.window_max_bins:
             break
         chosen.extend(by_node[node])
     inside = set(chosen)
@@ -50,7 +50,7 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
         ),
         key=lambda i: (items[i].level, items[i].replica if items[i].elastic else 0, -items[i].size, items[i].key),
     )
-    room_for = max(0, settings.exact_max_items - len(members))
+    room_for = max(0, settings.window_max_items - len(members))
     picked = sorted(members + left_out[:room_for])
     local = {b: k for k, b in enumerate(sorted(inside))}
     outside_moves = sum(

@@ -233,3 +233,31 @@ def test_evicted_replica_restarts_in_free_room_elsewhere() -> None:
     )
     assignment = pack(Problem(bins, items, max_moves=0)).assignment
     assert assignment[0] is not None and None not in assignment
+
+
+def perfect_fit(nodes: int, *, extra: int = 0) -> Problem:
+    """Every GPU holds exactly one 5, one 3 and one 2; best-fit decreasing pairs the 5s, stacks three 3s, and runs
+    out of GPUs. Too many GPUs for the pool-wide exact model."""
+    bins = tuple(Bin(f"n{n}", g, 10) for n in range(nodes) for g in range(6))
+    count = len(bins)
+    items = [Item(name, r, size) for name, size in (("a", 5), ("b", 3), ("c", 2)) for r in range(count)]
+    items += [Item("d", r, 1) for r in range(extra)]
+    return Problem(bins, tuple(items))
+
+
+def test_left_out_replicas_are_placed_when_a_full_placement_exists() -> None:
+    problem = perfect_fit(3)
+    assert len(problem.bins) > PackSettings().exact_max_bins
+    assert not all(construct(problem).assignment()), "the heuristic alone leaves replicas out"
+    solution = pack(problem)
+    check_feasible(problem, solution.assignment)
+    assert all(solution.assignment)
+    assert solution.quality.unplaced_proven and solution.proven_optimal
+
+
+def test_left_out_replicas_are_proven_unplaceable_before_the_plan_says_so() -> None:
+    problem = perfect_fit(3, extra=1)  # one more byte than the pool holds
+    solution = pack(problem)
+    check_feasible(problem, solution.assignment)
+    assert sum(1 for bins in solution.assignment if bins is None) == 1
+    assert solution.quality.unplaced_proven
