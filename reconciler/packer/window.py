@@ -34,12 +34,23 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
     for b, gpu in enumerate(bins):
         by_node.setdefault(gpu.node, []).append(b)
     room = {node: sum(bins[b].capacity - load[b] for b in members) for node, members in by_node.items()}
+    # A node is only taken whole and closed: no running replica moved onto it from elsewhere or off it to elsewhere,
+    # so the rules for every replica (why it moved, why it was evicted) stay inside the window or outside it.
+    crossing = set()
+    for i, item in enumerate(items):
+        where = assignment[i]
+        if item.current is not None and i not in forced and where is not None and where != item.current:
+            here, there = bins[item.current[0]].node, bins[where[0]].node
+            if here != there:
+                crossing.update((here, there))
     chosen: list[int] = []
-    for node in sorted(by_node, key=lambda n: (-room[n], n)):
+    for node in sorted((n for n in by_node if n not in crossing), key=lambda n: (-room[n], n)):
         if chosen and len(chosen) + len(by_node[node]) > settings.window_max_bins:
             break
         chosen.extend(by_node[node])
     inside = set(chosen)
+    if not inside:
+        return Completion(tuple(assignment), False, False)
     members = [i for i, where in enumerate(assignment) if where and where[0] in inside]
     left_out = sorted(
         (
@@ -50,8 +61,11 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
         ),
         key=lambda i: (items[i].level, items[i].replica if items[i].elastic else 0, -items[i].size, items[i].key),
     )
-    room_for = max(0, settings.window_max_items - len(members))
-    picked = sorted(members + left_out[:room_for])
+    # Replicas evicted from the window's GPUs must take part: the window decides again whether they are preempted.
+    evicted = [i for i in left_out if items[i].current is not None and items[i].current[0] in inside]
+    others = [i for i in left_out if i not in set(evicted)]
+    room_for = max(0, settings.window_max_items - len(members) - len(evicted))
+    picked = sorted(members + evicted + others[:room_for])
     local = {b: k for k, b in enumerate(sorted(inside))}
     outside_moves = sum(
         1

@@ -261,3 +261,16 @@ def test_left_out_replicas_are_proven_unplaceable_before_the_plan_says_so() -> N
     check_feasible(problem, solution.assignment)
     assert sum(1 for bins in solution.assignment if bins is None) == 1
     assert solution.quality.unplaced_proven
+
+
+# Pools treated as large: the exact model only ever sees a window of two nodes.
+WINDOW = PackSettings(exact_time=0.5, exact_max_bins=2, exact_max_items=3, window_max_bins=4, window_max_items=8,
+                      improve_steps=2_000)
+
+
+@settings(max_examples=150, **CI)
+@given(problems(running=True, nodes=4, gpus=2, models=5, replicas=3))
+def test_the_window_keeps_the_rules_and_never_loses_ground(problem: Problem) -> None:
+    solution = pack(problem, WINDOW)
+    assert violations(problem, solution.assignment) == []
+    assert score(problem, solution.assignment) >= score(problem, construct(problem).assignment())
