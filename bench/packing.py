@@ -189,8 +189,9 @@ def speed(settings: PlanSettings) -> bool:
                              vrams=[2 * GiB, 3 * GiB, 4 * GiB, 6 * GiB, 10 * GiB])
     print("\nSpeed (plan() against from_inventory, offline):")
     ok = True
-    for label, desired, target in (("100 replicas, 16 GPUs, 4 GPU sizes", small, 0.1),
-                                   ("10,000 replicas, 1,000 GPUs", big, 2.0)):
+    # The small pool is solved exactly (CP-SAT within 2 s of one core); the large one by the heuristic and bounds.
+    for label, desired, target in (("100 replicas, 16 GPUs, 4 GPU sizes", small, 2.0),
+                                   ("10,000 replicas, 1,000 GPUs", big, 0.5)):
         observed = from_inventory(desired)
         runs = []
         for _ in range(3):
@@ -201,7 +202,8 @@ def speed(settings: PlanSettings) -> bool:
         best = min(runs)
         ok = ok and best < target
         print(f"  {label:<36} {best * 1000:8.1f} ms (best of 3; target < {target * 1000:.0f} ms)   "
-              f"placed {len(result.placement)}, unplaced {len(result.unplaced)}, GPUs in use {used}")
+              f"placed {len(result.placement)}, unplaced {len(result.unplaced)}, GPUs in use {used}, "
+              f"{result.quality[0].summary}")
     return ok
 
 
@@ -307,39 +309,42 @@ def realistic_instance(rng: random.Random, *, priorities: bool) -> DesiredState:
 
 
 def realistic(settings: PlanSettings, count: int, reference_budget: float) -> bool:
-    """The planner against CP-SAT given `reference_budget` deterministic seconds with no hint (its optimum proven
-    on every instance counted), on realistic mixed clusters with and without priorities."""
+    """The planner against references proven optimal by CP-SAT (`reference_budget` deterministic seconds, no hint;
+    instances whose reference is not proven are counted apart), on realistic mixed clusters with and without
+    priorities. Plan time is CPU seconds of the plan() call (the machine may be shared)."""
     print(f"\nRealistic mixed clusters (3-5 nodes x 2 GPUs of 12-80 GiB, 15-30 models of 0.9-38 GiB, TP pairs, "
-          f"spread: gpu), against CP-SAT proven optima ({reference_budget:g} deterministic s, no hint):")
-    print(f"{'set':<16} {'GPUs':>5} {'optimal':>9} {'proven':>7} {'worst ratio':>12} {'mean s':>7} {'max s':>6}"
-          f" {'plans proven':>13}")
+          f"spread: gpu), against CP-SAT ({reference_budget:g} deterministic s, no hint):")
+    print(f"{'set':<14} {'GPUs':>5} {'n':>3} {'ref proven':>10} {'optimal':>8} {'worst ratio':>11} {'CPU mean':>8}"
+          f" {'CPU max':>7} {'plan says proven':>16} {'max gap':>9}")
     ok = True
     for label, priorities in (("priorities", True), ("no priorities", False)):
         rng = random.Random(2026 if priorities else 2027)
-        by_size: dict[int, list[tuple[bool, bool, float, float, bool]]] = {}
+        rows: dict[int, list[tuple[bool, bool, float, float, bool, int]]] = {}
         for _ in range(count):
             desired = realistic_instance(rng, priorities=priorities)
-            start = time.perf_counter()
+            cpu = time.process_time()
             result = plan(desired, from_inventory(desired), settings)
-            took = time.perf_counter() - start
+            cpu = time.process_time() - cpu
             problem, assignment = problem_of(desired, result)
             mine = score(problem, assignment)
             exact = solve_exact(problem, budget=reference_budget, seed=1)
             assert exact is not None
-            ratio = _ratio(mine, exact.score)
-            gpus = len(problem.bins)
-            by_size.setdefault(gpus, []).append((mine == exact.score, exact.optimal, ratio, took,
-                                                 all(q.proven_optimal for q in result.quality)))
-        for gpus in sorted(by_size):
-            rows = by_size[gpus]
-            hits = sum(r[0] for r in rows)
-            proven = sum(r[1] for r in rows)
-            worst = min(r[2] for r in rows)
-            times = [r[3] for r in rows]
-            claimed = sum(r[4] for r in rows)
-            ok = ok and hits == len(rows)
-            print(f"{label:<16} {gpus:>5} {hits:>4}/{len(rows):<4} {proven:>3}/{len(rows):<3} {worst:>12.3f}"
-                  f" {statistics.mean(times):>7.2f} {max(times):>6.2f} {claimed:>8}/{len(rows):<4}")
+            (quality,) = result.quality
+            best = max(exact.score, mine)  # a reference that is not proven may be beaten
+            rows.setdefault(len(problem.bins), []).append(
+                (exact.optimal, mine == best, _ratio(mine, best), cpu, quality.proven_optimal, quality.gap_bytes))
+        for gpus in sorted(rows):
+            group = rows[gpus]
+            proven = [r for r in group if r[0]]
+            hits = sum(r[1] for r in proven)
+            worst = min((r[2] for r in proven), default=1.0)
+            times = [r[3] for r in group]
+            claimed = sum(r[4] for r in group)
+            gap = max(r[5] for r in group)
+            ok = ok and hits == len(proven)
+            print(f"{label:<14} {gpus:>5} {len(group):>3} {len(proven):>10} {hits:>4}/{len(proven):<3} {worst:>11.3f}"
+                  f" {statistics.mean(times):>8.2f} {max(times):>7.2f} {claimed:>12}/{len(group):<3}"
+                  f" {gap / GiB:>6.1f} GiB")
     return ok
 
 
@@ -366,7 +371,7 @@ def main() -> int:
         "speed": lambda: speed(settings),
         "fleet": lambda: fleet((10_000, 50_000) if args.quick else (10_000, 50_000, 100_000)),
         "heterogeneous": lambda: heterogeneous(settings, 10 if args.quick else 50),
-        "realistic": lambda: realistic(settings, 8 if args.quick else 24, 60.0),
+        "realistic": lambda: realistic(settings, 6 if args.quick else 12, 60.0),
     }
     ok = True
     for name, part in parts.items():

@@ -300,8 +300,9 @@ def solve_exact(
     for n, (kind, expr) in enumerate(stages):
         if isinstance(expr, int):
             continue  # nothing to decide at this stage
-        # Early stages may keep what later ones leave; every stage gets at least an equal share of what is left.
-        solver.parameters.max_deterministic_time = max(left / (len(stages) - n), 1e-3)
+        # Most stages are proven at once; the hard one may use all but a tenth of the budget per stage still to come.
+        later = len(stages) - n - 1
+        solver.parameters.max_deterministic_time = max(left - budget * later / 10, budget / 20, 1e-3)
         model.maximize(expr)
         status = solver.solve(model)
         left -= solver.deterministic_time
