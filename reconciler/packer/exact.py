@@ -21,7 +21,6 @@ from reconciler.packer.objective import PER_MILLE, Assignment, Score, displaced,
 from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
 
-
 _SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units keep their nominal value
 
 
@@ -266,7 +265,6 @@ def solve_exact(
 ) -> ExactResult | None:
     """Solve `problem` stage by stage within `budget` deterministic seconds in all; None when no solution was found
     (only possible without a hint). `forced`: the displaced running replicas (computed when not given)."""
-    items = problem.items
     if forced is None:
         forced = displaced(problem)
     built = _Model(problem, forced)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.desired import DesiredState, Engine, GpuSpec, InventoryNode, Model, Pool, Preemption, Spread
+from reconciler.observed import ObservedState, ReplicaState, from_inventory
 from reconciler.observed import from_json as observed_from_json
-from reconciler.observed import ObservedGpu, ObservedNode, ObservedReplica, ObservedState, ReplicaState, from_inventory
 from reconciler.packer import PackSettings
 from reconciler.plan import APPLY_ORDER, ActionKind
 from reconciler.planner import PlanSettings, apply_to_observed, plan
