@@ -25,8 +25,11 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     state = construct(problem)
     method = "greedy"
     bound = 0
+    exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
+    # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice.
+    if problem.policy == Placement.BINPACK and not exactly:
         if _used(state) > bound and _arcflow_applies(problem, settings):
             state, method, bound = _arcflow(problem, state, settings, bound=bound)
         if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
@@ -37,7 +40,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
         return _solution(assignment, bound, method, quality)
     forced = displaced(problem)
-    if _exact_applies(problem, settings):
+    if exactly:
         exact = solve_exact(problem, budget=settings.exact_time, seed=settings.seed, hint=assignment, forced=forced)
         assert exact is not None  # a hint is given
         mine = score(problem, assignment)
