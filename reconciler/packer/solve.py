@@ -17,6 +17,7 @@ from reconciler.packer.exact import solve_exact
 from reconciler.packer.greedy import construct
 from reconciler.packer.improve import consolidate
 from reconciler.packer.objective import displaced, level_keys, score, violations
+from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.state import State
 
@@ -30,11 +31,8 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
         bound = _bound(state)
     # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice.
     if problem.policy == Placement.BINPACK and not exactly:
-        if _used(state) > bound and _arcflow_applies(problem, settings):
-            state, method, bound = _arcflow(problem, state, settings, bound=bound)
-        if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
-            consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
-            method += "+search"
+        state, how, bound = _free_gpus(problem, state, settings, bound=bound)
+        method = how or method
     assignment = state.assignment()
     quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
@@ -60,6 +58,12 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
         )
         return _solution(assignment, bound, method, quality)
     if not quality.unplaced_proven and _left_out(problem, assignment):
+        full = place_left_out(problem, assignment, improve=lambda wider, state: _free_gpus(wider, state, settings)[0])
+        if full is not None and not violations(problem, full) and score(problem, full) > score(problem, assignment):
+            assignment, method = full, method + "+overflow"
+            bound = max(bound, _bound(_state_of(problem, assignment)))
+            quality = bounds_quality(problem, assignment, gpu_bound=bound)
+    if not quality.unplaced_proven and _left_out(problem, assignment):
         found = window.complete(problem, assignment, settings=settings, forced=forced)
         if found.assignment != assignment:
             assignment, method = found.assignment, method + "+window"
@@ -69,6 +73,18 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
         if found.whole_pool and found.levels_optimal:
             quality = Quality(quality.proven_optimal, quality.gap_bytes, quality.gap_gpus, quality.gap_stays, True)
     return _solution(assignment, bound, method, quality)
+
+
+def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound: int = 0) -> tuple[State, str, int]:
+    """Fewer GPUs in use (binpack): the arc-flow model, then the local search, while above the lower bound."""
+    bound = max(bound, _bound(state))
+    method = "greedy"
+    if _used(state) > bound and _arcflow_applies(problem, settings):
+        state, method, bound = _arcflow(problem, state, settings, bound=bound)
+    if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
+        consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
+        method += "+search"
+    return state, method, bound
 
 
 def _solution(assignment, bound: int, method: str, quality: Quality) -> Solution:

@@ -274,3 +274,18 @@ def test_the_window_keeps_the_rules_and_never_loses_ground(problem: Problem) -> 
     solution = pack(problem, WINDOW)
     assert violations(problem, solution.assignment) == []
     assert score(problem, solution.assignment) >= score(problem, construct(problem).assignment())
+
+
+def test_a_tight_pool_of_a_published_instance_holds_every_replica() -> None:
+    """HARD0 on exactly its optimum of 56 GPUs: best-fit decreasing leaves replicas out; packing into virtual
+    GPUs and freeing GPUs finds the placement of all of them, so none is reported unplaceable."""
+    ((name, cap, best, sizes),) = read_orlib(BENCH / "scholl_hard.txt", {"HARD0"})
+    problem = Problem(
+        tuple(Bin(f"n{b // 8}", b % 8, cap) for b in range(best)),
+        tuple(Item(f"item{i:03d}", 0, s) for i, s in enumerate(sizes)),
+    )
+    assert not all(construct(problem).assignment())
+    solution = pack(problem)
+    check_feasible(problem, solution.assignment)
+    assert all(solution.assignment), name
+    assert solution.quality.unplaced_proven
