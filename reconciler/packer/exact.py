@@ -210,11 +210,19 @@ class _Model:
         model.clear_hints()
         for (i, b), v in self.x.items():
             model.add_hint(v, int(bool(assignment[i]) and b in assignment[i]))
-        for (g, b), v in self.n.items():
-            model.add_hint(v, sum(1 for i in self.groups[g] if assignment[i] and b in assignment[i]))
-        for (g, node), v in self.c.items():
-            nodes_bins = set(self.nodes[node])
-            model.add_hint(v, sum(1 for i in self.groups[g] if assignment[i] and assignment[i][0] in nodes_bins))
+        per_bin: dict[tuple[int, int], int] = {}
+        per_node: dict[tuple[int, str], int] = {}
+        for g, members in enumerate(self.groups):
+            for i in members:
+                for b in assignment[i] or ():
+                    per_bin[(g, b)] = per_bin.get((g, b), 0) + 1
+                if assignment[i]:
+                    node = self.problem.bins[assignment[i][0]].node
+                    per_node[(g, node)] = per_node.get((g, node), 0) + 1
+        for key, v in self.n.items():
+            model.add_hint(v, per_bin.get(key, 0))
+        for key, v in self.c.items():
+            model.add_hint(v, per_node.get(key, 0))
 
     def read(self, solver: cp_model.CpSolver) -> tuple[tuple[int, ...] | None, ...]:
         items = self.problem.items

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from itertools import combinations
 
+from reconciler.packer.objective import may_move, may_preempt
 from reconciler.packer.problem import Problem
 from reconciler.packer.state import State
 
-_EVICT_CANDIDATES = 12  # per GPU; beyond this, only the lowest levels are considered (keeps the search bounded)
-_EVICT_COMBINATIONS = 1_000  # victim sets tried per GPU, fewest victims first
+_EVICT_COMBINATIONS = 200  # victim sets of one level tried per GPU, fewest victims first (keeps the search bounded)
 
 
 def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
@@ -46,7 +46,29 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
     pending = [i for i, it in enumerate(items) if it.current is None] + sorted(displaced)
     search.run_levels(pending)
     settle(state)
+    keep_rules(state, frozenset(displaced))
     return state
+
+
+def keep_rules(state: State, forced: frozenset[int]) -> None:
+    """Send back running replicas whose leaving nothing justifies any more (the replica they made room for was
+    relocated later): where they ran is then free again, unless another replica took it, in which case they stay
+    where they are."""
+    items = state.items
+    for i, item in enumerate(items):
+        cur = item.current
+        if cur is None or i in forced or state.where[i] == cur:
+            continue
+        came = [items[j] for b in cur for j in state.occupants[b] if j != i and b not in (items[j].current or ())]
+        if any(may_preempt(j, item) for j in came):
+            continue
+        if state.where[i] is not None and any(may_move(j, item) for j in came):
+            continue
+        was = state.remove(i) if state.where[i] is not None else None
+        if state.fits(item, cur):
+            state.place(i, cur)
+        elif was is not None:
+            state.place(i, was)
 
 
 def settle(state: State) -> None:
@@ -79,6 +101,9 @@ class _Search:
         self.moves_left = problem.max_moves
         self.repair_budget = repair_budget
         self.evicted: set[int] = set()  # running items evicted so far (may still be re-placed as a move)
+        # Model -> state version at which evicting for one of its replicas found nothing: its twins need not look
+        # again until something changes.
+        self.no_victims: dict[str, int] = {}
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -169,26 +194,36 @@ class _Search:
     def _evict_for(self, i: int) -> list[int]:
         item = self.items[i]
         state = self.state
-        best: tuple[tuple, tuple[int, ...], tuple[int, ...]] | None = None
+        if self.no_victims.get(item.model) == state.version:
+            return []
+        # First the highest level each GPU would have to give up (cheap); only the nodes where that is lowest get
+        # the full search for the least disruptive set: a higher level lost outweighs everything else.
+        plans: dict[str, list[tuple[tuple, int, object]]] = {}
         for node in state.nodes:
             options = []
             for b in state.node_bins[node]:
                 if state.caps[b] < item.vram or not state.allowed(item, b):
                     continue
-                victims = self._cheapest_victims(item_index=i, b=b)
-                if victims is not None:
-                    options.append((_cost(self.items, victims), b, victims))
-            if len(options) < item.gpus:
+                plan = self._victim_plan(item_index=i, b=b)
+                if plan is not None:
+                    options.append((plan[0], b, plan))
+            if len(options) >= item.gpus:
+                options.sort(key=lambda o: (o[0], o[1]))
+                plans[node] = options[: item.gpus]
+        if not plans:
+            self.no_victims[item.model] = state.version
+            return []
+        lowest = min(max(o[0] for o in options) for options in plans.values())
+        best: tuple[tuple, tuple[int, ...], tuple[int, ...]] | None = None
+        for node, options in plans.items():
+            if max(o[0] for o in options) != lowest:
                 continue
-            options.sort()
-            chosen = options[: item.gpus]
-            victims = tuple(sorted({j for _, _, vs in chosen for j in vs}))
-            bins = tuple(sorted(b for _, b, _ in chosen))
+            victims = tuple(sorted({j for _, _, plan in options for j in self._victims_of(plan)}))
+            bins = tuple(sorted(b for _, b, _ in options))
             key = (_cost(self.items, victims), bins)
             if best is None or key < best[0]:
                 best = (key, bins, victims)
-        if best is None:
-            return []
+        assert best is not None
         _, bins, victims = best
         for j in victims:
             state.remove(j)
@@ -197,33 +232,78 @@ class _Search:
         state.place(i, bins)
         return list(victims)
 
-    def _cheapest_victims(self, *, item_index: int, b: int) -> tuple[int, ...] | None:
-        """The least disruptive set of replicas on GPU b whose eviction makes room: fewest, then least VRAM, then
-        lowest priorities. () when it already fits, None when it cannot be done."""
-        item = self.items[item_index]
+    def _victim_plan(self, *, item_index: int, b: int):
+        """(the highest level GPU b must give up, what the full search needs) or None when evicting cannot make
+        room; the level is () when the replica fits already."""
+        items = self.items
+        item = items[item_index]
         state = self.state
         short = item.vram - state.free[b]
         if short <= 0:
-            return ()
-        candidates = [
-            j for j in state.occupants[b] if self.items[j].priority < item.priority and self.items[j].preemptible
-        ]
-        if sum(self.items[j].vram for j in candidates) < short:
+            return ((), short, None, None, None)
+        levels: dict[tuple[int, bool], list[int]] = {}
+        total = 0
+        for j in state.occupants[b]:
+            other = items[j]
+            if other.priority < item.priority and other.preemptible:
+                levels.setdefault((other.priority, not other.elastic), []).append(j)
+                total += other.vram
+        if total < short:
             return None
-        candidates.sort(key=lambda j: (self.items[j].priority, not self.items[j].elastic, -self.items[j].vram,
-                                       self.items[j].key))
-        candidates = candidates[:_EVICT_CANDIDATES]
-        best, tried = None, 0
-        for r in range(1, len(candidates) + 1):
-            for c in combinations(candidates, r):
-                tried += 1
-                if sum(self.items[j].vram for j in c) >= short:
-                    cost = _cost(self.items, c)
-                    if best is None or cost < best[0]:
-                        best = (cost, c)
+        order = sorted(levels)  # lowest level first
+        below = [0]
+        for key in order:
+            below.append(below[-1] + sum(items[j].vram for j in levels[key]))
+        top = next(k for k in range(len(order)) if below[k + 1] >= short)
+        return (order[top], short, levels, order, below)
+
+    def _victims_of(self, plan) -> list[int]:
+        """The least disruptive set of a GPU's replicas whose eviction makes room, in the objective's order: the
+        highest level touched as low as it can be, the least VRAM of it, then the same for each level below."""
+        top_key, short, levels, order, below = plan
+        if short <= 0:
+            return []
+        chosen: list[int] = []
+        need = short
+        for k in range(order.index(top_key), -1, -1):
+            want = need - below[k]  # what this level must give when every level below gives all it has
+            if want <= 0:
+                continue
+            picked = _least_covering(levels[order[k]], want, self.items)
+            chosen += picked
+            need -= sum(self.items[j].vram for j in picked)
+        return chosen
+
+
+def _least_covering(group: list[int], want: int, items) -> list[int]:
+    """Replicas of one level whose VRAM sums to at least `want` with the least total: fewest replicas first among
+    small sets (a bounded enumeration), else largest first with what is not needed handed back."""
+    ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].key))
+    best: tuple[int, int, list[int]] | None = None
+    tried = 0
+    for r in range(1, len(ordered) + 1):
+        for combo in combinations(ordered, r):
+            tried += 1
+            size = sum(items[j].vram for j in combo)
+            if size >= want and (best is None or (size, r) < best[:2]):
+                best = (size, r, list(combo))
             if tried >= _EVICT_COMBINATIONS:
                 break
-        return None if best is None else best[1]
+        if tried >= _EVICT_COMBINATIONS or (best is not None and best[0] == want):
+            break
+    if best is not None:
+        return best[2]
+    picked, size = [], 0
+    for j in ordered:
+        if size >= want:
+            break
+        picked.append(j)
+        size += items[j].vram
+    for j in sorted(picked, key=lambda j: items[j].vram):
+        if size - items[j].vram >= want:
+            picked.remove(j)
+            size -= items[j].vram
+    return picked
 
 
 def _cost(items, victims) -> tuple:

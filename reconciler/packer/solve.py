@@ -14,7 +14,7 @@ from reconciler.packer import window
 from reconciler.packer.arcflow import eligible, repack
 from reconciler.packer.bounds import gpus_needed
 from reconciler.packer.exact import solve_exact
-from reconciler.packer.greedy import construct
+from reconciler.packer.greedy import construct, keep_rules
 from reconciler.packer.improve import consolidate
 from reconciler.packer.objective import displaced, level_keys, score, violations
 from reconciler.packer.overflow import place_left_out
@@ -33,6 +33,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     if problem.policy == Placement.BINPACK and not exactly:
         state, how, bound = _free_gpus(problem, state, settings, bound=bound)
         method = how or method
+        keep_rules(state, displaced(problem))
     assignment = state.assignment()
     quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:

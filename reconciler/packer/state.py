@@ -38,6 +38,7 @@ class State:
         self.used: list[tuple[int, int]] = []
         self.empty: list[tuple[int, int]] = sorted((c, b) for b, c in enumerate(self.caps))
         self.rel: list[tuple[int, int]] = sorted((0, b) for b in range(len(self.caps)))
+        self.version = 0  # bumped on every change, so searches can remember what failed on an unchanged state
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _rel(self, b: int) -> int:
@@ -74,6 +75,7 @@ class State:
             on_node = self.on_node[item.model] = Counter()
         on_node[self.node_of[bins[0]]] += 1
         self.where[i] = bins
+        self.version += 1
 
     def remove(self, i: int) -> tuple[int, ...]:
         bins = self.where[i]
@@ -87,6 +89,7 @@ class State:
             self.on_bin[item.model][b] -= 1
         self.on_node[item.model][self.node_of[bins[0]]] -= 1
         self.where[i] = None
+        self.version += 1
         return bins
 
     # -- constraints -------------------------------------------------------------------------------------------

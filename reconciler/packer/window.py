@@ -43,11 +43,18 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
             here, there = bins[item.current[0]].node, bins[where[0]].node
             if here != there:
                 crossing.update((here, there))
+    held = {node: 0 for node in by_node}
+    for where in assignment:
+        if where:
+            held[bins[where[0]].node] += 1
     chosen: list[int] = []
+    count = 0
     for node in sorted((n for n in by_node if n not in crossing), key=lambda n: (-room[n], n)):
-        if chosen and len(chosen) + len(by_node[node]) > settings.window_max_bins:
+        if chosen and (len(chosen) + len(by_node[node]) > settings.window_max_bins
+                       or count + held[node] > settings.window_max_items):
             break
         chosen.extend(by_node[node])
+        count += held[node]
     inside = set(chosen)
     if not inside:
         return Completion(tuple(assignment), False, False)

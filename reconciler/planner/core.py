@@ -113,6 +113,7 @@ def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, i
     problem = pp.problem
     items = problem.items
     occupants = _occupants(pp, assignment)
+    explained: dict = {}
     out: dict[tuple[str, int], _Outcome] = {}
     for i, item in enumerate(items):
         bins = assignment[i]
@@ -128,7 +129,8 @@ def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, i
             )
         why_not = ""
         if not bins:
-            why_not = reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants)
+            why_not = reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants,
+                                       cache=explained)
             if not proven and not item.elastic:
                 why_not += reasons.UNPROVEN
         why_left = ""

@@ -28,8 +28,12 @@ def evicted(*, victim: Item, by: Item, where: Location) -> str:
     )
 
 
-def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Sequence[int]]) -> str:
-    """Why `item` found no place in the final placement (`occupants`: item ids per bin)."""
+def unplaced(
+    *, item: Item, problem: Problem, pool: str, occupants: Sequence[Sequence[int]], cache: dict | None = None
+) -> str:
+    """Why `item` found no place in the final placement (`occupants`: item ids per bin). `cache` keeps what one
+    plan's calls share (the room each GPU offers depends only on the priority and whether it may evict), so that
+    explaining many replicas stays linear."""
     head = ("no more replicas fit: " if item.elastic else "") + needs(item)
     if not problem.bins:
         return f"{head}; pool {pool} has no alive GPU nodes"
@@ -44,18 +48,18 @@ def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Seq
         if item.spread == Spread.GPU:
             return any(items[j].model == item.model for j in occupants[b])
         if item.spread == Spread.NODE:
-            node = problem.bins[b].node
-            return any(
-                items[j].model == item.model
-                for c, gpu in enumerate(problem.bins)
-                if gpu.node == node
-                for j in occupants[c]
-            )
+            return item.model in _models_by_node(problem, occupants, cache)[problem.bins[b].node]
         return False
 
-    offers = [
-        gpu.capacity - sum(items[j].vram for j in occupants[b] if blocking(j)) for b, gpu in enumerate(problem.bins)
-    ]
+    key = (can_evict, item.priority)
+    offers = None if cache is None else cache.get(key)
+    if offers is None:
+        offers = [
+            gpu.capacity - sum(items[j].vram for j in occupants[b] if blocking(j))
+            for b, gpu in enumerate(problem.bins)
+        ]
+        if cache is not None:
+            cache[key] = offers
     best, where = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
     if not where:
         return f"{head}; no node of pool {pool} has {item.gpus} GPUs"
@@ -75,6 +79,17 @@ def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Seq
         f"{head}; the room on GPUs of pool {pool} went to replicas of priority {item.priority} or higher "
         f"(largest first) and to running replicas that may not be moved (maxMoves)"
     )
+
+
+def _models_by_node(problem: Problem, occupants: Sequence[Sequence[int]], cache: dict | None) -> dict[str, set[str]]:
+    found = None if cache is None else cache.get("models by node")
+    if found is None:
+        found = {gpu.node: set() for gpu in problem.bins}
+        for b, gpu in enumerate(problem.bins):
+            found[gpu.node].update(problem.items[j].model for j in occupants[b])
+        if cache is not None:
+            cache["models by node"] = found
+    return found
 
 
 def _best_offer(*, item: Item, problem: Problem, offers: Sequence[int], skip) -> tuple[int, str]:
