@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
+from reconciler.desired import Spread
 from reconciler.packer.objective import may_move, may_preempt
 from reconciler.packer.problem import Problem
 from reconciler.packer.state import State
@@ -104,6 +105,10 @@ class _Search:
         # Model -> state version at which evicting for one of its replicas found nothing: its twins need not look
         # again until something changes.
         self.no_victims: dict[str, int] = {}
+        # (priority, vram, gpus) of replicas without spread for which evicting found nothing at `failed_version`:
+        # one with no higher priority, no less VRAM and no fewer GPUs finds nothing either.
+        self.failed: list[tuple[int, int, int]] = []
+        self.failed_version = -1
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -196,6 +201,10 @@ class _Search:
         state = self.state
         if self.no_victims.get(item.model) == state.version:
             return []
+        if self.failed_version != state.version:
+            self.failed, self.failed_version = [], state.version
+        if any(item.priority <= p and item.vram >= v and item.gpus >= g for p, v, g in self.failed):
+            return []
         # First the highest level each GPU would have to give up (cheap); only the nodes where that is lowest get
         # the full search for the least disruptive set: a higher level lost outweighs everything else.
         plans: dict[str, list[tuple[tuple, int, object]]] = {}
@@ -212,6 +221,8 @@ class _Search:
                 plans[node] = options[: item.gpus]
         if not plans:
             self.no_victims[item.model] = state.version
+            if item.spread == Spread.NONE:
+                self.failed.append((item.priority, item.vram, item.gpus))
             return []
         lowest = min(max(o[0] for o in options) for options in plans.values())
         best: tuple[tuple, tuple[int, ...], tuple[int, ...]] | None = None

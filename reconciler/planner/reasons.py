@@ -60,7 +60,13 @@ def unplaced(
         ]
         if cache is not None:
             cache[key] = offers
-    best, where = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
+    offer_key = ("best offer", key, item.gpus)
+    found = None if cache is None else cache.get(offer_key)
+    if found is None:
+        found = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
+        if cache is not None:
+            cache[offer_key] = found
+    best, where = found
     if not where:
         return f"{head}; no node of pool {pool} has {item.gpus} GPUs"
     verb = "could offer after evicting lower priorities" if can_evict else "has free"
@@ -71,7 +77,12 @@ def unplaced(
         elif not item.preempts:
             text += "; its priority class does not preempt"
         return text
-    spread_best, _ = _best_offer(item=item, problem=problem, offers=offers, skip=conflict)
+    spread_key = ("spread offer", key, item.gpus, item.model, item.spread)
+    spread_best = None if cache is None else cache.get(spread_key)
+    if spread_best is None:
+        spread_best, _ = _best_offer(item=item, problem=problem, offers=offers, skip=conflict)
+        if cache is not None:
+            cache[spread_key] = spread_best
     if spread_best < item.vram:
         unit = "GPU" if item.spread == Spread.GPU else "node"
         return f"{head}; spread: {item.spread} allows one replica of {item.model} per {unit} and every {unit} of pool {pool} with room already holds one"
