@@ -12,7 +12,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.desired import (
@@ -30,7 +30,7 @@ from reconciler.observed import from_inventory
 from reconciler.packer import Bin, Item, Problem
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.objective import Score, score
-from reconciler.planner import PlanSettings, plan
+from reconciler.planner import PlanSettings, apply_to_observed, plan
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -257,6 +257,22 @@ def fleet(sizes: tuple[int, ...]) -> bool:
               f" {quality.gap_gpus:>4}  {quality.summary}")
         target = {10_000: 0.5, 100_000: 5.0}.get(replicas)
         ok = ok and (target is None or cpu < target)
+    print("Same fleets on 64% of the GPUs (replicas left out), then the busiest node dies (evictions, moves):")
+    print(f"{'replicas':>9} {'GPUs':>6} {'CPU s':>6} {'evict':>6} {'move':>5} {'left out':>9}  quality")
+    for replicas in sizes:
+        gpus = replicas * 64 // 1000
+        desired = heterogeneous_pool(random.Random(7), replicas=replicas, nodes=nodes_of(gpus, 80 * GiB),
+                                     models=replicas // 25, vrams=[2 * GiB, 3 * GiB, 4 * GiB, 6 * GiB, 10 * GiB])
+        observed = from_inventory(desired)
+        running = apply_to_observed(plan(desired, observed, PlanSettings()), observed, desired)
+        busiest = max(running.nodes, key=lambda n: sum(1 for r in running.replicas if r.node == n.name)).name
+        dead = replace(running, nodes=tuple(replace(n, alive=n.name != busiest) for n in running.nodes))
+        cpu = time.process_time()
+        result = plan(desired, dead, PlanSettings())
+        cpu = time.process_time() - cpu
+        (quality,) = result.quality
+        print(f"{replicas:>9,} {gpus:>6,} {cpu:>6.2f} {result.summary['evict']:>6} {result.summary['move']:>5}"
+              f" {len(result.unplaced):>9,}  {quality.summary}")
     return ok
 
 
