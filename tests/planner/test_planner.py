@@ -269,3 +269,23 @@ def test_no_eviction_of_a_replica_that_fits_after_a_node_died() -> None:
     evicted = [a for a in p.actions if a.kind == ActionKind.EVICT]
     assert evicted and all(a.model == "batch-summaries" for a in evicted)
     assert p.quality and all(q.proven_optimal for q in p.quality)
+
+
+def test_a_replica_left_out_without_proof_is_not_called_unplaceable() -> None:
+    """Scholl's HARD2 on exactly its optimum of 56 GPUs of 100,000 MiB: every replica fits, but no search within
+    the budget finds how; the plan leaves some out and says that nothing proved them unplaceable."""
+    tokens = (Path(__file__).resolve().parents[2] / "bench" / "binpack" / "scholl_hard.txt").read_text().split()
+    at = 1
+    while tokens[at] != "HARD2":
+        at += 4 + int(tokens[at + 2])
+    capacity, count, best = int(tokens[at + 1]), int(tokens[at + 2]), int(tokens[at + 3])
+    sizes = [int(t) for t in tokens[at + 4 : at + 4 + count]]
+    MiB = 1 << 20
+    nodes = tuple(InventoryNode(f"n{n:02d}", tuple(GpuSpec("g", capacity * MiB) for _ in range(min(8, best - 8 * n))))
+                  for n in range(-(-best // 8)))
+    desired = DesiredState(pools=(Pool(name="homelab", inventory=nodes),),
+                           models=tuple(model(f"item-{i:03d}", s * MiB / GiB) for i, s in enumerate(sizes)))
+    p = plan(desired, from_inventory(desired))
+    assert p.unplaced
+    assert all("not proven impossible" in u.reason for u in p.unplaced)
+    assert not p.quality[0].proven_optimal and p.quality[0].gap_bytes > 0
