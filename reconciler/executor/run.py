@@ -6,11 +6,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.adapter import gateway as gateways
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
 from reconciler.desired import DesiredState
 from reconciler.errors import TransientError
 from reconciler.executor import serveconfig, steps
 from reconciler.executor.progress import Progress
+from reconciler.gateway.settings import GatewaySettings
+from reconciler.gateway.table import RouteTable, build_table
 from reconciler.observed import ObservedState, ReplicaState
 from reconciler.plan import Action, ActionKind, Plan
 
@@ -24,6 +27,7 @@ class Settings:
     stop_timeout: float = 120.0  # seconds a replica may take to stop
     pending_grace: float = 20.0  # seconds Ray may leave a replica unscheduled before apply reports it pending
     max_starting: int = 4  # replicas starting at once on one node (0: no limit); see steps.batches
+    gateway: GatewaySettings = GatewaySettings()
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Report:
     elapsed: float = 0.0
     cleaned: list[str] = field(default_factory=list)  # applications of ours removed that no action named
     router_errors: list[str] = field(default_factory=list)
+    gateway_urls: list[str] = field(default_factory=list)  # the OpenAI base URLs, one per gateway
+    gateway_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,12 +67,22 @@ class Executor:
         self.settings = settings
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
+        self._table_for: Any = None  # apps -> RouteTable, for this apply's desired state
+        self._gateway_urls: list[str] = []
+        self._gateway_errors: list[str] = []
 
     def in_sync(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> bool:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan, desired, observed))
+        tgt = steps.target(plan, desired, observed)
+        if not steps.in_sync(our_configs(self.cluster.serve_details()), tgt):
+            return False
+        # The gateways' route table is part of the end state: a gateway that lacks it is not in sync.
+        if not self.settings.gateway.enabled:
+            return True
+        wanted = self._table(plan, desired, tgt.apps)
+        return gateways.stored_table(self.cluster).models == wanted.models and bool(gateways.urls(self.cluster))
 
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         try:
@@ -83,6 +99,7 @@ class Executor:
         results: dict[str, _AppResult] = {}
         report = Report()
         named = set(tgt.old_app.values())
+        self._table_for = lambda apps: self._table(plan, desired, apps)
 
         free = steps.phase_free(plan, tgt, current)
         report.cleaned = sorted(
@@ -112,7 +129,10 @@ class Executor:
         self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))
 
         report.outcomes = self._outcomes(plan, tgt, results, failed_replacements)
+        self._publish(create.apps)
         report.router_errors = list(self.router_errors)
+        report.gateway_urls = list(self._gateway_urls)
+        report.gateway_errors = list(self._gateway_errors)
         report.elapsed = time.monotonic() - started
         return report
 
@@ -157,6 +177,20 @@ class Executor:
         ]
         if routers:
             self._wait_routers(routers)
+            self._publish(phase.apps)  # the gateways switch with the routers (make-before-break)
+
+    def _table(self, plan: Plan, desired: DesiredState, apps: dict[str, dict[str, Any]]) -> RouteTable:
+        return build_table(models=desired.models, apps=apps, unplaced=[u.model for u in plan.unplaced],
+                           created=int(time.time()))
+
+    def _publish(self, apps: dict[str, dict[str, Any]]) -> None:
+        if self._table_for is None:
+            return
+        try:
+            self._gateway_urls = gateways.publish(self.cluster, self._table_for(apps), self.settings.gateway)
+            self._gateway_errors = []
+        except Exception as exc:  # the per-model routes still serve: report, don't fail the apply
+            self._gateway_errors = [f"the gateway did not take the route table: {type(exc).__name__}: {exc}"[:500]]
 
     def _wait_routers(self, routers: list[str]) -> None:
         """Until reconfigured or new routers serve: when apply returns, every route answers with its new backends."""

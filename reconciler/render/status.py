@@ -112,6 +112,10 @@ def render_report(report: Any, *, color: bool = False) -> str:
         lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
     for error in report.router_errors:
         lines.append(f"{_c('FAIL', 'bad', color)} {error}")
+    for error in getattr(report, "gateway_errors", ()):
+        lines.append(f"{_c('WARN', 'bad', color)} {error}")
+    for url in getattr(report, "gateway_urls", ()):
+        lines.append(f"OpenAI base URL: {url}")
     failed = len(report.failed) + len(report.router_errors)
     verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
     lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")
