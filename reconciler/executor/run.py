@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.adapter import gateway as gateways
@@ -68,6 +68,7 @@ class Executor:
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
         self._table_for: Any = None  # apps -> RouteTable, for this apply's desired state
+        self._gateway_spec: Any = None
         self._gateway_urls: list[str] = []
         self._gateway_errors: list[str] = []
 
@@ -82,7 +83,7 @@ class Executor:
         if not self.settings.gateway.enabled:
             return True
         wanted = self._table(plan, desired, tgt.apps)
-        return gateways.stored_table(self.cluster).models == wanted.models and bool(gateways.urls(self.cluster))
+        return gateways.stored_table(self.cluster).same_routes(wanted) and bool(gateways.urls(self.cluster))
 
     def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
         try:
@@ -100,6 +101,7 @@ class Executor:
         report = Report()
         named = set(tgt.old_app.values())
         self._table_for = lambda apps: self._table(plan, desired, apps)
+        self._gateway_spec = desired.gateway
 
         free = steps.phase_free(plan, tgt, current)
         report.cleaned = sorted(
@@ -181,13 +183,17 @@ class Executor:
 
     def _table(self, plan: Plan, desired: DesiredState, apps: dict[str, dict[str, Any]]) -> RouteTable:
         return build_table(models=desired.models, apps=apps, unplaced=[u.model for u in plan.unplaced],
-                           created=int(time.time()))
+                           created=int(time.time()), gateway=desired.gateway)
 
     def _publish(self, apps: dict[str, dict[str, Any]]) -> None:
         if self._table_for is None:
             return
+        settings = self.settings.gateway
+        spec = self._gateway_spec
+        if spec is not None:  # the Gateway spec's listen address wins over the defaults
+            settings = replace(settings, host=spec.host or settings.host, port=spec.port or settings.port)
         try:
-            self._gateway_urls = gateways.publish(self.cluster, self._table_for(apps), self.settings.gateway)
+            self._gateway_urls = gateways.publish(self.cluster, self._table_for(apps), settings)
             self._gateway_errors = []
         except Exception as exc:  # the per-model routes still serve: report, don't fail the apply
             self._gateway_errors = [f"the gateway did not take the route table: {type(exc).__name__}: {exc}"[:500]]

@@ -23,8 +23,10 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from reconciler.gateway import errors, routing
+from reconciler.desired import ApiKey
+from reconciler.gateway import errors, keys, routing
 from reconciler.gateway.errors import GatewayError
+from reconciler.gateway.limits import Limiter
 from reconciler.gateway.table import RUNNING, ModelRoute, RouteTable
 
 Resolver = Callable[[str], Awaitable[str]]
@@ -46,7 +48,9 @@ class _Retry(Exception):
 class Gateway:
     def __init__(self, resolve: Resolver, table: RouteTable | None = None) -> None:
         self._resolve = resolve
-        self.table = table or RouteTable()
+        self.table = RouteTable()
+        self._keys: dict[str, ApiKey] = {}
+        self.limiter = Limiter()
         self.urls: dict[str, str] = {}
         self._resolving: dict[str, asyncio.Future] = {}
         self.gone_until: dict[str, float] = {}
@@ -55,6 +59,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self.set_table(table or RouteTable())
 
     # ------------------------------------------------------------------------------------------------- lifecycle
 
@@ -91,6 +96,7 @@ class Gateway:
 
     def set_table(self, table: RouteTable) -> None:
         self.table = table
+        self._keys = {k.sha256: k for k in table.keys}
         known = {b for m in table.models for b in m.backends}
         for app in [a for a in self.urls if a not in known]:
             del self.urls[app]  # a replica that left the table: its port may be someone else's soon
@@ -112,14 +118,29 @@ class Gateway:
             "engine": m.engine,
         }
 
+    def _caller(self, request: web.Request) -> ApiKey | GatewayError | None:
+        """The key of the request (None when the gateway is open), or why it is refused."""
+        if self.table.open:
+            return None
+        return keys.authenticate(self._keys, request.headers.get("Authorization"))
+
     async def list_models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [self._model_object(m) for m in self.table.models]})
+        key = self._caller(request)
+        if isinstance(key, GatewayError):
+            return _error(key)
+        shown = [m for m in self.table.models if key is None or keys.may_use(key, m.name)]
+        return web.json_response({"object": "list", "data": [self._model_object(m) for m in shown]})
 
     async def get_model(self, request: web.Request) -> web.Response:
+        key = self._caller(request)
+        if isinstance(key, GatewayError):
+            return _error(key)
         name = request.match_info["id"]
         found = self.table.model(name)
         if found is None:
             return _error(errors.unknown_model(name, self.table.names))
+        if key is not None and (denied := keys.authorize(key, name)) is not None:
+            return _error(denied)
         return web.json_response(self._model_object(found))
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -131,6 +152,9 @@ class Gateway:
         endpoint = request.match_info["endpoint"]
         if endpoint not in POST_ENDPOINTS:
             return _error(errors.no_route(request.path))
+        key = self._caller(request)
+        if isinstance(key, GatewayError):
+            return _error(key)
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -143,9 +167,18 @@ class Gateway:
             return _error(model)
         if body.get("model") != model.name:
             raw = json.dumps({**body, "model": model.name}).encode()
-        return await self._send(request, model, f"/v1/{endpoint}", raw)
+        if key is None:
+            return await self._send(request, model, f"/v1/{endpoint}", raw, None)
+        refused = keys.authorize(key, model.name) or self.limiter.admit(key, time.monotonic())
+        if refused is not None:
+            return _error(refused)
+        try:
+            return await self._send(request, model, f"/v1/{endpoint}", raw, key)
+        finally:
+            self.limiter.release(key)
 
-    async def _send(self, request: web.Request, model: ModelRoute, path: str, raw: bytes) -> web.StreamResponse:
+    async def _send(self, request: web.Request, model: ModelRoute, path: str, raw: bytes,
+                    key: ApiKey | None) -> web.StreamResponse:
         if not model.backends:
             state = model.state if model.state != RUNNING else "starting"
             return _error(errors.no_replica(model.name, state, RETRY_AFTER_S))
@@ -162,13 +195,14 @@ class Gateway:
             self.in_flight[app] = self.in_flight.get(app, 0) + 1
             try:
                 url = await self._url(app)
-                return await self._exchange(request, app, url + path, raw)
+                return await self._exchange(request, app, url + path, raw, key)
             except _Retry as why:
                 reasons.append(f"{app}: {why}")
             finally:
                 self.in_flight[app] -= 1
 
-    async def _exchange(self, request: web.Request, app: str, url: str, raw: bytes) -> web.StreamResponse:
+    async def _exchange(self, request: web.Request, app: str, url: str, raw: bytes,
+                        key: ApiKey | None) -> web.StreamResponse:
         assert self._session is not None
         headers = {"Content-Type": "application/json"}
         if "X-Request-Id" in request.headers:
@@ -187,8 +221,10 @@ class Gateway:
                     self._forget(app)
                     raise _Retry(f"broke off: {type(exc).__name__}: {exc}") from None
                 answer = web.Response(body=payload, status=upstream.status, headers=answer_headers)
+                if key is not None and key.tokens_per_minute is not None:
+                    self.limiter.charge(key, _usage_tokens(payload), time.monotonic())
             else:
-                answer = await self._stream(request, upstream, answer_headers)
+                answer = await self._stream(request, upstream, answer_headers, key)
         except BaseException:
             # Cancelled (the client left) or failed: drop the connection, so the replica sees the request end and
             # the engine aborts it rather than generating for nobody.
@@ -198,12 +234,15 @@ class Gateway:
         return answer
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                      headers: dict[str, str]) -> web.StreamResponse:
+                      headers: dict[str, str], key: ApiKey | None) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
+        counting = key is not None and key.tokens_per_minute is not None
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                if counting and b'"usage"' in chunk:
+                    self.limiter.charge(key, _usage_tokens(chunk), time.monotonic())  # type: ignore[arg-type]
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
             # Bytes went out already: the client gets the failure in the stream, as vLLM reports its own errors.
             await response.write(errors.upstream_broke(f"{type(exc).__name__}: {exc}").sse())
@@ -236,6 +275,21 @@ class Gateway:
     def _forget(self, app: str) -> None:
         self.urls.pop(app, None)
         self.gone_until[app] = time.monotonic() + GONE_FOR_S
+
+
+def _usage_tokens(payload: bytes) -> int:
+    """Total tokens of the `usage` in a JSON answer or in the server-sent events of a stream chunk (0 if none)."""
+    total = 0
+    for part in payload.split(b"\n"):
+        part = part.removeprefix(b"data: ").strip()
+        if b'"usage"' not in part:
+            continue
+        try:
+            usage = json.loads(part).get("usage") or {}
+        except (ValueError, AttributeError):
+            continue
+        total += int(usage.get("total_tokens") or 0)
+    return total
 
 
 def _error(error: GatewayError) -> web.Response:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from reconciler.desired import ApiKey, Gateway
+
 RUNNING, STARTING, UNPLACED, STOPPED = "running", "starting", "unplaced", "stopped"
 
 
@@ -34,10 +36,24 @@ class ModelRoute:
                    engine=data.get("engine", ""), max_model_len=data.get("max_model_len"))
 
 
+def _key_to_dict(key: ApiKey) -> dict[str, Any]:
+    return {"name": key.name, "sha256": key.sha256, "models": list(key.models),
+            "requests_per_minute": key.requests_per_minute, "concurrent_requests": key.concurrent_requests,
+            "tokens_per_minute": key.tokens_per_minute}
+
+
+def _key_from_dict(data: Mapping[str, Any]) -> ApiKey:
+    return ApiKey(name=data["name"], sha256=data["sha256"], models=tuple(data.get("models") or ("*",)),
+                  requests_per_minute=data.get("requests_per_minute"),
+                  concurrent_requests=data.get("concurrent_requests"),
+                  tokens_per_minute=data.get("tokens_per_minute"))
+
+
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     models: tuple[ModelRoute, ...] = ()
     created: int = 0  # unix time of the publication: OpenAI's `created` of every listed model
+    keys: tuple[ApiKey, ...] = ()  # hashes only; with none, the gateway is open
 
     def model(self, name: str) -> ModelRoute | None:
         for m in self.models:
@@ -49,13 +65,23 @@ class RouteTable:
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
+    @property
+    def open(self) -> bool:
+        return not self.keys
+
+    def same_routes(self, other: "RouteTable") -> bool:
+        """Equal but for the publication time: nothing a gateway would do differently."""
+        return (self.models, self.keys) == (other.models, other.keys)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"models": [m.to_dict() for m in self.models], "created": self.created}
+        return {"models": [m.to_dict() for m in self.models], "created": self.created,
+                "keys": [_key_to_dict(k) for k in self.keys]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RouteTable":
         return cls(models=tuple(ModelRoute.from_dict(m) for m in data.get("models", ())),
-                   created=int(data.get("created", 0)))
+                   created=int(data.get("created", 0)),
+                   keys=tuple(_key_from_dict(k) for k in data.get("keys", ())))
 
 
 def model_state(*, desired: int | None, backends: int, unplaced: bool) -> str:
@@ -72,6 +98,7 @@ def build_table(
     apps: Mapping[str, Mapping[str, Any]],
     unplaced: Iterable[str] = (),
     created: int = 0,
+    gateway: Gateway | None = None,
 ) -> RouteTable:
     """The table for ``models`` (desired Models) given our Serve application configs ``apps`` (name -> config).
 
@@ -100,4 +127,4 @@ def build_table(
             engine=str(model.engine),
             max_model_len=int(max_len) if isinstance(max_len, int) or str(max_len).isdigit() else None,
         ))
-    return RouteTable(models=tuple(routes), created=created)
+    return RouteTable(models=tuple(routes), created=created, keys=gateway.keys if gateway is not None else ())
