@@ -19,7 +19,7 @@ from reconciler.spec.models import AnyDocument, GatewayDocument, ModelDocument, 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # Schemas of other data formats, written by their own modules; each has FILENAME and schema().
-OTHER_SCHEMA_MODULES = ("reconciler.observed_schema", "reconciler.plan_schema")
+OTHER_SCHEMA_MODULES = ("reconciler.observed_schema", "reconciler.plan_schema", "reconciler.status_schema")
 
 
 def _spec_schema(target: Any, title: str, description: str) -> dict[str, Any]:

@@ -141,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
         report = apply_holding_lock(args, cluster, executor=executor, plan=plan, desired=desired, observed=observed)
         after = cluster.observe(desired)
         sys.stdout.write(render_report(report, color=color))
-        sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url))
+        sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url,
+                                       gateway_url=report.gateway_urls[0] if report.gateway_urls else None))
+        from reconciler.gateway.exposure import open_endpoint_warning
+
+        if warning := open_endpoint_warning(report.gateway_urls, desired.gateway):
+            print(f"warning: {warning}", file=sys.stderr)
         return 0 if report.ok else 1
     finally:
         cluster.close()
