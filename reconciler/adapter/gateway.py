@@ -25,6 +25,50 @@ RESOLVE_TIMEOUT_S = 5.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RayMetrics:
+    """The gateway's metrics through Ray's metrics agent: every node's gateway shows up in one Prometheus scrape
+    config (Ray's service discovery), with the usual ``ray_`` prefix."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self._requests = metrics.Counter(
+            "reconciler_gateway_requests", "Requests through the gateway, by model, key name and HTTP status",
+            tag_keys=("model", "key", "status"))
+        self._latency = metrics.Histogram(
+            "reconciler_gateway_request_seconds", "Time from request to the end of the answer, by model and key name",
+            boundaries=list(LATENCY_BUCKETS), tag_keys=("model", "key"))
+        self._first = metrics.Histogram(
+            "reconciler_gateway_time_to_first_token_seconds", "Streams: time from request to the first chunk",
+            boundaries=list(LATENCY_BUCKETS), tag_keys=("model", "key"))
+        self._tokens = metrics.Counter(
+            "reconciler_gateway_tokens", "Tokens of answered requests (from their usage), by model, key name and kind",
+            tag_keys=("model", "key", "kind"))
+        self._in_flight = metrics.Gauge(
+            "reconciler_gateway_in_flight", "Requests this gateway has in flight to each replica",
+            tag_keys=("model", "replica"))
+
+    def request(self, *, model: str, key: str, status: int, seconds: float) -> None:
+        tags = {"model": model, "key": key}
+        self._requests.inc(1, {**tags, "status": str(status)})
+        self._latency.observe(seconds, tags)
+
+    def first_token(self, *, model: str, key: str, seconds: float) -> None:
+        self._first.observe(seconds, {"model": model, "key": key})
+
+    def tokens(self, *, model: str, key: str, prompt: int, completion: int) -> None:
+        if prompt:
+            self._tokens.inc(prompt, {"model": model, "key": key, "kind": "prompt"})
+        if completion:
+            self._tokens.inc(completion, {"model": model, "key": key, "kind": "completion"})
+
+    def in_flight(self, *, model: str, replica: str, count: int) -> None:
+        self._in_flight.set(count, {"model": model, "replica": replica})
+
+
 class GatewayActor:
     """Runs the gateway on its own thread and event loop (uvloop), apart from the actor's method calls."""
 
@@ -32,7 +76,8 @@ class GatewayActor:
         from reconciler.gateway.server import Gateway
 
         self._handles: dict[str, Any] = {}
-        self._gateway = Gateway(self._resolve, _stored_table())
+        self._listen = (host, port)
+        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics())
         self._loop = _new_loop()
         started = threading.Event()
         failure: list[BaseException] = []
@@ -55,6 +100,9 @@ class GatewayActor:
 
     def url(self) -> str:
         return str(self._gateway.url)
+
+    def listen(self) -> tuple[str, int]:
+        return self._listen
 
     def set_table(self, data: dict[str, Any]) -> int:
         table = RouteTable.from_dict(data)
@@ -120,10 +168,15 @@ def ensure(cluster: Any, settings: GatewaySettings = GatewaySettings()) -> dict[
     for address, node_id in _gateway_nodes(ray).items():
         name = _actor_name(address)
         try:
-            actors[address] = ray.get_actor(name, namespace=NAMESPACE)
-            continue
+            existing = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            pass
+            existing = None
+        if existing is not None:
+            if tuple(ray.get(existing.listen.remote(), timeout=CALL_TIMEOUT_S)) == (host or "0.0.0.0", port):
+                actors[address] = existing
+                continue
+            ray.kill(existing)  # the Gateway spec moved it: a new one listens where asked
+            _wait_gone(ray, name)
         advertise = address if host in WILDCARD_HOSTS else host
         actors[address] = (
             ray.remote(GatewayActor)
@@ -145,6 +198,16 @@ def stored_table(cluster: Any) -> RouteTable:
     """The route table last published (empty when none was)."""
     cluster._driver()
     return _stored_table()
+
+
+def _wait_gone(ray: Any, name: str) -> None:
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
 
 
 def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = GatewaySettings()) -> list[str]:

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -27,6 +28,7 @@ from reconciler.desired import ApiKey
 from reconciler.gateway import errors, keys, routing
 from reconciler.gateway.errors import GatewayError
 from reconciler.gateway.limits import Limiter
+from reconciler.gateway.observer import Observer, Silent
 from reconciler.gateway.table import RUNNING, ModelRoute, RouteTable
 
 Resolver = Callable[[str], Awaitable[str]]
@@ -41,13 +43,27 @@ PASS_HEADERS = ("Content-Type", "X-Request-Id")
 EVENT_STREAM = "text/event-stream"
 
 
+@dataclass
+class _Call:
+    """One request's bookkeeping for the metrics."""
+
+    started: float
+    model: str = "-"
+    key_name: str = "-"
+    key: ApiKey | None = None
+    status: int = 500
+    prompt: int = 0
+    completion: int = 0
+
+
 class _Retry(Exception):
     """This replica did not take the request and nothing was sent to the client: try another."""
 
 
 class Gateway:
-    def __init__(self, resolve: Resolver, table: RouteTable | None = None) -> None:
+    def __init__(self, resolve: Resolver, table: RouteTable | None = None, observer: Observer | None = None) -> None:
         self._resolve = resolve
+        self.observer: Observer = observer or Silent()
         self.table = RouteTable()
         self._keys: dict[str, ApiKey] = {}
         self.limiter = Limiter()
@@ -149,12 +165,30 @@ class Gateway:
     # --------------------------------------------------------------------------------------------------- forward
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        call = _Call(started=time.monotonic())
+        try:
+            answer = await self._forward(request, call)
+        except asyncio.CancelledError:
+            call.status = 499  # the client went away (nginx's word for it): counted, then the cancel goes on
+            raise
+        else:
+            call.status = answer.status
+            return answer
+        finally:
+            self.observer.request(model=call.model, key=call.key_name, status=call.status,
+                                  seconds=time.monotonic() - call.started)
+            if call.prompt or call.completion:
+                self.observer.tokens(model=call.model, key=call.key_name, prompt=call.prompt,
+                                     completion=call.completion)
+
+    async def _forward(self, request: web.Request, call: "_Call") -> web.StreamResponse:
         endpoint = request.match_info["endpoint"]
         if endpoint not in POST_ENDPOINTS:
             return _error(errors.no_route(request.path))
         key = self._caller(request)
         if isinstance(key, GatewayError):
             return _error(key)
+        call.key, call.key_name = key, key.name if key is not None else "-"
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -165,20 +199,21 @@ class Gateway:
         model = routing.pick_model(self.table, body)
         if isinstance(model, GatewayError):
             return _error(model)
+        call.model = model.name
         if body.get("model") != model.name:
             raw = json.dumps({**body, "model": model.name}).encode()
         if key is None:
-            return await self._send(request, model, f"/v1/{endpoint}", raw, None)
+            return await self._send(request, model, f"/v1/{endpoint}", raw, call)
         refused = keys.authorize(key, model.name) or self.limiter.admit(key, time.monotonic())
         if refused is not None:
             return _error(refused)
         try:
-            return await self._send(request, model, f"/v1/{endpoint}", raw, key)
+            return await self._send(request, model, f"/v1/{endpoint}", raw, call)
         finally:
             self.limiter.release(key)
 
     async def _send(self, request: web.Request, model: ModelRoute, path: str, raw: bytes,
-                    key: ApiKey | None) -> web.StreamResponse:
+                    call: "_Call") -> web.StreamResponse:
         if not model.backends:
             state = model.state if model.state != RUNNING else "starting"
             return _error(errors.no_replica(model.name, state, RETRY_AFTER_S))
@@ -192,17 +227,19 @@ class Gateway:
             if app is None:
                 return _error(errors.replicas_failed(model.name, reasons, RETRY_AFTER_S))
             tried.add(app)
-            self.in_flight[app] = self.in_flight.get(app, 0) + 1
+            self.in_flight[app] = count = self.in_flight.get(app, 0) + 1
+            self.observer.in_flight(model=model.name, replica=app, count=count)
             try:
                 url = await self._url(app)
-                return await self._exchange(request, app, url + path, raw, key)
+                return await self._exchange(request, app, url + path, raw, call)
             except _Retry as why:
                 reasons.append(f"{app}: {why}")
             finally:
-                self.in_flight[app] -= 1
+                self.in_flight[app] = count = self.in_flight[app] - 1
+                self.observer.in_flight(model=model.name, replica=app, count=count)
 
     async def _exchange(self, request: web.Request, app: str, url: str, raw: bytes,
-                        key: ApiKey | None) -> web.StreamResponse:
+                        call: "_Call") -> web.StreamResponse:
         assert self._session is not None
         headers = {"Content-Type": "application/json"}
         if "X-Request-Id" in request.headers:
@@ -221,10 +258,10 @@ class Gateway:
                     self._forget(app)
                     raise _Retry(f"broke off: {type(exc).__name__}: {exc}") from None
                 answer = web.Response(body=payload, status=upstream.status, headers=answer_headers)
-                if key is not None and key.tokens_per_minute is not None:
-                    self.limiter.charge(key, _usage_tokens(payload), time.monotonic())
+                if upstream.status == 200:
+                    self._count(call, payload)
             else:
-                answer = await self._stream(request, upstream, answer_headers, key)
+                answer = await self._stream(request, upstream, answer_headers, call)
         except BaseException:
             # Cancelled (the client left) or failed: drop the connection, so the replica sees the request end and
             # the engine aborts it rather than generating for nobody.
@@ -234,21 +271,33 @@ class Gateway:
         return answer
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                      headers: dict[str, str], key: ApiKey | None) -> web.StreamResponse:
+                      headers: dict[str, str], call: "_Call") -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        counting = key is not None and key.tokens_per_minute is not None
+        first = True
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-                if counting and b'"usage"' in chunk:
-                    self.limiter.charge(key, _usage_tokens(chunk), time.monotonic())  # type: ignore[arg-type]
+                if first:
+                    first = False
+                    self.observer.first_token(model=call.model, key=call.key_name,
+                                              seconds=time.monotonic() - call.started)
+                if b'"usage"' in chunk:
+                    self._count(call, chunk)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
             # Bytes went out already: the client gets the failure in the stream, as vLLM reports its own errors.
             await response.write(errors.upstream_broke(f"{type(exc).__name__}: {exc}").sse())
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _count(self, call: "_Call", payload: bytes) -> None:
+        """Tokens from the answer's usage: for the metrics, and against the key's tokens per minute."""
+        prompt, completion = _usage(payload)
+        call.prompt += prompt
+        call.completion += completion
+        if call.key is not None and call.key.tokens_per_minute is not None:
+            self.limiter.charge(call.key, prompt + completion, time.monotonic())
 
     # ----------------------------------------------------------------------------------------------- resolution
 
@@ -277,9 +326,9 @@ class Gateway:
         self.gone_until[app] = time.monotonic() + GONE_FOR_S
 
 
-def _usage_tokens(payload: bytes) -> int:
-    """Total tokens of the `usage` in a JSON answer or in the server-sent events of a stream chunk (0 if none)."""
-    total = 0
+def _usage(payload: bytes) -> tuple[int, int]:
+    """(prompt, completion) tokens of the `usage` in a JSON answer or in a stream chunk's events; zeros if none."""
+    prompt = completion = 0
     for part in payload.split(b"\n"):
         part = part.removeprefix(b"data: ").strip()
         if b'"usage"' not in part:
@@ -288,8 +337,9 @@ def _usage_tokens(payload: bytes) -> int:
             usage = json.loads(part).get("usage") or {}
         except (ValueError, AttributeError):
             continue
-        total += int(usage.get("total_tokens") or 0)
-    return total
+        prompt += int(usage.get("prompt_tokens") or 0)
+        completion += int(usage.get("completion_tokens") or 0)
+    return prompt, completion
 
 
 def _error(error: GatewayError) -> web.Response:

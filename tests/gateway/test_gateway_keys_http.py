@@ -87,3 +87,29 @@ def test_requests_per_minute_and_a_changed_limit_without_restart(keyed):
     publish(keyed)  # the Gateway spec lost its keys: open to everyone, at once
     assert openai.OpenAI(base_url=keyed.url, api_key="anything", max_retries=0).embeddings.create(
         model="emb", input="4").data
+
+
+def test_the_metrics_see_models_key_names_statuses_and_tokens_never_keys(keyed):
+    from reconciler.gateway.observer import Recorder
+
+    recorder = Recorder()
+    keyed.gateway.observer = recorder
+    client = sdk(keyed, ALICE)
+    client.embeddings.create(model="emb", input="one two")
+    for _ in client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a b"}],
+                                            stream=True, stream_options={"include_usage": True}):
+        pass
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(sdk(keyed, BOB))
+    with pytest.raises(openai.AuthenticationError):
+        ask(sdk(keyed, "sk-rc-mallory"))
+    assert recorder.events == [
+        ("request", "emb", "alice", 200),
+        ("tokens", "emb", "alice", 2, 0),
+        ("first_token", "chat", "alice"),
+        ("request", "chat", "alice", 200),
+        ("tokens", "chat", "alice", 2, 2),
+        ("request", "chat", "bob", 403),
+        ("request", "-", "-", 401),
+    ]
+    assert not any(secret in repr(recorder.events) for secret in (ALICE, BOB, "sk-rc-mallory"))

@@ -113,3 +113,45 @@ def test_both_replicas_take_traffic_and_a_killed_one_costs_no_request(gateway):
         ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=False)
         answers = [f.result() for f in futures]
     assert answers == [f"n{i}" for i in range(40)]
+
+
+def test_status_json_and_probe_go_by_the_base_url(gateway, capsys):
+    capsys.readouterr()
+    assert cli(["status", str(gateway["specs"]), "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["gateway"]["url"] == gateway["url"]
+    assert {m["name"]: m["state"] for m in document["models"]} == {"chat": "running", "emb": "running",
+                                                                   "idle": "stopped"}
+    assert cli(["status", str(gateway["specs"])]) == 0
+    assert capsys.readouterr().out.startswith(f"OpenAI base URL: {gateway['url']}\n")
+    assert cli(["probe", str(gateway["specs"])]) == 0
+    out = capsys.readouterr().out
+    assert f"POST {gateway['url']}/chat/completions  200" in out and f"POST {gateway['url']}/embeddings  200" in out
+
+
+def test_keys_and_limits_change_without_restarting_a_replica(gateway):
+    import hashlib
+
+    def actors() -> dict[str, str]:
+        apps = gateway["cluster"].serve_details()["applications"]
+        return {n: r["actor_id"] for n, a in apps.items() for d in a["deployments"].values() for r in d["replicas"]}
+
+    before = actors()
+    secret = "sk-rc-test-key"
+    spec = {"apiVersion": "reconciler/v1", "kind": "Gateway", "metadata": {"name": "front"},
+            "spec": {"keys": [{"name": "ci", "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+                               "models": ["emb"], "limits": {"concurrentRequests": 2}}]}}
+    (gateway["specs"] / "gateway.yaml").write_text(json.dumps(spec))
+    try:
+        assert cli(["apply", str(gateway["specs"]), "--yes"]) == 0
+        with pytest.raises(openai.AuthenticationError):
+            sdk(gateway).embeddings.create(model="emb", input="x")
+        keyed = openai.OpenAI(base_url=gateway["url"], api_key=secret, max_retries=0)
+        assert len(keyed.embeddings.create(model="emb", input="x").data) == 1
+        with pytest.raises(openai.PermissionDeniedError):
+            keyed.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    finally:
+        (gateway["specs"] / "gateway.yaml").unlink()
+        assert cli(["apply", str(gateway["specs"]), "--yes"]) == 0
+    assert sdk(gateway).embeddings.create(model="emb", input="x").data  # open again
+    assert actors() == before  # no replica restarted for any of it
