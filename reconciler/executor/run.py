@@ -321,6 +321,24 @@ class Executor:
         return outcomes
 
 
+def sync_gateway(cluster: Any, desired: DesiredState, settings: GatewaySettings = GatewaySettings()) -> bool:
+    """Publish the route table for `desired` and the applications running now, when the gateways' differs.
+
+    For loops that apply only plans with actions (watch): a changed key, limit or replica-less model changes no
+    replica, so no apply would carry it to the gateways. True when it published."""
+    if not settings.enabled:
+        return False
+    table = build_table(models=desired.models, apps=our_configs(cluster.last_serve or cluster.serve_details()),
+                        created=int(time.time()), gateway=desired.gateway)
+    if gateways.stored_table(cluster).same_routes(table) and gateways.urls(cluster):
+        return False
+    if desired.gateway is not None:
+        settings = replace(settings, host=desired.gateway.host or settings.host,
+                           port=desired.gateway.port or settings.port)
+    gateways.publish(cluster, table, settings)
+    return True
+
+
 def _pending_message(app: dict[str, Any], grace: float) -> str:
     config = app.get("deployed_app_config") or {}
     deployments = config.get("deployments") or [{}]

@@ -34,8 +34,15 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None, max_st
     probe = ServeProbe(cluster)
 
     def observe(desired: DesiredState) -> ObservedState:
+        from reconciler.executor.run import sync_gateway
+
         observed = cluster.observe(desired)
         probe.mark()
+        try:
+            # An empty plan is never applied, so a changed API key or limit would never reach the gateways.
+            sync_gateway(cluster, desired)
+        except Exception as exc:  # the per-model routes still serve; the next cycle tries again
+            print(f"warning: the gateway did not take the route table: {exc}", file=stream)
         return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
