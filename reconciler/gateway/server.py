@@ -37,6 +37,7 @@ RESOLVE_TIMEOUT_S = 5.0  # a replica still starting may take a moment to say whe
 GONE_FOR_S = 2.0  # after a failed connection, other replicas go first for this long
 RETRY_AFTER_S = 5
 CONNECT_TIMEOUT_S = 5.0
+IN_FLIGHT_REPORT_S = 1.0
 POST_ENDPOINTS = ("chat/completions", "completions", "embeddings")
 # Answer headers worth passing on; hop-by-hop ones (length, encoding, connection) are aiohttp's to set.
 PASS_HEADERS = ("Content-Type", "X-Request-Id")
@@ -75,6 +76,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+        self._reporter: asyncio.Future | None = None
         self.set_table(table or RouteTable())
 
     # ------------------------------------------------------------------------------------------------- lifecycle
@@ -100,11 +102,23 @@ class Gateway:
         site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
         await site.start()
         bound = self._runner.addresses[0][1] if port == 0 else port
+        self._reporter = asyncio.ensure_future(self._report_in_flight())
         shown = advertise or host
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}/v1"
         return self.url
 
+    async def _report_in_flight(self) -> None:
+        # Sampled, not per request: a gauge is read every scrape interval, and setting it twice per request cost
+        # a measurable share of the gateway's CPU.
+        while True:
+            for model in self.table.models:
+                for app in model.backends:
+                    self.observer.in_flight(model=model.name, replica=app, count=self.in_flight.get(app, 0))
+            await asyncio.sleep(IN_FLIGHT_REPORT_S)
+
     async def stop(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -227,16 +241,14 @@ class Gateway:
             if app is None:
                 return _error(errors.replicas_failed(model.name, reasons, RETRY_AFTER_S))
             tried.add(app)
-            self.in_flight[app] = count = self.in_flight.get(app, 0) + 1
-            self.observer.in_flight(model=model.name, replica=app, count=count)
+            self.in_flight[app] = self.in_flight.get(app, 0) + 1
             try:
                 url = await self._url(app)
                 return await self._exchange(request, app, url + path, raw, call)
             except _Retry as why:
                 reasons.append(f"{app}: {why}")
             finally:
-                self.in_flight[app] = count = self.in_flight[app] - 1
-                self.observer.in_flight(model=model.name, replica=app, count=count)
+                self.in_flight[app] -= 1
 
     async def _exchange(self, request: web.Request, app: str, url: str, raw: bytes,
                         call: "_Call") -> web.StreamResponse:
