@@ -9,8 +9,10 @@ same engine settings; both stay up for the whole run. Then, in interleaved round
 - chat completions of exactly 16 tokens (`ignore_eos`), non-streaming, at concurrency 1, 8 and 32: requests/s,
   p50 and p99 latency;
 - the same streamed at concurrency 8: time to first token (first content chunk);
+- the tiny LLaMA straight to its replica's own endpoint (no gateway) against vLLM's server at 8 and 32: what the
+  replica process itself costs (it is a Ray worker hosting a Serve replica besides vLLM's app);
 - the echo engine at concurrency 1 and 32, through the gateway and straight to its replica's own endpoint, which
-  isolates what the gateway hop costs.
+  isolates what the gateway hop costs. (In these rows the "gateway" columns are the path named first.)
 
 Figures are medians over rounds; ratios are gateway / peer. Targets (issue 10): >= 0.90 of vLLM's requests/s at
 concurrency 8 and 32; the hop adds <= 2 ms to the p50 at concurrency 1.
@@ -207,6 +209,9 @@ def main() -> int:
             echo_app = next(n for n, a in apps.items() if (a.get("deployed_app_config") or {}).get("args", {})
                             .get("engine_config", {}).get("model") == "echo")
             echo_direct = serve.get_app_handle(echo_app).endpoint.remote().result(timeout_s=60) + "/v1"
+            tiny_app = next(n for n, a in apps.items() if (a.get("deployed_app_config") or {}).get("args", {})
+                            .get("engine_config", {}).get("model") == "tiny")
+            tiny_direct = serve.get_app_handle(tiny_app).endpoint.remote().result(timeout_s=60) + "/v1"
         vllm_base = f"http://127.0.0.1:{port}/v1"
         chat = {"model": "tiny", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
         print(f"\n{args.rounds} interleaved rounds of {args.requests} requests; medians; latency in ms.\n")
@@ -217,6 +222,9 @@ def main() -> int:
                     f"{vllm_base}/chat/completions", chat, args, concurrency=c)
         compare("same, streamed (peer: vLLM's server)", f"{base}/chat/completions", f"{vllm_base}/chat/completions",
                 {**chat, "stream": True}, args, concurrency=8, stream=True)
+        for c in (8, 32):  # where the rest goes: the replica's own endpoint (no gateway) against vLLM's server
+            compare("tiny LLaMA straight to its replica's endpoint (peer: vLLM's server)",
+                    f"{tiny_direct}/chat/completions", f"{vllm_base}/chat/completions", chat, args, concurrency=c)
         echo = {"model": "echo", "messages": PROMPT}
         for c in (1, 32):
             compare("echo (peer: its replica's own endpoint)", f"{base}/chat/completions",

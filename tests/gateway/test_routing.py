@@ -115,3 +115,22 @@ def test_envelopes_are_openais_and_carry_retry_after():
         "type": "service_unavailable", "param": None, "code": "no_running_replica"}}
     assert error.status == 503 and error.headers() == {"Retry-After": "5"}
     assert error.sse().startswith(b"data: {\"error\": ") and error.sse().endswith(b"\n\n")
+
+
+@pytest.mark.parametrize(
+    ("payload", "want"),
+    [
+        (b'{"usage":{"prompt_tokens":12,"total_tokens":28,"completion_tokens":16,"prompt_tokens_details":null}}',
+         (12, 16)),
+        (b'{"data": [{"embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}', (2, 0)),
+        (b'data: {"choices":[]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n', (3, 4)),
+        (b'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: {"usage":{"prompt_tokens":2,'
+         b'"completion_tokens":5}}\n\n', (3, 6)),
+        (b'{"usage": null}', (0, 0)),
+        (b'{"choices": []}', (0, 0)),
+    ],
+)
+def test_usage_is_read_from_answers_and_stream_chunks(payload, want):
+    from reconciler.gateway.server import _usage
+
+    assert _usage(payload) == want
