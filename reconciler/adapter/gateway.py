@@ -97,6 +97,9 @@ class GatewayActor:
         started.wait(START_TIMEOUT_S)
         if failure:
             raise RuntimeError(f"the gateway cannot listen on {host}:{port}: {failure[0]}")
+        from reconciler.engines.endpoint import freeze_heap
+
+        freeze_heap()
 
     def url(self) -> str:
         return str(self._gateway.url)
