@@ -47,8 +47,11 @@ def render_status(
     color: bool = False,
     http_url: str | None = None,
     unplaced: Iterable[Any] = (),
+    gateway_url: str | None = None,
 ) -> str:
     lines: list[str] = []
+    if gateway_url:  # first: it is what people point their clients at
+        lines.append(_c("OpenAI base URL: ", "bold", color) + gateway_url)
     on_gpu: dict[tuple[str, int], list[ObservedReplica]] = {}
     for replica in observed.replicas:
         for gpu in replica.gpus:
@@ -110,6 +113,8 @@ def render_report(report: Any, *, color: bool = False) -> str:
         lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
     for error in report.router_errors:
         lines.append(f"{_c('FAIL', 'bad', color)} {error}")
+    for error in getattr(report, "gateway_errors", ()):
+        lines.append(f"{_c('WARN', 'bad', color)} {error}")
     failed = len(report.failed) + len(report.router_errors)
     verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
     lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")
