@@ -18,7 +18,7 @@ from reconciler.errors import PermanentError, TransientError, UserError
 from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
 from reconciler.observed import ObservedState
 from reconciler.settings import DEFAULTS
-from reconciler.adapter import localcluster
+from reconciler.adapter import localcluster, reach
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
 
 SERVE_API = "/api/serve/applications/"
@@ -92,8 +92,9 @@ def resolve(address: str | None) -> Endpoint:
 class Cluster:
     """A connection to one Ray cluster. Use `connect()`; call `close()` (or use it as a context manager)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, *, connect_timeout: float = DEFAULTS.cluster.connect_timeout) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
         self.address = endpoint.address
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "reconciler"  # not a browser: Ray returns runtime_env unredacted
@@ -111,6 +112,7 @@ class Cluster:
     def _driver(self) -> Any:
         if self._ray is not None:
             return self._ray
+        deadline = time.monotonic() + self.connect_timeout  # importing Ray takes seconds of it already
         if self.endpoint.token and "RAY_AUTH_MODE" not in os.environ:
             os.environ["RAY_AUTH_MODE"] = "token"
         if self.endpoint.token_path:
@@ -118,6 +120,7 @@ class Cluster:
         elif self.endpoint.token:
             os.environ.setdefault("RAY_AUTH_TOKEN", self.endpoint.token)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        reach.quiet_retries(self.connect_timeout)
         import ray
 
         host = self.address.rsplit(":", 1)[0]
@@ -137,12 +140,19 @@ class Cluster:
                 f"this process is already connected to another Ray cluster ({ray.get_runtime_context().gcs_address})"
             )
         self._owns_driver = True
+        reach.check_port(self.address, timeout=max(0.5, deadline - time.monotonic()), budget=self.connect_timeout,
+                         local=self.endpoint.local)
         try:
-            context = ray.init(address=self.address, **kwargs)
+            context = reach.within(lambda: ray.init(address=self.address, **kwargs), address=self.address,
+                                   timeout=max(1.0, deadline - time.monotonic()), budget=self.connect_timeout,
+                                   local=self.endpoint.local)
+        except reach.Unreachable:
+            raise
         except ConnectionError as exc:
-            raise TransientError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+            raise TransientError(f"cannot connect to the Ray cluster at {self.address}: {_first_line(exc)}; "
+                                 f"{reach.advice(self.address, local=self.endpoint.local)}") from exc
         except Exception as exc:  # AuthenticationError and friends: say what to fix
-            raise PermanentError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+            raise PermanentError(f"cannot connect to the Ray cluster at {self.address}: {_first_line(exc)}") from exc
         if self.dashboard_url is None:
             url = context.address_info.get("webui_url") or ""
             if not url:
@@ -262,5 +272,11 @@ class Cluster:
             time.sleep(interval)
 
 
-def connect(address: str | None = None) -> Cluster:
-    return Cluster(resolve(address))
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+
+def connect(address: str | None = None, *, connect_timeout: float | None = None) -> Cluster:
+    """A cluster handle; the driver connects on first use, giving up after ``connect_timeout`` seconds."""
+    timeout = DEFAULTS.cluster.connect_timeout if connect_timeout is None else connect_timeout
+    return Cluster(resolve(address), connect_timeout=timeout)

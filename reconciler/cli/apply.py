@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     desired = _planning.load_directory(args.directory)
     saved = load_saved_plan(args.plan) if args.plan is not None else None
-    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes)
+    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes,
+                               connect_timeout=args.connect_timeout)
     try:
         observed = cluster.observe(desired)
         if saved is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli import _cluster
 from reconciler.errors import UserError
 
 PROMPT = "Say hello to the operator."
@@ -46,6 +47,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("directory", nargs="?", default="specs", type=Path, metavar="DIR")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, then the local cluster)")
+    _cluster.add_connect_timeout_argument(parser)
     parser.add_argument("--url", help="Serve HTTP base URL (default: asked from the cluster)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)")
     parser.set_defaults(handler=run)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if base_url is None:
         from reconciler.adapter import connect
 
-        with connect(args.address) as cluster:
+        with connect(args.address, connect_timeout=args.connect_timeout) as cluster:
             cluster.serve_details()
             base_url = cluster.http_url
         if base_url is None:

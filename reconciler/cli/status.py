@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     desired = load_optional(args.directory)
 
-    with _cluster.connect(args.address) as cluster:
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
         observed = cluster.observe(desired)
         http_url = cluster.http_url
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).

@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("directory", nargs="?", default="specs", metavar="DIR", help="spec directory (default: specs)")
     parser.add_argument("--address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, or the local one "
                         "`reconciler up` started)")
+    _cluster.add_connect_timeout_argument(parser)
     _planning.add_observed_arguments(parser)
     parser.add_argument("--interval", type=positive, default=DEFAULTS.watch.interval, metavar="S",
                         help="seconds between drift checks (default: %(default)g)")
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(DEFAULTS.watch, interval=args.interval, debounce=args.debounce,
                                    heal=not args.no_heal, plan_only=args.plan_only, poll=args.poll)
     options = WatchOptions(
-        directory=Path(args.directory), settings=settings, address=args.address, observed=args.observed,
+        directory=Path(args.directory), settings=settings, address=args.address,
+        connect_timeout=args.connect_timeout, observed=args.observed,
         offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, yes=args.yes, lease_ttl=args.lease_ttl, wait_for_lock=args.wait_for_lock,
         apply=dataclasses.replace(DEFAULTS.apply, max_starting=args.max_starting),

@@ -20,12 +20,13 @@ from reconciler.watch.controller import ActionResult
 from reconciler.watch.target import WatchTarget
 
 
-def connect_live(address: str | None, *, progress: IO[str] | None = None,
+def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.cluster.connect_timeout,
+                 progress: IO[str] | None = None,
                  apply_settings: ApplySettings = DEFAULTS.apply) -> WatchTarget:
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor
 
-    cluster = adapter.connect(address)
+    cluster = adapter.connect(address, connect_timeout=connect_timeout)
     try:
         cluster.ray_nodes()  # connects the driver: the lease lives in this cluster's GCS
         kv = RayKV()

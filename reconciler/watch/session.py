@@ -40,6 +40,7 @@ class WatchOptions:
     directory: Path
     settings: WatchSettings
     address: str | None = None
+    connect_timeout: float = DEFAULTS.cluster.connect_timeout
     observed: Path | None = None  # plan against this snapshot (plan-only)
     offline: bool = False  # plan against the pools' inventory (plan-only)
     events_file: Path | None = None
@@ -68,7 +69,7 @@ def connect(options: WatchOptions) -> WatchTarget:
     from reconciler.watch.live import connect_live
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
-    return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout,
+    return connect_live(options.address, connect_timeout=options.connect_timeout, progress=sys.stderr if options.log_format == "json" else sys.stdout,
                         apply_settings=options.apply)
 
 
