@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -230,7 +230,21 @@ class Cluster:
 
     def ray_nodes(self) -> list[RayNode]:
         ray = self._driver()
-        return [RayNode.from_ray(n) for n in ray.nodes()]
+        nodes = [RayNode.from_ray(n) for n in ray.nodes()]
+        if all(n.alive for n in nodes):
+            return nodes
+        died = self._death_times()
+        return [replace(n, died=died.get(n.node_id)) if not n.alive else n for n in nodes]
+
+    def _death_times(self) -> dict[str, float]:
+        """When each dead node died (unix seconds), from the dashboard's state API; empty when it cannot say."""
+        try:
+            response = self._request("GET", "/api/v0/nodes", params={"detail": "1", "limit": "10000"})
+            rows = response.json()["data"]["result"]["result"] if response.status_code == 200 else []
+        except (UserError, ValueError, KeyError, TypeError):
+            return {}
+        return {row["node_id"]: row["end_time_ms"] / 1000 for row in rows
+                if isinstance(row, dict) and row.get("node_id") and row.get("end_time_ms")}
 
     def _probes(self, nodes: list[RayNode], pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
         ray = self._driver()

@@ -109,6 +109,15 @@ def live_state(address: str | None, desired: DesiredState, *, connect_timeout: f
         return cluster.observe(desired)
 
 
+def report_dead_nodes(observed: ObservedState, *, fmt: str, color: bool) -> None:
+    """Dead nodes after the plan: in the text output, or on stderr where stdout is JSON or Markdown for machines."""
+    from reconciler.render.status import dead_node_lines
+
+    lines = dead_node_lines(observed, color=color and fmt == "text")
+    if lines:
+        print("\n".join(lines), file=sys.stdout if fmt == "text" else sys.stderr)
+
+
 def plan_against(desired: DesiredState, observed: ObservedState) -> Plan:
     from reconciler.planner import plan
 

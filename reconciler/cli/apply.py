@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import threading
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
@@ -54,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long Ray may leave a replica unscheduled before it is reported pending "
                         "(default: %(default)g)")
     _cluster.add_max_starting_argument(parser)
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="when another reconciler holds the cluster's apply lock, wait for it instead of exiting")
     parser.set_defaults(handler=run)
 
 
@@ -76,9 +79,18 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     """
     from reconciler.adapter.keeper import LeaseKeeper
     from reconciler.adapter.kv import RayKV
-    from reconciler.adapter.lease import Holder, acquire
+    from reconciler.adapter.lease import Holder, LeaseHeld, acquire, wait_acquire
 
-    lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {args.directory}"), ttl=DEFAULTS.lease.ttl)
+    holder = Holder.current(f"reconciler apply {args.directory}")
+    if args.wait_for_lock:
+        # Ctrl-C or SIGTERM ends the wait like any other: nothing has been applied yet.
+        lease = wait_acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl, stop=threading.Event(),
+                             on_wait=lambda held: print(f"Waiting: {held}", file=sys.stderr, flush=True))
+    else:
+        try:
+            lease = acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl)
+        except LeaseHeld as held:
+            raise UserError(f"{held} (or pass --wait-for-lock to wait for it)") from held
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
     try:

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     desired = _planning.load_directory(args.directory)
     observed = _planning.observed_state(args, desired)
     plan = _planning.plan_against(desired, observed)
-    sys.stdout.write(render(plan, fmt=args.format, color=_planning.use_color(sys.stdout)))
+    color = _planning.use_color(sys.stdout)
+    sys.stdout.write(render(plan, fmt=args.format, color=color))
+    _planning.report_dead_nodes(observed, fmt=args.format, color=color)
     if args.out is not None:
         _planning.write_plan(args.out, plan)
         print(f"Saved the plan to {args.out}; `reconciler apply --plan {args.out}` applies exactly it.",

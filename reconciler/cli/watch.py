@@ -32,6 +32,7 @@ probe saw Serve change) or retry.
 
 metrics (--metrics-port P, on 127.0.0.1): reconciler_gpu_vram_{total,reserved,planned,used,foreign}_bytes,
 reconciler_replicas{model,state}, reconciler_replicas_desired, reconciler_replicas_unplaced,
+reconciler_nodes{state}, reconciler_node_dead_since_timestamp_seconds{node},
 reconciler_actions_applied_total, reconciler_actions_failed_total, reconciler_reconcile_duration_seconds,
 reconciler_drift_detected_total, reconciler_last_successful_reconcile_timestamp_seconds, reconciler_spec_valid.
 

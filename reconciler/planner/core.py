@@ -50,11 +50,12 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     observed = normalised(observed)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
+    dead = frozenset(n.name for n in observed.nodes if not n.alive)
     outcomes: dict[tuple[str, int], _Outcome] = {}
     views: list[GpuView] = []
     unplaced: list[Unplaced] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
-        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary)
+        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
         solution = pack(pp.problem, settings.packing)
         pool_outcomes = _outcomes(pp, solution.assignment)
         outcomes.update(pool_outcomes)
