@@ -120,7 +120,7 @@ class Cluster:
         elif self.endpoint.token:
             os.environ.setdefault("RAY_AUTH_TOKEN", self.endpoint.token)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        reach.quiet_retries(self.connect_timeout)
+        reach.shorten_retries(self.connect_timeout)
         import ray
 
         host = self.address.rsplit(":", 1)[0]

@@ -53,12 +53,10 @@ def check_port(address: str, *, timeout: float, budget: float | None = None, loc
                           f"({why}) within {budget:.3g} s; {advice(address, local=local)}") from exc
 
 
-def quiet_retries(timeout: float) -> None:
+def shorten_retries(timeout: float) -> None:
     """Before Ray is imported: its GCS retry loop shortened to the connect budget, so an abandoned attempt gives up
-    soon after, and its C++ core's line per failed attempt kept off stderr (the one sentence raised here says it
-    all). Where the operator set either variable, theirs is kept."""
+    soon after. Where the operator set the variable, theirs is kept."""
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, math.ceil(timeout))))
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 
 def within(connect: Callable[[], Any], *, address: str, timeout: float, budget: float | None = None,

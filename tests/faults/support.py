@@ -43,16 +43,22 @@ def write_specs(directory: Path, models: dict[str, int], *, vram: str = "2Gi",
     (directory / "pool.yaml").write_text(POOL.format(inventory=rows))
     text = "".join(MODEL.format(name=n, vram=vram, replicas=r) for n, r in models.items())
     temp = directory / ".models.yaml.swp"
-    temp.write_text(text or "{}\n")
+    temp.write_text(text)
     temp.rename(directory / "models.yaml")
     return directory
 
 
-def reconciler(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None,
+# Where the session's cluster is announced to the processes tests start; a test of a cluster of its own drops them.
+SESSION_CLUSTER_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+def reconciler(*args: str, cwd: Path | None = None, timeout: float = 300, own_cluster: bool = False,
                ) -> subprocess.CompletedProcess:
+    """`reconciler ARGS` as a process. With ``own_cluster``, it finds the cluster `reconciler up` started in
+    ``cwd``, not the session's."""
+    env = {k: v for k, v in os.environ.items() if not (own_cluster and k in SESSION_CLUSTER_ENV)}
     return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd,
-                          env={**os.environ, "NO_COLOR": "1", **(env or {})})
+                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd, env={**env, "NO_COLOR": "1"})
 
 
 def clean_refusal(result: subprocess.CompletedProcess, *, must_say: str = "") -> str:
