@@ -27,8 +27,10 @@ Ctrl-C or SIGTERM finishes the current step and releases the lock; a second one 
 EPILOG = """\
 events (--events FILE, or --log-format json on stdout): one JSON object per line with time, event, message and
 fields: started, lease, lease-lost, spec-loaded, spec-invalid, plan, drift, skipped, backoff, apply, action,
-applied, failure, cycle, stopped. A cycle's cause is startup, spec-change, drift-timer, cluster-change (the --poll
-probe saw Serve change) or retry.
+applied, failure, cycle, reconnected, stopped. A cycle's cause is startup, spec-change, drift-timer, cluster-change
+(the --poll probe saw Serve change) or retry. When the cluster stops answering (stopped, restarted), watch says so
+(a failure with stage connect), connects again with backoff (a restarted local cluster at its new address), takes
+the lock again and carries on.
 
 metrics (--metrics-port P, on 127.0.0.1): reconciler_gpu_vram_{total,reserved,planned,used,foreign}_bytes,
 reconciler_replicas{model,state}, reconciler_replicas_desired, reconciler_replicas_unplaced,

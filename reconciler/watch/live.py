@@ -6,13 +6,15 @@ The only module of the watch package that reaches Ray, and only through the adap
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from reconciler import adapter
+from reconciler.adapter import reach
 from reconciler.adapter.kv import RayKV
 from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
+from reconciler.errors import TransientError
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.settings import DEFAULTS, ApplySettings
@@ -35,9 +37,31 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         raise
     stream = progress if progress is not None else sys.stdout
     probe = ServeProbe(cluster)
+    listeners: list[Callable[[str], None]] = []
+
+    def reachable() -> bool:
+        try:
+            reach.check_port(cluster.address, timeout=2.0)
+        except TransientError:
+            return False
+        return True
+
+    def gone_if_unreachable(exc: Exception) -> None:
+        """After a failed call: when the cluster's GCS port no longer answers at all, the cluster is gone (stopped,
+        restarted elsewhere): the driver is dropped before Ray's own reconnect timer ends this process, and the
+        session reconnects."""
+        if reachable():
+            return
+        cluster.close()
+        for listener in listeners:
+            listener(f"the Ray cluster at {cluster.address} stopped answering ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
 
     def observe(desired: DesiredState) -> ObservedState:
-        observed = cluster.observe(desired)
+        try:
+            observed = cluster.observe(desired)
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
         probe.mark()
         return observed
 
@@ -47,12 +71,22 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
                             progress=Progress(stream, live=False))
         try:
             report = executor.apply(plan, desired, observed)
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
         finally:
             probe.mark()
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
+    def changed() -> bool:
+        try:
+            return probe.changed()
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
+
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                   close=cluster.close, probe=probe.changed)
+                       close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append)
 
 
 class ServeProbe:

@@ -20,7 +20,7 @@ from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
 from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
-from reconciler.errors import UserError
+from reconciler.errors import TransientError, UserError
 from reconciler.watch.metrics import Metrics, MetricsServer
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
@@ -33,6 +33,8 @@ from reconciler.watch.specload import SpecLoader
 from reconciler.watch.target import WatchTarget
 
 EXIT_LEASE_LOST = 4
+CLUSTER_LOST = "cluster lost"
+WAIT_STOPPED = "stopped while waiting for the lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +124,41 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                 raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
                                 f"{exc.strerror or exc}") from exc
             stack.callback(server.close)
-        cluster = connect(options)
+        why = _run_connected(options, connect(options), events=events, metrics=metrics, confirm=confirm,
+                             ready=ready, first=True)
+        while why == CLUSTER_LOST:
+            target = _reconnect(options, events)
+            if target is None:
+                why = "signal received while reconnecting"
+                break
+            why = _run_connected(options, target, events=events, metrics=metrics, confirm=None, ready=ready,
+                                 first=False)
+        if why == WAIT_STOPPED:
+            events.emit(Kind.STOPPED, why, why="signal")
+            return 0
+        events.emit(Kind.STOPPED, f"stopped: {why}", why=why)
+        return EXIT_LEASE_LOST if why == "lease lost" else 0
+
+
+def _run_connected(options: WatchOptions, target: WatchTarget, *, events: EventLog, metrics: Metrics | None,
+                   confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None, first: bool) -> str:
+    """Watch one connection to the cluster until a signal, a lost lease or a lost cluster; returns why it ended."""
+    settings = options.settings
+    acting = not settings.plan_only
+    loop_holder: list[Loop] = []
+
+    def cluster_lost(why: str) -> None:
+        events.emit(Kind.FAILURE, f"lost the cluster: {why}", stage="connect", error=why, temporary=True,
+                    retryIn=settings.retry_base)
+        if loop_holder:
+            loop_holder[0].stop(CLUSTER_LOST)
+
+    target.on_lost(cluster_lost)
+    with ExitStack() as stack:
+        cluster = target
         stack.callback(cluster.close)
 
         keeper: LeaseKeeper | None = None
-        loop_holder: list[Loop] = []
         if acting:
             holder = Holder.current(options.command)
             if options.wait_for_lock:
@@ -139,8 +171,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                 finally:
                     _restore_signals(previous)
                 if lease is None:
-                    events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
-                    return 0
+                    return WAIT_STOPPED
             else:
                 try:
                     lease = acquire(cluster.kv, holder=holder, ttl=options.lease_ttl)
@@ -148,6 +179,9 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                     raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
 
             def lost(exc: LeaseLost) -> None:
+                if not cluster.reachable():  # the store went with the cluster: reconnect, no takeover happened
+                    cluster_lost(str(exc))
+                    return
                 events.emit(Kind.LEASE_LOST, str(exc))
                 if loop_holder:
                     loop_holder[0].stop("lease lost")
@@ -173,7 +207,8 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         if keeper is not None:
             controller_status.append(controller)
             keeper.start()
-            stack.callback(lambda: keeper.stop(release=True))
+            # A lost cluster took the lock's store with it: there is nothing left to release.
+            stack.callback(lambda: keeper.stop(release=loop.why_stopped != CLUSTER_LOST))
         watcher = SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
@@ -189,15 +224,37 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
             directory=str(options.directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
-        if ready is not None:
+        if ready is not None and first:
             ready(loop)
         try:
             loop.run()
         except LeaseLost as exc:
             events.emit(Kind.LEASE_LOST, str(exc))
             loop.why_stopped = "lease lost"
-        events.emit(Kind.STOPPED, f"stopped: {loop.why_stopped}", why=loop.why_stopped)
-        return EXIT_LEASE_LOST if loop.why_stopped == "lease lost" else 0
+        return loop.why_stopped
+
+
+def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
+    """Connect again, backing off from ``retry_base`` doubling up to the drift interval, until the cluster answers
+    (a restarted local cluster is found at its new address) or a signal comes (None)."""
+    stop = threading.Event()
+    previous = _stop_on_signals(lambda why: stop.set())
+    try:
+        delay = options.settings.retry_base
+        while not stop.is_set():
+            try:
+                target = connect(options)
+            except TransientError as exc:
+                events.emit(Kind.FAILURE, f"reconnecting failed: {exc}; retrying in {delay:.0f} s", stage="connect",
+                            error=str(exc), temporary=True, retryIn=delay)
+            else:
+                events.emit(Kind.RECONNECTED, f"connected again to {target.describe}", cluster=target.describe)
+                return target
+            stop.wait(delay)
+            delay = min(options.settings.interval, delay * 2)
+        return None
+    finally:
+        _restore_signals(previous)
 
 
 def _plan(desired: DesiredState, observed: ObservedState) -> Plan:

@@ -8,7 +8,10 @@ It starts its own cluster (nodes are killed here, which the session's shared clu
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 
 from reconciler.adapter import localcluster
 from reconciler.adapter.cluster import Cluster, Endpoint
-from tests.faults.support import clean_refusal, reconciler, write_specs
+from tests.faults.support import SESSION_CLUSTER_ENV, clean_refusal, reconciler, write_specs
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults]
 
@@ -126,3 +129,49 @@ def test_a_killed_node_and_a_mangled_state_file(here):
     left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [p.cmdline()[:3] for p in left]
     assert reconciler("down", cwd=here, own_cluster=True).stdout.strip() == "No local cluster was running."
+
+
+def events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_watch_reconnects_when_the_whole_cluster_is_restarted(here):
+    assert reconciler("up", "specs", cwd=here, own_cluster=True, timeout=300).returncode == 0
+    log = here / "events.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_CLUSTER_ENV}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "watch", "specs", "--yes", "--interval", "3", "--lease-ttl", "6",
+         "--events", str(log)],
+        cwd=here, env={**env, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        def seen(predicate, after: int = 0):
+            return wait_for(lambda: watch.poll() is None and next((e for e in events(log)[after:] if predicate(e)),
+                                                                   None), timeout=240, what="a watch event")
+
+        seen(lambda e: e["event"] == "cycle" and e["inSync"])
+        wait_for(lambda: two_replicas(here), timeout=120, what="two replicas")
+
+        mark = len(events(log))
+        down = reconciler("down", cwd=here, own_cluster=True, timeout=180)
+        assert down.returncode == 0, down.stdout + down.stderr
+        lost = seen(lambda e: e["event"] == "failure" and e.get("stage") == "connect", after=mark)
+        assert "stopped answering" in lost["message"], lost
+
+        up = reconciler("up", "specs", cwd=here, own_cluster=True, timeout=300)  # a new cluster, a new address
+        assert up.returncode == 0, up.stderr
+        seen(lambda e: e["event"] == "reconnected", after=mark)
+        seen(lambda e: e["event"] == "lease" and not e.get("waiting"), after=mark)
+        seen(lambda e: e["event"] == "cycle" and e["inSync"], after=mark)
+        assert two_replicas(here), "watch re-applied the specs to the restarted cluster"
+        retries = [e for e in events(log)[mark:] if e["event"] == "failure"]
+        assert len(retries) < 20, retries  # backed off, never spun
+    finally:
+        if watch.poll() is None:
+            watch.send_signal(signal.SIGTERM)
+        out, _ = watch.communicate(timeout=120)
+    assert watch.returncode == 0, out
+    assert "Traceback" not in out, out
