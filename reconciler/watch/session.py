@@ -20,7 +20,7 @@ from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
 from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
-from reconciler.errors import TransientError, UserError
+from reconciler.errors import UserError
 from reconciler.watch.metrics import Metrics, MetricsServer
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
@@ -244,7 +244,7 @@ def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
         while not stop.is_set():
             try:
                 target = connect(options)
-            except TransientError as exc:
+            except UserError as exc:  # nothing answers yet, or no local cluster is running right now
                 events.emit(Kind.FAILURE, f"reconnecting failed: {exc}; retrying in {delay:.0f} s", stage="connect",
                             error=str(exc), temporary=True, retryIn=delay)
             else:
