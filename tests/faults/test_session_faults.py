@@ -173,7 +173,13 @@ def test_a_stale_saved_plan_is_refused(specs, tmp_path):
 
 def serve_controller(ray_cluster) -> psutil.Process:
     supervisor = psutil.Process(json.loads(Path(ray_cluster.state_file).read_text())["pid"])
-    found = [p for p in supervisor.children(recursive=True) if p.cmdline()[:1] == ["ray::ServeController"]]
+    found = []
+    for process in supervisor.children(recursive=True):
+        try:
+            if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::ServeController"):
+                found.append(process)
+        except psutil.Error:
+            continue  # ended while we looked
     assert len(found) == 1, found
     return found[0]
 
