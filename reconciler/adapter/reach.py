@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,13 @@ def advice(address: str, *, local: bool) -> str:
         return "start it again with `reconciler up`, or raise --connect-timeout if it is only slow"
     return (f"check that the cluster is up and that {address} is its GCS HOST:PORT (what `ray start --head` "
             "prints), or raise --connect-timeout if it is only slow")
+
+
+def _exit_on_sigterm() -> None:
+    """What ``ray.init`` does in the main thread, done here because it now runs in another: SIGTERM becomes
+    SystemExit, so the command's cleanup (releasing the apply lock) still runs. A handler someone set is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -64,6 +73,7 @@ def within(connect: Callable[[], Any], *, address: str, timeout: float, budget: 
     """``connect()`` (a ``ray.init``) if it returns within ``timeout`` seconds, else Unreachable naming ``budget``
     (the whole connect timeout, of which ``timeout`` is what is left)."""
     budget = timeout if budget is None else budget
+    _exit_on_sigterm()
     done = threading.Event()
     outcome: dict[str, Any] = {}
 

@@ -89,7 +89,7 @@ def test_sigterm_ends_a_connecting_command(silent_port, tmp_path):
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == -signal.SIGTERM
+    assert process.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)  # ended by the signal, not by a timeout
 
 
 def _connected(port: int, pid: int) -> bool:
