@@ -39,9 +39,7 @@ def _reconciler_apply(cluster, desired) -> tuple[float, int]:
     start = time.monotonic()
     observed = cluster.observe(desired)
     the_plan = plan(desired, observed)
-    report = Executor(cluster, settings=ApplySettings(pending_grace=120), progress=Progress(live=False)).apply(
-        the_plan, desired, observed
-    )
+    report = Executor(cluster, settings=ApplySettings(pending_grace=120), progress=Progress(live=False)).apply(the_plan)
     elapsed = time.monotonic() - start
     if not report.ok:
         raise SystemExit(f"reconciler apply failed: {[o.message for o in report.failed]}")

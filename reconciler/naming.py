@@ -7,6 +7,7 @@ resource that a node advertises is exactly the one a replica asks for.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 
 from reconciler.desired import short_hash
 from reconciler.plan import Location
@@ -16,6 +17,13 @@ MANAGED_BY = "reconciler"  # the `managed_by` marker in the args of every applic
 IMPORT_PATH = "reconciler.engines.app:build"
 REPLICA_DEPLOYMENT = "Replica"
 ROUTER_DEPLOYMENT = "Router"
+
+
+class AppKind(StrEnum):
+    """The ``kind`` in the args of every application reconciler creates."""
+
+    REPLICA = "replica"  # one placed replica of a model
+    ROUTER = "router"  # a model's route, forwarding to its replicas
 
 # Labels of nodes that `reconciler up` simulates: observe takes their GPUs from the pool inventory without asking
 # NVML, which has nothing to say about them.

@@ -1,14 +1,21 @@
 """A plan is data: the actions that take the observed state to the desired one, and the end state they reach.
 
 Shared by the planner (producer), the renderers and the executor (consumers). Reasons are for people only: nothing
-branches on them.
+branches on them. A plan is self-contained, as Terraform's plan file is: it carries what each model runs
+(``ModelRuntime``), the memory of the GPUs each replica lands on, the application each action stops, and the GPUs it
+assumed where none could be observed, so ``apply`` needs the plan and the cluster, never the specs. Its JSON form
+carries a digest of its own content, so a saved plan that was edited is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from reconciler.desired import canonical_json
 
 PLAN_FORMAT = "reconciler/plan-v1"
 
@@ -69,6 +76,7 @@ class Action:
     # Make-before-break: the new replica starts while the old one still serves. Only set on move/replace when the
     # target has room for both at once.
     make_before_break: bool = False
+    source_app: str = ""  # the Serve application it stops, moves or replaces, as observed ("" when none)
 
     @property
     def replica_id(self) -> str:
@@ -89,10 +97,40 @@ class PlacedReplica:
     node: str
     gpus: tuple[int, ...]
     vram: int
+    gpu_memory: int = 0  # total bytes of the smallest of its GPUs (vLLM's memory fraction is taken of it)
 
     @property
     def location(self) -> Location:
         return Location(self.node, self.gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRuntime:
+    """What a model's replicas run with and where it answers: copied from its spec by the planner."""
+
+    name: str
+    engine: str
+    source: str
+    vram: int  # bytes per replica and per GPU
+    tensor_parallel: int
+    engine_args_json: str  # canonical JSON
+    route: str  # resolved: the spec's route or the default one
+    restart_hash: str  # changes when a replica must restart (names its applications)
+    config_hash: str  # changes on what a running replica takes without a restart
+
+    @property
+    def engine_args(self) -> dict[str, Any]:
+        return json.loads(self.engine_args_json)
+
+
+@dataclass(frozen=True, slots=True)
+class AssumedGpu:
+    """A GPU taken from a pool's inventory because its node's GPUs cannot be observed (a simulated node)."""
+
+    node: str
+    index: int
+    name: str
+    memory: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +175,14 @@ class Plan:
     gpus: tuple[GpuView, ...]  # sorted by (pool, node, index)
     fingerprint: str  # ObservedState.fingerprint of the state the plan was computed from
     desired_fingerprint: str  # DesiredState.fingerprint of the specs it was computed from
+    models: tuple[ModelRuntime, ...] = ()  # every model of the specs, sorted by name
+    assumed: tuple[AssumedGpu, ...] = ()  # the pools' inventory the observation fell back on, sorted
+
+    def model(self, name: str) -> ModelRuntime:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
 
     @property
     def empty(self) -> bool:
@@ -167,22 +213,30 @@ def action_to_json(a: Action) -> dict[str, Any]:
         "replica": a.replica,
         "from": _location(a.source),
         "to": _location(a.target),
+        "fromApp": a.source_app or None,
         "vram_bytes": a.vram,
         "makeBeforeBreak": a.make_before_break,
         "reason": a.reason,
     }
 
 
+def digest(document: dict[str, Any]) -> str:
+    """SHA-256 of a plan document's content (everything but the digest itself), in canonical JSON."""
+    content = {k: v for k, v in document.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
 def to_json(plan: Plan) -> dict[str, Any]:
     """The stable JSON form documented by schemas/plan.schema.json."""
-    return {
+    document = {
         "format": PLAN_FORMAT,
         "fingerprint": plan.fingerprint,
         "desiredFingerprint": plan.desired_fingerprint,
         "summary": plan.summary,
         "actions": [action_to_json(a) for a in plan.actions],
         "placement": [
-            {"model": p.model, "replica": p.replica, "node": p.node, "gpus": list(p.gpus), "vram_bytes": p.vram}
+            {"model": p.model, "replica": p.replica, "node": p.node, "gpus": list(p.gpus), "vram_bytes": p.vram,
+             "gpu_memory_bytes": p.gpu_memory}
             for p in plan.placement
         ],
         "unplaced": [{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
@@ -200,13 +254,29 @@ def to_json(plan: Plan) -> dict[str, Any]:
             }
             for g in plan.gpus
         ],
+        "models": [
+            {
+                "name": m.name,
+                "engine": m.engine,
+                "source": m.source,
+                "vram_bytes": m.vram,
+                "tensorParallel": m.tensor_parallel,
+                "engineArgs": m.engine_args,
+                "route": m.route,
+                "restartHash": m.restart_hash,
+                "configHash": m.config_hash,
+            }
+            for m in plan.models
+        ],
+        "assumed": [{"node": g.node, "index": g.index, "name": g.name, "memory": g.memory} for g in plan.assumed],
     }
+    document["digest"] = digest(document)
+    return document
 
 
 def from_json(data: dict[str, Any]) -> Plan:
-    """Read a saved plan (`plan --out`, `apply --plan`)."""
-    if data.get("format") != PLAN_FORMAT:
-        raise ValueError(f'not a saved plan: expected "format": "{PLAN_FORMAT}"')
+    """A plan from its JSON form. Trusts its input: `apply --plan` reads files through ``schemas.read.read_plan``,
+    which checks the schema and the digest first."""
 
     def uses(items: list[dict[str, Any]]) -> tuple[GpuUse, ...]:
         return tuple(GpuUse(u["model"], u["replica"], u["vram_bytes"]) for u in items)
@@ -221,12 +291,13 @@ def from_json(data: dict[str, Any]) -> Plan:
                 target=_parse_location(a["to"]),
                 vram=a["vram_bytes"],
                 reason=a["reason"],
-                make_before_break=a.get("makeBeforeBreak", False),
+                make_before_break=a["makeBeforeBreak"],
+                source_app=a["fromApp"] or "",
             )
             for a in data["actions"]
         ),
         placement=tuple(
-            PlacedReplica(p["model"], p["replica"], p["node"], tuple(p["gpus"]), p["vram_bytes"])
+            PlacedReplica(p["model"], p["replica"], p["node"], tuple(p["gpus"]), p["vram_bytes"], p["gpu_memory_bytes"])
             for p in data["placement"]
         ),
         unplaced=tuple(Unplaced(u["model"], u["replica"], u["reason"]) for u in data["unplaced"]),
@@ -242,8 +313,23 @@ def from_json(data: dict[str, Any]) -> Plan:
                 before=uses(g["before"]),
                 after=uses(g["after"]),
             )
-            for g in data.get("gpus", [])
+            for g in data["gpus"]
         ),
         fingerprint=data["fingerprint"],
-        desired_fingerprint=data.get("desiredFingerprint", ""),
+        desired_fingerprint=data["desiredFingerprint"],
+        models=tuple(
+            ModelRuntime(
+                name=m["name"],
+                engine=m["engine"],
+                source=m["source"],
+                vram=m["vram_bytes"],
+                tensor_parallel=m["tensorParallel"],
+                engine_args_json=canonical_json(m["engineArgs"]),
+                route=m["route"],
+                restart_hash=m["restartHash"],
+                config_hash=m["configHash"],
+            )
+            for m in data["models"]
+        ),
+        assumed=tuple(AssumedGpu(g["node"], g["index"], g["name"], g["memory"]) for g in data["assumed"]),
     )

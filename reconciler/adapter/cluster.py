@@ -17,6 +17,8 @@ from reconciler.desired import DesiredState
 from reconciler.errors import PermanentError, TransientError, UserError
 from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL
 from reconciler.observed import ObservedState
+from reconciler.plan import AssumedGpu
+from reconciler.planner.runtime import assumed_gpus
 from reconciler.settings import DEFAULTS
 from reconciler.adapter import localcluster, reach
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
@@ -102,8 +104,7 @@ class Cluster:
             self._session.headers["Authorization"] = f"Bearer {endpoint.token}"
         self._ray = None
         self.dashboard_url = endpoint.dashboard_url
-        self.http_url = endpoint.http_url
-        self.last_serve: dict[str, Any] = {}
+        self._http_url = endpoint.http_url
         self._probe_fn = None
         self._owns_driver = False
 
@@ -197,13 +198,22 @@ class Cluster:
         response = self._request("GET", SERVE_API)
         if response.status_code != 200:
             raise TransientError(f"GET {SERVE_API} answered {response.status_code}: {response.text[:500]}")
-        self.last_serve = response.json()
-        http = self.last_serve.get("http_options") or {}
-        if self.http_url is None and http.get("port"):
-            host = http.get("host") or "127.0.0.1"
-            host = urlparse(self.dashboard_url or "").hostname if host in ("0.0.0.0", "::") else host
-            self.http_url = f"http://{host}:{http['port']}"
-        return self.last_serve
+        return response.json()
+
+    @property
+    def http_url(self) -> str | None:
+        """Serve's HTTP proxy: known up front for the local cluster, else read from Serve's HTTP options once it
+        has them. None while Serve is not running or cannot be asked."""
+        if self._http_url is None:
+            try:
+                http = self.serve_details().get("http_options") or {}
+            except UserError:
+                return None
+            if http.get("port"):
+                host = http.get("host") or "127.0.0.1"
+                host = urlparse(self.dashboard_url or "").hostname if host in ("0.0.0.0", "::") else host
+                self._http_url = f"http://{host}:{http['port']}"
+        return self._http_url
 
     def put_serve_config(self, config: dict[str, Any]) -> None:
         """Serve's declarative apply: the whole config; Serve changes only the applications whose config changed."""
@@ -230,7 +240,11 @@ class Cluster:
 
     def ray_nodes(self) -> list[RayNode]:
         ray = self._driver()
-        nodes = [RayNode.from_ray(n) for n in ray.nodes()]
+        try:
+            raw = ray.nodes()
+        except Exception as exc:  # the GCS is restarting or gone: worth another try later
+            raise TransientError(f"the Ray cluster at {self.address} did not list its nodes: {exc}") from exc
+        nodes = [RayNode.from_ray(n) for n in raw]
         if all(n.alive for n in nodes):
             return nodes
         died = self._death_times()
@@ -268,13 +282,24 @@ class Cluster:
                 results[node_id] = {"available": False, "error": f"probe failed: {exc}", "gpus": []}
         return results
 
-    def observe(self, desired: DesiredState | None = None) -> ObservedState:
+    def observe(self, desired: DesiredState | None = None, *,
+                assumed: tuple[AssumedGpu, ...] | None = None) -> ObservedState:
+        """The cluster now. GPUs that NVML cannot report (simulated nodes) are taken from ``assumed``, or from the
+        pools' inventory of ``desired``: a saved plan passes the inventory it was planned with."""
+        return self.observe_with_details(desired, assumed=assumed)[0]
+
+    def observe_with_details(self, desired: DesiredState | None = None, *,
+                             assumed: tuple[AssumedGpu, ...] | None = None) -> tuple[ObservedState, dict[str, Any]]:
+        """``observe``, and the Serve details it was built from (watch's probe compares later ones with them)."""
+        if assumed is None:
+            assumed = assumed_gpus(desired) if desired is not None else ()
         serve = self.serve_details()
         nodes = self.ray_nodes()
         probes = self._probes(nodes, replica_pids_by_node(serve))
-        return build_observed(
-            nodes=nodes, probes=probes, serve=serve, desired=desired, demands=self.pending_demands()
+        observed = build_observed(
+            nodes=nodes, probes=probes, serve=serve, assumed=assumed, demands=self.pending_demands()
         )
+        return observed, serve
 
     def wait_serve(self, predicate: Any, *, timeout: float, interval: float = 0.5) -> dict[str, Any]:
         """Poll Serve's details until `predicate(details)` is true or `timeout` passes; returns the last details."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
-from reconciler.desired import DesiredState, short_hash
-from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, sanitise
+from reconciler.desired import short_hash
+from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, AppKind, sanitise
+from reconciler.plan import AssumedGpu
 from reconciler.observed import (
     NODE_NAME_LABEL,
     ObservedGpu,
@@ -79,7 +81,7 @@ def replica_pids_by_node(serve: dict[str, Any]) -> dict[str, list[int]]:
     """The worker PIDs of our replicas per Ray node id: what NVML must not count as foreign use."""
     pids: dict[str, list[int]] = {}
     for app in (serve.get("applications") or {}).values():
-        if our_kind(app) != "replica":
+        if our_kind(app) != AppKind.REPLICA:
             continue
         for deployment in app.get("deployments", {}).values():
             for replica in deployment.get("replicas", []):
@@ -127,14 +129,11 @@ def _gpus_from_resources(node: RayNode) -> tuple[ObservedGpu, ...]:
     return tuple(sorted(gpus, key=lambda g: g.index))
 
 
-def _inventory(desired: DesiredState | None) -> dict[str, tuple[ObservedGpu, ...]]:
-    found: dict[str, tuple[ObservedGpu, ...]] = {}
-    for pool in desired.pools if desired else ():
-        for inv in pool.inventory:
-            found.setdefault(
-                inv.node, tuple(ObservedGpu(index=i, name=g.name, memory=g.memory) for i, g in enumerate(inv.gpus))
-            )
-    return found
+def _inventory(assumed: Iterable[AssumedGpu]) -> dict[str, tuple[ObservedGpu, ...]]:
+    found: dict[str, list[ObservedGpu]] = {}
+    for g in sorted(assumed, key=lambda g: (g.node, g.index)):
+        found.setdefault(g.node, []).append(ObservedGpu(index=g.index, name=g.name, memory=g.memory))
+    return {node: tuple(gpus) for node, gpus in found.items()}
 
 
 def _latest(nodes: list[RayNode]) -> list[RayNode]:
@@ -149,9 +148,9 @@ def _latest(nodes: list[RayNode]) -> list[RayNode]:
 
 
 def build_nodes(
-    nodes: list[RayNode], probes: dict[str, dict[str, Any]], desired: DesiredState | None
+    nodes: list[RayNode], probes: dict[str, dict[str, Any]], assumed: Iterable[AssumedGpu]
 ) -> tuple[ObservedNode, ...]:
-    inventory = _inventory(desired)
+    inventory = _inventory(assumed)
     observed = []
     for node in _latest(nodes):
         if not node.alive:
@@ -196,7 +195,7 @@ def pending_apps(serve: dict[str, Any], demands: list[tuple[dict[str, float], in
         left[key] = left.get(key, 0) + int(count)
     pending = set()
     for name, app in sorted((serve.get("applications") or {}).items()):
-        if our_kind(app) != "replica" or app.get("status") == "DELETING":
+        if our_kind(app) != AppKind.REPLICA or app.get("status") == "DELETING":
             continue
         replicas = [r for d in (app.get("deployments") or {}).values() for r in d.get("replicas", [])]
         if any(r.get("state") == "RUNNING" for r in replicas):
@@ -240,7 +239,7 @@ def build_replicas(
 ) -> tuple[ObservedReplica, ...]:
     replicas = []
     for name, app in (serve.get("applications") or {}).items():
-        if our_kind(app) != "replica":
+        if our_kind(app) != AppKind.REPLICA:
             continue
         config = app["deployed_app_config"]
         engine = config["args"]["engine_config"]
@@ -277,10 +276,10 @@ def build_observed(
     nodes: list[RayNode],
     probes: dict[str, dict[str, Any]],
     serve: dict[str, Any],
-    desired: DesiredState | None,
+    assumed: Iterable[AssumedGpu],
     demands: list[tuple[dict[str, float], int]] = (),
 ) -> ObservedState:
-    observed_nodes = build_nodes(nodes, probes, desired)
+    observed_nodes = build_nodes(nodes, probes, assumed)
     nodes_by_id = {n.node_id: n.name for n in observed_nodes if n.node_id}
     replicas = build_replicas(serve, nodes_by_id, pending_apps(serve, list(demands)))
     return normalised(ObservedState(nodes=observed_nodes, replicas=replicas, source=Source.LIVE))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import threading
 from pathlib import Path
@@ -29,7 +28,7 @@ exit codes:
 examples:
   reconciler apply specs --dry-run
   reconciler apply specs --yes
-  reconciler plan specs --out plan.json && reconciler apply specs --plan plan.json"""
+  reconciler plan specs --out plan.json && reconciler apply --plan plan.json"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,14 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
-                        help="the spec directory (default: specs)")
+    parser.add_argument("directory", nargs="?", default=None, type=Path, metavar="DIR",
+                        help="the spec directory (default: specs; with --plan, only checked when given)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="do not ask; also start the local cluster when no cluster is running")
     parser.add_argument("--plan", metavar="FILE", type=Path,
-                        help="apply exactly this saved plan (`reconciler plan --out`); refused when the cluster or "
-                        "the specs changed since it was made")
+                        help="apply exactly this saved plan (`reconciler plan --out`); it carries all it needs, so no "
+                        "spec directory is read unless DIR is given. Refused when the cluster (or the specs in DIR) "
+                        "changed since it was made, or when the file was edited")
     _cluster.add_address_argument(parser)
     parser.add_argument("--timeout", type=float, default=DEFAULTS.apply.replica_timeout, metavar="SECONDS",
                         help="how long one replica may take to start, model load included (default: %(default)g)")
@@ -60,18 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def load_saved_plan(path: Path):
-    from reconciler.plan import from_json
-
-    try:
-        return from_json(json.loads(path.read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise UserError(f"cannot read the plan {path}: {exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is not a saved plan: {exc}") from exc
-
-
-def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, desired, observed):
+def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, observed):
     """Apply while holding the cluster's apply lock, so no watcher or second `apply` acts at the same time.
 
     The plan was computed before the lock was taken; when the cluster changed in between (another reconciler applied
@@ -81,7 +70,8 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import Holder, LeaseHeld, acquire, wait_acquire
 
-    holder = Holder.current(f"reconciler apply {args.directory}")
+    what = f"--plan {args.plan}" if args.plan is not None else str(args.directory)
+    holder = Holder.current(f"reconciler apply {what}")
     if args.wait_for_lock:
         # Ctrl-C or SIGTERM ends the wait like any other: nothing has been applied yet.
         lease = wait_acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl, stop=threading.Event(),
@@ -94,68 +84,82 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, des
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
     try:
-        now = cluster.observe(desired)
+        now = cluster.observe(assumed=plan.assumed)
         if now.fingerprint != observed.fingerprint:
             raise UserError(
                 "the cluster changed while this plan waited for confirmation (another reconciler applied?). "
                 "Nothing was applied; run `reconciler apply` again to plan against what runs now."
             )
         keeper.confirm()
-        return executor.apply(plan, desired, observed)
+        return executor.apply(plan)
     finally:
         keeper.stop(release=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan is not None:
+        return run_saved(args)
+    args.directory = args.directory or Path("specs")
+    desired = _planning.load_directory(args.directory)
+    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes,
+                               connect_timeout=args.connect_timeout)
+    with cluster:
+        observed = cluster.observe(desired)
+        plan = _planning.plan_against(desired, observed)
+        return carry_out(args, cluster, plan=plan, observed=observed)
+
+
+def run_saved(args: argparse.Namespace) -> int:
+    """`apply --plan FILE`: the plan alone says what to do; specs are read only to check they did not change."""
+    from reconciler.schemas.read import read_plan
+
+    plan = read_plan(args.plan)
+    desired = _planning.load_directory(args.directory) if args.directory is not None else None
+    if desired is not None and desired.fingerprint != plan.desired_fingerprint:
+        raise UserError(
+            f"Saved plan is stale: the specs in {args.directory} changed after {args.plan} was made. "
+            "Nothing was applied; make a new plan with `reconciler plan --out`."
+        )
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
+        observed = cluster.observe(assumed=plan.assumed)
+        if plan.fingerprint != observed.fingerprint:
+            raise UserError(
+                f"Saved plan is stale: the cluster changed after {args.plan} was made (observed state "
+                f"{observed.fingerprint}, the plan was computed from {plan.fingerprint}). Nothing was applied; "
+                "make a new plan with `reconciler plan --out`."
+            )
+        return carry_out(args, cluster, plan=plan, observed=observed)
+
+
+def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
+    """Show the plan, ask, apply it under the cluster's lock, and report what came of it."""
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor
     from reconciler.render.status import render_report, render_status
     from reconciler.render.text import render_plan
 
-    desired = _planning.load_directory(args.directory)
-    saved = load_saved_plan(args.plan) if args.plan is not None else None
-    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes,
-                               connect_timeout=args.connect_timeout)
-    try:
-        observed = cluster.observe(desired)
-        if saved is not None:
-            if saved.fingerprint != observed.fingerprint:
-                raise UserError(
-                    f"Saved plan is stale: the cluster changed after {args.plan} was made (observed state "
-                    f"{observed.fingerprint}, the plan was computed from {saved.fingerprint}). Nothing was applied; "
-                    "make a new plan with `reconciler plan --out`."
-                )
-            if saved.desired_fingerprint and saved.desired_fingerprint != desired.fingerprint:
-                raise UserError(
-                    f"Saved plan is stale: the specs in {args.directory} changed after {args.plan} was made. "
-                    "Nothing was applied; make a new plan with `reconciler plan --out`."
-                )
-            plan = saved
-        else:
-            plan = _planning.plan_against(desired, observed)
-        color = _planning.use_color(sys.stdout)
-        sys.stdout.write(render_plan(plan, color=color))
-        settings = dataclasses.replace(DEFAULTS.apply, replica_timeout=args.timeout,
-                                       pending_grace=args.pending_grace, max_starting=args.max_starting)
-        executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
-        if executor.in_sync(plan, desired, observed):
-            print("Nothing to apply: the cluster matches the specs.")
-            return 0
-        if plan.empty:
-            print("No replica changes; reconciler's routers and leftovers need tidying.")
-        if args.dry_run:
-            print("Dry run: nothing was changed.")
-            return 0
-        if not args.yes:
-            if not _cluster.interactive():
-                raise UserError("not a terminal: pass --yes to apply without confirmation")
-            if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?" if plan.actions else "Tidy up?"):
-                print("Nothing was applied.")
-                return 1
-        report = apply_holding_lock(args, cluster, executor=executor, plan=plan, desired=desired, observed=observed)
-        after = cluster.observe(desired)
-        sys.stdout.write(render_report(report, color=color))
-        sys.stdout.write(render_status(after, desired=desired, color=color, http_url=cluster.http_url))
-        return 0 if report.ok else 1
-    finally:
-        cluster.close()
+    color = _planning.use_color(sys.stdout)
+    sys.stdout.write(render_plan(plan, color=color))
+    settings = dataclasses.replace(DEFAULTS.apply, replica_timeout=args.timeout,
+                                   pending_grace=args.pending_grace, max_starting=args.max_starting)
+    executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
+    if executor.in_sync(plan):
+        print("Nothing to apply: the cluster matches the specs.")
+        return 0
+    if plan.empty:
+        print("No replica changes; reconciler's routers and leftovers need tidying.")
+    if args.dry_run:
+        print("Dry run: nothing was changed.")
+        return 0
+    if not args.yes:
+        if not _cluster.interactive():
+            raise UserError("not a terminal: pass --yes to apply without confirmation")
+        if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?" if plan.actions else "Tidy up?"):
+            print("Nothing was applied.")
+            return 1
+    report = apply_holding_lock(args, cluster, executor=executor, plan=plan, observed=observed)
+    after = cluster.observe(assumed=plan.assumed)
+    sys.stdout.write(render_report(report, color=color))
+    sys.stdout.write(render_status(after, routes=[m.route for m in plan.models], color=color,
+                                   http_url=cluster.http_url))
+    return 0 if report.ok else 1

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     unplaced = ()
     if desired is not None:
         unplaced = _planning.plan_against(desired, observed).unplaced
-    sys.stdout.write(render_status(observed, desired=desired, color=_planning.use_color(sys.stdout),
+    routes = [m.route_path for m in desired.models] if desired is not None else []
+    sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
                                    http_url=http_url, unplaced=unplaced))
     for line in lock:
         print(line)

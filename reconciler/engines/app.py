@@ -16,11 +16,13 @@ from typing import Any
 
 from ray import serve
 
+from reconciler.desired import Engine
 from reconciler.engines.router import Router
+from reconciler.naming import REPLICA_DEPLOYMENT, AppKind
 
 ENGINES = {
-    "echo": "reconciler.engines.echo:EchoEngine",
-    "vllm": "reconciler.engines.vllm:VllmEngine",
+    Engine.ECHO: "reconciler.engines.echo:EchoEngine",
+    Engine.VLLM: "reconciler.engines.vllm:VllmEngine",
 }
 
 
@@ -33,7 +35,7 @@ def engine_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-@serve.deployment(name="Replica", num_replicas=1, max_ongoing_requests=64)
+@serve.deployment(name=REPLICA_DEPLOYMENT, num_replicas=1, max_ongoing_requests=64)
 class Replica:
     def __init__(self, engine_config: dict[str, Any], restart_hash: str) -> None:
         self._engine = engine_class(engine_config["engine"])(engine_config)
@@ -70,8 +72,8 @@ class Replica:
 
 def build(args: dict[str, Any]) -> Any:
     kind = args.get("kind")
-    if kind == "replica":
+    if kind == AppKind.REPLICA:
         return Replica.bind(args["engine_config"], args.get("restart_hash", ""))
-    if kind == "router":
+    if kind == AppKind.ROUTER:
         return Router.bind(args["model"])
-    raise ValueError(f"reconciler application args need kind 'replica' or 'router', got {kind!r}")
+    raise ValueError(f"reconciler application args need kind {', '.join(map(repr, map(str, AppKind)))}, got {kind!r}")

@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from reconciler.naming import ROUTER_DEPLOYMENT
+
 api = FastAPI(title="reconciler model router")
 
 REQUEST_TIMEOUT_S = 300.0  # generation can be slow on CPU; a stuck backend must not hold a client forever
@@ -28,7 +30,7 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": status}})
 
 
-@serve.deployment(name="Router", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(name=ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Router:
     def __init__(self, model: str) -> None:

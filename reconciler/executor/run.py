@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
-from reconciler.desired import DesiredState
 from reconciler.errors import TransientError
-from reconciler.executor import serveconfig, steps
+from reconciler.executor import serveconfig, steps, waiting
 from reconciler.executor.progress import Progress
-from reconciler.observed import ObservedState, ReplicaState
+from reconciler.executor.waiting import AppResult
 from reconciler.plan import Action, ActionKind, Plan
 from reconciler.settings import DEFAULTS, ApplySettings
 
@@ -38,12 +37,6 @@ class Report:
         return [o for o in self.outcomes if not o.ok]
 
 
-@dataclass
-class _AppResult:
-    ok: bool
-    message: str
-
-
 class Executor:
     def __init__(self, cluster: Any, *, settings: ApplySettings = DEFAULTS.apply,
                  progress: Progress | None = None) -> None:
@@ -51,26 +44,32 @@ class Executor:
         self.settings = settings
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
+        self.last_serve: dict[str, Any] = {}  # the last Serve details this executor read (watch's probe baseline)
 
-    def in_sync(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> bool:
+    def _serve(self) -> dict[str, Any]:
+        self.last_serve = self.cluster.serve_details()
+        return self.last_serve
+
+    def in_sync(self, plan: Plan) -> bool:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(our_configs(self.cluster.serve_details()), steps.target(plan, desired, observed))
+        return steps.in_sync(our_configs(self._serve()), steps.target(plan))
 
-    def apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+    def apply(self, plan: Plan) -> Report:
+        """Carry out a plan; it is self-contained (see ``reconciler.plan``), so nothing else is needed."""
         try:
-            return self._apply(plan, desired, observed)
+            return self._apply(plan)
         finally:
             self.progress.close()
 
-    def _apply(self, plan: Plan, desired: DesiredState, observed: ObservedState) -> Report:
+    def _apply(self, plan: Plan) -> Report:
         started = time.monotonic()
-        details = self.cluster.serve_details()
+        details = self._serve()
         foreign = foreign_configs(details)
         current = our_configs(details)
-        tgt = steps.target(plan, desired, observed)
-        results: dict[str, _AppResult] = {}
+        tgt = steps.target(plan)
+        results: dict[str, AppResult] = {}
         report = Report()
         named = set(tgt.old_app.values())
 
@@ -84,19 +83,11 @@ class Executor:
 
         start = steps.phase_start(plan, tgt, free)
         self._run(start, details, foreign, free.apps, results, what=self._what(plan, tgt, start.wait_running))
-        running = {n for n in start.wait_running if results.get(n, _AppResult(False, "")).ok}
+        running = {n for n in start.wait_running if results.get(n, AppResult(False, "")).ok}
 
         switch = steps.phase_switch(plan, tgt, start, running)
         self._run(switch, details, foreign, start.apps, results, what={n: f"stop {n}" for n in switch.wait_gone})
-        failed_replacements = {
-            tgt.old_app[i]: tgt.new_app[i]
-            for i, a in enumerate(plan.actions)
-            if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)
-            and a.make_before_break
-            and i in tgt.old_app
-            and tgt.new_app.get(i) not in running
-            and tgt.old_app[i] != tgt.new_app.get(i)  # restarted in place: the old one was deleted first
-        }
+        failed_replacements = steps.failed_replacements(plan, tgt, running)
 
         create = steps.phase_create(plan, tgt, switch, failed_replacements)
         self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))
@@ -120,7 +111,7 @@ class Executor:
         details: dict[str, Any],
         foreign: list[dict[str, Any]],
         previous: dict[str, dict[str, Any]],
-        results: dict[str, _AppResult],
+        results: dict[str, AppResult],
         *,
         what: dict[str, str],
     ) -> None:
@@ -139,7 +130,7 @@ class Executor:
             if apps != before:
                 self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, apps))
             before = apps
-            self._wait(phase.wait_gone if i == 0 else [], starting, results)
+            self._wait(phase.wait_gone if i == 0 else [], starting, results, configs=apps)
         routers = [
             name
             for name, config in phase.apps.items()
@@ -163,6 +154,7 @@ class Executor:
             return True
 
         details = self.cluster.wait_serve(settled, timeout=self.settings.replica_timeout, interval=self.settings.poll)
+        self.last_serve = details
         if not settled(details):
             apps = details.get("applications") or {}
             for name in routers:
@@ -170,80 +162,45 @@ class Executor:
                 if status != "RUNNING":
                     self.router_errors.append(f"router {name} is {status}: {(apps.get(name) or {}).get('message', '')}")
 
-    def _wait(self, wait_gone: list[str], wait_running: list[str], results: dict[str, _AppResult]) -> None:
+    def _wait(self, wait_gone: list[str], wait_running: list[str], results: dict[str, AppResult], *,
+              configs: dict[str, dict[str, Any]]) -> None:
+        """Poll Serve until each application is running, gone, or given up on; ``waiting.step`` decides which."""
         s = self.settings
-        begun = time.monotonic()
-        open_running = set(wait_running)
-        open_gone = set(wait_gone)
-        pending_since: dict[str, float] = {}
+        w = waiting.start(gone=wait_gone, running=wait_running, now=time.monotonic())
         last_pending_check = 0.0
         demands: list = []
-        while open_running or open_gone:
+        while not w.done:
             try:
-                details = self.cluster.serve_details()
+                details = self._serve()
             except TransientError:
                 # A dashboard too busy to answer (many replicas starting on few cores) is not a failed apply: what
-                # was submitted goes on, and the timeouts below still bound the wait.
-                if time.monotonic() - begun > max(s.replica_timeout, s.stop_timeout):
+                # was submitted goes on, and the timeouts still bound the wait.
+                if waiting.give_up_unreachable(w, now=time.monotonic(), settings=s):
                     raise
                 time.sleep(s.poll)
                 continue
             apps = details.get("applications") or {}
             now = time.monotonic()
-            for name in sorted(open_gone):
-                if name not in apps:
-                    open_gone.discard(name)
-                    results[name] = _AppResult(True, "stopped")
-                    self.progress.update(name, "stopped")
-                elif now - begun > s.stop_timeout:
-                    open_gone.discard(name)
-                    results[name] = _AppResult(False, f"still stopping after {s.stop_timeout:.0f}s")
-                    self.progress.update(name, "stop timed out")
-                else:
-                    self.progress.update(name, "stopping")
-            if open_running and now - last_pending_check > s.pending_check:
+            if w.running and now - last_pending_check > s.pending_check:
                 last_pending_check = now
                 demands = self.cluster.pending_demands()
             pending = pending_apps(details, demands)
-            for name in sorted(open_running):
-                app = apps.get(name)
-                if app is None:
-                    self.progress.update(name, "submitted")
-                    continue
-                state, message = replica_state(app, name in pending)
-                if state == ReplicaState.RUNNING:
-                    open_running.discard(name)
-                    results[name] = _AppResult(True, "running")
-                    self.progress.update(name, "running")
-                elif state == ReplicaState.FAILED:
-                    open_running.discard(name)
-                    results[name] = _AppResult(False, f"failed: {message or 'Serve reported the deployment failed'}")
-                    self.progress.update(name, "FAILED")
-                elif state == ReplicaState.PENDING:
-                    first = pending_since.setdefault(name, now)
-                    self.progress.update(name, "pending (no room on its GPU)")
-                    if now - first > s.pending_grace:
-                        open_running.discard(name)
-                        results[name] = _AppResult(False, _pending_message(app, s.pending_grace))
-                        self.progress.update(name, "PENDING")
-                else:
-                    pending_since.pop(name, None)
-                    self.progress.update(name, "starting")
-                    if now - begun > s.replica_timeout:
-                        open_running.discard(name)
-                        results[name] = _AppResult(
-                            False, f"not running after {s.replica_timeout:.0f}s: {message or 'still starting'}"
-                        )
-                        self.progress.update(name, "TIMED OUT")
+            seen = {name: None if name not in apps else replica_state(apps[name], name in pending)
+                    for name in w.gone | w.running}
+            w, updates = waiting.step(w, seen=seen, configs=configs, now=now, settings=s)
+            for update in updates:
+                self.progress.update(update.app, update.progress)
+                if update.result is not None:
+                    results[update.app] = update.result
             self.progress.tick()
-            if open_running or open_gone:
+            if not w.done:
                 time.sleep(s.poll)
 
     def _outcomes(
         self,
         plan: Plan,
         tgt: steps.Target,
-        results: dict[str, _AppResult],
+        results: dict[str, AppResult],
         failed_replacements: dict[str, str],
     ) -> list[Outcome]:
         outcomes = []
@@ -270,14 +227,3 @@ class Executor:
                 outcomes.append(Outcome(action, True, "reconfigured"))
         return outcomes
 
-
-def _pending_message(app: dict[str, Any], grace: float) -> str:
-    config = app.get("deployed_app_config") or {}
-    deployments = config.get("deployments") or [{}]
-    resources = (deployments[0].get("ray_actor_options") or {}).get("resources") or {}
-    node = ((config.get("args") or {}).get("engine_config") or {}).get("node", "?")
-    need = ", ".join(f"{k}={v}" for k, v in sorted(resources.items()))
-    return (
-        f"pending: Ray has not placed it after {grace:.0f}s; it needs {need} MiB on {node} and that GPU has no room "
-        "for it (over-committed, or held by replicas still stopping)"
-    )

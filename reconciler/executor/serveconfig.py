@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.desired import Model
 from reconciler.engines import EngineConfig
 from reconciler import naming
 from reconciler.observed import NODE_NAME_LABEL
-from reconciler.plan import Location
+from reconciler.plan import Location, ModelRuntime
 from reconciler.settings import DEFAULTS
 
 
-def replica_app_name(model: Model, replica: int, location: Location) -> str:
+def replica_app_name(model: ModelRuntime, replica: int, location: Location) -> str:
     return naming.replica_app(model.name, replica, naming.generation(model.restart_hash, location))
 
 
-def replica_app(*, model: Model, replica: int, location: Location, gpu_memory: int) -> dict[str, Any]:
+def replica_app(*, model: ModelRuntime, replica: int, location: Location, gpu_memory: int) -> dict[str, Any]:
     """One placed replica: pinned to its node by label, to its GPUs by VRAM resources and CUDA_VISIBLE_DEVICES."""
     engine = EngineConfig(
         model=model.name,
         replica=replica,
-        engine=str(model.engine),
+        engine=model.engine,
         source=model.source,
         vram_bytes=model.vram,
         gpu_memory_bytes=gpu_memory,
@@ -37,7 +36,7 @@ def replica_app(*, model: Model, replica: int, location: Location, gpu_memory: i
         "import_path": naming.IMPORT_PATH,
         "args": {
             "managed_by": naming.MANAGED_BY,
-            "kind": "replica",
+            "kind": str(naming.AppKind.REPLICA),
             "engine_config": engine.to_dict(),
             "restart_hash": model.restart_hash,
         },
@@ -60,12 +59,12 @@ def replica_app(*, model: Model, replica: int, location: Location, gpu_memory: i
     }
 
 
-def router_app(*, model: Model, backends: list[str]) -> dict[str, Any]:
+def router_app(*, model: ModelRuntime, backends: list[str]) -> dict[str, Any]:
     return {
         "name": naming.router_app(model.name),
-        "route_prefix": model.route_path,
+        "route_prefix": model.route,
         "import_path": naming.IMPORT_PATH,
-        "args": {"managed_by": naming.MANAGED_BY, "kind": "router", "model": model.name},
+        "args": {"managed_by": naming.MANAGED_BY, "kind": str(naming.AppKind.ROUTER), "model": model.name},
         "deployments": [
             {
                 "name": naming.ROUTER_DEPLOYMENT,

@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.desired import DesiredState
 from reconciler.executor import serveconfig
-from reconciler.observed import ObservedState
-from reconciler.plan import ActionKind, Location, Plan
+from reconciler.naming import AppKind
+from reconciler.plan import ActionKind, Plan
 
-ROUTER_KIND = "router"
-REPLICA_KIND = "replica"
+ROUTER_KIND = AppKind.ROUTER
+REPLICA_KIND = AppKind.REPLICA
 
 
 @dataclass(frozen=True)
@@ -50,46 +49,27 @@ class Phase:
         return not (self.wait_running or self.wait_gone or self.actions)
 
 
-def _observed_app(observed: ObservedState, model: str, replica: int, location: Location | None) -> str | None:
-    candidates = [r for r in observed.replicas if (r.model, r.replica) == (model, replica) and r.app]
-    if location is not None:
-        exact = [r for r in candidates if r.node == location.node and tuple(r.gpus) == tuple(location.gpus)]
-        candidates = exact or candidates
-    return candidates[0].app if candidates else None
-
-
-def _gpu_memory(observed: ObservedState, location: Location) -> int:
-    try:
-        node = observed.node(location.node)
-        return min(node.gpu(i).memory for i in location.gpus)
-    except KeyError:
-        return 0
-
-
-def target(plan: Plan, desired: DesiredState, observed: ObservedState) -> Target:
+def target(plan: Plan) -> Target:
     apps: dict[str, dict[str, Any]] = {}
     replica_of: dict[tuple[str, int], str] = {}
     for placed in plan.placement:
-        model = desired.model(placed.model)
         config = serveconfig.replica_app(
-            model=model,
+            model=plan.model(placed.model),
             replica=placed.replica,
             location=placed.location,
-            gpu_memory=_gpu_memory(observed, placed.location),
+            gpu_memory=placed.gpu_memory,
         )
         apps[config["name"]] = config
         replica_of[(placed.model, placed.replica)] = config["name"]
-    for model in desired.models:
+    for model in plan.models:
         backends = [name for (m, _), name in replica_of.items() if m == model.name]
         router = serveconfig.router_app(model=model, backends=backends)
         apps[router["name"]] = router
     old_app: dict[int, str] = {}
     new_app: dict[int, str] = {}
     for index, action in enumerate(plan.actions):
-        if action.source is not None:
-            old = _observed_app(observed, action.model, action.replica, action.source)
-            if old is not None:
-                old_app[index] = old
+        if action.source_app:
+            old_app[index] = action.source_app
         if action.target is not None and (action.model, action.replica) in replica_of:
             new_app[index] = replica_of[(action.model, action.replica)]
     return Target(apps=apps, replica_of=replica_of, old_app=old_app, new_app=new_app)
@@ -195,6 +175,19 @@ def phase_switch(plan: Plan, tgt: Target, before: Phase, running: set[str]) -> P
     apps = _routers_naming(apps, tgt, before.apps)
     updates = [i for i, a in enumerate(plan.actions) if a.kind == ActionKind.UPDATE]
     return Phase(name="switch", apps=apps, wait_gone=sorted(dropping), actions=updates)
+
+
+def failed_replacements(plan: Plan, tgt: Target, running: set[str]) -> dict[str, str]:
+    """Old application -> its make-before-break successor that did not come up: the old one keeps serving."""
+    return {
+        tgt.old_app[i]: tgt.new_app[i]
+        for i, a in enumerate(plan.actions)
+        if a.kind in (ActionKind.MOVE, ActionKind.REPLACE)
+        and a.make_before_break
+        and i in tgt.old_app
+        and tgt.new_app.get(i) not in running
+        and tgt.old_app[i] != tgt.new_app.get(i)  # restarted in place: the old one was deleted first
+    }
 
 
 def phase_create(plan: Plan, tgt: Target, before: Phase, failed_replacements: dict[str, str]) -> Phase:

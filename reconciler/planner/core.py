@@ -21,7 +21,7 @@ from reconciler.plan import (
     Plan,
     Unplaced,
 )
-from reconciler.planner import reasons
+from reconciler.planner import reasons, runtime
 from reconciler.planner.pools import HOLDS_VRAM, PoolProblem, build, healthy_current, pool_nodes, primary_replicas
 from reconciler.quantity import format_bytes
 
@@ -63,7 +63,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         views.extend(_views(pp, observed, solution.assignment))
     placement = tuple(sorted((o.target for o in outcomes.values() if o.target), key=lambda p: (p.model, p.replica)))
     actions = _actions(desired=desired, observed=observed, primary=primary, outcomes=outcomes, views=views)
-    return Plan(
+    found = Plan(
         actions=actions,
         placement=placement,
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
@@ -71,6 +71,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         fingerprint=observed.fingerprint,
         desired_fingerprint=desired.fingerprint,
     )
+    return runtime.self_contained(found, desired=desired, observed=observed)
 
 
 def apply_to_observed(plan: Plan, observed: ObservedState, desired: DesiredState) -> ObservedState:

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from reconciler.desired import DesiredState
 from reconciler.observed import ObservedNode, ObservedReplica, ObservedState, ReplicaState, dead_nodes, replicas_on
 from reconciler.plan import replica_id
 from reconciler.quantity import format_bytes
@@ -45,7 +44,7 @@ def _state(replica: ObservedReplica, color: bool) -> str:
 def render_status(
     observed: ObservedState,
     *,
-    desired: DesiredState | None = None,
+    routes: Iterable[str] = (),
     color: bool = False,
     http_url: str | None = None,
     unplaced: Iterable[Any] = (),
@@ -102,9 +101,9 @@ def render_status(
     summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes) - len(dead)} node(s)"
     if dead:
         summary += _c(f"; {len(dead)} node(s) dead: {', '.join(n.name for n in dead)}", "bad", color)
-    if http_url and desired is not None and desired.models:
-        routes = ", ".join(f"{http_url}{m.route_path}" for m in desired.models)
-        summary += f"; endpoints: {routes}"
+    routes = list(routes)
+    if http_url and routes:
+        summary += "; endpoints: " + ", ".join(f"{http_url}{route}" for route in routes)
     lines.append(summary)
     return "\n".join(lines) + "\n"
 
@@ -153,6 +152,13 @@ def lock_lines(record: Any, now: float) -> list[str]:
         return [f"apply lock: free (last {record.describe(now)})"]
     lines = [f"apply lock: {record.describe(now)}"]
     status = record.status
+    revision, broken = status.get("revision"), status.get("brokenRevision")
+    if status.get("git"):
+        git = status["git"]
+        applied = f'{revision["commit"][:7]} "{revision["subject"]}"' if revision else "none yet"
+        lines.append(f"  revision: {applied} of {git['url']} (branch {git['branch']}, {git['path']})")
+    if broken:
+        lines.append(f'  not applied: commit {broken["commit"][:7]} "{broken["subject"]}" has invalid specs')
     if status.get("specValid") is False:
         lines.append("  specs invalid: the watcher keeps enforcing the last good desired state "
                      f"({status.get('desiredFingerprint')})")

@@ -52,6 +52,10 @@ def _action() -> dict[str, Any]:
             "replica": _INDEX,
             "from": {"oneOf": [ref, {"type": "null"}], "description": "where it runs now; null for create"},
             "to": {"oneOf": [ref, {"type": "null"}], "description": "where it will run; null for delete and evict"},
+            "fromApp": {
+                "oneOf": [_NAME, {"type": "null"}],
+                "description": "the Serve application the action stops, moves or replaces, as observed; null if none",
+            },
             "vram_bytes": {**_BYTES, "description": "bytes per GPU of the replica (the new figure for replace)"},
             "makeBeforeBreak": {
                 "type": "boolean",
@@ -88,8 +92,10 @@ def schema() -> dict[str, Any]:
         "description": (
             "A plan is data: the actions that take the observed cluster to the desired state (in apply order), the "
             "full placement they reach, the replicas that cannot be placed, and a per-GPU view of VRAM before and "
-            "after. Written by `reconciler plan --out` and `--format json`; read by `reconciler apply --plan`, which "
-            "refuses it when the cluster no longer has the recorded fingerprint."
+            "after; what each model runs and the inventory it assumed, so that it applies with no specs at hand; and a "
+            "digest of its own content. Written by `reconciler plan --out` and `--format json`; read by `reconciler "
+            "apply --plan`, which refuses it when the cluster no longer has the recorded fingerprint or when its "
+            "content no longer matches its digest."
         ),
         "type": "object",
         "properties": {
@@ -117,8 +123,41 @@ def schema() -> dict[str, Any]:
                         "node": _NAME,
                         "gpus": {"type": "array", "items": _INDEX, "minItems": 1, "uniqueItems": True},
                         "vram_bytes": {**_BYTES, "description": "bytes on each of its GPUs"},
+                        "gpu_memory_bytes": {**_BYTES, "description": "total bytes of the smallest of its GPUs"},
                     },
                 ),
+            },
+            "models": {
+                "type": "array",
+                "description": "every model of the specs, sorted by name: what apply runs, with no specs at hand",
+                "items": _obj(
+                    "What a model's replicas run with and where it answers, copied from its spec.",
+                    {
+                        "name": _NAME,
+                        "engine": _NAME,
+                        "source": {"type": "string"},
+                        "vram_bytes": {**_BYTES, "description": "bytes per replica and per GPU"},
+                        "tensorParallel": {"type": "integer", "minimum": 1},
+                        "engineArgs": {"type": "object"},
+                        "route": {"type": "string", "pattern": "^/"},
+                        "restartHash": _NAME,
+                        "configHash": _NAME,
+                    },
+                ),
+            },
+            "assumed": {
+                "type": "array",
+                "description": "GPUs taken from the pools' inventory for nodes NVML cannot report (simulated nodes); "
+                "apply observes the cluster with them to check the fingerprint",
+                "items": _obj(
+                    "One assumed GPU.",
+                    {"node": _NAME, "index": _INDEX, "name": {"type": "string"}, "memory": _BYTES},
+                ),
+            },
+            "digest": {
+                "type": "string",
+                "pattern": "^sha256:[0-9a-f]{64}$",
+                "description": "SHA-256 of the canonical JSON of every other property: apply refuses an edited plan",
             },
             "unplaced": {
                 "type": "array",
@@ -147,7 +186,8 @@ def schema() -> dict[str, Any]:
             },
         },
         "required": sorted(
-            ["format", "fingerprint", "desiredFingerprint", "summary", "actions", "placement", "unplaced", "gpus"]
+            ["format", "fingerprint", "desiredFingerprint", "summary", "actions", "placement", "unplaced", "gpus",
+             "models", "assumed", "digest"]
         ),
         "additionalProperties": False,
         "$defs": {"location": _location(), "action": _action(), "use": _use()},

@@ -15,7 +15,10 @@ from jsonschema import Draft202012Validator
 
 from reconciler.errors import UserError
 from reconciler.observed import ObservedFormatError, ObservedState, from_json
+from reconciler.plan import Plan, digest
+from reconciler.plan import from_json as plan_from_json
 from reconciler.schemas import observed as observed_schema
+from reconciler.schemas import plan as plan_schema
 
 MAX_ERRORS = 20
 
@@ -61,3 +64,14 @@ def read_snapshot(path: Path) -> ObservedState:
         return from_json(data)
     except ObservedFormatError as exc:
         raise UserError(f"{path}: {exc}") from exc
+
+
+def read_plan(path: Path) -> Plan:
+    """A saved plan (`reconciler plan --out`): checked against its schema, then against its own digest, so a plan
+    that anyone edited after it was written is refused, as Terraform refuses a plan file it did not write."""
+    data = read_json(path, what="plan")
+    check_schema(path, data, plan_schema.schema(), what="a saved plan", filename=plan_schema.FILENAME)
+    if data["digest"] != digest(data):
+        raise UserError(f"{path} was edited after `reconciler plan --out` wrote it (its content no longer matches "
+                        "its digest): nothing was applied; make a new plan with `reconciler plan --out`.")
+    return plan_from_json(data)

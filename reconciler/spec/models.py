@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.desired import Engine
 from reconciler.spec.fields import (
     Boolean,
     JsonMapping,
@@ -30,7 +31,7 @@ PlacementName = choice("binpack", "spread", description="binpack: fewest GPUs in
 PreemptionName = choice(
     "LowerPriority", "Never", description="LowerPriority: may evict lower-priority replicas; Never: never evicts."
 )
-EngineName = choice("vllm", "echo", description="vllm, or echo: a tiny OpenAI-compatible test server.")
+EngineName = choice(*map(str, Engine), description="vllm, or echo: a tiny OpenAI-compatible test server.")
 SpreadName = choice("none", "gpu", "node", description="gpu | node: replicas of this model never share one.")
 AnyInteger = integer()
 NonNegativeInteger = integer(minimum=0)

@@ -26,7 +26,8 @@ from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedState
 from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id
 from reconciler.settings import WatchSettings
-from reconciler.watch.backoff import Backoff, Held, split
+from reconciler.watch.backoff import Backoff, Held
+from reconciler.watch.decision import decide
 from reconciler.watch.debounce import Cause, Debouncer, Schedule
 from reconciler.watch.events import EventLog, Kind, action_line
 
@@ -181,12 +182,9 @@ class Controller:
 
     def _act(self, *, cause: Cause, changes: int, desired: DesiredState, observed: ObservedState, plan: Plan,
              held: tuple[Held, ...]) -> CycleResult:
-        spec_change = desired.fingerprint != self.applied
-        if self.applied is None and not self.settings.heal:
-            # --no-heal acts on spec changes only: what the cluster runs at startup is the baseline, not a change.
-            self.applied = desired.fingerprint
-            spec_change = False
-        drift = not plan.empty and not spec_change
+        d = decide(plan=plan, desired=desired.fingerprint, applied=self.applied, settings=self.settings, held=held)
+        self.applied = d.applied
+        drift = d.drift
         self._emit_plan(cause, changes, plan)
         if drift:
             if self.metrics is not None:
@@ -195,20 +193,18 @@ class Controller:
                              f"actions to converge)", actions=[action_to_json(a) for a in plan.actions])
         if plan.empty:
             return CycleResult(cause=cause, plan=plan)
-        why = "plan-only" if self.settings.plan_only else "no-heal" if drift and not self.settings.heal else None
-        if why is not None:
-            self.events.emit(Kind.SKIPPED, f"not acting (--{why}): {len(plan.actions)} actions left undone",
-                             why=why, actions=[action_to_json(a) for a in plan.actions])
+        if d.skip is not None:
+            self.events.emit(Kind.SKIPPED, f"not acting (--{d.skip}): {len(plan.actions)} actions left undone",
+                             why=d.skip, actions=[action_to_json(a) for a in plan.actions])
             return CycleResult(cause=cause, plan=plan, drift=drift)
-        run, deferred = split(plan.actions, held)
-        for h in held:
-            if any((a.model, a.replica) == (h.model, h.replica) for a in deferred):
-                self.events.emit(
-                    Kind.BACKOFF,
-                    f"{replica_id(h.model, h.replica)} is crash-looping ({h.failures} failures, last: {h.reason}); next try in "
-                    f"{max(0.0, h.retry_at - self.clock()):.0f} s",
-                    **h.to_json(),
-                )
+        for h in d.backing_off:
+            self.events.emit(
+                Kind.BACKOFF,
+                f"{replica_id(h.model, h.replica)} is crash-looping ({h.failures} failures, last: {h.reason}); "
+                f"next try in {max(0.0, h.retry_at - self.clock()):.0f} s",
+                **h.to_json(),
+            )
+        run, deferred = d.run, d.deferred
         if not run:
             return CycleResult(cause=cause, plan=plan, drift=drift)
         if self.confirm_first is not None:
@@ -272,7 +268,9 @@ class Controller:
         if isinstance(exc, LeaseLost):
             raise exc
         self.failures_in_a_row += 1
-        temporary = isinstance(exc, TransientError) or not isinstance(exc, UserError)
+        # Only what says it is temporary is retried soon; a bug (any other exception) would fail the same way again,
+        # so it is reported with its traceback and tried again only on a spec change or the drift timer.
+        temporary = isinstance(exc, TransientError)
         retry_in = (min(self.settings.interval, self.settings.retry_base * 2 ** (self.failures_in_a_row - 1))
                     if temporary else None)
         detail = [] if isinstance(exc, UserError) else traceback.format_exception(exc)

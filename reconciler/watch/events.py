@@ -24,6 +24,8 @@ class Kind(StrEnum):
     LEASE_LOST = "lease-lost"  # holder: someone else holds it now; the watcher stops
     SPEC_INVALID = "spec-invalid"  # diagnostics: ["path:line:col: error: ..."], keeping: desired fingerprint or null
     SPEC_LOADED = "spec-loaded"  # fingerprint, models
+    REVISION = "revision"  # commit, subject, url, branch, path: watch --git applies a new revision
+    REVISION_INVALID = "revision-invalid"  # commit, subject, ..., keeping, diagnostics: a commit that is not applied
     PLAN = "plan"  # cause, summary, actions, unplaced, fingerprint, desiredFingerprint
     DRIFT = "drift"  # actions: the cluster moved away from the applied desired state
     SKIPPED = "skipped"  # why: plan-only | no-heal | backoff | stopping; actions
@@ -31,7 +33,7 @@ class Kind(StrEnum):
     APPLY = "apply"  # actions: an apply starts
     ACTION = "action"  # action, model, replica, from, to, ok, error
     APPLIED = "applied"  # ok, failed, seconds
-    FAILURE = "failure"  # stage (load|observe|plan|apply), error, temporary, retryIn
+    FAILURE = "failure"  # stage (load|observe|plan|apply|fetch), error, temporary, retryIn
     CYCLE = "cycle"  # cause, seconds, acted
     RECONNECTED = "reconnected"  # cluster: the cluster was lost and answers again; the watcher carries on
     STOPPED = "stopped"  # why

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import IO
+from typing import IO, Any
 
 from reconciler import adapter
 from reconciler.adapter import reach
@@ -54,15 +54,16 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             return
         cluster.close()
         for listener in listeners:
-            listener(f"the Ray cluster at {cluster.address} stopped answering ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            listener(f"the Ray cluster at {cluster.address} stopped answering ({first})")
 
     def observe(desired: DesiredState) -> ObservedState:
         try:
-            observed = cluster.observe(desired)
+            observed, details = cluster.observe_with_details(desired)
         except Exception as exc:
             gone_if_unreachable(exc)
             raise
-        probe.mark()
+        probe.mark(details)
         return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
@@ -70,12 +71,12 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         executor = Executor(cluster, settings=apply_settings,
                             progress=Progress(stream, live=False))
         try:
-            report = executor.apply(plan, desired, observed)
+            report = executor.apply(plan)
         except Exception as exc:
             gone_if_unreachable(exc)
             raise
         finally:
-            probe.mark()
+            probe.mark(executor.last_serve)
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
     def changed() -> bool:
@@ -99,8 +100,8 @@ class ServeProbe:
         self.cluster = cluster
         self.baseline: str | None = None
 
-    def mark(self) -> None:
-        self.baseline = serve_fingerprint(self.cluster.last_serve) if self.cluster.last_serve else None
+    def mark(self, details: dict[str, Any]) -> None:
+        self.baseline = serve_fingerprint(details) if details else None
 
     def changed(self) -> bool:
         now = serve_fingerprint(self.cluster.serve_details())

@@ -15,9 +15,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -175,22 +174,3 @@ class Metrics:
     def action(self, kind: str, *, ok: bool) -> None:
         (self.actions_applied if ok else self.actions_failed).labels(kind).inc()
 
-
-class MetricsServer:
-    """The HTTP endpoint; loopback by default because metrics name models and nodes."""
-
-    def __init__(self, metrics: Metrics, *, port: int, host: str = "127.0.0.1") -> None:
-        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
-        self.host = host
-        self.port: int = self._server.server_port
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "MetricsServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -1,7 +1,8 @@
 """One `reconciler watch` run: assembles the loop from its parts, runs it until a signal, and tears it down.
 
 The CLI parses arguments into ``WatchOptions`` and calls ``run``; the benchmark calls the same. Everything that
-touches Ray is reached through a ``WatchTarget`` (the adapter and the executor), and only when a live cluster is watched.
+touches Ray is reached through a ``WatchTarget`` (the adapter and the executor), and only when a live cluster is
+watched.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,10 +20,10 @@ from typing import Any, TextIO
 
 from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
-from reconciler.adapter.lease import Holder, LeaseHeld, LeaseLost, acquire, wait_acquire
+from reconciler.adapter.lease import Holder, Lease, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
 from reconciler.errors import UserError
-from reconciler.watch.metrics import Metrics, MetricsServer
+from reconciler.watch.metrics import Metrics
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
@@ -29,6 +31,8 @@ from reconciler.settings import DEFAULTS, ApplySettings, WatchSettings
 from reconciler.watch.controller import Controller, Loop
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
+from reconciler.watch.gitfollow import GitOptions, GitSpecs
+from reconciler.watch.health import Health, HealthServer, Phase, judge
 from reconciler.watch.specload import SpecLoader
 from reconciler.watch.target import WatchTarget
 
@@ -54,6 +58,7 @@ class WatchOptions:
     wait_for_lock: bool = False
     apply: ApplySettings = DEFAULTS.apply  # how each apply waits, and how many replicas it starts at once per node
     command: str = "reconciler watch"
+    git: GitOptions | None = None  # follow a branch of a remote repository instead of watching ``directory``
 
 
 def connect(options: WatchOptions) -> WatchTarget:
@@ -71,8 +76,8 @@ def connect(options: WatchOptions) -> WatchTarget:
     from reconciler.watch.live import connect_live
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
-    return connect_live(options.address, connect_timeout=options.connect_timeout, progress=sys.stderr if options.log_format == "json" else sys.stdout,
-                        apply_settings=options.apply)
+    return connect_live(options.address, connect_timeout=options.connect_timeout,
+                        progress=sys.stderr if options.log_format == "json" else sys.stdout, apply_settings=options.apply)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:
@@ -100,39 +105,21 @@ def _confirm_on_terminal(plan: Plan) -> bool:
 
 def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -> int:
     """Watch until SIGINT/SIGTERM (exit 0) or until the lease is lost (exit 4). ``ready`` is for in-process use."""
-    settings = options.settings
-    acting = not settings.plan_only
-    if (options.offline or options.observed is not None) and acting:
-        raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
-                        "--plan-only")
-    if not options.directory.is_dir():
-        raise UserError(f"{options.directory} is not a directory of specs")
-    confirm = None
-    if acting and not options.yes:
-        if not sys.stdin.isatty():
-            raise UserError("watch applies every change to the cluster unattended: pass --yes to allow it, or "
-                            "--plan-only to only report")
-        confirm = _confirm_on_terminal
-
+    confirm = _check(options, acting=not options.settings.plan_only)
     with ExitStack() as stack:
         events = _sinks(options, stack)
-        metrics = Metrics() if options.metrics_port is not None else None
-        if metrics is not None:
-            try:
-                server = MetricsServer(metrics, port=options.metrics_port, host=options.metrics_host)
-            except OSError as exc:
-                raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
-                                f"{exc.strerror or exc}") from exc
-            stack.callback(server.close)
-        why = _run_connected(options, connect(options), events=events, metrics=metrics, confirm=confirm,
-                             ready=ready, first=True)
-        while why == CLUSTER_LOST:
+        liveness = Liveness()
+        metrics = _metrics(options, stack, liveness)
+        git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
+        watching = git.describe if git is not None else str(options.directory)
+        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching)
+        why = _watch_connected(connect(options), **around, confirm=confirm, ready=ready)
+        while why == CLUSTER_LOST:  # the cluster stopped answering: connect again, and carry on as before
             target = _reconnect(options, events)
             if target is None:
                 why = "signal received while reconnecting"
                 break
-            why = _run_connected(options, target, events=events, metrics=metrics, confirm=None, ready=ready,
-                                 first=False)
+            why = _watch_connected(target, **around, confirm=None, ready=None)
         if why == WAIT_STOPPED:
             events.emit(Kind.STOPPED, why, why="signal")
             return 0
@@ -140,91 +127,60 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         return EXIT_LEASE_LOST if why == "lease lost" else 0
 
 
-def _run_connected(options: WatchOptions, target: WatchTarget, *, events: EventLog, metrics: Metrics | None,
-                   confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None, first: bool) -> str:
-    """Watch one connection to the cluster until a signal, a lost lease or a lost cluster; returns why it ended."""
+def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: EventLog, liveness: Liveness,
+                     metrics: Metrics | None, git: GitSpecs | None, watching: str,
+                     confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None) -> str:
+    """Watch through one connection to the cluster; returns why it ended: a signal, the lease lost, the lock waited
+    for in vain, or the cluster lost (then the caller connects again)."""
     settings = options.settings
     acting = not settings.plan_only
-    loop_holder: list[Loop] = []
-
-    def cluster_lost(why: str) -> None:
-        events.emit(Kind.FAILURE, f"lost the cluster: {why}", stage="connect", error=why, temporary=True,
-                    retryIn=settings.retry_base)
-        if loop_holder:
-            loop_holder[0].stop(CLUSTER_LOST)
-
-    target.on_lost(cluster_lost)
     with ExitStack() as stack:
-        cluster = target
-        stack.callback(cluster.close)
-
-        keeper: LeaseKeeper | None = None
+        stack.callback(target.close)
+        lease = None
         if acting:
-            holder = Holder.current(options.command)
             if options.wait_for_lock:
-                stop_waiting = threading.Event()
-                previous = _stop_on_signals(lambda why: stop_waiting.set())
-                try:
-                    lease = wait_acquire(cluster.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
-                                         on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}",
-                                                                          waiting=True))
-                finally:
-                    _restore_signals(previous)
-                if lease is None:
-                    return WAIT_STOPPED
-            else:
-                try:
-                    lease = acquire(cluster.kv, holder=holder, ttl=options.lease_ttl)
-                except LeaseHeld as held:
-                    raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
-
-            def lost(exc: LeaseLost) -> None:
-                if not cluster.reachable():  # the store went with the cluster: reconnect, no takeover happened
-                    cluster_lost(str(exc))
-                    return
-                events.emit(Kind.LEASE_LOST, str(exc))
-                if loop_holder:
-                    loop_holder[0].stop("lease lost")
-
-            controller_status: list[Controller] = []
-            def retaken(fresh: Any) -> None:
-                events.emit(Kind.LEASE, f"the apply lock ran out while this watcher (or the cluster's GCS) stalled, "
-                            f"and nobody took it: taken again (generation {fresh.generation})",
-                            generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
-
-            keeper = LeaseKeeper(lease, on_lost=lost, on_retaken=retaken,
-                                 status=lambda: controller_status[0].status() if controller_status else {})
-            events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
-                        f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
-
+                liveness.enter(Phase.STANDBY)
+            lease = _take_lease(options, target, events)
+            if lease is None:
+                return WAIT_STOPPED
         controller = Controller(
-            load=SpecLoader(options.directory), observe=cluster.observe, plan=_plan,
-            apply=cluster.apply or _never_apply, events=events,
-            settings=settings, metrics=metrics, backoff=Backoff(), guard=keeper, confirm_first=confirm,
+            load=git if git is not None else SpecLoader(options.directory), observe=target.observe, plan=_plan,
+            apply=target.apply or _never_apply, events=events,
+            settings=settings, metrics=metrics, backoff=Backoff(), confirm_first=confirm,
         )
-        loop = Loop(controller, settings, probe=cluster.probe)
-        loop_holder.append(loop)
-        if keeper is not None:
-            controller_status.append(controller)
+        loop = Loop(controller, settings, probe=target.probe)
+        liveness.watch(loop, controller)
+
+        def cluster_lost(why: str) -> None:
+            events.emit(Kind.FAILURE, f"lost the cluster: {why}; connecting again", stage="connect",
+                        error=why, temporary=True, retryIn=settings.retry_base)
+            loop.stop(CLUSTER_LOST)
+
+        target.on_lost(cluster_lost)
+        if lease is not None:
+            keeper = _keeper(lease, events=events, loop=loop, controller=controller, git=git,
+                             cluster_lost=lambda why: cluster_lost(why) if not target.reachable() else None)
+            controller.guard = keeper
             keeper.start()
             # A lost cluster took the lock's store with it: there is nothing left to release.
             stack.callback(lambda: keeper.stop(release=loop.why_stopped != CLUSTER_LOST))
-        watcher = SpecWatcher(options.directory, loop.changed)
+        watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
         previous = _stop_on_signals(loop.stop)
         stack.callback(lambda: _restore_signals(previous))
         events.emit(
             Kind.STARTED,
-            f"watching {options.directory} against {cluster.describe}: drift check every {settings.interval:g} s, "
+            f"watching {watching} against {target.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
-            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics"
+            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics and /healthz"
                if options.metrics_port is not None else ""),
-            directory=str(options.directory), cluster=cluster.describe, interval=settings.interval, heal=settings.heal,
+            directory=None if git is not None else str(options.directory), git=git.status()["git"] if git else None,
+            cluster=target.describe, interval=settings.interval, heal=settings.heal,
             planOnly=settings.plan_only, pid=os.getpid(),
         )
-        if ready is not None and first:
+        if ready is not None:
             ready(loop)
         try:
             loop.run()
@@ -232,6 +188,105 @@ def _run_connected(options: WatchOptions, target: WatchTarget, *, events: EventL
             events.emit(Kind.LEASE_LOST, str(exc))
             loop.why_stopped = "lease lost"
         return loop.why_stopped
+
+
+def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | None:
+    """Refuse contradictory options; the confirmation to ask before the first apply, if any."""
+    if (options.offline or options.observed is not None) and acting:
+        raise UserError("--offline and --observed plan against a picture of the cluster, never the cluster: add "
+                        "--plan-only")
+    if options.git is None and not options.directory.is_dir():
+        raise UserError(f"{options.directory} is not a directory of specs")
+    if not acting or options.yes:
+        return None
+    if not sys.stdin.isatty():
+        raise UserError("watch applies every change to the cluster unattended: pass --yes to allow it, or "
+                        "--plan-only to only report")
+    return _confirm_on_terminal
+
+
+class Liveness:
+    """What /healthz judges (``health.judge``): this watcher's phase and since when, and its loop's last cycle."""
+
+    def __init__(self) -> None:
+        self.phase, self.since = Phase.STARTING, time.time()
+        self.loop: Loop | None = None
+        self.controller: Controller | None = None
+
+    def enter(self, phase: Phase) -> None:
+        self.phase, self.since = phase, time.time()
+
+    def watch(self, loop: Loop, controller: Controller) -> None:
+        self.loop, self.controller = loop, controller
+        self.enter(Phase.RUNNING)
+
+    def __call__(self) -> Health:
+        stopping = self.loop is not None and self.loop.stopping
+        last = self.controller.status().get("time") if self.controller is not None else None
+        return judge(phase=Phase.STOPPING if stopping else self.phase, since=self.since, now=time.time(),
+                     last_cycle=last)
+
+
+def _metrics(options: WatchOptions, stack: ExitStack, health: Callable[[], Health]) -> Metrics | None:
+    """Prometheus metrics on /metrics and the health check on /healthz, when a port is given."""
+    if options.metrics_port is None:
+        return None
+    metrics = Metrics()
+    try:
+        server = HealthServer(metrics.registry, health, port=options.metrics_port, host=options.metrics_host)
+    except OSError as exc:
+        raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
+                        f"{exc.strerror or exc}") from exc
+    stack.callback(server.close)
+    return metrics
+
+
+def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog) -> Lease | None:
+    """The cluster's apply lock: taken at once, or (--wait-for-lock) once free; None when a signal ended the wait."""
+    holder = Holder.current(options.command)
+    if options.wait_for_lock:
+        stop_waiting = threading.Event()
+        previous = _stop_on_signals(lambda why: stop_waiting.set())
+        try:
+            lease = wait_acquire(target.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
+                                 on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}", waiting=True))
+        finally:
+            _restore_signals(previous)
+        if lease is None:
+            return None
+    else:
+        try:
+            lease = acquire(target.kv, holder=holder, ttl=options.lease_ttl)
+        except LeaseHeld as held:
+            raise UserError(f"{held} (or pass --wait-for-lock to stand by)") from held
+    events.emit(Kind.LEASE, f"holding the cluster's apply lock (generation {lease.generation}, ttl "
+                f"{options.lease_ttl:g} s)", generation=lease.generation, host=holder.host, pid=holder.pid)
+    return lease
+
+
+def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controller,
+            git: GitSpecs | None, cluster_lost: Callable[[str], None] = lambda _: None) -> LeaseKeeper:
+    """Renews the lease, publishes the controller's status (and the git revision) with it, and stops the loop when
+    it is lost. ``cluster_lost`` is asked first: a lease lost with its whole cluster means reconnecting, not that
+    another reconciler took over."""
+    holder = lease.record.holder
+
+    def lost(exc: LeaseLost) -> None:
+        cluster_lost(str(exc))
+        if loop.stopping:
+            return
+        events.emit(Kind.LEASE_LOST, str(exc))
+        loop.stop("lease lost")
+
+    def retaken(fresh: Lease) -> None:
+        events.emit(Kind.LEASE, f"the apply lock ran out while this watcher (or the cluster's GCS) stalled, "
+                    f"and nobody took it: taken again (generation {fresh.generation})",
+                    generation=fresh.generation, host=holder.host, pid=holder.pid, retaken=True)
+
+    def published() -> dict[str, Any]:
+        return {**controller.status(), **(git.status() if git is not None else {})}
+
+    return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
 
 
 def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
@@ -245,8 +300,8 @@ def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
             try:
                 target = connect(options)
             except UserError as exc:  # nothing answers yet, or no local cluster is running right now
-                events.emit(Kind.FAILURE, f"reconnecting failed: {exc}; retrying in {delay:.0f} s", stage="connect",
-                            error=str(exc), temporary=True, retryIn=delay)
+                events.emit(Kind.FAILURE, f"connecting again failed: {exc}; retrying in {delay:.0f} s",
+                            stage="connect", error=str(exc), temporary=True, retryIn=delay)
             else:
                 events.emit(Kind.RECONNECTED, f"connected again to {target.describe}", cluster=target.describe)
                 return target

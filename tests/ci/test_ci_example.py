@@ -162,3 +162,95 @@ def test_the_committed_snapshot_matches_the_example_specs_applied():
     expected = replace(apply_to_observed(plan(desired, empty), empty, desired), source=Source.SNAPSHOT)
     committed = json.loads((EXAMPLE / "cluster" / "observed.json").read_text())
     assert committed == to_json(expected)
+
+
+# A stand-in for the GitHub CLI with a store of pull-request comments: `--edit-last` rewrites the newest comment
+# (and fails when there is none, as gh does), otherwise a comment is added. GH_FAKE_READONLY makes every write fail
+# the way a fork's read-only token does.
+FAKE_GH = """\
+#!/usr/bin/env bash
+set -eu
+[ "$1 $2" = "pr comment" ] || { echo "unexpected: $*" >&2; exit 2; }
+pr=$3; shift 3
+body=""; edit=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --body-file) body=$(cat "$2"); shift 2 ;;
+    --edit-last) edit=1; shift ;;
+    *) echo "unexpected flag $1" >&2; exit 2 ;;
+  esac
+done
+if [ -n "${GH_FAKE_READONLY:-}" ]; then
+  echo "GraphQL: Resource not accessible by integration (addComment)" >&2; exit 1
+fi
+dir="$GH_FAKE_STORE/$pr"; mkdir -p "$dir"
+last=$(ls "$dir" | sort -n | tail -1)
+if [ "$edit" = 1 ]; then
+  [ -n "$last" ] || { echo "no comments found for current user" >&2; exit 1; }
+  printf '%s' "$body" > "$dir/$last"
+else
+  printf '%s' "$body" > "$dir/$(( ${last:-0} + 1 ))"
+fi
+"""
+
+
+def diff_job_steps() -> list[dict]:
+    workflow = YAML(typ="safe").load((EXAMPLE / "github-actions.yml").read_text())
+    return workflow["jobs"]["diff"]["steps"]
+
+
+def fake_gh(tmp_path: Path) -> tuple[Path, Path]:
+    bin_dir, store = tmp_path / "bin", tmp_path / "comments"
+    bin_dir.mkdir()
+    store.mkdir()
+    gh = bin_dir / "gh"
+    gh.write_text(FAKE_GH)
+    gh.chmod(0o755)
+    return bin_dir, store
+
+
+def post_comment(repo: Path, bin_dir: Path, store: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {"GH_FAKE_STORE": str(store), "PR": "7", "GH_TOKEN": "token", **extra}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return run_step(repo, "Post the diff on the pull request", env)
+
+
+def test_the_gate_runs_before_the_comment_and_the_comment_skips_forks():
+    names = [s.get("name") for s in diff_job_steps()]
+    gate, post = names.index("Gate on critical evictions"), names.index("Post the diff on the pull request")
+    assert gate < post, "a failure to comment would skip the gate"
+    assert "if" not in diff_job_steps()[gate]
+    condition = diff_job_steps()[post]["if"]
+    # Runs after a failed gate too (the diff is most useful on a blocked pull request), but not on a fork's.
+    assert "!cancelled()" in condition and "!github.event.pull_request.head.repo.fork" in condition
+
+
+def test_the_diff_is_posted_once_and_then_kept_up_to_date(repo, tmp_path):
+    bin_dir, store = fake_gh(tmp_path)
+    status, markdown, _ = pull_request(repo, "add-embeddings", tmp_path)
+    first = post_comment(repo["path"], bin_dir, store)
+    assert first.returncode == 0, first.stderr
+    assert [p.read_text() for p in (store / "7").iterdir()] == [markdown.rstrip("\n")]
+    (repo["path"] / "diff.md").write_text("the next push's diff\n")
+    again = post_comment(repo["path"], bin_dir, store)
+    assert again.returncode == 0, again.stderr
+    assert [p.read_text() for p in (store / "7").iterdir()] == ["the next push's diff"]
+
+
+def test_a_comment_that_cannot_be_posted_does_not_fail_the_check(repo, tmp_path):
+    bin_dir, store = fake_gh(tmp_path)
+    pull_request(repo, "incident-model", tmp_path)
+    result = post_comment(repo["path"], bin_dir, store, GH_FAKE_READONLY="1")
+    assert result.returncode == 0, result.stderr
+    assert "::warning::could not post the diff as a comment" in result.stdout
+    assert not any(store.iterdir())
+
+
+def test_the_examples_install_this_project_by_its_distribution_name():
+    import tomllib
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert name != "reconciler"  # taken on PyPI by an unrelated project
+    workflow = YAML(typ="safe").load((EXAMPLE / "github-actions.yml").read_text())
+    assert workflow["env"]["RECONCILER_PACKAGE"].startswith(f"{name}==")
+    assert f'pip install "{name}[gpu]"' in (ROOT / "README.md").read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engines.vllm import (
+from reconciler.engines.vllm_rules import (
     CPU_MAX_KV_BYTES,
     CPU_MIN_KV_BYTES,
     CPU_OVERHEAD_BYTES,
@@ -47,8 +47,10 @@ class TestCudaMemory:
         assert budget.engine_kwargs() == {"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": 4 * GiB}
 
     def test_tensor_parallel_splits_the_weights(self):
-        derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=30 * GiB,
-                      tensor_parallel=4)
+        # 30 GiB over 4 GPUs is 7.5 GiB of weights per GPU: it fits a 10 GiB share; over 2 it does not.
+        budget = derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=30 * GiB,
+                               tensor_parallel=4)
+        assert budget.gpu_memory_utilization == 0.4166
         with pytest.raises(MemoryBudgetError, match="weights per GPU"):
             derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=30 * GiB,
                           tensor_parallel=2)

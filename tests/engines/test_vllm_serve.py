@@ -221,7 +221,7 @@ def test_embeddings_match_sentence_transformers(replicas):
 
 
 def test_two_replicas_share_one_simulated_gpu(replicas, engine_cluster, tiny_model_dir):
-    from reconciler.engines.vllm import derive_memory, weights_size
+    from reconciler.engines.vllm_rules import derive_memory, weights_size
 
     infos = [replicas[f"vllmtest-tiny-{i}"].info.remote().result(timeout_s=60) for i in (0, 1)]
     assert [i["replica"] for i in infos] == [0, 1]
@@ -245,7 +245,8 @@ def test_two_replicas_share_one_simulated_gpu(replicas, engine_cluster, tiny_mod
 def test_unknown_engine_arg_fails_the_replica_naming_it(engine_cluster, tiny_model_dir):
     import ray
 
-    from reconciler.engines.vllm import EngineArgsError, VllmEngine
+    from reconciler.engines.vllm import VllmEngine
+    from reconciler.engines.vllm_rules import EngineArgsError
 
     @ray.remote(num_cpus=0, runtime_env={"env_vars": REPLICA_ENV})
     def start(config):

@@ -1,6 +1,6 @@
 """Apply against the session's real local Ray cluster (echo models): the world ends as the plan said, and nothing else
-moves. The tests build on each other in file order (one cluster, one spec directory that evolves), which keeps the
-suite within its time budget; each still checks the state of the world itself, not the calls that were made."""
+moves. Each test builds the state it starts from (`start_from` applies its specs, a no-op when they already run), so
+any one of them runs alone or in any order; each checks the state of the world itself, not the calls that were made."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def world(ray_cluster, tmp_path_factory):
     cluster = connect(ray_cluster.address)
     specs = tmp_path_factory.mktemp("specs")
     state = {"cluster": cluster, "specs": specs, "models": copy.deepcopy(MODELS), "http": ray_cluster.http_url}
+    deploy_foreign_app(state)
+    state["foreign_actor"] = replica_actors(state)[FOREIGN_APP]
     yield state
     # Leave the shared cluster as we found it: none of our applications, the foreign one gone too.
     details = cluster.serve_details()
@@ -85,6 +87,15 @@ def world(ray_cluster, tmp_path_factory):
                              | {"applications": []})
     cluster.wait_serve(lambda d: not d.get("applications"), timeout=60)
     cluster.close()
+
+
+def start_from(world, models: dict[str, dict] = MODELS, **changes: dict) -> None:
+    """Apply these specs (MODELS, with some models' fields changed) so that a test starts where it says; the test
+    then edits ``world["models"]`` from there."""
+    world["models"] = copy.deepcopy(models)
+    for name, fields in changes.items():
+        world["models"][name].update(fields)
+    assert apply_cli(world) == 0
 
 
 def desired_of(world):
@@ -165,8 +176,8 @@ def deploy_foreign_app(world) -> None:
 
 
 def test_apply_places_every_replica_where_the_plan_says(world):
-    deploy_foreign_app(world)
-    world["foreign_actor"] = replica_actors(world)[FOREIGN_APP]
+    start_from(world, {})  # none of ours runs
+    world["models"] = copy.deepcopy(MODELS)
     desired, _, plan = plan_now(world)
     assert {a.kind for a in plan.actions} == {ActionKind.CREATE}
 
@@ -181,6 +192,7 @@ def test_apply_places_every_replica_where_the_plan_says(world):
 
 
 def test_dry_run_changes_nothing(world, capsys):
+    start_from(world)
     before = replica_actors(world)
     world["models"]["embeddings"]["replicas"] = 2
     assert apply_cli(world, "--dry-run") == 0
@@ -189,14 +201,26 @@ def test_dry_run_changes_nothing(world, capsys):
     assert replica_actors(world) == before
 
 
-def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tmp_path, capsys):
+def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tmp_path, capsys, monkeypatch):
+    start_from(world)
+    world["models"]["embeddings"]["replicas"] = 2
     desired, _, plan = plan_now(world)  # embeddings 1 -> 2
     saved = tmp_path / "plan.json"
     saved.write_text(json.dumps(plan_to_json(plan)))
     assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.CREATE, "embeddings")]
     before = replica_actors(world)
 
-    assert apply_cli(world, "--plan", str(saved)) == 0  # fresh: applies exactly it
+    edited = json.loads(saved.read_text())
+    edited["placement"][0]["gpus"] = [1 - edited["placement"][0]["gpus"][0]]  # fingerprints left as they were
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert cli(["apply", "--plan", str(tmp_path / "edited.json"), "--yes"]) == 1
+    assert "was edited" in capsys.readouterr().err
+    assert replica_actors(world) == before
+
+    # The plan carries all it needs: no spec directory is read (the working directory has none).
+    monkeypatch.chdir(tmp_path)
+    assert cli(["apply", "--plan", str(saved), "--yes", "--pending-grace", "8", "--timeout", "180"]) == 0
     after = replica_actors(world)
     assert len(by_model(after, "embeddings")) == 2
     assert {k: v for k, v in after.items() if k in before} == before  # nothing restarted
@@ -206,13 +230,13 @@ def test_stale_saved_plan_is_refused_and_scale_up_touches_nothing_else(world, tm
     assert apply_cli(world, "--plan", str(saved)) == 1  # the cluster changed since: refused
     assert "Saved plan is stale" in capsys.readouterr().err
     assert replica_actors(world) == after
-    world["models"]["embeddings"]["replicas"] = 2  # the specs as applied
 
 
 def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys):
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import Holder, acquire
 
+    start_from(world)
     world["cluster"].ray_nodes()  # the lease lives in this cluster's GCS: connect the driver first
     lease = acquire(RayKV(), holder=Holder.current("reconciler watch (another operator)"), ttl=120)
     try:
@@ -231,11 +255,13 @@ def test_apply_is_refused_while_another_reconciler_holds_the_lock(world, capsys)
 
 def test_move_is_make_before_break(world):
     """A hand-made plan (the planner only moves to make room): an embeddings replica to another GPU."""
-    from reconciler.executor.run import Executor
-    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
+    from reconciler.executor.run import Executor
     from reconciler.plan import Action
+    from reconciler.planner.runtime import self_contained
+    from reconciler.settings import ApplySettings
 
+    start_from(world)
     desired, observed, _ = plan_now(world)
     moving = next(r for r in observed.replicas if r.model == "embeddings")
     def free(node, gpu):
@@ -255,10 +281,11 @@ def test_move_is_make_before_break(world):
     )
     move = Action(ActionKind.MOVE, "embeddings", moving.replica, Location(moving.node, moving.gpus), target, moving.vram,
                   "test: move", make_before_break=True)
-    plan = Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint)
+    plan = self_contained(Plan((move,), placement, (), (), observed.fingerprint, desired.fingerprint),
+                          desired=desired, observed=observed)
     before = replica_actors(world)
     report = Executor(world["cluster"], settings=ApplySettings(pending_grace=8), progress=Progress(live=False)).apply(
-        plan, desired, observed)
+        plan)
     assert report.ok, report.failed
     after = replica_actors(world)
     untouched = {k: v for k, v in before.items() if not k.startswith("reconciler--embeddings--")}
@@ -268,6 +295,7 @@ def test_move_is_make_before_break(world):
 
 
 def test_delete_removes_only_what_the_plan_names(world):
+    start_from(world, embeddings={"replicas": 2})
     del world["models"]["embeddings"]
     _, _, plan = plan_now(world)
     assert sorted((a.kind, a.model) for a in plan.actions) == [
@@ -285,6 +313,7 @@ def test_delete_removes_only_what_the_plan_names(world):
 
 
 def test_replace_restarts_only_the_changed_model(world):
+    start_from(world)
     world["models"]["coder"]["engineArgs"] = {"dimensions": 4}
     desired, _, plan = plan_now(world)
     assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.REPLACE, "coder")]
@@ -300,6 +329,7 @@ def test_replace_restarts_only_the_changed_model(world):
 
 
 def test_priority_eviction_evicts_what_the_plan_says(world):
+    start_from(world)
     world["models"]["urgent"] = {"priorityClass": "critical", "vram": "14Gi", "replicas": 2, "spread": "gpu"}
     desired, observed_before, plan = plan_now(world)
     evicted = {(a.model, a.replica) for a in plan.actions if a.kind == ActionKind.EVICT}
@@ -320,11 +350,13 @@ def test_priority_eviction_evicts_what_the_plan_says(world):
 
 def test_overcommit_is_refused_by_ray_and_reported(world):
     """A replica forced onto a GPU with no room for it (a hand-made plan) stays pending; healthy ones stay up."""
-    from reconciler.executor.run import Executor
-    from reconciler.settings import ApplySettings
     from reconciler.executor.progress import Progress
+    from reconciler.executor.run import Executor
     from reconciler.plan import Action
+    from reconciler.planner.runtime import self_contained
+    from reconciler.settings import ApplySettings
 
+    start_from(world)
     desired, observed, _ = plan_now(world)
     crowded = max(
         ((r.node, r.gpus) for r in observed.replicas),
@@ -334,10 +366,11 @@ def test_overcommit_is_refused_by_ray_and_reported(world):
     extra = PlacedReplica("summaries", 9, crowded[0], crowded[1], model.vram)
     placement = tuple(PlacedReplica(r.model, r.replica, r.node, r.gpus, r.vram) for r in observed.replicas) + (extra,)
     create = Action(ActionKind.CREATE, "summaries", 9, None, extra.location, model.vram, "test: over-commit")
-    plan = Plan((create,), placement, (), (), observed.fingerprint, desired.fingerprint)
+    plan = self_contained(Plan((create,), placement, (), (), observed.fingerprint, desired.fingerprint),
+                          desired=desired, observed=observed)
     before = replica_actors(world)
     report = Executor(world["cluster"], settings=ApplySettings(pending_grace=5), progress=Progress(live=False)).apply(
-        plan, desired, observed)
+        plan)
     assert not report.ok
     assert "pending" in report.failed[0].message
     state = {(r.model, r.replica): r.state for r in world["cluster"].observe(desired).replicas}
@@ -349,6 +382,7 @@ def test_overcommit_is_refused_by_ray_and_reported(world):
 
 
 def test_killed_replica_is_running_again_after_apply(world):
+    start_from(world)
     details = world["cluster"].serve_details()
     app = next(n for n in sorted(details["applications"]) if n.startswith("reconciler--assistant--r"))
     replica = next(iter(details["applications"][app]["deployments"].values()))["replicas"][0]
@@ -366,6 +400,7 @@ def test_killed_replica_is_running_again_after_apply(world):
 def test_replica_failing_at_load_is_reported_hurts_no_other_and_is_retried_once_fixed(world, capsys, tmp_path):
     broken = tmp_path / "driver-broken"  # the failure lasts while this file exists (all nodes share this host)
     broken.touch()
+    start_from(world)
     world["models"]["broken"] = {"vram": "1Gi", "replicas": 1,
                                  "engineArgs": {"startup_error": "CUDA out of memory (rehearsal)",
                                                 "startup_error_while_exists": str(broken)}}
@@ -373,7 +408,7 @@ def test_replica_failing_at_load_is_reported_hurts_no_other_and_is_retried_once_
     capsys.readouterr()
     assert apply_cli(world) == 1
     out = capsys.readouterr().out
-    assert "FAIL create broken#0" in out and "CUDA out of memory (rehearsal)" in out
+    assert "FAIL create broken[0]" in out and "CUDA out of memory (rehearsal)" in out
     assert {k: v for k, v in replica_actors(world).items() if k in before} == before
     desired, observed, plan = plan_now(world)
     assert [(a.kind, a.model) for a in plan.actions] == [(ActionKind.REPLACE, "broken")]
@@ -388,27 +423,15 @@ def test_replica_failing_at_load_is_reported_hurts_no_other_and_is_retried_once_
     assert not [n for n in world["cluster"].serve_details()["applications"] if n.startswith("reconciler--broken")]
 
 
-def test_foreign_application_was_never_touched(world):
+def test_foreign_application_is_never_touched(world):
+    start_from(world, {})  # every application of ours removed, ...
+    start_from(world, embeddings={"replicas": 2})  # ... created again and scaled
     assert replica_actors(world)[FOREIGN_APP] == world["foreign_actor"]
 
 
-def test_nodes_without_nvml_keep_their_inventory_gpus(world):
-    """The NVML probe really runs on every node (a Ray task pinned there); none has NVML here, so each node keeps
-    the GPUs the pool's inventory gives it."""
-    from reconciler.adapter.observation import RayNode, build_nodes
-
-    cluster = world["cluster"]
-    nodes = [RayNode(n.node_id, n.alive, {k: v for k, v in n.labels.items() if k != "reconciler.io/gpu-source"},
-                     n.resources, n.hostname) for n in cluster.ray_nodes()]
-    probes = cluster._probes(nodes, {})
-    assert set(probes) == {n.node_id for n in nodes if n.alive}
-    assert all(p["available"] is False and p["error"] for p in probes.values())
-    observed = build_nodes(nodes, probes, desired_of(world))
-    assert {(n.name, tuple(g.memory >> 30 for g in n.gpus), n.simulated) for n in observed} == {
-        ("node-a", (24, 24), True), ("node-b", (12,), True), ("node-c", (16,), True)}
-
 
 def test_application_deleted_by_hand_is_recreated_and_orphans_go(world):
+    start_from(world)
     cluster = world["cluster"]
     details = cluster.serve_details()
     victim = next(n for n in sorted(details["applications"]) if n.startswith("reconciler--summaries--r"))

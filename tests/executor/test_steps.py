@@ -8,6 +8,7 @@ from reconciler import naming
 from reconciler.executor import serveconfig, steps
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
 from reconciler.plan import Action, ActionKind, Location, PlacedReplica, Plan
+from reconciler.planner.runtime import model_runtime, self_contained
 
 GIB = 1 << 30
 
@@ -15,6 +16,10 @@ GIB = 1 << 30
 def model(name: str, vram: int = 4 * GIB, **kw) -> Model:
     return Model(name=name, pool="p", priority_class="", priority=0, preemption=Preemption.NEVER, preemptible=True,
                  engine=Engine.ECHO, source="s", vram=vram, replicas=1, **kw)
+
+
+def runtime(name: str, **kw):
+    return model_runtime(model(name, **kw))
 
 
 def test_resource_names_are_what_ray_accepts_and_distinct():
@@ -25,7 +30,7 @@ def test_resource_names_are_what_ray_accepts_and_distinct():
 
 
 def test_replica_app_is_pinned_to_node_and_gpus():
-    app = serveconfig.replica_app(model=model("m", vram=6 * GIB), replica=0, location=Location("node-b", (1, 2)),
+    app = serveconfig.replica_app(model=runtime("m", vram=6 * GIB), replica=0, location=Location("node-b", (1, 2)),
                                   gpu_memory=24 * GIB)
     options = app["deployments"][0]["ray_actor_options"]
     assert options["resources"] == {"vram_mb_node-b_gpu1": 6144, "vram_mb_node-b_gpu2": 6144}
@@ -51,8 +56,8 @@ def _serve_app(config: dict, *, status: str, replica_state: str | None, message:
 
 def test_pending_is_read_from_unmet_demand_by_shape_and_count():
     m = model("m", vram=4 * GIB)
-    configs = [serveconfig.replica_app(model=m, replica=i, location=Location("n", (0,)), gpu_memory=8 * GIB)
-               for i in range(3)]
+    configs = [serveconfig.replica_app(model=model_runtime(m), replica=i, location=Location("n", (0,)),
+                                       gpu_memory=8 * GIB) for i in range(3)]
     serve = {"applications": {c["name"]: _serve_app(c, status="DEPLOYING", replica_state="STARTING")
                               for c in configs}}
     assert len(pending_apps(serve, [({"vram_mb_n_gpu0": 4096.0}, 1)])) == 1
@@ -62,7 +67,7 @@ def test_pending_is_read_from_unmet_demand_by_shape_and_count():
 
 
 def test_serve_states_map_to_replica_states():
-    c = serveconfig.replica_app(model=model("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
+    c = serveconfig.replica_app(model=runtime("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
     assert replica_state(_serve_app(c, status="RUNNING", replica_state="RUNNING"), False)[0] == ReplicaState.RUNNING
     failed = _serve_app(c, status="DEPLOY_FAILED", replica_state=None, message="CUDA out of memory")
     assert replica_state(failed, False) == (ReplicaState.FAILED, "CUDA out of memory")
@@ -76,19 +81,20 @@ def _move_plan(make_before_break: bool):
     m = model("m")
     desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
     old_loc, new_loc = Location("a", (0,)), Location("b", (0,))
-    old = serveconfig.replica_app(model=m, replica=0, location=old_loc, gpu_memory=0)
+    old = serveconfig.replica_app(model=model_runtime(m), replica=0, location=old_loc, gpu_memory=0)
     observed = ObservedState(replicas=(ObservedReplica("m", 0, "a", (0,), m.vram, m.restart_hash, m.config_hash,
                                                        app=old["name"]),))
     move = Action(ActionKind.MOVE, "m", 0, old_loc, new_loc, m.vram, "why", make_before_break=make_before_break)
-    plan = Plan((move,), (PlacedReplica("m", 0, "b", (0,), m.vram),), (), (), "f", "d")
-    router = serveconfig.router_app(model=m, backends=[old["name"]])
+    plan = self_contained(Plan((move,), (PlacedReplica("m", 0, "b", (0,), m.vram),), (), (), "f", "d"),
+                          desired=desired, observed=observed)
+    router = serveconfig.router_app(model=model_runtime(m), backends=[old["name"]])
     current = {old["name"]: old, router["name"]: router}
     return plan, desired, observed, current, old["name"]
 
 
 def test_make_before_break_keeps_the_old_replica_until_the_new_one_runs():
     plan, desired, observed, current, old = _move_plan(True)
-    tgt = steps.target(plan, desired, observed)
+    tgt = steps.target(plan)
     new = tgt.new_app[0]
     free = steps.phase_free(plan, tgt, current)
     assert old in free.apps and not free.wait_gone
@@ -100,6 +106,8 @@ def test_make_before_break_keeps_the_old_replica_until_the_new_one_runs():
     assert router["deployments"][0]["user_config"]["backends"] == [new]
     # The new one failed: the old one stays, and stays in the router.
     kept = steps.phase_switch(plan, tgt, start, running=set())
+    assert steps.failed_replacements(plan, tgt, running=set()) == {old: new}
+    assert steps.failed_replacements(plan, tgt, running={new}) == {}
     final = steps.phase_create(plan, tgt, kept, {old: new})
     assert old in final.apps
     assert old in final.apps[naming.router_app("m")]["deployments"][0]["user_config"]["backends"]
@@ -107,7 +115,7 @@ def test_make_before_break_keeps_the_old_replica_until_the_new_one_runs():
 
 def test_break_before_make_stops_the_old_replica_first():
     plan, desired, observed, current, old = _move_plan(False)
-    tgt = steps.target(plan, desired, observed)
+    tgt = steps.target(plan)
     free = steps.phase_free(plan, tgt, current)
     assert free.wait_gone == [old] and old not in free.apps
     assert free.apps[naming.router_app("m")]["deployments"][0]["user_config"]["backends"] == []
@@ -115,12 +123,12 @@ def test_break_before_make_stops_the_old_replica_first():
 
 def test_stale_generations_are_cleaned_up():
     plan, desired, observed, current, old = _move_plan(True)
-    stale = serveconfig.replica_app(model=model("m", vram=GIB), replica=0, location=Location("a", (0,)),
+    stale = serveconfig.replica_app(model=runtime("m", vram=GIB), replica=0, location=Location("a", (0,)),
                                     gpu_memory=0)
     current[stale["name"]] = stale
-    orphan = serveconfig.router_app(model=model("gone"), backends=[])
+    orphan = serveconfig.router_app(model=runtime("gone"), backends=[])
     current[orphan["name"]] = orphan
-    free = steps.phase_free(plan, steps.target(plan, desired, observed), current)
+    free = steps.phase_free(plan, steps.target(plan), current)
     assert stale["name"] in free.wait_gone and old not in free.wait_gone
     assert orphan["name"] in free.wait_gone and orphan["name"] not in free.apps
 
@@ -129,8 +137,8 @@ def _one_replica_and_its_router():
     """Model m with one replica on a/gpu0: the model, desired state, location, replica app and router naming it."""
     m = model("m")
     loc = Location("a", (0,))
-    app = serveconfig.replica_app(model=m, replica=0, location=loc, gpu_memory=0)
-    router = serveconfig.router_app(model=m, backends=[app["name"]])
+    app = serveconfig.replica_app(model=model_runtime(m), replica=0, location=loc, gpu_memory=0)
+    router = serveconfig.router_app(model=model_runtime(m), backends=[app["name"]])
     return m, DesiredState(pools=(Pool(name="p"),), models=(m,)), loc, app, router
 
 
@@ -138,9 +146,10 @@ def test_a_vanished_backend_is_not_dropped_from_its_router_before_it_is_created_
     """Healing an application deleted by hand: the router keeps naming it, so the apply needs no router update."""
     m, desired, loc, app, router = _one_replica_and_its_router()
     current = {router["name"]: router}  # the replica's application is gone
-    plan = Plan((Action(ActionKind.CREATE, "m", 0, None, loc, m.vram, "why"),),
-                (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d")
-    tgt = steps.target(plan, desired, ObservedState())
+    plan = self_contained(Plan((Action(ActionKind.CREATE, "m", 0, None, loc, m.vram, "why"),),
+                               (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d"),
+                          desired=desired, observed=ObservedState())
+    tgt = steps.target(plan)
     free = steps.phase_free(plan, tgt, current)
     assert free.apps == current and not free.wait_gone
     switch = steps.phase_switch(plan, tgt, steps.phase_start(plan, tgt, free), set())
@@ -153,7 +162,7 @@ def test_a_vanished_backend_is_not_dropped_from_its_router_before_it_is_created_
 def test_the_serve_fingerprint_changes_with_states_not_with_messages():
     from reconciler.adapter.observation import serve_fingerprint
 
-    c = serveconfig.replica_app(model=model("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
+    c = serveconfig.replica_app(model=runtime("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
     running = {"applications": {c["name"]: _serve_app(c, status="RUNNING", replica_state="RUNNING")}}
     talkative = {"applications": {c["name"]: _serve_app(c, status="RUNNING", replica_state="RUNNING",
                                                         message="autoscaling metrics")}}
@@ -167,9 +176,11 @@ def test_a_replica_serve_gave_up_on_is_deleted_then_started_again_under_its_own_
     m, desired, loc, app, router = _one_replica_and_its_router()
     observed = ObservedState(replicas=(ObservedReplica("m", 0, "a", (0,), m.vram, m.restart_hash, m.config_hash,
                                                        app=app["name"], state=ReplicaState.FAILED),))
-    plan = Plan((Action(ActionKind.REPLACE, "m", 0, loc, loc, m.vram, "failed: restart", make_before_break=True),),
-                (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d")
-    tgt = steps.target(plan, desired, observed)
+    plan = self_contained(
+        Plan((Action(ActionKind.REPLACE, "m", 0, loc, loc, m.vram, "failed: restart", make_before_break=True),),
+             (PlacedReplica("m", 0, "a", (0,), m.vram),), (), (), "f", "d"),
+        desired=desired, observed=observed)
+    tgt = steps.target(plan)
     free = steps.phase_free(plan, tgt, {app["name"]: app, router["name"]: router})
     assert free.wait_gone == [app["name"]] and app["name"] not in free.apps
     start = steps.phase_start(plan, tgt, free)
@@ -177,7 +188,7 @@ def test_a_replica_serve_gave_up_on_is_deleted_then_started_again_under_its_own_
 
 
 def test_an_unhealthy_replica_that_serve_is_replacing_is_starting_not_failed():
-    c = serveconfig.replica_app(model=model("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
+    c = serveconfig.replica_app(model=runtime("m"), replica=0, location=Location("n", (0,)), gpu_memory=8 * GIB)
     recovering = _serve_app(c, status="UNHEALTHY", replica_state="STARTING", message="health check failed")
     state, message = replica_state(recovering, False)
     assert state == ReplicaState.STARTING and "health check failed" in message
@@ -188,10 +199,12 @@ def test_many_new_replicas_start_a_few_per_node_at_a_time_and_routers_change_onc
     m = model("m")
     desired = DesiredState(pools=(Pool(name="p"),), models=(m,))
     placement = tuple(PlacedReplica("m", i, "a" if i < 5 else "b", (0,), m.vram) for i in range(7))
-    plan = Plan(tuple(Action(ActionKind.CREATE, "m", p.replica, None, p.location, m.vram, "new") for p in placement),
-                placement, (), (), "f", "d")
-    tgt = steps.target(plan, desired, ObservedState())
-    old_router = serveconfig.router_app(model=m, backends=[])
+    plan = self_contained(
+        Plan(tuple(Action(ActionKind.CREATE, "m", p.replica, None, p.location, m.vram, "new") for p in placement),
+             placement, (), (), "f", "d"),
+        desired=desired, observed=ObservedState())
+    tgt = steps.target(plan)
+    old_router = serveconfig.router_app(model=model_runtime(m), backends=[])
     current = {old_router["name"]: old_router}
     free = steps.phase_free(plan, tgt, current)
     create = steps.phase_create(plan, tgt, steps.phase_switch(plan, tgt, steps.phase_start(plan, tgt, free), set()),

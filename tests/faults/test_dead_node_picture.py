@@ -21,6 +21,7 @@ from reconciler.observed import (
 )
 from reconciler.plan import ActionKind
 from reconciler.planner import plan
+from reconciler.planner.runtime import assumed_gpus
 from reconciler.render.status import dead_node_lines, render_status
 from reconciler.schemas.read import read_snapshot
 from reconciler.watch.metrics import snapshot
@@ -69,7 +70,7 @@ def observed_with_dead_node() -> tuple[DesiredState, ObservedState]:
     serve = {"applications": dict([replica_app(chat, 0, "node-a"), replica_app(chat, 1, "node-b")])}
     nodes = [ray_node("node-a", "a" * 8), ray_node("node-b", "b0" * 4, alive=False, died=DIED - 600),
              ray_node("node-b", "b1" * 4, alive=False, died=DIED)]  # it died twice: the last death is the one kept
-    return desired, build_observed(nodes=nodes, probes={}, serve=serve, desired=desired)
+    return desired, build_observed(nodes=nodes, probes={}, serve=serve, assumed=assumed_gpus(desired))
 
 
 def test_a_dead_node_is_observed_with_when_and_why():
@@ -90,8 +91,8 @@ def test_a_dead_node_survives_the_snapshot_and_its_schema(tmp_path):
 
 
 def test_status_names_the_dead_node_since_when_and_what_ran_there():
-    desired, observed = observed_with_dead_node()
-    text = render_status(observed, desired=desired)
+    _, observed = observed_with_dead_node()
+    text = render_status(observed)
     assert ("node-b  DEAD since 2026-09-21T14:13:20Z (the raylet died unexpectedly); ran: chat[1]" in text), text
     assert text.rstrip().endswith("on 1 node(s); 1 node(s) dead: node-b"), text
     assert dead_node_lines(observed) == [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 from reconciler.changes import (
     Change,
@@ -31,7 +32,9 @@ from reconciler.desired import (
 from reconciler.plan import Location, PlacedReplica, Plan, Unplaced
 from reconciler.render import diff as diff_render
 
-from .golden import check
+from golden import check as check_golden
+
+GOLDEN = Path(__file__).parent / "golden"
 from .samples import busy_plan
 
 GiB = 1024**3
@@ -152,11 +155,11 @@ def _diff() -> Diff:
 
 
 def test_diff_text_golden():
-    check("diff.txt", diff_render.render_text(_diff(), color=False))
+    check_golden(GOLDEN / "diff.txt", diff_render.render_text(_diff(), color=False))
 
 
 def test_diff_markdown_golden():
-    check("diff.md", diff_render.render_markdown(_diff()))
+    check_golden(GOLDEN / "diff.md", diff_render.render_markdown(_diff()))
 
 
 def test_diff_without_changes_says_so():

@@ -17,7 +17,9 @@ from jsonschema import Draft202012Validator
 from reconciler.schemas import plan as plan_schema
 from reconciler.cli import main
 
-from .golden import check
+from golden import check as check_golden
+
+GOLDEN = Path(__file__).parent / "golden"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +34,9 @@ def _snapshot(example: Path) -> str | None:
     return found[0].relative_to(ROOT).as_posix() if found else None
 
 
-_FOLDERS = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
+# Folders without specs (examples/systemd: a service unit) plan nothing.
+_FOLDERS = sorted(p for p in (ROOT / "examples").iterdir()
+                  if p.is_dir() and ((p / "specs").is_dir() or any(p.glob("*.yaml"))))
 SPECS = {p.name: _spec_dir(p) for p in _FOLDERS}
 OBSERVED = {p.name: snapshot for p in _FOLDERS if (snapshot := _snapshot(p)) is not None}
 EXAMPLES = sorted(SPECS)
@@ -55,14 +59,14 @@ def test_there_are_examples():
 @pytest.mark.parametrize("fmt", ["text", "markdown"])
 def test_example_offline_golden(name, fmt, capsys, monkeypatch):
     out = _plan(capsys, monkeypatch, SPECS[name], "--offline", "--format", fmt)
-    check(f"example-{name}.{'txt' if fmt == 'text' else 'md'}", out)
+    check_golden(GOLDEN / f"example-{name}.{'txt' if fmt == 'text' else 'md'}", out)
 
 
 @pytest.mark.parametrize("name", SNAPSHOTS)
 @pytest.mark.parametrize("fmt", ["text", "markdown"])
 def test_example_against_its_snapshot_golden(name, fmt, capsys, monkeypatch):
     out = _plan(capsys, monkeypatch, SPECS[name], "--observed", OBSERVED[name], "--format", fmt)
-    check(f"example-{name}-observed.{'txt' if fmt == 'text' else 'md'}", out)
+    check_golden(GOLDEN / f"example-{name}-observed.{'txt' if fmt == 'text' else 'md'}", out)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

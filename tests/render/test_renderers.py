@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -19,7 +20,9 @@ from reconciler.plan import GpuUse, GpuView, from_json, to_json
 from reconciler.render import json as json_render
 from reconciler.render import markdown, text
 from reconciler.render._common import CellKind, segments
-from .golden import check
+from golden import check as check_golden
+
+GOLDEN = Path(__file__).parent / "golden"
 from .samples import SAMPLES, busy_plan, create_only_plan, settled_plan
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -27,12 +30,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_text_golden(name):
-    check(f"plan-{name}.txt", text.render_plan(SAMPLES[name](), color=False))
+    check_golden(GOLDEN / f"plan-{name}.txt", text.render_plan(SAMPLES[name](), color=False))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_markdown_golden(name):
-    check(f"plan-{name}.md", markdown.render_plan(SAMPLES[name]()))
+    check_golden(GOLDEN / f"plan-{name}.md", markdown.render_plan(SAMPLES[name]()))
 
 
 def test_summary_sentence_keeps_terraform_shape():

@@ -105,8 +105,8 @@ def test_observed_schema_accepts_what_from_json_defaults():
         (lambda d: d["actions"][2].update(to=None), "None is not"),  # a move has a destination
         (lambda d: d["actions"][0].update(colour="red"), "colour"),
         (lambda d: d["summary"].pop("evict"), "evict"),
-        (lambda d: d["placement"][0].update(gpus=[]), "[]"),
-        (lambda d: d["gpus"][0].update(memory=-1), "-1"),
+        (lambda d: d["placement"][0].update(gpus=[]), "[] should be non-empty"),
+        (lambda d: d["gpus"][0].update(memory=-1), "-1 is less than the minimum of 0"),
         (lambda d: d.update(format="reconciler/plan-v0"), "plan-v1"),
     ],
 )
@@ -122,8 +122,8 @@ def test_plan_schema_rejects(mutate, needle):
     [
         (lambda d: d["replicas"][0].update(state="sleeping"), "sleeping"),
         (lambda d: d["replicas"][0].pop("restartHash"), "restartHash"),
-        (lambda d: d["nodes"][0]["gpus"][0].update(memory="24GiB"), "24GiB"),
-        (lambda d: d["nodes"][0]["labels"].update(tier=3), "3"),
+        (lambda d: d["nodes"][0]["gpus"][0].update(memory="24GiB"), "'24GiB' is not of type 'integer'"),
+        (lambda d: d["nodes"][0]["labels"].update(tier=3), "3 is not of type 'string'"),
         (lambda d: d["nodes"][0].update(gpu=[]), "gpu"),
         (lambda d: d.update(source="guess"), "guess"),
     ],

@@ -14,7 +14,9 @@ from reconciler.spec import load_specs
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
 # An example is a spec directory itself, or holds one in specs/ next to other files (a CI workflow, a snapshot).
-DIRECTORIES = [p / "specs" if (p / "specs").is_dir() else p for p in EXAMPLES] + [ROOT / "specs"]
+# Folders without specs (examples/systemd: a service unit) are deployment examples, tested in tests/deploy.
+DIRECTORIES = [p / "specs" if (p / "specs").is_dir() else p for p in EXAMPLES
+               if (p / "specs").is_dir() or any(p.glob("*.yaml"))] + [ROOT / "specs"]
 MODELINE = "# yaml-language-server: $schema="
 WITH_MODELINES = {"examples/homelab", "examples/k3s-cluster", "examples/preemption", "examples/tensor-parallel", "specs"}
 

@@ -3,8 +3,9 @@
 `UPDATE_GOLDEN=1 pytest tests/spec/test_golden.py` rewrites the golden file; review the diff before committing.
 """
 
-import os
 from pathlib import Path
+
+from golden import check as check_golden
 
 from reconciler.cli import main
 
@@ -17,10 +18,7 @@ def test_ten_mistakes_are_all_reported_with_positions(monkeypatch, capsys):
     code = main(["validate", "ten-mistakes"])
     output = capsys.readouterr().out
     assert code == 1
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(output, encoding="utf-8")
-    assert output == GOLDEN.read_text(encoding="utf-8")
+    check_golden(GOLDEN, output)
     errors = [line for line in output.splitlines() if ": error: " in line]
     assert len(errors) == 10
     assert {line.split(":")[0] for line in errors} == {"pools.yaml", "classes.yaml", "models.yaml"}

@@ -381,3 +381,18 @@ def test_a_burst_of_file_writes_becomes_one_reconcile(tmp_path):
         watcher.stop()
     changes = [e for e in events(sink, "cycle") if e["cause"] == "spec-change"]
     assert len(changes) == 1
+
+
+def test_a_bug_is_reported_with_its_traceback_and_not_retried_as_if_temporary():
+    llm = model("llm", 1)
+    specs, cluster = SpecDir(Loaded(desired(llm))), FakeCluster.shaped_like(desired(llm))
+
+    def observe(want):
+        raise KeyError("a bug in observation")
+
+    c, sink = make(specs, cluster, observe=observe)
+    result = c.cycle(Cause.STARTUP)
+    assert result.failed and result.retry_in is None  # the drift timer or a spec change tries again, not a backoff
+    (failure,) = events(sink, "failure")
+    assert failure["temporary"] is False and failure["retryIn"] is None
+    assert "a bug in observation" in failure["error"]

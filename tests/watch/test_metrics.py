@@ -4,7 +4,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.watch.metrics import Metrics, MetricsServer, snapshot
+from reconciler.watch.health import Health, HealthServer, Phase
+from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedReplica, ReplicaState
 
 from .fakes import GiB, FakeCluster, desired, model, simple_plan
@@ -39,9 +40,12 @@ def test_state_and_event_metrics_are_exposed_over_http():
     metrics.last_success.set(1_700_000_000)
     metrics.spec_valid.set(1)
 
-    with MetricsServer(metrics, port=0) as server:
+    server = HealthServer(metrics.registry, lambda: Health(ok=True, phase=Phase.RUNNING, reason="ok"), port=0)
+    try:
         assert server.host == "127.0.0.1"
         got = scrape(server.port)
+    finally:
+        server.close()
     gpu = (("gpu", "0"), ("node", "node-a"), ("pool", "default"))
     assert got[("reconciler_gpu_vram_total_bytes", gpu)] == 24 * GiB
     assert got[("reconciler_gpu_vram_reserved_bytes", gpu)] == GiB

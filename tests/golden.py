@@ -1,6 +1,6 @@
-"""Golden files: the expected output of a renderer or command, kept under tests/render/golden/.
+"""Golden files: the expected output of a renderer or command, kept in a `golden/` folder beside its tests.
 
-`UPDATE_GOLDEN=1 pytest tests/render` rewrites them from the current output; review the diff before committing.
+`UPDATE_GOLDEN=1 pytest tests` rewrites them from the current output; review the diff before committing.
 """
 
 from __future__ import annotations
@@ -8,11 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-GOLDEN = Path(__file__).parent / "golden"
 
-
-def check(name: str, actual: str) -> None:
-    path = GOLDEN / name
+def check(path: Path, actual: str) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(actual, encoding="utf-8")

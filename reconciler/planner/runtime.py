@@ -1,0 +1,63 @@
+"""What a plan carries so that it applies on its own: each model's runtime, the GPU memory under each placed
+replica, the application each action stops, and the inventory the observation assumed. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.desired import DesiredState, Model
+from reconciler.observed import ObservedState
+from reconciler.plan import Action, AssumedGpu, Location, ModelRuntime, PlacedReplica, Plan
+
+
+def model_runtime(model: Model) -> ModelRuntime:
+    return ModelRuntime(
+        name=model.name,
+        engine=str(model.engine),
+        source=model.source,
+        vram=model.vram,
+        tensor_parallel=model.tensor_parallel,
+        engine_args_json=model.engine_args_json,
+        route=model.route_path,
+        restart_hash=model.restart_hash,
+        config_hash=model.config_hash,
+    )
+
+
+def assumed_gpus(desired: DesiredState) -> tuple[AssumedGpu, ...]:
+    """The pools' inventory: the GPUs observation takes for a node it cannot ask NVML about. The first pool that
+    lists a node wins, as in observation."""
+    seen: dict[str, tuple[AssumedGpu, ...]] = {}
+    for pool in desired.pools:
+        for inv in pool.inventory:
+            seen.setdefault(inv.node, tuple(
+                AssumedGpu(node=inv.node, index=i, name=g.name, memory=g.memory) for i, g in enumerate(inv.gpus)))
+    return tuple(sorted((g for gpus in seen.values() for g in gpus), key=lambda g: (g.node, g.index)))
+
+
+def _gpu_memory(observed: ObservedState, placed: PlacedReplica) -> int:
+    try:
+        node = observed.node(placed.node)
+        return min(node.gpu(i).memory for i in placed.gpus)
+    except KeyError:
+        return 0
+
+
+def _source_app(observed: ObservedState, action: Action) -> str:
+    """The application of the replica an action stops: the one at the action's source, else any of that replica."""
+    if action.source is None:
+        return ""
+    candidates = [r for r in observed.replicas if (r.model, r.replica) == (action.model, action.replica) and r.app]
+    exact = [r for r in candidates if Location(r.node, tuple(r.gpus)) == action.source]
+    found = exact or candidates
+    return found[0].app if found else ""
+
+
+def self_contained(plan: Plan, *, desired: DesiredState, observed: ObservedState) -> Plan:
+    return replace(
+        plan,
+        actions=tuple(replace(a, source_app=_source_app(observed, a)) for a in plan.actions),
+        placement=tuple(replace(p, gpu_memory=_gpu_memory(observed, p)) for p in plan.placement),
+        models=tuple(model_runtime(m) for m in sorted(desired.models, key=lambda m: m.name)),
+        assumed=assumed_gpus(desired),
+    )

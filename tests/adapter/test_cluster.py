@@ -1,0 +1,72 @@
+"""The adapter against the session's real local Ray cluster: what it reads of nodes, GPUs and Serve, and the GCS
+key-value store the apply lock lives in."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from reconciler.desired import DesiredState, GpuSpec, InventoryNode, Pool
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster):
+    from reconciler.adapter import connect
+
+    with connect(ray_cluster.address) as connected:
+        yield connected
+
+
+def inventory(ray_cluster) -> DesiredState:
+    nodes = tuple(InventoryNode(name, tuple(GpuSpec(f"GPU {i}", memory) for i, memory in enumerate(gpus)))
+                  for name, gpus in ray_cluster.nodes)
+    return DesiredState(pools=(Pool(name="homelab", inventory=nodes),))
+
+
+def test_nodes_without_nvml_keep_their_inventory_gpus(cluster, ray_cluster):
+    """The NVML probe really runs on every node (a Ray task pinned there); none has NVML here, so each node keeps
+    the GPUs the pool's inventory gives it."""
+    from reconciler.adapter.observation import RayNode, build_nodes
+    from reconciler.planner.runtime import assumed_gpus
+
+    nodes = [RayNode(n.node_id, n.alive, {k: v for k, v in n.labels.items() if k != "reconciler.io/gpu-source"},
+                     n.resources, n.hostname) for n in cluster.ray_nodes()]
+    probes = cluster._probes(nodes, {})
+    assert set(probes) == {n.node_id for n in nodes if n.alive}
+    assert all(p["available"] is False and p["error"] for p in probes.values())
+    observed = build_nodes(nodes, probes, assumed_gpus(inventory(ray_cluster)))
+    assert {(n.name, tuple(g.memory >> 30 for g in n.gpus), n.simulated) for n in observed} == {
+        ("node-a", (24, 24), True), ("node-b", (12,), True), ("node-c", (16,), True)}
+
+
+def test_observe_names_every_node_with_the_gpus_its_plan_assumed(cluster, ray_cluster):
+    desired = inventory(ray_cluster)
+    observed = cluster.observe(desired)
+    assert {(n.name, tuple(g.name for g in n.gpus)) for n in observed.nodes} == {
+        ("node-a", ("GPU 0", "GPU 1")), ("node-b", ("GPU 0",)), ("node-c", ("GPU 0",))}
+    # A saved plan observes with the inventory it carries: the same state, so the same fingerprint.
+    from reconciler.planner.runtime import assumed_gpus
+
+    assert cluster.observe(assumed=assumed_gpus(desired)).fingerprint == observed.fingerprint
+
+
+def test_the_serve_proxy_url_is_read_from_serve(cluster, ray_cluster):
+    assert cluster.http_url == ray_cluster.http_url
+
+
+def test_the_gcs_store_creates_a_key_once(cluster):
+    from reconciler.adapter.kv import RayKV
+
+    cluster.ray_nodes()  # connects the driver
+    kv, key = RayKV(), f"test/{uuid.uuid4().hex}"
+    try:
+        assert kv.put_if_absent(key, b"first") is True
+        assert kv.put_if_absent(key, b"second") is False  # the lease's takeover race is decided here
+        assert kv.get(key) == b"first"
+        assert kv.keys("test/") and key in kv.keys("test/")
+    finally:
+        kv.delete(key)
+    assert kv.get(key) is None
