@@ -64,6 +64,8 @@ class LeaseSettings:
 class ClusterSettings:
     """Talking to a Ray cluster."""
 
+    # Seconds a command gives an unreachable cluster before it says so: Ray's own driver keeps retrying for minutes.
+    connect_timeout: float = 10.0
     http_timeout: float = 30.0  # one call of the dashboard's REST API
     probe_timeout: float = 60.0  # one NVML probe on a node
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli import _cluster
 from reconciler.errors import UserError
 
 PROMPT = "Say hello to the operator."
@@ -48,6 +49,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("directory", nargs="?", default="specs", type=Path, metavar="DIR")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, then the local cluster)")
+    _cluster.add_connect_timeout_argument(parser)
     parser.add_argument("--url", help="the OpenAI base URL ending in /v1 (default: the gateway's, asked from the "
                         "cluster); with --routes, Serve's HTTP base URL")
     parser.add_argument("--routes", action="store_true",
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         from reconciler.adapter import connect
         from reconciler.adapter import gateway as gateways
 
-        with connect(args.address) as cluster:
+        with connect(args.address, connect_timeout=args.connect_timeout) as cluster:
             cluster.serve_details()
             urls = [] if args.routes else gateways.urls(cluster)
             base_url = urls[0] if urls else cluster.http_url if args.routes else None

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     desired = load_optional(args.directory)
 
-    with _cluster.connect(args.address) as cluster:
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
         observed = cluster.observe(desired)
         http_url = cluster.http_url
         gateway_urls = gateways.urls(cluster)

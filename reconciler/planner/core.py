@@ -51,12 +51,13 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     observed = normalised(observed)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
+    dead = frozenset(n.name for n in observed.nodes if not n.alive)
     outcomes: dict[tuple[str, int], _Outcome] = {}
     views: list[GpuView] = []
     unplaced: list[Unplaced] = []
     quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
-        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary)
+        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
         solution = pack(pp.problem, settings.packing)
         q = solution.quality
         quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any
 
-from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
+from reconciler.observed import ObservedNode, ObservedReplica, ObservedState, ReplicaState, dead_nodes, replicas_on
 from reconciler.plan import replica_id
 from reconciler.quantity import format_bytes
 
@@ -57,6 +58,10 @@ def render_status(
         for gpu in replica.gpus:
             on_gpu.setdefault((replica.node, gpu), []).append(replica)
     for node in observed.nodes:
+        if not node.alive:
+            lines.append(_c(f"{node.name}", "bold", color) + "  " + _c(dead_node_line(observed, node), "bad", color))
+            lines.append("")
+            continue
         source = "simulated from the inventory" if node.simulated else "NVML"
         labels = ", ".join(f"{k}={v}" for k, v in node.labels if not k.startswith("reconciler.io/"))
         lines.append(_c(f"{node.name}", "bold", color) + f"  ({source}{'; ' + labels if labels else ''})")
@@ -95,12 +100,32 @@ def render_status(
             lines.append(f"  {replica_id(item.model, item.replica)}: {item.reason}")
         lines.append("")
     running = sum(1 for r in observed.replicas if r.state == ReplicaState.RUNNING)
-    summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes)} node(s)"
+    dead = dead_nodes(observed)
+    summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes) - len(dead)} node(s)"
+    if dead:
+        summary += _c(f"; {len(dead)} node(s) dead: {', '.join(n.name for n in dead)}", "bad", color)
     routes = list(routes)
     if http_url and routes:
         summary += "; endpoints: " + ", ".join(f"{http_url}{route}" for route in routes)
     lines.append(summary)
     return "\n".join(lines) + "\n"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def dead_node_line(observed: ObservedState, node: ObservedNode) -> str:
+    """A dead node in one line: since when, why, and what ran there (its replicas must find room elsewhere)."""
+    since = f" since {_iso(node.dead_since)}" if node.dead_since is not None else ""
+    why = f" ({node.death_reason})" if node.death_reason else ""
+    ran = sorted(replica_id(r.model, r.replica) for r in replicas_on(observed, node.name))
+    return f"DEAD{since}{why}; ran: {', '.join(ran) if ran else 'no replicas of reconciler'}"
+
+
+def dead_node_lines(observed: ObservedState, *, color: bool = False) -> list[str]:
+    """Dead nodes for the plan's readers: the plan itself only says where their replicas go now."""
+    return [_c(f"node {n.name}: {dead_node_line(observed, n)}", "bad", color) for n in dead_nodes(observed)]
 
 
 def render_report(report: Any, *, color: bool = False) -> str:
