@@ -45,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
         gateway_urls = gateways.urls(cluster)
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
         lock = lock_lines(describe(RayKV()), time.time())
-    unplaced = ()
+    unplaced, reserves = (), {}
     if desired is not None:
-        unplaced = _planning.plan_against(desired, observed).unplaced
+        plan = _planning.plan_against(desired, observed)
+        unplaced, reserves = plan.unplaced, {(g.node, g.index): g.reserve for g in plan.gpus}
     routes = [m.route_path for m in desired.models] if desired is not None else []
     warning = open_endpoint_warning(gateway_urls, desired.gateway if desired is not None else None)
     if args.format == "json":
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return 0
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
-                                   http_url=http_url, unplaced=unplaced,
+                                   http_url=http_url, unplaced=unplaced, reserves=reserves,
                                    gateway_url=gateway_urls[0] if gateway_urls else None))
     for line in lock:
         print(line)
