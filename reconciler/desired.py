@@ -138,10 +138,31 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str  # hex digest of the key; the key itself is never in the specs
+    models: tuple[str, ...]  # model names, or ("*",) for every model
+    requests_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The Gateway spec: where the one OpenAI base URL listens and which keys it takes (none: open to all)."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    keys: tuple[ApiKey, ...] = ()  # sorted by name
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     pools: tuple[Pool, ...] = ()
     priority_classes: tuple[PriorityClass, ...] = ()
     models: tuple[Model, ...] = ()  # sorted by name
+    gateway: Gateway | None = None
 
     def pool(self, name: str) -> Pool:
         for pool in self.pools:
@@ -207,15 +228,26 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
             "engineArgs": m.engine_args,
         }
 
-    return {
+    out: dict[str, Any] = {
         "pools": [pool(p) for p in desired.pools],
         "priorityClasses": [klass(c) for c in desired.priority_classes],
         "models": [model(m) for m in desired.models],
     }
+    if desired.gateway is not None:  # only when written, so specs without one keep their fingerprints
+        g = desired.gateway
+        out["gateway"] = {
+            "name": g.name, "host": g.host, "port": g.port,
+            "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
+                      "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
+                      "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
+        }
+    return out
 
 
 __all__ = [
+    "ApiKey",
     "DesiredState",
+    "Gateway",
     "Engine",
     "GpuSpec",
     "IMPLICIT_PRIORITY",

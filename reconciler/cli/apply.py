@@ -160,6 +160,12 @@ def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
     report = apply_holding_lock(args, cluster, executor=executor, plan=plan, observed=observed)
     after = cluster.observe(assumed=plan.assumed)
     sys.stdout.write(render_report(report, color=color))
+    reserves = {(g.node, g.index): g.reserve for g in plan.gpus}
     sys.stdout.write(render_status(after, routes=[m.route for m in plan.models], color=color,
-                                   http_url=cluster.http_url))
+                                   http_url=cluster.http_url, reserves=reserves,
+                                   gateway_url=report.gateway_urls[0] if report.gateway_urls else None))
+    from reconciler.gateway.exposure import open_endpoint_warning
+
+    if warning := open_endpoint_warning(report.gateway_urls, plan.gateway):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.desired import DesiredState, Model
+from reconciler.desired import DesiredState, Model, Spread
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState, normalised
 from reconciler.packer import Item, PackSettings, pack
 from reconciler.plan import (
@@ -19,6 +19,7 @@ from reconciler.plan import (
     Location,
     PlacedReplica,
     Plan,
+    PoolQuality,
     Unplaced,
 )
 from reconciler.planner import reasons, runtime
@@ -54,10 +55,13 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     outcomes: dict[tuple[str, int], _Outcome] = {}
     views: list[GpuView] = []
     unplaced: list[Unplaced] = []
+    quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
         pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
         solution = pack(pp.problem, settings.packing)
-        pool_outcomes = _outcomes(pp, solution.assignment)
+        q = solution.quality
+        quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))
+        pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven)
         outcomes.update(pool_outcomes)
         unplaced.extend(_unplaced(pool_outcomes))
         views.extend(_views(pp, observed, solution.assignment))
@@ -70,6 +74,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         gpus=tuple(views),
         fingerprint=observed.fingerprint,
         desired_fingerprint=desired.fingerprint,
+        quality=tuple(quality),
     )
     return runtime.self_contained(found, desired=desired, observed=observed)
 
@@ -106,10 +111,11 @@ def _occupants(pp: PoolProblem, assignment) -> list[list[int]]:
     return occupants
 
 
-def _outcomes(pp: PoolProblem, assignment) -> dict[tuple[str, int], _Outcome]:
+def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, int], _Outcome]:
     problem = pp.problem
     items = problem.items
     occupants = _occupants(pp, assignment)
+    explained: dict = {}
     out: dict[tuple[str, int], _Outcome] = {}
     for i, item in enumerate(items):
         bins = assignment[i]
@@ -123,7 +129,12 @@ def _outcomes(pp: PoolProblem, assignment) -> dict[tuple[str, int], _Outcome]:
                 gpus=tuple(problem.bins[b].index for b in bins),
                 vram=item.vram,
             )
-        why_not = "" if bins else reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants)
+        why_not = ""
+        if not bins:
+            why_not = reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants,
+                                       cache=explained)
+            if not proven and not item.elastic:
+                why_not += reasons.UNPROVEN
         why_left = ""
         if item.current is not None and bins != item.current:
             why_left = _why_left(pp=pp, i=i, assignment=assignment, occupants=occupants)
@@ -160,7 +171,7 @@ def _why_left(*, pp: PoolProblem, i: int, assignment, occupants) -> str:
                 f"reserve and {format_bytes(pp.foreign[b])} of foreign use, and its running replicas hold "
                 f"{format_bytes(held)}"
             )
-    if item.spread.value != "none":
+    if item.spread is not Spread.NONE:
         return f"spread: {item.spread} allows one replica of {item.model} per {item.spread}"
     return f"re-placed to serve higher-priority demand in pool {pp.pool.name}"
 

@@ -84,6 +84,9 @@ def plan_lines(plan: Plan) -> list[Text]:
     if plan.unplaced:
         lines += _unplaced_lines(plan)
         lines.append(Text())
+    if plan.quality:
+        lines += [Text(f"Placement in pool {q.pool}: {q.summary}.", "dim") for q in plan.quality]
+        lines.append(Text())
     lines += [Text(line, "bold") for line in closing_lines(plan)]
     return lines
 

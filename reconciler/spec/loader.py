@@ -153,6 +153,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -
         pools=tuple(p for p in parsed if p.kind == "ResourcePool"),
         classes=tuple(p for p in parsed if p.kind == "PriorityClass"),
         models=tuple(p for p in parsed if p.kind == "Model"),
+        gateways=tuple(p for p in parsed if p.kind == "Gateway"),
         names={kind: frozenset(found) for kind, found in names.items()},
         incomplete=frozenset(incomplete),
         references=tuple(references),

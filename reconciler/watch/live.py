@@ -26,7 +26,8 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
                  progress: IO[str] | None = None,
                  apply_settings: ApplySettings = DEFAULTS.apply) -> WatchTarget:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor
+    from reconciler.executor.run import Executor, sync_gateway
+    from reconciler.planner.runtime import model_runtime
 
     cluster = adapter.connect(address, connect_timeout=connect_timeout)
     try:
@@ -64,6 +65,11 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             gone_if_unreachable(exc)
             raise
         probe.mark(details)
+        try:
+            # An empty plan is never applied, so a changed API key or limit would never reach the gateways.
+            sync_gateway(cluster, models=[model_runtime(m) for m in desired.models], gateway=desired.gateway)
+        except Exception as exc:  # noqa: BLE001 - the per-model routes still serve; the next cycle tries again
+            print(f"warning: the gateway did not take the route table: {exc}", file=stream)
         return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:

@@ -17,7 +17,7 @@ from reconciler.observed import ObservedState, from_inventory, to_json
 from reconciler.schemas.read import read_snapshot
 from reconciler.spec import Severity, load_spec_files, load_specs
 from reconciler.spec.source import MAX_FILE_BYTES, MAX_WRITTEN, read_documents
-from tests.faults.support import clean_refusal, reconciler, write_specs
+from tests.faults.support import reconciler, write_specs
 
 pytestmark = pytest.mark.faults
 
