@@ -62,6 +62,7 @@ def status_document(
             {
                 "name": n.name,
                 "alive": n.alive,
+                "deadSince": n.dead_since,
                 "simulated": n.simulated,
                 "gpus": [
                     {"index": g.index, "name": g.name, "total": g.memory, "planned": planned.get((n.name, g.index), 0),

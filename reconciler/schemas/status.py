@@ -60,6 +60,8 @@ def schema() -> dict[str, Any]:
             "nodes": {"type": "array", "items": _obj("A node and its GPUs.", {
                 "name": _NAME,
                 "alive": {"type": "boolean"},
+                "deadSince": {"type": ["number", "null"],
+                              "description": "unix seconds when Ray declared the node dead; null while it is alive"},
                 "simulated": {"type": "boolean", "description": "GPUs from the pool inventory, not NVML"},
                 "gpus": {"type": "array", "items": gpu},
             })},

@@ -81,14 +81,14 @@ def test_arbitrary_bytes_in_a_spec_file_are_diagnostics_never_a_crash(content):
 
 
 # -- observed-state snapshots: arbitrary JSON and bytes ------------------------------------------------------------
-def _refused_cleanly(path: Path) -> None:
+def _refused_cleanly(path: Path, read=read_snapshot, kind=ObservedState) -> None:
     try:
-        state = read_snapshot(path)
+        value = read(path)
     except UserError as exc:
         assert str(exc), "a refusal says why"
         assert str(path) in str(exc)
     else:
-        assert isinstance(state, ObservedState)
+        assert isinstance(value, kind)
 
 
 @FUZZ
@@ -143,3 +143,50 @@ def test_plan_refuses_a_broken_snapshot_in_one_message(tmp_path):
     result = reconciler("plan", str(specs), "--observed", str(snapshot), timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "$.nodes[0].name" in result.stderr
+
+
+# -- saved plans: arbitrary JSON and bytes, and a real plan with one value changed ---------------------------------
+def _saved_plan() -> dict:
+    from reconciler.planner import plan
+    from reconciler.render.json import render_plan
+
+    specs = {name: (Path(__file__).parents[2] / "examples/homelab" / name).read_bytes()
+             for name in ("pool.yaml", "models.yaml", "priorities.yaml")}
+    desired = load_spec_files(specs).desired
+    return json.loads(render_plan(plan(desired, from_inventory(desired))))
+
+
+@FUZZ
+@given(data=json_values)
+def test_arbitrary_json_as_a_saved_plan_is_refused_cleanly(data, tmp_path):
+    from reconciler.plan import Plan
+    from reconciler.schemas.read import read_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    _refused_cleanly(path, read_plan, Plan)
+
+
+@FUZZ
+@given(where=st.lists(st.sampled_from(["actions", "placement", 0, 1, "to", "gpus", "node", "replica", "model",
+                                       "digest", "fingerprint", "models", "format", "extra"]), min_size=1, max_size=4),
+       value=json_values)
+def test_a_saved_plan_with_one_value_changed_is_refused_cleanly(where, value, tmp_path):
+    from reconciler.plan import Plan
+    from reconciler.schemas.read import read_plan
+
+    data = _saved_plan()
+    target = data
+    for step in where[:-1]:
+        if isinstance(target, dict) and step in target:
+            target = target[step]
+        elif isinstance(target, list) and isinstance(step, int) and step < len(target):
+            target = target[step]
+    last = where[-1]
+    if isinstance(target, dict) and isinstance(last, str):
+        target[last] = value
+    elif isinstance(target, list) and isinstance(last, int) and last < len(target):
+        target[last] = value
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    _refused_cleanly(path, read_plan, Plan)

@@ -143,3 +143,17 @@ def test_moves_off_a_dead_node_count_against_max_moves(max_moves):
     assert len(moves) <= max_moves
     if max_moves == 1:
         assert [(a.model, a.source.node) for a in moves] == [("x", "node-b")]
+
+
+def test_status_json_names_the_dead_node_and_keeps_to_its_schema():
+    from jsonschema import Draft202012Validator
+
+    from reconciler.render.status_json import status_document
+    from reconciler.schemas import status as status_schema
+
+    desired, observed = observed_with_dead_node()
+    document = status_document(observed, desired=desired)
+    Draft202012Validator(status_schema.schema()).validate(document)
+    [node_b] = [n for n in document["nodes"] if n["name"] == "node-b"]
+    assert (node_b["alive"], node_b["deadSince"]) == (False, DIED)
+    assert [(r["model"], r["replica"]) for r in document["replicas"] if r["node"] == "node-b"] == [("chat", 1)]

@@ -127,9 +127,10 @@ def test_apply_waits_for_the_lock_when_asked(specs):
         waiting = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", str(specs), "--yes",
                                     "--wait-for-lock"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    stdin=subprocess.DEVNULL)
-        lines = [waiting.stderr.readline() for _ in range(20)]  # Ray may log a line of its own first
-        said = next((line for line in lines if line.startswith("Waiting: ")), "")
-        assert "reconciler watch (another operator)" in said, lines
+        lines = []
+        while len(lines) < 20 and not (lines and lines[-1].startswith("Waiting: ")):  # Ray may log a line first
+            lines.append(waiting.stderr.readline())
+        assert "reconciler watch (another operator)" in lines[-1], lines
         assert waiting.poll() is None
     finally:
         lease.release()
