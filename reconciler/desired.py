@@ -138,10 +138,51 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """Batch work on GPUs: runs to completion on ``gpus`` GPUs of one node, placed with the models by priority."""
+
+    name: str
+    pool: str  # resolved, as for models
+    priority_class: str
+    priority: int
+    preemption: Preemption
+    preemptible: bool
+    vram: int  # bytes per GPU
+    entrypoint: str
+    gpus: int = 1
+    working_dir: str | None = None  # relative to the spec directory
+    env: tuple[tuple[str, str], ...] = ()
+    retries: int = 0
+    active_deadline: int | None = None  # seconds
+    schedule: str | None = None  # five-field cron, UTC
+
+    @property
+    def revision(self) -> str:
+        """Changes with everything a run is started from: without a schedule, one run per revision."""
+        return short_hash(
+            {
+                "vram": self.vram,
+                "gpus": self.gpus,
+                "entrypoint": self.entrypoint,
+                "workingDir": self.working_dir,
+                "env": dict(self.env),
+                "schedule": self.schedule,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     pools: tuple[Pool, ...] = ()
     priority_classes: tuple[PriorityClass, ...] = ()
     models: tuple[Model, ...] = ()  # sorted by name
+    jobs: tuple[Job, ...] = ()  # sorted by name
+
+    def job(self, name: str) -> Job:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
 
     def pool(self, name: str) -> Pool:
         for pool in self.pools:
@@ -207,10 +248,32 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
             "engineArgs": m.engine_args,
         }
 
-    return {
+    document = {
         "pools": [pool(p) for p in desired.pools],
         "priorityClasses": [klass(c) for c in desired.priority_classes],
         "models": [model(m) for m in desired.models],
+    }
+    if desired.jobs:  # only then: specs without jobs keep the fingerprints they always had
+        document["jobs"] = [job_to_json(j) for j in desired.jobs]
+    return document
+
+
+def job_to_json(j: Job) -> dict[str, Any]:
+    return {
+        "name": j.name,
+        "pool": j.pool,
+        "priorityClass": j.priority_class,
+        "priority": j.priority,
+        "preemption": str(j.preemption),
+        "preemptible": j.preemptible,
+        "vram": j.vram,
+        "gpus": j.gpus,
+        "entrypoint": j.entrypoint,
+        "workingDir": j.working_dir,
+        "env": dict(j.env),
+        "retries": j.retries,
+        "activeDeadline": j.active_deadline,
+        "schedule": j.schedule,
     }
 
 
@@ -220,6 +283,7 @@ __all__ = [
     "GpuSpec",
     "IMPLICIT_PRIORITY",
     "InventoryNode",
+    "Job",
     "Model",
     "Placement",
     "Pool",
@@ -228,5 +292,6 @@ __all__ = [
     "Spread",
     "canonical_json",
     "desired_to_json",
+    "job_to_json",
     "short_hash",
 ]

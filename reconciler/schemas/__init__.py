@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from reconciler.schemas import observed, plan
-from reconciler.spec.models import AnyDocument, ModelDocument, PriorityClassDocument, ResourcePoolDocument
+from reconciler.spec.models import AnyDocument, JobDocument, ModelDocument, PriorityClassDocument, ResourcePoolDocument
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -26,6 +26,7 @@ def _spec_schema(target: Any, title: str, description: str) -> dict[str, Any]:
 
 def spec_schemas() -> dict[str, dict[str, Any]]:
     return {
+        "job.schema.json": _spec_schema(JobDocument, "Job", "A reconciler/v1 Job spec document."),
         "model.schema.json": _spec_schema(ModelDocument, "Model", "A reconciler/v1 Model spec document."),
         "priorityclass.schema.json": _spec_schema(
             PriorityClassDocument, "PriorityClass", "A reconciler/v1 PriorityClass spec document."
@@ -36,7 +37,7 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
         "document.schema.json": _spec_schema(
             AnyDocument,
             "reconciler/v1 document",
-            "Any one reconciler/v1 spec document (Model, PriorityClass or ResourcePool), chosen by its kind.",
+            "Any one reconciler/v1 spec document (Job, Model, PriorityClass or ResourcePool), chosen by its kind.",
         ),
     }
 
