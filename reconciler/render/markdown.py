@@ -7,6 +7,7 @@ import re
 
 from reconciler.plan import SYMBOLS, GpuUse, GpuView, Plan
 from reconciler.quantity import format_bytes
+from reconciler.render.jobs import job_markdown
 from reconciler.render._common import (
     NONE,
     CellKind,
@@ -36,6 +37,7 @@ def code(text: str) -> str:
     return f"`{text}`"
 
 
+
 def render_plan(plan: Plan, *, title: str = TITLE) -> str:
     return "\n".join(plan_blocks(plan, title=title)) + "\n"
 
@@ -51,6 +53,7 @@ def plan_blocks(plan: Plan, *, title: str = TITLE) -> list[str]:
         lines += ["#### Replicas that cannot be placed", ""]
         lines += [f"- {code(replica_name(u.model, u.replica))}: {escape(u.reason)}" for u in plan.unplaced]
         lines.append("")
+    lines += job_markdown(plan)
     lines += _details(plan)
     return lines
 
