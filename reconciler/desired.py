@@ -258,6 +258,25 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
     return document
 
 
+def job_from_json(data: dict[str, Any]) -> Job:
+    return Job(
+        name=data["name"],
+        pool=data["pool"],
+        priority_class=data["priorityClass"],
+        priority=data["priority"],
+        preemption=Preemption(data["preemption"]),
+        preemptible=data["preemptible"],
+        vram=data["vram"],
+        gpus=data["gpus"],
+        entrypoint=data["entrypoint"],
+        working_dir=data["workingDir"],
+        env=tuple(sorted(data["env"].items())),
+        retries=data["retries"],
+        active_deadline=data["activeDeadline"],
+        schedule=data["schedule"],
+    )
+
+
 def job_to_json(j: Job) -> dict[str, Any]:
     return {
         "name": j.name,
@@ -292,6 +311,7 @@ __all__ = [
     "Spread",
     "canonical_json",
     "desired_to_json",
+    "job_from_json",
     "job_to_json",
     "short_hash",
 ]

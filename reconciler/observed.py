@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from reconciler.desired import DesiredState, canonical_json, short_hash
+from reconciler.desired import DesiredState, Job, canonical_json, job_from_json, job_to_json, short_hash
 
 FORMAT_VERSION = "reconciler/observed-v1"
 
@@ -122,6 +122,8 @@ class ObservedState:
     source: Source = Source.OFFLINE
     jobs: tuple[ObservedJobRun, ...] = ()  # sorted by (job, run)
     at: float | None = None  # when it was observed (epoch seconds): the planner's clock; None offline
+    # Ad-hoc jobs (`reconciler run`) recorded in the cluster: desired state that lives there, not in the specs.
+    recorded: tuple[Job, ...] = ()  # sorted by name
 
     def runs_of(self, job: str) -> tuple[ObservedJobRun, ...]:
         return tuple(r for r in self.jobs if r.job == job)
@@ -159,6 +161,7 @@ def normalised(state: ObservedState) -> ObservedState:
         source=state.source,
         jobs=tuple(sorted(state.jobs, key=lambda r: (r.job, r.run))),
         at=state.at,
+        recorded=tuple(sorted(state.recorded, key=lambda j: j.name)),
     )
 
 
@@ -216,6 +219,8 @@ def to_json(state: ObservedState) -> dict[str, Any]:
         document["jobs"] = [job_run_to_json(r) for r in state.jobs]
     if state.at is not None:
         document["observedAt"] = state.at
+    if state.recorded:
+        document["recordedJobs"] = [job_to_json(j) for j in state.recorded]
     return document
 
 
@@ -305,8 +310,10 @@ def from_json(data: Any) -> ObservedState:
         )
         jobs = tuple(job_run_from_json(r) for r in data.get("jobs", []))
         at = data.get("observedAt")
+        recorded = tuple(job_from_json(j) for j in data.get("recordedJobs", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
     return normalised(
-        ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at)
+        ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at,
+                      recorded=recorded)
     )

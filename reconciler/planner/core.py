@@ -52,6 +52,7 @@ class _Outcome:
 
 def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings = PlanSettings()) -> Plan:
     observed = normalised(observed)
+    specs, desired = desired, jobplace.with_recorded(desired, observed)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
     outcomes: dict[tuple[str, int], _Outcome] = {}
@@ -80,7 +81,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
         gpus=tuple(views),
         fingerprint=observed.fingerprint,
-        desired_fingerprint=desired.fingerprint,
+        desired_fingerprint=specs.fingerprint,
         jobs=jobplace.planned(desired=desired, chosen=chosen, targets=targets,
                               why_not={k: o.why_not for k, o in job_outcomes.items()}),
     )
@@ -108,7 +109,8 @@ def apply_to_observed(plan: Plan, observed: ObservedState, desired: DesiredState
             )
         )
     return normalised(ObservedState(nodes=observed.nodes, replicas=tuple(replicas), source=observed.source,
-                                    jobs=jobplace.runs_after(plan.jobs, plan.actions, observed), at=observed.at))
+                                    jobs=jobplace.runs_after(plan.jobs, plan.actions, observed), at=observed.at,
+                                    recorded=observed.recorded))
 
 
 # -- packing results -------------------------------------------------------------------------------------------

@@ -14,6 +14,15 @@ from reconciler.planner.pools import PoolProblem
 from reconciler.quantity import format_bytes
 
 
+def with_recorded(desired: DesiredState, observed: ObservedState) -> DesiredState:
+    """The specs' jobs and the ad-hoc jobs recorded in the cluster (`reconciler run`); a spec's job wins a name."""
+    named = {j.name for j in desired.jobs}
+    extra = tuple(j for j in observed.recorded if j.name not in named)
+    if not extra:
+        return desired
+    return replace(desired, jobs=tuple(sorted((*desired.jobs, *extra), key=lambda j: j.name)))
+
+
 def decisions(desired: DesiredState, observed: ObservedState, settings: JobSettings) -> dict[str, JobDecision]:
     return {job.name: decide(job, observed.runs_of(job.name), observed.at, settings) for job in desired.jobs}
 

@@ -117,6 +117,23 @@ def _job_run() -> dict[str, Any]:
     )
 
 
+def _recorded_job() -> dict[str, Any]:
+    text = {"type": "string"}
+    return _obj(
+        "A Job as the planner takes it: pool and priority resolved, memory in bytes, deadlines in seconds.",
+        {
+            "name": _NAME, "pool": _NAME, "priorityClass": text, "priority": {"type": "integer"},
+            "preemption": {"enum": ["LowerPriority", "Never"]}, "preemptible": {"type": "boolean"},
+            "vram": _BYTES, "gpus": {"type": "integer", "minimum": 1}, "entrypoint": text,
+            "workingDir": {"type": ["string", "null"]}, "env": {"type": "object", "additionalProperties": text},
+            "retries": {"type": "integer", "minimum": 0},
+            "activeDeadline": {"type": ["integer", "null"], "minimum": 1},
+            "schedule": {"type": ["string", "null"]},
+        },
+        {},
+    )
+
+
 def schema() -> dict[str, Any]:
     root = _obj(
         "The cluster as seen: nodes, their GPUs and the replicas reconciler manages. Recorded by `reconciler "
@@ -131,6 +148,12 @@ def schema() -> dict[str, Any]:
             "nodes": {"type": "array", "items": {"$ref": "#/$defs/node"}, "default": []},
             "replicas": {"type": "array", "items": {"$ref": "#/$defs/replica"}, "default": []},
             "jobs": {"type": "array", "items": {"$ref": "#/$defs/jobRun"}, "default": []},
+            "recordedJobs": {
+                "type": "array",
+                "description": "ad-hoc jobs (`reconciler run`) recorded in the cluster: desired state kept there",
+                "items": {"$ref": "#/$defs/recordedJob"},
+                "default": [],
+            },
             "observedAt": {
                 "type": "number",
                 "minimum": 0,
@@ -142,5 +165,6 @@ def schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "reconciler observed state",
         **root,
-        "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica(), "jobRun": _job_run()},
+        "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica(), "jobRun": _job_run(),
+                   "recordedJob": _recorded_job()},
     }

@@ -241,3 +241,24 @@ def test_capacity_is_never_exceeded_and_apply_then_plan_is_empty(jobs, models):
             assert sum(u.vram for u in gpu.after) <= gpu.capacity
         state = apply_to_observed(p, state, desired)
     assert plan(desired, state, FAST).empty
+
+
+def test_a_job_recorded_in_the_cluster_is_desired_and_survives_plans():
+    desired = lab(model("chat", 8, 1, priority=90))
+    adhoc = job("train", 4)
+    state = replace(observed(desired), recorded=(adhoc,))
+    p = plan(desired, state, FAST)
+    assert ("create", "job/train", 1) in kinds(p)
+    assert p.desired_fingerprint == desired.fingerprint  # the specs' own, as `apply --plan` checks
+    after = apply_to_observed(p, state, desired)
+    assert after.recorded == (adhoc,)
+    assert plan(desired, after, FAST).empty  # not deleted as undesired
+
+
+def test_an_observed_snapshot_with_jobs_round_trips():
+    from reconciler.observed import from_json as observed_from_json
+    from reconciler.observed import to_json as observed_to_json
+
+    desired = lab(job("embed", 4))
+    state = replace(observed(desired, run(1, F, message="boom")), recorded=(job("train", 2),))
+    assert observed_from_json(observed_to_json(state)) == state

@@ -22,6 +22,7 @@ from reconciler.observed import (
 )
 from reconciler.observed import from_json as observed_from_json
 from reconciler.observed import to_json as observed_to_json
+from reconciler.desired import Job, Preemption
 from reconciler.plan import PlannedJob
 from reconciler.plan import to_json as plan_to_json
 from .samples import busy_plan
@@ -45,6 +46,9 @@ def _observed() -> ObservedState:
         jobs=(ObservedJobRun("embed", 1, "rev1", JobRunState.FAILED, "node-a", (0,), 6 * GiB, slot=1.0e9,
                              started=1.0e9 + 5, ended=1.0e9 + 65, message="Traceback: boom"),),
         at=1.0e9 + 100,
+        recorded=(Job(name="train", pool="homelab", priority_class="batch", priority=10,
+                      preemption=Preemption.LOWER_PRIORITY, preemptible=True, vram=4 * GiB,
+                      entrypoint="python train.py", working_dir="/home/me/train"),),
     )
 
 

@@ -1,0 +1,185 @@
+"""Jobs on the session's real local Ray cluster (simulated GPUs): submitted where the plan put them, retried,
+preempted and requeued. The job scripts report what they saw into files; the tests read the world, not the calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.observed import JobRunState
+from reconciler.planner import PlanSettings, plan
+from reconciler.planner.jobs import JobSettings
+from reconciler.settings import DEFAULTS
+from reconciler.spec import load_specs
+
+pytestmark = pytest.mark.ray
+
+QUICK = PlanSettings(jobs=JobSettings(backoff_base=1.0, backoff_max=2.0))
+
+POOL = """\
+apiVersion: reconciler/v1
+kind: ResourcePool
+metadata: {name: homelab}
+spec:
+  nodes: {selector: {pool: homelab}}
+  inventory:
+    - {node: node-a, gpus: [{name: RTX 3090, memory: 24Gi}, {name: RTX 3090, memory: 24Gi}]}
+    - {node: node-b, gpus: [{name: RTX 3060, memory: 12Gi}]}
+    - {node: node-c, gpus: [{name: RTX 4060 Ti, memory: 16Gi}]}
+---
+apiVersion: reconciler/v1
+kind: PriorityClass
+metadata: {name: batch}
+spec: {value: 10, default: true}
+---
+apiVersion: reconciler/v1
+kind: PriorityClass
+metadata: {name: interactive}
+spec: {value: 90}
+"""
+
+# Reports where it ran, counts its attempts in a state file, fails the first FAIL_TIMES of them and sleeps
+# SLEEP_FIRST seconds on the first.
+SCRIPT = """\
+import json, os, sys, time
+import ray
+state = os.environ["STATE"]
+attempts = (int(open(state).read()) if os.path.exists(state) else 0) + 1
+open(state, "w").write(str(attempts))
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+node = ray.get_runtime_context().get_node_id()
+with open(os.environ["REPORT"], "a") as out:
+    out.write(json.dumps({"attempt": attempts, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "node": node, "env": {k: v for k, v in os.environ.items() if "RAY" in k or "NODE" in k}}) + "\\n")
+if attempts == 1:
+    time.sleep(float(os.environ.get("SLEEP_FIRST", "0")))
+if attempts <= int(os.environ.get("FAIL_TIMES", "0")):
+    print("attempt", attempts, "fails on purpose", flush=True)
+    sys.exit(3)
+print("done", flush=True)
+"""
+
+
+def write(directory: Path, *, jobs: dict[str, dict], models: dict[str, dict] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pool.yaml").write_text(POOL)
+    (directory / "work").mkdir(exist_ok=True)
+    (directory / "work" / "job.py").write_text(SCRIPT)
+    docs = [json.dumps({"apiVersion": "reconciler/v1", "kind": "Job", "metadata": {"name": name},
+                        "spec": {"entrypoint": f"{sys.executable} job.py", "workingDir": "work", **spec}})
+            for name, spec in jobs.items()]
+    docs += [json.dumps({"apiVersion": "reconciler/v1", "kind": "Model", "metadata": {"name": name},
+                         "spec": {"engine": "echo", "source": f"stand-in/{name}", **spec}})
+             for name, spec in (models or {}).items()]
+    (directory / "specs.yaml").write_text("\n---\n".join(docs) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster):
+    from reconciler.adapter import connect
+
+    with connect(ray_cluster.address) as connected:
+        yield connected
+
+
+def apply(cluster, directory: Path, settings: PlanSettings = QUICK):
+    from reconciler.executor.run import Executor
+
+    result = load_specs(directory)
+    assert result.ok, [str(d) for d in result.diagnostics]
+    observed = cluster.observe(result.desired)
+    p = plan(result.desired, observed, settings)
+    report = Executor(cluster, settings=replace(DEFAULTS.apply, replica_timeout=120), spec_dir=directory).apply(p)
+    assert report.ok, [(o.action.describe(), o.message) for o in report.failed]
+    return p
+
+
+def runs_of(cluster, job: str):
+    return [r for r in cluster.jobs.runs() if r.job == job]
+
+
+def until(predicate, timeout: float = 90.0, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def reports(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_job_runs_where_planned_succeeds_and_is_not_run_again(cluster, tmp_path):
+    specs = write(tmp_path / "specs", jobs={"where": {"vram": "13Gi", "env": {
+        "STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report")}}})
+    p = apply(cluster, specs)
+    (planned,) = p.jobs
+    assert [(str(a.kind), a.model, a.replica) for a in p.actions] == [("create", "job/where", 1)]
+    ended = until(lambda: [r for r in runs_of(cluster, "where") if not r.active])
+    assert [(r.run, r.state) for r in ended] == [(1, JobRunState.SUCCEEDED)], ended
+    (report,) = reports(tmp_path / "report")
+    node_ids = {n.name: n.node_id for n in cluster.observe(load_specs(specs).desired).nodes}
+    assert report["cuda"] == ",".join(map(str, planned.gpus))
+    assert report["node"] == node_ids[planned.node]
+    again = apply(cluster, specs)
+    assert [a for a in again.actions if a.model == "job/where"] == []
+    assert again.job("where").state == "succeeded"
+    assert len(reports(tmp_path / "report")) == 1
+
+
+def test_fails_twice_then_succeeds_with_retries(cluster, tmp_path):
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report"), "FAIL_TIMES": "2"}
+    specs = write(tmp_path / "specs", jobs={"flaky": {"vram": "2Gi", "retries": 2, "env": env}})
+    for _ in range(12):
+        p = apply(cluster, specs)
+        if p.job("flaky").state == "succeeded":
+            break
+        until(lambda: not any(r.active for r in runs_of(cluster, "flaky")))
+        time.sleep(1.0)
+    runs = runs_of(cluster, "flaky")
+    assert [(r.run, r.state) for r in runs] == [(1, JobRunState.FAILED), (2, JobRunState.FAILED),
+                                                (3, JobRunState.SUCCEEDED)]
+    assert "fails on purpose" in runs[0].message
+
+
+def test_always_failing_ends_failed_with_its_log_tail(cluster, tmp_path):
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report"), "FAIL_TIMES": "99"}
+    specs = write(tmp_path / "specs", jobs={"broken": {"vram": "2Gi", "retries": 1, "env": env}})
+    for _ in range(10):
+        p = apply(cluster, specs)
+        if p.job("broken").state == "failed":
+            break
+        until(lambda: not any(r.active for r in runs_of(cluster, "broken")))
+        time.sleep(1.0)
+    assert p.job("broken").state == "failed"
+    assert p.job("broken").reason.startswith("run 2 failed: attempt 2 fails on purpose after 1 retries")
+    assert len(runs_of(cluster, "broken")) == 2
+
+
+def test_a_priority_90_model_preempts_the_job_which_completes_once_the_model_is_gone(cluster, tmp_path):
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report"), "SLEEP_FIRST": "600"}
+    jobs = {"batch": {"vram": "13Gi", "env": env}}
+    specs = write(tmp_path / "specs", jobs=jobs)
+    apply(cluster, specs)
+    assert until(lambda: [r for r in runs_of(cluster, "batch") if r.state is JobRunState.RUNNING])
+    assert until(lambda: reports(tmp_path / "report"))  # the first run has started its long sleep
+    # A 13 GiB model of priority 90 on every GPU that can hold 13 GiB: the job must make room.
+    write(specs, jobs=jobs, models={"chat": {"priorityClass": "interactive", "vram": "13Gi", "replicas": 3}})
+    p = apply(cluster, specs)
+    kinds = [(str(a.kind), a.model, a.replica) for a in p.actions]
+    assert ("evict", "job/batch", 1) in kinds
+    assert [(r.run, r.state) for r in runs_of(cluster, "batch")] == [(1, JobRunState.PREEMPTED)]
+    again = apply(cluster, specs)
+    assert again.job("batch").state == "preempted" and again.job("batch").preemptions == 1
+    write(specs, jobs=jobs, models={"chat": {"priorityClass": "interactive", "vram": "13Gi", "replicas": 0}})
+    p = apply(cluster, specs)
+    assert ("create", "job/batch", 2) in [(str(a.kind), a.model, a.replica) for a in p.actions]
+    ended = until(lambda: [r for r in runs_of(cluster, "batch") if r.run == 2 and not r.active])
+    assert [(r.run, r.state) for r in ended] == [(2, JobRunState.SUCCEEDED)]
