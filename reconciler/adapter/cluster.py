@@ -280,7 +280,7 @@ class Cluster:
             nodes=nodes, probes=probes, serve=serve, assumed=assumed, demands=self.pending_demands()
         )
         # Job runs, and the time of the observation: the planner's clock for schedules and backoff.
-        observed = replace(observed, jobs=self.jobs.runs(), at=time.time())
+        observed = replace(observed, jobs=self.jobs.runs(), at=time.time(), recorded=self.jobs.recorded())
         return observed, serve
 
     @property

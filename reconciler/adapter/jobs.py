@@ -9,16 +9,19 @@ since metadata cannot change after submission.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.desired import Job, canonical_json, job_from_json, job_to_json
 from reconciler.errors import TransientError, UserError
 from reconciler.naming import JOB_METADATA, cuda_visible_devices, job_submission_id, vram_mib, vram_resource
 from reconciler.observed import JobRunState, ObservedJobRun
 from reconciler.plan import PlannedJob
 
 STOPPED_BY = "job-stopped/"  # KV key prefix: why reconciler stopped a run
+RECORDED = "job-recorded/"  # KV key prefix: ad-hoc jobs (`reconciler run`), desired state kept in the cluster
 PREEMPTED = b"preempted"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
@@ -31,12 +34,12 @@ def submission(job: PlannedJob, *, spec_dir: Path | None) -> dict[str, Any]:
     env = {**job.env, "CUDA_VISIBLE_DEVICES": cuda_visible_devices(job.gpus)}
     runtime_env: dict[str, Any] = {"env_vars": env}
     if job.working_dir is not None:
-        if spec_dir is None:
+        if spec_dir is None and not Path(job.working_dir).is_absolute():
             raise UserError(
                 f"job {job.name} ships workingDir {job.working_dir}, relative to the spec directory: give the spec "
                 "directory to apply (reconciler apply DIR --plan FILE)"
             )
-        folder = (Path(spec_dir) / job.working_dir).resolve()
+        folder = (Path(spec_dir or ".") / job.working_dir).resolve()
         if not folder.is_dir():
             raise UserError(f"job {job.name}: workingDir {folder} is not a directory")
         runtime_env["working_dir"] = str(folder)
@@ -105,6 +108,20 @@ class Jobs:
                 )
             )
         return tuple(sorted(runs, key=lambda r: (r.job, r.run)))
+
+    def record(self, job: Job) -> None:
+        self._kv.put(RECORDED + job.name, canonical_json(job_to_json(job)).encode())
+
+    def unrecord(self, name: str) -> None:
+        self._kv.delete(RECORDED + name)
+
+    def recorded(self) -> tuple[Job, ...]:
+        found = []
+        for key in sorted(self._kv.keys(RECORDED)):
+            value = self._kv.get(key)
+            if value is not None:
+                found.append(job_from_json(json.loads(value)))
+        return tuple(found)
 
     def log_tail(self, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
         try:

@@ -4,6 +4,7 @@ running and why."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
                         help="the spec directory (default: specs; optional)")
     _cluster.add_address_argument(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text for people, or json for scripts (default: text)")
     parser.set_defaults(handler=run)
 
 
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import describe
+    from reconciler.desired import DesiredState
+    from reconciler.render.jobs import job_lines, status_json
     from reconciler.render.status import lock_lines, render_status
 
     desired = load_optional(args.directory)
@@ -40,11 +45,19 @@ def run(args: argparse.Namespace) -> int:
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
         lock = lock_lines(describe(RayKV()), time.time())
     unplaced = ()
+    # Jobs' states come from the plan (their runs, retries and schedules are decided there); ad-hoc jobs recorded in
+    # the cluster are part of it even without a spec directory.
+    plan = _planning.plan_against(desired if desired is not None else DesiredState(), observed)
     if desired is not None:
-        unplaced = _planning.plan_against(desired, observed).unplaced
+        unplaced = plan.unplaced
+    if args.format == "json":
+        print(json.dumps(status_json(plan), indent=2, sort_keys=True))
+        return 0
     routes = [m.route_path for m in desired.models] if desired is not None else []
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
                                    http_url=http_url, unplaced=unplaced))
     for line in lock:
+        print(line)
+    for line in job_lines(plan):
         print(line)
     return 0

@@ -60,3 +60,8 @@ def jobs_json(plan: Plan) -> list[dict[str, Any]]:
         }
         for job in plan.jobs
     ]
+
+
+def status_json(plan: Plan) -> dict[str, Any]:
+    """`status --format json`: its `jobs` part, built here so a fuller JSON status takes it as one key."""
+    return {"jobs": jobs_json(plan)}

@@ -46,15 +46,20 @@ spec: {value: 90}
 # Reports where it ran, counts its attempts in a state file, fails the first FAIL_TIMES of them and sleeps
 # SLEEP_FIRST seconds on the first.
 SCRIPT = """\
-import json, os, sys, time
-import ray
+import json, os, re, sys, time
+import psutil
 state = os.environ["STATE"]
 attempts = (int(open(state).read()) if os.path.exists(state) else 0) + 1
 open(state, "w").write(str(attempts))
-ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-node = ray.get_runtime_context().get_node_id()
+# The node: each simulated node's raylet advertises that node's VRAM resources on its command line.
+pid = os.environ.get("RAY_RAYLET_PID")
+raylet = " ".join(psutil.Process(int(pid)).cmdline()) if pid else ""
+nodes = sorted(set(re.findall(r"vram_mb_([A-Za-z0-9.-]+?)_gpu[0-9]", raylet)))
+seen = {"attempt": attempts, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "nodes": nodes}
+if not nodes:
+    seen["env"] = sorted(k for k in os.environ if "RAY" in k)
 with open(os.environ["REPORT"], "a") as out:
-    out.write(json.dumps({"attempt": attempts, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "node": node, "env": {k: v for k, v in os.environ.items() if "RAY" in k or "NODE" in k}}) + "\\n")
+    out.write(json.dumps(seen) + "\\n")
 if attempts == 1:
     time.sleep(float(os.environ.get("SLEEP_FIRST", "0")))
 if attempts <= int(os.environ.get("FAIL_TIMES", "0")):
@@ -125,9 +130,8 @@ def test_a_job_runs_where_planned_succeeds_and_is_not_run_again(cluster, tmp_pat
     ended = until(lambda: [r for r in runs_of(cluster, "where") if not r.active])
     assert [(r.run, r.state) for r in ended] == [(1, JobRunState.SUCCEEDED)], ended
     (report,) = reports(tmp_path / "report")
-    node_ids = {n.name: n.node_id for n in cluster.observe(load_specs(specs).desired).nodes}
     assert report["cuda"] == ",".join(map(str, planned.gpus))
-    assert report["node"] == node_ids[planned.node]
+    assert report["nodes"] == [planned.node]
     again = apply(cluster, specs)
     assert [a for a in again.actions if a.model == "job/where"] == []
     assert again.job("where").state == "succeeded"
@@ -183,3 +187,30 @@ def test_a_priority_90_model_preempts_the_job_which_completes_once_the_model_is_
     assert ("create", "job/batch", 2) in [(str(a.kind), a.model, a.replica) for a in p.actions]
     ended = until(lambda: [r for r in runs_of(cluster, "batch") if r.run == 2 and not r.active])
     assert [(r.run, r.state) for r in ended] == [(2, JobRunState.SUCCEEDED)]
+
+
+def test_reconciler_run_submits_an_adhoc_job_that_status_shows_and_apply_keeps(cluster, tmp_path, capsys,
+                                                                             monkeypatch):
+    from reconciler.cli import main as cli
+
+    specs = write(tmp_path / "specs", jobs={})
+    work = tmp_path / "here"
+    work.mkdir()
+    (work / "job.py").write_text(SCRIPT)
+    monkeypatch.chdir(work)
+    try:
+        assert cli(["run", "--vram", "2Gi", "--priority-class", "batch", "--name", "adhoc", "--specs", str(specs),
+                    "--env", f"STATE={tmp_path / 'state'}", "--env", f"REPORT={tmp_path / 'report'}",
+                    "--env", "SLEEP_FIRST=3", "--", sys.executable, "job.py"]) == 0
+        assert "job adhoc run 1 on node-" in capsys.readouterr().out
+        p = apply(cluster, specs)  # the specs do not name it: it stays desired, recorded in the cluster
+        assert [a for a in p.actions if a.model == "job/adhoc"] == []
+        assert until(lambda: [r for r in runs_of(cluster, "adhoc") if r.state is JobRunState.SUCCEEDED])
+        assert cli(["status", str(specs), "--format", "json"]) == 0
+        (entry,) = [j for j in json.loads(capsys.readouterr().out)["jobs"] if j["name"] == "adhoc"]
+        assert (entry["state"], entry["runs"]) == ("succeeded", 1)
+        assert cli(["logs", "job/adhoc"]) == 0
+        assert "done" in capsys.readouterr().out
+        assert len(reports(tmp_path / "report")) == 1
+    finally:
+        cluster.jobs.unrecord("adhoc")
