@@ -7,7 +7,6 @@ import argparse
 import os
 import shlex
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
@@ -37,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.errors import UserError
-    from reconciler.executor import jobs as job_steps
-    from reconciler.plan import ActionKind, job_item
+    from reconciler.executor.adhoc import submit
     from reconciler.spec.adhoc import adhoc_job
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -53,20 +51,11 @@ def run(args: argparse.Namespace) -> int:
     job = adhoc_job(desired, name=name, vram=args.vram, entrypoint=shlex.join(command),
                     priority_class=args.priority_class, pool=args.pool, gpus=args.gpus,
                     working_dir=os.getcwd(), env=env, retries=args.retries)
-    if any(j.name == job.name for j in desired.jobs):
-        raise UserError(f"job {job.name} is defined in the specs: give this run another --name")
     with _cluster.connect(args.address) as cluster:
-        cluster.jobs.record(job)
-        observed = cluster.observe(desired)
-        plan = _planning.plan_against(desired, observed)
-        mine = tuple(a for a in plan.actions if a.model == job_item(job.name) and a.kind is ActionKind.CREATE)
-        planned = plan.job(job.name)
-        if not mine:
-            print(f"job {job.name} recorded; {planned.state}: {planned.reason}")
-            return 0
-        (result,) = job_steps.submit_all(cluster.jobs, replace(plan, actions=mine), spec_dir=None)
-        if not result.ok:
-            raise UserError(f"job {job.name}: {result.message}")
-        print(f"job {job.name} run {planned.run} on {planned.location}: {result.message}; "
+        done = submit(cluster, desired=desired, job=job)
+    if done.submitted:
+        print(f"job {job.name} run {done.job.run} on {done.job.location}: {done.message}; "
               f"follow it with `reconciler logs job/{job.name} -f`")
+    else:
+        print(f"job {job.name} {done.message}")
     return 0

@@ -214,3 +214,23 @@ def test_reconciler_run_submits_an_adhoc_job_that_status_shows_and_apply_keeps(c
         assert len(reports(tmp_path / "report")) == 1
     finally:
         cluster.jobs.unrecord("adhoc")
+
+
+def test_a_schedule_starts_one_run_per_scheduled_time(cluster, tmp_path):
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report")}
+    specs = write(tmp_path / "specs", jobs={"minutely": {"vram": "1Gi", "schedule": "* * * * *", "env": env}})
+    if time.time() % 60 > 45:
+        time.sleep(61 - time.time() % 60)  # both applies below fall in one minute
+    first = apply(cluster, specs)
+    slot = first.job("minutely").slot
+    assert slot is not None and slot == time.time() // 60 * 60
+    assert ("create", "job/minutely", 1) in [(str(a.kind), a.model, a.replica) for a in first.actions]
+    assert until(lambda: [r for r in runs_of(cluster, "minutely") if r.state is JobRunState.SUCCEEDED])
+    same_minute = apply(cluster, specs)
+    assert [a for a in same_minute.actions if a.model == "job/minutely"] == []
+    time.sleep(slot + 61 - time.time())
+    next_minute = apply(cluster, specs)
+    assert ("create", "job/minutely", 2) in [(str(a.kind), a.model, a.replica) for a in next_minute.actions]
+    assert next_minute.job("minutely").slot == slot + 60
+    ended = until(lambda: [r for r in runs_of(cluster, "minutely") if r.run == 2 and not r.active])
+    assert [(r.slot, r.state) for r in ended] == [(slot + 60, JobRunState.SUCCEEDED)]
