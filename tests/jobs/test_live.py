@@ -51,13 +51,12 @@ import psutil
 state = os.environ["STATE"]
 attempts = (int(open(state).read()) if os.path.exists(state) else 0) + 1
 open(state, "w").write(str(attempts))
-# The node: each simulated node's raylet advertises that node's VRAM resources on its command line.
-pid = os.environ.get("RAY_RAYLET_PID")
-raylet = " ".join(psutil.Process(int(pid)).cmdline()) if pid else ""
+# The node: the raylet this run descends from advertises its node's VRAM resources on its command line.
+raylet = next((" ".join(p.cmdline()) for p in psutil.Process().parents() if p.name() == "raylet"), "")
 nodes = sorted(set(re.findall(r"vram_mb_([A-Za-z0-9.-]+?)_gpu[0-9]", raylet)))
 seen = {"attempt": attempts, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "nodes": nodes}
 if not nodes:
-    seen["env"] = sorted(k for k in os.environ if "RAY" in k)
+    seen["parents"] = [p.name() for p in psutil.Process().parents()]
 with open(os.environ["REPORT"], "a") as out:
     out.write(json.dumps(seen) + "\\n")
 if attempts == 1:
