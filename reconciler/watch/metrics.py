@@ -37,6 +37,7 @@ class Snapshot:
     replicas: tuple[tuple[tuple[str, str], int], ...] = ()  # (model, state) -> count
     unplaced: tuple[tuple[str, int], ...] = ()
     backoff: tuple[tuple[str, int], ...] = ()  # model -> replicas held back by crash-loop backoff
+    jobs: tuple[tuple[str, str, int, int], ...] = ()  # (job, state, runs, preemptions), from the plan
 
 
 def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
@@ -76,6 +77,7 @@ def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
         replicas=tuple(sorted(counts.items())),
         unplaced=tuple(sorted((m.name, unplaced.get(m.name, 0)) for m in desired.models)),
         backoff=tuple(sorted((m.name, held.get(m.name, 0)) for m in desired.models)),
+        jobs=tuple((j.name, j.state, j.runs, j.preemptions) for j in plan.jobs),
     )
 
 
@@ -121,6 +123,23 @@ class _StateCollector(Collector):
         for model, count in snap.backoff:
             family.add_metric((model,), count)
         yield family
+        yield from _job_families(snap)
+
+
+JOB_STATES = ("waiting", "running", "preempted", "succeeded", "failed")
+
+
+def _job_families(snap: Snapshot) -> Iterator[Metric]:
+    state = GaugeMetricFamily("reconciler_job_state", "1 for the state each job is in", labels=("job", "state"))
+    runs = GaugeMetricFamily("reconciler_job_runs", "Runs of each job so far (its history kept)", labels=("job",))
+    preempted = GaugeMetricFamily("reconciler_job_preemptions", "Runs of each job that were preempted",
+                                  labels=("job",))
+    for job, current, count, preemptions in snap.jobs:
+        for name in JOB_STATES:
+            state.add_metric((job, name), 1 if name == current else 0)
+        runs.add_metric((job,), count)
+        preempted.add_metric((job,), preemptions)
+    yield from (state, runs, preempted)
 
 
 class Metrics:
