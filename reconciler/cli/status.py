@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if desired is not None:
         unplaced = plan.unplaced
     if args.format == "json":
-        print(json.dumps(status_json(plan), indent=2, sort_keys=True))
+        print(json.dumps(status_json(plan, observed), indent=2, sort_keys=True))
         return 0
     routes = [m.route_path for m in desired.models] if desired is not None else []
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),

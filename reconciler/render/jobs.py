@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.observed import ObservedState
 from reconciler.plan import Location, Plan, PlannedJob
 from reconciler.quantity import format_bytes
 
@@ -42,8 +43,18 @@ def job_markdown(plan: Plan) -> list[str]:
     return [*lines, ""]
 
 
-def jobs_json(plan: Plan) -> list[dict[str, Any]]:
-    """The `jobs` key of `status --format json`: name, state, node, gpus, runs (the interface), and more."""
+def jobs_json(plan: Plan, observed: ObservedState | None = None) -> list[dict[str, Any]]:
+    """The `jobs` key of `status --format json`: name, state, node, gpus, runs (the interface), and more; a failed
+    job's last run with the tail of its log."""
+
+    def last(name: str) -> dict[str, Any] | None:
+        runs = observed.runs_of(name) if observed is not None else ()
+        if not runs:
+            return None
+        run = runs[-1]
+        return {"run": run.run, "state": str(run.state), "started": run.started, "ended": run.ended,
+                "logTail": run.message}
+
     return [
         {
             "name": job.name,
@@ -57,11 +68,12 @@ def jobs_json(plan: Plan) -> list[dict[str, Any]]:
             "vram_bytes": job.vram,
             "priority": job.priority,
             "reason": job.reason,
+            "lastRun": last(job.name),
         }
         for job in plan.jobs
     ]
 
 
-def status_json(plan: Plan) -> dict[str, Any]:
+def status_json(plan: Plan, observed: ObservedState | None = None) -> dict[str, Any]:
     """`status --format json`: its `jobs` part, built here so a fuller JSON status takes it as one key."""
-    return {"jobs": jobs_json(plan)}
+    return {"jobs": jobs_json(plan, observed)}
