@@ -41,6 +41,11 @@ apiVersion: reconciler/v1
 kind: PriorityClass
 metadata: {name: interactive}
 spec: {value: 90}
+---
+apiVersion: reconciler/v1
+kind: PriorityClass
+metadata: {name: pinned}
+spec: {value: 10, preemptible: false}
 """
 
 # Reports where it ran, counts its attempts in a state file, fails the first FAIL_TIMES of them and sleeps
@@ -186,6 +191,23 @@ def test_a_priority_90_model_preempts_the_job_which_completes_once_the_model_is_
     assert ("create", "job/batch", 2) in [(str(a.kind), a.model, a.replica) for a in p.actions]
     ended = until(lambda: [r for r in runs_of(cluster, "batch") if r.run == 2 and not r.active])
     assert [(r.run, r.state) for r in ended] == [(2, JobRunState.SUCCEEDED)]
+
+
+def test_a_non_preemptible_job_is_never_preempted(cluster, tmp_path):
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report"), "SLEEP_FIRST": "600"}
+    jobs = {"keep": {"vram": "13Gi", "priorityClass": "pinned", "env": env}}
+    specs = write(tmp_path / "specs", jobs=jobs)
+    apply(cluster, specs)
+    assert until(lambda: [r for r in runs_of(cluster, "keep") if r.state is JobRunState.RUNNING])
+    write(specs, jobs=jobs, models={"chat": {"priorityClass": "interactive", "vram": "13Gi", "replicas": 3}})
+    p = apply(cluster, specs)
+    assert [a for a in p.actions if a.model == "job/keep"] == []
+    assert [u.model for u in p.unplaced] == ["chat"]
+    assert [(r.run, r.state) for r in runs_of(cluster, "keep")] == [(1, JobRunState.RUNNING)]
+    write(specs, jobs={})  # the job leaves the specs: its run is stopped
+    p = apply(cluster, specs)
+    assert ("delete", "job/keep", 1) in [(str(a.kind), a.model, a.replica) for a in p.actions]
+    assert [r.state for r in runs_of(cluster, "keep")] == [JobRunState.STOPPED]
 
 
 def test_reconciler_run_submits_an_adhoc_job_that_status_shows_and_apply_keeps(cluster, tmp_path, capsys,
