@@ -255,3 +255,37 @@ def test_a_schedule_starts_one_run_per_scheduled_time(cluster, tmp_path):
     assert next_minute.job("minutely").slot == slot + 60
     ended = until(lambda: [r for r in runs_of(cluster, "minutely") if r.run == 2 and not r.active])
     assert [(r.slot, r.state) for r in ended] == [(slot + 60, JobRunState.SUCCEEDED)]
+
+
+def test_watch_runs_a_job_once_and_keeps_an_adhoc_job(cluster, tmp_path, monkeypatch, capsys):
+    from reconciler.cli import main as cli
+
+    from ..watch.test_watch_ray import Watcher
+
+    env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report")}
+    specs = write(tmp_path / "specs", jobs={"once": {"vram": "2Gi", "env": env}})
+    work = tmp_path / "here"
+    work.mkdir()
+    (work / "job.py").write_text(SCRIPT)
+    monkeypatch.chdir(work)
+    adhoc_env = ["--env", f"STATE={tmp_path / 'adhoc-state'}", "--env", f"REPORT={tmp_path / 'adhoc-report'}",
+                 "--env", "SLEEP_FIRST=600"]
+    try:
+        assert cli(["run", "--vram", "1Gi", "--name", "long", "--specs", str(specs), *adhoc_env, "--",
+                    sys.executable, "job.py"]) == 0
+        capsys.readouterr()
+        watcher = Watcher(specs, tmp_path / "events.jsonl")
+        try:
+            assert until(lambda: [r for r in runs_of(cluster, "once") if r.state is JobRunState.SUCCEEDED], 120)
+            seen = len(watcher.events())
+            for _ in range(2):  # two more drift cycles after the job succeeded
+                watcher.wait_for(lambda e: e["event"] == "cycle" and e["cause"] == "drift-timer", after=seen)
+                seen = len(watcher.events())
+        finally:
+            watcher.stop()
+        assert [(r.run, r.state) for r in runs_of(cluster, "once")] == [(1, JobRunState.SUCCEEDED)]
+        assert [(r.run, r.state) for r in runs_of(cluster, "long")] == [(1, JobRunState.RUNNING)]
+    finally:
+        cluster.jobs.unrecord("long")
+        write(specs, jobs={})
+        apply(cluster, specs)  # the ad-hoc run, no longer recorded, is stopped
