@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.desired import canonical_json
+from reconciler.quantity import format_bytes
 
 PLAN_FORMAT = "reconciler/plan-v1"
 
@@ -214,6 +215,29 @@ class PlannedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolQuality:
+    """How good one pool's placement is: proven optimal for the planner's objective, or how far it may be from a
+    bound no placement can beat (placed VRAM summed over the priority levels, GPUs in use for binpack, running
+    replicas kept where they run)."""
+
+    pool: str
+    proven_optimal: bool
+    gap_bytes: int = 0
+    gap_gpus: int = 0
+    gap_stays: int = 0
+
+    @property
+    def summary(self) -> str:
+        if self.proven_optimal:
+            return "proven optimal"
+        gpus = f"{self.gap_gpus} GPU{'' if self.gap_gpus == 1 else 's'}"
+        text = f"within {format_bytes(self.gap_bytes)} / {gpus} of the bound"
+        if self.gap_stays:
+            text += f", {self.gap_stays} running replica{'' if self.gap_stays == 1 else 's'} that might stay"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     actions: tuple[Action, ...]  # in apply order
     placement: tuple[PlacedReplica, ...]  # the full desired end state, sorted by (model, replica)
@@ -223,6 +247,7 @@ class Plan:
     desired_fingerprint: str  # DesiredState.fingerprint of the specs it was computed from
     models: tuple[ModelRuntime, ...] = ()  # every model of the specs, sorted by name
     assumed: tuple[AssumedGpu, ...] = ()  # the pools' inventory the observation fell back on, sorted
+    quality: tuple[PoolQuality, ...] = ()  # one per pool, sorted by pool
     jobs: tuple[PlannedJob, ...] = ()  # every job of the specs, sorted by name
 
     def job(self, name: str) -> PlannedJob:
@@ -322,6 +347,17 @@ def to_json(plan: Plan) -> dict[str, Any]:
             for m in plan.models
         ],
         "assumed": [{"node": g.node, "index": g.index, "name": g.name, "memory": g.memory} for g in plan.assumed],
+        "quality": [
+            {
+                "pool": q.pool,
+                "provenOptimal": q.proven_optimal,
+                "gapBytes": q.gap_bytes,
+                "gapGpus": q.gap_gpus,
+                "gapStays": q.gap_stays,
+                "summary": q.summary,
+            }
+            for q in plan.quality
+        ],
     }
     if plan.jobs:  # only then: plans without jobs keep their form and digest
         document["jobs"] = [planned_job_to_json(j) for j in plan.jobs]
@@ -417,5 +453,9 @@ def from_json(data: dict[str, Any]) -> Plan:
             for m in data["models"]
         ),
         assumed=tuple(AssumedGpu(g["node"], g["index"], g["name"], g["memory"]) for g in data["assumed"]),
+        quality=tuple(
+            PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])
+            for q in data["quality"]
+        ),
         jobs=tuple(_planned_job(j) for j in data.get("jobs", [])),
     )

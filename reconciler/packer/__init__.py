@@ -1,11 +1,12 @@
 """The VRAM bin-packing solver: pure, deterministic, no I/O. GPUs are bins, replicas are items.
 
-`pack(problem, settings)` returns a `Solution`. The objective is lexicographic: priority, then bytes placed within a
-priority, then stability of running replicas, then the pool's policy (binpack: fewest GPUs; spread: balanced), then
-determinism. A level-by-level best-fit-decreasing construction gives a strong start; for binpack, an arc-flow MILP
-(HiGHS) repacks the new single-GPU replicas exactly when sizes are coarse enough for its graph, and a bin-freeing
-local search improves what is still above the lower bound; CP-SAT, under a deterministic time budget, solves small
-pools exactly when no lower bound already proves the heuristic optimal.
+`pack(problem, settings)` returns a `Solution` with its `Quality`. The objective (`objective.py`) is lexicographic:
+bytes placed per priority level, then stability of running replicas, then the pool's policy (binpack: fewest GPUs;
+spread: the fullest GPU as empty as it can be). A level-by-level best-fit-decreasing construction gives a strong
+start; for binpack, an arc-flow MILP (HiGHS) repacks the new single-GPU replicas exactly when sizes are coarse enough
+for its graph, and a bin-freeing local search improves what is still above the lower bound. CP-SAT, under a
+deterministic budget, solves pools up to 16 GPUs and 150 replicas on the whole objective unless bounds already prove
+the heuristic optimal; in larger pools it searches a window of nodes for replicas the heuristic left out.
 """
 
 from reconciler.packer.problem import Bin, Item, PackSettings, Problem, Solution

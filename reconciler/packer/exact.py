@@ -1,125 +1,348 @@
-"""The exact method: CP-SAT on the lexicographic objective, one level at a time, for pools of new replicas.
+"""The exact method: CP-SAT on the whole objective of `objective.py`, one stage at a time.
 
-Each level (priority, then elastic after the rest of its priority) maximises its placed bytes with the levels above
-held at their optimum; then binpack minimises the GPUs in use. Deterministic: one worker, a fixed seed and a
-deterministic time limit per solve, so the same problem gives the same answer on every machine. Pools with running
-replicas are left to the heuristic, which owns stability, moves and evictions.
+Stages in order: each level's placed bytes (the levels above held at what was found), then stability, then the
+pool's policy. Running replicas, displaced ones, preemption, moves and `maxMoves` are modelled with the rules of
+`objective.py`, so a proven optimum here is the optimum of the objective. Deterministic: one worker, a fixed seed
+and a budget of CP-SAT's deterministic time (never the wall clock), so the same problem gives the same answer on
+every machine. When a stage runs out of budget, the gap to its bound is kept for the plan to report.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
+from functools import reduce
 
 from ortools.sat.python import cp_model
 
 from reconciler.desired import Placement, Spread
+from reconciler.packer.objective import PER_MILLE, Assignment, Score, displaced, level_keys, may_move, may_preempt
+from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
+
+_SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units keep their nominal value
 
 
 @dataclass(frozen=True, slots=True)
 class ExactResult:
     assignment: tuple[tuple[int, ...] | None, ...]
-    levels: tuple[int, ...]  # placed bytes per level, highest level first
-    gpus: int  # GPUs in use
-    optimal: bool  # every solve proved its optimum within the budget
+    score: Score
+    optimal: bool  # every stage proved its optimum within the budget
+    levels_optimal: bool  # every level stage did: no more VRAM of any level can be placed
+    gap_bytes: int  # sum over level stages of (bound - found), bytes
+    gap_gpus: int  # binpack: GPUs in use above the bound
+    gap_stays: int  # running replicas that might stay beyond those that do
+    finished: bool = True  # every stage ran; the gaps are only meaningful then
 
 
-def levels_of(problem: Problem, assignment) -> tuple[int, ...]:
-    keys = sorted({item.level for item in problem.items})
-    return tuple(
-        sum(item.size for item, bins in zip(problem.items, assignment) if bins and item.level == key) for key in keys
-    )
+def levels_of(problem: Problem, assignment: Assignment) -> tuple[int, ...]:
+    return score_of(problem, assignment).levels
 
 
-def solve_exact(problem: Problem, *, time_per_solve: float, seed: int = 0, hint=None) -> ExactResult | None:
-    items, bins = problem.items, problem.bins
-    model = cp_model.CpModel()
-    nodes: dict[str, list[int]] = {}
-    for b, gpu in enumerate(bins):
-        nodes.setdefault(gpu.node, []).append(b)
-    x: dict[tuple[int, int], cp_model.IntVar] = {}
-    on_node: dict[tuple[int, str], cp_model.IntVar] = {}
-    placed = []
-    for i, item in enumerate(items):
-        choices = []
-        for node, members in sorted(nodes.items()):
-            eligible = [b for b in members if bins[b].capacity >= item.vram]
-            if len(eligible) < item.gpus:
+class _Model:
+    """The CP-SAT model of one problem.
+
+    Running replicas are variables of their own (`x[(i, b)]`: item i uses bin b), since where each one ends matters
+    for stability. The new replicas of one model are interchangeable, so they are counted, not named: `n[(g, b)]`
+    of group g on bin b (and `c[(g, node)]` gangs on a node for tensor parallelism). This removes the symmetric
+    twins that make a per-replica model slow to prove. A node's per-GPU counts, each at most its gang count and
+    summing to gpus x gangs, always split into that many gangs of distinct GPUs, so counting loses nothing.
+    """
+
+    def __init__(self, problem: Problem, forced: Collection[int]) -> None:
+        self.problem = problem
+        items, bins = problem.items, problem.bins
+        # VRAM in units of the sizes' common divisor: the same constraints with smaller coefficients.
+        self.unit = unit = reduce(math.gcd, (item.vram for item in items), 0) or 1
+        m = self.model = cp_model.CpModel()
+        self.nodes: dict[str, list[int]] = {}
+        for b, gpu in enumerate(bins):
+            self.nodes.setdefault(gpu.node, []).append(b)
+        self.x: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.n: dict[tuple[int, int], cp_model.IntVar] = {}  # (group, bin) -> replicas of the group there
+        self.c: dict[tuple[int, str], cp_model.IntVar] = {}  # (group, node) -> gangs of the group there
+        # Per bin: (vram, count or 0/1 variable, owner) where owner is ("item", i) or ("group", g).
+        on_bin: list[list[tuple[int, object, tuple[str, int]]]] = [[] for _ in bins]
+        node_use: dict[tuple[str, str], list] = {}  # (model, node) -> replicas of the model on the node
+        self.placed_terms: list[tuple[tuple[int, bool], int, object]] = []  # (level, size, count or 0/1)
+        self.groups: list[list[int]] = []
+        grouped: dict[str, int] = {}
+        individual = []
+        for i, item in enumerate(items):
+            if item.current is None:
+                if item.model not in grouped:
+                    grouped[item.model] = len(self.groups)
+                    self.groups.append([])
+                self.groups[grouped[item.model]].append(i)
+            else:
+                individual.append(i)
+        self.placed: dict[int, object] = {}
+        self.top: dict[int, int] = {}  # upper bounds of the count variables, by id
+        for i in individual:
+            item = items[i]
+            choices = []
+            for node, members in sorted(self.nodes.items()):
+                eligible = [b for b in members if bins[b].capacity >= item.vram]
+                if len(eligible) < item.gpus:
+                    continue
+                vs = []
+                for b in eligible:
+                    v = self.x[(i, b)] = m.new_bool_var(f"x{i}_{b}")
+                    on_bin[b].append((item.vram, v, ("item", i)))
+                    vs.append(v)
+                if item.gpus == 1:
+                    choices += vs
+                    node_use.setdefault((item.model, node), []).extend(vs)
+                else:
+                    y = m.new_bool_var(f"y{i}_{node}")
+                    m.add(sum(vs) == item.gpus * y)
+                    choices.append(y)
+                    node_use.setdefault((item.model, node), []).append(y)
+            p = m.new_bool_var(f"p{i}")
+            m.add(sum(choices) == p)
+            self.placed[i] = p
+            self.placed_terms.append((item.level, item.size, p))
+        for g, members in enumerate(self.groups):
+            item = items[members[0]]
+            count = len(members)
+            total = []
+            for node, node_bins in sorted(self.nodes.items()):
+                eligible = [b for b in node_bins if bins[b].capacity >= item.vram]
+                if len(eligible) < item.gpus:
+                    continue
+                per_bin = []
+                for b in eligible:
+                    top = min(count, bins[b].capacity // item.vram)
+                    if item.spread == Spread.GPU:
+                        top = min(top, 1)
+                    v = self.n[(g, b)] = m.new_int_var(0, top, f"n{g}_{b}")
+                    self.top[id(v)] = top
+                    on_bin[b].append((item.vram, v, ("group", g)))
+                    per_bin.append(v)
+                if item.gpus == 1:
+                    total += per_bin
+                    node_use.setdefault((item.model, node), []).extend(per_bin)
+                    continue
+                gangs = self.c[(g, node)] = m.new_int_var(0, count, f"c{g}_{node}")
+                m.add(sum(per_bin) == item.gpus * gangs)
+                for v in per_bin:
+                    m.add(v <= gangs)
+                total.append(gangs)
+                node_use.setdefault((item.model, node), []).append(gangs)
+            placed = m.new_int_var(0, count, f"P{g}")
+            m.add(sum(total) == placed)
+            self.placed_terms.append((item.level, item.size, placed))
+        self.used: dict[int, cp_model.IntVar] = {}
+        binpack = problem.policy == Placement.BINPACK
+        for b, gpu in enumerate(bins):
+            terms = on_bin[b]
+            if not terms:
                 continue
-            y = model.new_bool_var(f"y{i}_{node}")
-            on_node[(i, node)] = y
-            for b in eligible:
-                x[(i, b)] = model.new_bool_var(f"x{i}_{b}")
-            model.add(sum(x[(i, b)] for b in eligible) == item.gpus * y)
-            choices.append(y)
-        p = model.new_bool_var(f"p{i}")
-        model.add(sum(choices) == p)
-        placed.append(p)
-    for b, gpu in enumerate(bins):
-        terms = [items[i].vram * v for (i, c), v in x.items() if c == b]
-        if terms:
-            model.add(sum(terms) <= gpu.capacity)
-    by_model: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        by_model.setdefault(item.model, []).append(i)
-    for name, members in by_model.items():
-        spread = items[members[0]].spread
-        if spread == Spread.GPU:
-            for b in range(len(bins)):
-                vs = [x[(i, b)] for i in members if (i, b) in x]
-                if len(vs) > 1:
-                    model.add(sum(vs) <= 1)
-        elif spread == Spread.NODE:
-            for node in nodes:
-                vs = [on_node[(i, node)] for i in members if (i, node) in on_node]
-                if len(vs) > 1:
-                    model.add(sum(vs) <= 1)
-    # Interchangeable replicas of one model: fill lower indices first (removes symmetry, keeps max models dense).
-    for members in by_model.values():
-        for a, b in zip(members, members[1:]):
-            model.add(placed[a] >= placed[b])
+            sizes = [vram // unit for vram, v, _ in terms for _ in range(self.top.get(id(v), 1))]
+            room = _reachable_load(sizes, gpu.capacity // unit)
+            load = sum(vram // unit * v for vram, v, _ in terms)
+            if binpack:
+                # A GPU is in use when anything is on it: its load times the flag bounds both (a tighter bound on
+                # GPUs than one implication per replica).
+                u = self.used[b] = m.new_bool_var(f"u{b}")
+                m.add(load <= room * u)
+                for _, v, _ in terms:
+                    m.add(v <= self.top.get(id(v), 1) * u)
+            elif sum(sizes) > room:
+                m.add(load <= room)
+        self.on_bin = on_bin
+        spread = {item.model: item.spread for item in items}
+        for b in range(len(bins)):
+            by_model: dict[str, list] = {}
+            for _, v, (kind, k) in on_bin[b]:
+                name = items[k].model if kind == "item" else items[self.groups[k][0]].model
+                by_model.setdefault(name, []).append(v)
+            for name, vs in by_model.items():
+                if spread[name] == Spread.GPU and len(vs) > 1:
+                    m.add(sum(vs) <= 1)
+        for (name, _node), vs in node_use.items():
+            if spread[name] == Spread.NODE:
+                m.add(sum(vs) <= 1)
+        self.stay: dict[int, object] = {}
+        counted = []
+        for i in individual:
+            item = items[i]
+            cur = item.current
+            assert cur is not None
+            if any((i, b) not in self.x for b in cur) or len(set(cur)) != item.gpus:
+                continue
+            if len({bins[b].node for b in cur}) != 1:
+                continue
+            if item.gpus == 1:
+                stay = self.x[(i, cur[0])]
+            else:
+                stay = m.new_bool_var(f"s{i}")
+                for b in cur:
+                    m.add_implication(stay, self.x[(i, b)])
+                m.add(sum(self.x[(i, b)] for b in cur) - (item.gpus - 1) <= stay)
+            self.stay[i] = stay
+            if i in forced:
+                continue
+            came = []
+            for b in cur:
+                for _, v, (kind, k) in on_bin[b]:
+                    if kind == "group":
+                        came.append((items[self.groups[k][0]], v))
+                    elif k != i and b not in (items[k].current or ()):
+                        came.append((items[k], v))
+            pre_terms = [v for other, v in came if may_preempt(other, item)]
+            move_terms = [v for other, v in came if may_move(other, item)]
+            pre = m.new_bool_var(f"pre{i}") if pre_terms else 0
+            if pre_terms:
+                m.add(pre <= sum(pre_terms))
+            moved = self.placed[i] - stay
+            m.add(self.placed[i] + pre >= 1)  # evicted only when preempted
+            m.add(moved <= pre + sum(move_terms))  # moved only to make room for a newcomer
+            counted_move = m.new_bool_var(f"c{i}")
+            m.add(counted_move >= moved - pre)
+            counted.append(counted_move)
+        if counted:
+            m.add(sum(counted) <= problem.max_moves)
+
+    def hint(self, assignment: Assignment) -> None:
+        model = self.model
+        model.clear_hints()
+        for (i, b), v in self.x.items():
+            model.add_hint(v, int(bool(assignment[i]) and b in assignment[i]))
+        per_bin: dict[tuple[int, int], int] = {}
+        per_node: dict[tuple[int, str], int] = {}
+        for g, members in enumerate(self.groups):
+            for i in members:
+                for b in assignment[i] or ():
+                    per_bin[(g, b)] = per_bin.get((g, b), 0) + 1
+                if assignment[i]:
+                    node = self.problem.bins[assignment[i][0]].node
+                    per_node[(g, node)] = per_node.get((g, node), 0) + 1
+        for key, v in self.n.items():
+            model.add_hint(v, per_bin.get(key, 0))
+        for key, v in self.c.items():
+            model.add_hint(v, per_node.get(key, 0))
+
+    def read(self, solver: cp_model.CpSolver) -> tuple[tuple[int, ...] | None, ...]:
+        items = self.problem.items
+        chosen: list[tuple[int, ...] | None] = [None] * len(items)
+        for i in self.placed:
+            where = tuple(b for b in range(len(self.problem.bins)) if (i, b) in self.x and solver.value(self.x[(i, b)]))
+            chosen[i] = where or None
+        for g, members in enumerate(self.groups):
+            item = items[members[0]]
+            slots: list[tuple[int, ...]] = []
+            for node, node_bins in sorted(self.nodes.items()):
+                counts = [(b, solver.value(self.n[(g, b)])) for b in node_bins if (g, b) in self.n]
+                if item.gpus == 1:
+                    slots += [(b,) for b, k in counts for _ in range(k)]
+                    continue
+                gangs = solver.value(self.c[(g, node)]) if (g, node) in self.c else 0
+                # Each GPU's uses are consecutive and at most `gangs` long, so taking every gangs-th use gives
+                # every gang distinct GPUs.
+                uses = [b for b, k in counts for _ in range(k)]
+                slots += [tuple(sorted(uses[k :: gangs])) for k in range(gangs)]
+            slots.sort()
+            for i, where in zip(members, slots):
+                chosen[i] = where
+        return tuple(chosen)
+
+
+def _reachable_load(sizes: list[int], capacity: int) -> int:
+    """The largest load at most `capacity` that some subset of `sizes` sums to: no GPU can hold more, and using it
+    as the capacity tightens the model's bound (subset sums by a bitset, when the capacity is small enough)."""
+    if sum(sizes) <= capacity:
+        return sum(sizes)
+    if capacity > _SUBSET_SUM_LIMIT:
+        return capacity
+    mask = (1 << (capacity + 1)) - 1
+    reachable = 1
+    for size in sizes:
+        reachable = (reachable | (reachable << size)) & mask
+    return reachable.bit_length() - 1
+
+
+def solve_exact(
+    problem: Problem,
+    *,
+    budget: float,
+    seed: int = 0,
+    hint: Assignment | None = None,
+    forced: Collection[int] | None = None,
+) -> ExactResult | None:
+    """Solve `problem` stage by stage within `budget` deterministic seconds in all; None when no solution was found
+    (only possible without a hint). `forced`: the displaced running replicas (computed when not given)."""
+    if forced is None:
+        forced = displaced(problem)
+    built = _Model(problem, forced)
+    model = built.model
     if hint is not None:
-        for (i, b), v in x.items():
-            model.add_hint(v, int(bool(hint[i]) and b in hint[i]))
+        built.hint(hint)
+    stages: list[tuple[str, object]] = []
+    for key in level_keys(problem):
+        terms = [size // built.unit * v for level, size, v in built.placed_terms if level == key]
+        stages.append(("level", sum(terms)))
+    if built.stay:
+        stages.append(("stays", sum(built.stay.values())))
+    if problem.policy == Placement.BINPACK:
+        stages.append(("gpus", -sum(built.used.values()) if built.used else 0))
+    else:
+        top = model.new_int_var(0, PER_MILLE, "fullest")
+        for b, members in enumerate(built.on_bin):
+            cap = problem.bins[b].capacity
+            if members and cap > 0:
+                load = sum(vram // built.unit * v for vram, v, _ in members)
+                model.add(PER_MILLE * built.unit * load <= top * cap)
+        stages.append(("fill", -top))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
-    solver.parameters.max_deterministic_time = time_per_solve
-    optimal = True
-    keys = sorted({item.level for item in items})
-    for key in keys:
-        value = sum(item.size * placed[i] for i, item in enumerate(items) if item.level == key)
-        model.maximize(value)
+    left = budget
+    optimal = levels_optimal = True
+    gap_bytes = gap_gpus = gap_stays = 0
+    assignment = None
+    finished = True
+    for n, (kind, expr) in enumerate(stages):
+        if isinstance(expr, int):
+            continue  # nothing to decide at this stage
+        # Most stages are proven at once; the hard one may use all but a tenth of the budget per stage still to come.
+        later = len(stages) - n - 1
+        solver.parameters.max_deterministic_time = max(left - budget * later / 10, budget / 20, 1e-3)
+        model.maximize(expr)
         status = solver.solve(model)
+        left -= solver.deterministic_time
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None
-        optimal = optimal and status == cp_model.OPTIMAL
-        model.add(value >= int(solver.objective_value))
-        _hint_from(model, solver, x)
-    if problem.policy == Placement.BINPACK:
-        used = []
-        for b in range(len(bins)):
-            vs = [v for (i, c), v in x.items() if c == b]
-            if vs:
-                u = model.new_bool_var(f"u{b}")
-                for v in vs:
-                    model.add_implication(v, u)
-                used.append(u)
-        model.minimize(sum(used))
-        status = solver.solve(model)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None
-        optimal = optimal and status == cp_model.OPTIMAL
-    assignment = []
-    for i, item in enumerate(items):
-        chosen = tuple(b for b in range(len(bins)) if (i, b) in x and solver.value(x[(i, b)]))
-        assignment.append(chosen or None)
-    result = tuple(assignment)
-    gpus = len({b for a in result if a for b in a})
-    return ExactResult(assignment=result, levels=levels_of(problem, result), gpus=gpus, optimal=optimal)
-
-
-def _hint_from(model: cp_model.CpModel, solver: cp_model.CpSolver, x) -> None:
-    model.clear_hints()
-    for v in x.values():
-        model.add_hint(v, solver.value(v))
+            if assignment is None and hint is None:
+                return None
+            optimal = finished = False
+            levels_optimal = levels_optimal and kind != "level"
+            break
+        value = round(solver.objective_value)
+        assignment = built.read(solver)
+        if status != cp_model.OPTIMAL:
+            optimal = False
+            slack = max(0, math.floor(solver.best_objective_bound + 1e-6) - value)
+            if kind == "level":
+                levels_optimal = False
+                gap_bytes += slack * built.unit
+            elif kind == "gpus":
+                gap_gpus = slack
+            elif kind == "stays":
+                gap_stays = slack
+        model.add(expr >= value)
+        built.hint(assignment)
+    if assignment is None:
+        assert hint is not None
+        assignment = tuple(hint)
+        optimal = levels_optimal = finished = False
+    return ExactResult(
+        assignment=assignment,
+        score=score_of(problem, assignment),
+        optimal=optimal,
+        levels_optimal=levels_optimal,
+        gap_bytes=gap_bytes,
+        gap_gpus=gap_gpus,
+        gap_stays=gap_stays,
+        finished=finished,
+    )

@@ -8,16 +8,24 @@
    lower-priority preemptible replicas (when its class preempts). Elastic items only take free room.
 3. Evicted running replicas get another chance at their own level: free room elsewhere takes them (the plan shows a
    move); they never evict or move others themselves.
+4. Settling: once every level is done, each replica still left out takes free room if there is any, where it ran
+   first. An eviction late in a level can leave room that a replica evicted earlier in that level fits in; without
+   this pass the plan would evict a replica that fits.
+
+Evictions weigh what they cost with the objective's order: any VRAM of a higher level outweighs all of a lower one,
+so three replicas of priority 0 go before one of priority 50.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 
+from reconciler.desired import Spread
+from reconciler.packer.objective import may_move, may_preempt
 from reconciler.packer.problem import Problem
 from reconciler.packer.state import State
 
-_EVICT_CANDIDATES = 12  # per GPU; beyond this, only the largest are considered (keeps the search bounded)
+_EVICT_COMBINATIONS = 200  # victim sets of one level tried per GPU, fewest victims first (keeps the search bounded)
 
 
 def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
@@ -38,7 +46,53 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
     search = _Search(state, problem, repair_budget)
     pending = [i for i, it in enumerate(items) if it.current is None] + sorted(displaced)
     search.run_levels(pending)
+    settle(state)
+    keep_rules(state, frozenset(displaced))
     return state
+
+
+def keep_rules(state: State, forced: frozenset[int]) -> None:
+    """Send back running replicas whose leaving nothing justifies any more (the replica they made room for was
+    relocated later): where they ran is then free again, unless another replica took it, in which case they stay
+    where they are."""
+    items = state.items
+    for i, item in enumerate(items):
+        cur = item.current
+        if cur is None or i in forced or state.where[i] == cur:
+            continue
+        came = [items[j] for b in cur for j in state.occupants[b] if j != i and b not in (items[j].current or ())]
+        if any(may_preempt(j, item) for j in came):
+            continue
+        if state.where[i] is not None and any(may_move(j, item) for j in came):
+            continue
+        was = state.remove(i) if state.where[i] is not None else None
+        if state.fits(item, cur):
+            state.place(i, cur)
+        elif was is not None:
+            state.place(i, was)
+
+
+def settle(state: State) -> None:
+    """Give every replica left out a place in free room, in the objective's order, where it ran if it still fits
+    there. Placing in free room takes nothing from anyone, so one pass in level order is enough."""
+    items = state.items
+    left = sorted(
+        (i for i, bins in enumerate(state.where) if bins is None),
+        key=lambda i: (items[i].level, items[i].replica if items[i].elastic else 0, -items[i].size, items[i].key),
+    )
+    full: set[str] = set()
+    for i in left:
+        item = items[i]
+        if item.elastic and item.model in full:
+            continue
+        if item.current is not None and state.fits(item, item.current):
+            state.place(i, item.current)
+            continue
+        bins = state.find(item)
+        if bins is not None:
+            state.place(i, bins)
+        elif item.elastic:
+            full.add(item.model)
 
 
 class _Search:
@@ -48,6 +102,13 @@ class _Search:
         self.moves_left = problem.max_moves
         self.repair_budget = repair_budget
         self.evicted: set[int] = set()  # running items evicted so far (may still be re-placed as a move)
+        # Model -> state version at which evicting for one of its replicas found nothing: its twins need not look
+        # again until something changes.
+        self.no_victims: dict[str, int] = {}
+        # (priority, vram, gpus) of replicas without spread for which evicting found nothing at `failed_version`:
+        # one with no higher priority, no less VRAM and no fewer GPUs finds nothing either.
+        self.failed: list[tuple[int, int, int]] = []
+        self.failed_version = -1
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -138,26 +199,42 @@ class _Search:
     def _evict_for(self, i: int) -> list[int]:
         item = self.items[i]
         state = self.state
-        best: tuple[tuple, tuple[int, ...], tuple[int, ...]] | None = None
+        if self.no_victims.get(item.model) == state.version:
+            return []
+        if self.failed_version != state.version:
+            self.failed, self.failed_version = [], state.version
+        if any(item.priority <= p and item.vram >= v and item.gpus >= g for p, v, g in self.failed):
+            return []
+        # First the highest level each GPU would have to give up (cheap); only the nodes where that is lowest get
+        # the full search for the least disruptive set: a higher level lost outweighs everything else.
+        plans: dict[str, list[tuple[tuple, int, object]]] = {}
         for node in state.nodes:
             options = []
             for b in state.node_bins[node]:
                 if state.caps[b] < item.vram or not state.allowed(item, b):
                     continue
-                victims = self._cheapest_victims(item_index=i, b=b)
-                if victims is not None:
-                    options.append((_cost(self.items, victims), b, victims))
-            if len(options) < item.gpus:
+                plan = self._victim_plan(item_index=i, b=b)
+                if plan is not None:
+                    options.append((plan[0], b, plan))
+            if len(options) >= item.gpus:
+                options.sort(key=lambda o: (o[0], o[1]))
+                plans[node] = options[: item.gpus]
+        if not plans:
+            self.no_victims[item.model] = state.version
+            if item.spread == Spread.NONE:
+                self.failed.append((item.priority, item.vram, item.gpus))
+            return []
+        lowest = min(max(o[0] for o in options) for options in plans.values())
+        best: tuple[tuple, tuple[int, ...], tuple[int, ...]] | None = None
+        for node, options in plans.items():
+            if max(o[0] for o in options) != lowest:
                 continue
-            options.sort()
-            chosen = options[: item.gpus]
-            victims = tuple(sorted({j for _, _, vs in chosen for j in vs}))
-            bins = tuple(sorted(b for _, b, _ in chosen))
+            victims = tuple(sorted({j for _, _, plan in options for j in self._victims_of(plan)}))
+            bins = tuple(sorted(b for _, b, _ in options))
             key = (_cost(self.items, victims), bins)
             if best is None or key < best[0]:
                 best = (key, bins, victims)
-        if best is None:
-            return []
+        assert best is not None
         _, bins, victims = best
         for j in victims:
             state.remove(j)
@@ -166,30 +243,89 @@ class _Search:
         state.place(i, bins)
         return list(victims)
 
-    def _cheapest_victims(self, *, item_index: int, b: int) -> tuple[int, ...] | None:
-        """The least disruptive set of replicas on GPU b whose eviction makes room: fewest, then least VRAM, then
-        lowest priorities. () when it already fits, None when it cannot be done."""
-        item = self.items[item_index]
+    def _victim_plan(self, *, item_index: int, b: int):
+        """(the highest level GPU b must give up, what the full search needs) or None when evicting cannot make
+        room; the level is () when the replica fits already."""
+        items = self.items
+        item = items[item_index]
         state = self.state
         short = item.vram - state.free[b]
         if short <= 0:
-            return ()
-        candidates = [
-            j for j in state.occupants[b] if self.items[j].priority < item.priority and self.items[j].preemptible
-        ]
-        if sum(self.items[j].vram for j in candidates) < short:
+            return ((), short, None, None, None)
+        levels: dict[tuple[int, bool], list[int]] = {}
+        total = 0
+        for j in state.occupants[b]:
+            other = items[j]
+            if other.priority < item.priority and other.preemptible:
+                levels.setdefault((other.priority, not other.elastic), []).append(j)
+                total += other.vram
+        if total < short:
             return None
-        candidates.sort(key=lambda j: (-self.items[j].vram, self.items[j].priority, self.items[j].key))
-        candidates = candidates[:_EVICT_CANDIDATES]
-        for r in range(1, len(candidates) + 1):
-            feasible = [c for c in combinations(candidates, r) if sum(self.items[j].vram for j in c) >= short]
-            if feasible:
-                return min(feasible, key=lambda c: _cost(self.items, c))
-        return None
+        order = sorted(levels)  # lowest level first
+        below = [0]
+        for key in order:
+            below.append(below[-1] + sum(items[j].vram for j in levels[key]))
+        top = next(k for k in range(len(order)) if below[k + 1] >= short)
+        return (order[top], short, levels, order, below)
+
+    def _victims_of(self, plan) -> list[int]:
+        """The least disruptive set of a GPU's replicas whose eviction makes room, in the objective's order: the
+        highest level touched as low as it can be, the least VRAM of it, then the same for each level below."""
+        top_key, short, levels, order, below = plan
+        if short <= 0:
+            return []
+        chosen: list[int] = []
+        need = short
+        for k in range(order.index(top_key), -1, -1):
+            want = need - below[k]  # what this level must give when every level below gives all it has
+            if want <= 0:
+                continue
+            picked = _least_covering(levels[order[k]], want, self.items)
+            chosen += picked
+            need -= sum(self.items[j].vram for j in picked)
+        return chosen
+
+
+def _least_covering(group: list[int], want: int, items) -> list[int]:
+    """Replicas of one level whose VRAM sums to at least `want` with the least total: fewest replicas first among
+    small sets (a bounded enumeration), else largest first with what is not needed handed back."""
+    ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].key))
+    best: tuple[int, int, list[int]] | None = None
+    tried = 0
+    for r in range(1, len(ordered) + 1):
+        for combo in combinations(ordered, r):
+            tried += 1
+            size = sum(items[j].vram for j in combo)
+            if size >= want and (best is None or (size, r) < best[:2]):
+                best = (size, r, list(combo))
+            if tried >= _EVICT_COMBINATIONS:
+                break
+        if tried >= _EVICT_COMBINATIONS or (best is not None and best[0] == want):
+            break
+    if best is not None:
+        return best[2]
+    picked, size = [], 0
+    for j in ordered:
+        if size >= want:
+            break
+        picked.append(j)
+        size += items[j].vram
+    for j in sorted(picked, key=lambda j: items[j].vram):
+        if size - items[j].vram >= want:
+            picked.remove(j)
+            size -= items[j].vram
+    return picked
 
 
 def _cost(items, victims) -> tuple:
+    """Lower is better: VRAM lost per level from the highest level down (the objective's order), then the number of
+    replicas disturbed."""
+    lost: dict[tuple[int, bool], int] = {}
+    for j in victims:
+        key = (items[j].priority, not items[j].elastic)
+        lost[key] = lost.get(key, 0) + items[j].size
     return (
+        tuple(sorted(lost.items(), reverse=True)),
         len(victims),
         sum(items[j].vram * items[j].gpus for j in victims),
         tuple(sorted((items[j].priority for j in victims), reverse=True)),

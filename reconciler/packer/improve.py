@@ -15,6 +15,7 @@ import random
 from bisect import bisect_right
 from itertools import combinations
 
+from reconciler.desired import Spread
 from reconciler.packer.state import State
 
 _TENURE = 7
@@ -248,7 +249,7 @@ def _swap(
 
 def _allowed_after(state: State, *, b: int, out: tuple[int, ...], group: tuple[int, ...]) -> bool:
     items = state.items
-    if all(items[i].spread.value == "none" for i in group):
+    if all(items[i].spread is Spread.NONE for i in group):
         return True
     removed = [state.remove(j) for j in out]
     ok = True

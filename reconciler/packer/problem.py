@@ -58,9 +58,11 @@ class Problem:
 class PackSettings:
     """Tunables of the solver. Budgets are deterministic work, never wall time, so a plan is reproducible."""
 
-    exact_time: float = 1.0  # CP-SAT max_deterministic_time (its own deterministic seconds) per level solved
-    exact_max_items: int = 40  # the exact method is skipped above this many replicas in a pool
-    exact_max_bins: int = 32
+    exact_time: float = 2.0  # CP-SAT deterministic seconds (its own measure of work) for all stages of one pool
+    exact_max_items: int = 150  # pools up to this many replicas and GPUs are solved exactly; larger ones are
+    exact_max_bins: int = 16  # improved exactly in a window when the heuristic leaves replicas out
+    window_max_items: int = 300  # the window: whole nodes with the most free room, up to this many replicas
+    window_max_bins: int = 32  # and GPUs
     arcflow_node_budget: int = 2_000  # HiGHS branch-and-bound nodes for the arc-flow MILP; 0 turns arc-flow off
     arcflow_max_items: int = 2_000  # above this many replicas in a pool, no arc-flow (speed)
     arcflow_max_nodes: int = 5_000  # graph limits: larger graphs (fine-grained sizes) are left to the search
@@ -72,12 +74,25 @@ class PackSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Quality:
+    """How far a placement may be from the optimum of the objective: zero gaps and `proven_optimal` when it is the
+    optimum. The gaps are to bounds no placement can beat, so they are what a better search could still gain."""
+
+    proven_optimal: bool
+    gap_bytes: int = 0  # placed VRAM below an upper bound, summed over the priority levels
+    gap_gpus: int = 0  # binpack: GPUs in use above a lower bound
+    gap_stays: int = 0  # running replicas that might stay beyond those that do
+    unplaced_proven: bool = True  # no replica left out could be placed: every level holds all the VRAM it can
+
+
+@dataclass(frozen=True, slots=True)
 class Solution:
     # Per item of the problem, in the same order: the bins it is placed on, or None.
     assignment: tuple[tuple[int, ...] | None, ...]
     lower_bound: int  # GPUs any placement of the placed items needs (binpack); 0 when not computed
     proven_optimal: bool  # every objective level is known to be optimal
     method: str  # how it was found, for benchmarks and debugging: "greedy", "arc-flow", "greedy+search", "cp-sat"
+    quality: Quality = Quality(proven_optimal=False, unplaced_proven=False)
 
     def used_bins(self) -> int:
         return len({b for bins in self.assignment if bins for b in bins})

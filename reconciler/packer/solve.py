@@ -1,14 +1,24 @@
-"""Orchestration: construct, repack exactly (arc-flow), improve, prove or solve exactly (CP-SAT)."""
+"""Orchestration: construct, repack exactly (arc-flow), improve, then prove or solve exactly (CP-SAT).
+
+Pools up to `exact_max_items` replicas on `exact_max_bins` GPUs are solved exactly on the whole objective, with the
+heuristic's placement as the starting point. Larger pools keep the heuristic's placement, with bounds computed in
+linear time; when it leaves replicas out and the bounds cannot prove that nothing more fits, an exact solve over a
+window of the emptiest nodes looks for their place, so a plan does not call a replica unplaceable while a search
+within reach can place it.
+"""
 
 from __future__ import annotations
 
 from reconciler.desired import Placement
+from reconciler.packer import window
 from reconciler.packer.arcflow import eligible, repack
 from reconciler.packer.bounds import gpus_needed
-from reconciler.packer.exact import levels_of, solve_exact
-from reconciler.packer.greedy import construct
+from reconciler.packer.exact import solve_exact
+from reconciler.packer.greedy import construct, keep_rules
 from reconciler.packer.improve import consolidate
-from reconciler.packer.problem import PackSettings, Problem, Solution
+from reconciler.packer.objective import displaced, level_keys, score, violations
+from reconciler.packer.overflow import place_left_out
+from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.state import State
 
 
@@ -16,23 +26,138 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     state = construct(problem)
     method = "greedy"
     bound = 0
+    exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
-        if _used(state) > bound and _arcflow_applies(problem, settings):
-            state, method, bound = _arcflow(problem, state, settings, bound=bound)
-        if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
-            consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
-            method += "+search"
-    proven = problem.policy == Placement.BINPACK and _used(state) <= bound and _all_placed_in_place(state)
+    # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice.
+    if problem.policy == Placement.BINPACK and not exactly:
+        state, how, bound = _free_gpus(problem, state, settings, bound=bound)
+        method = how or method
+        keep_rules(state, displaced(problem))
     assignment = state.assignment()
-    if not proven and _exact_applies(problem, settings):
-        exact = solve_exact(problem, time_per_solve=settings.exact_time, seed=settings.seed, hint=assignment)
-        if exact is not None:
-            mine = (levels_of(problem, assignment), -_used(state))
-            if (exact.levels, -exact.gpus) > mine:
-                assignment, method = exact.assignment, "cp-sat"
-            proven = exact.optimal
-    return Solution(assignment=assignment, lower_bound=bound, proven_optimal=proven, method=method)
+    quality = bounds_quality(problem, assignment, gpu_bound=bound)
+    if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
+        return _solution(assignment, bound, method, quality)
+    forced = displaced(problem)
+    if exactly:
+        exact = solve_exact(problem, budget=settings.exact_time, seed=settings.seed, hint=assignment, forced=forced)
+        assert exact is not None  # a hint is given
+        mine = score(problem, assignment)
+        if exact.score > mine or violations(problem, assignment):
+            assignment, method = exact.assignment, "cp-sat"
+        if not exact.finished:
+            return _solution(assignment, bound, method, bounds_quality(problem, assignment, gpu_bound=bound))
+        gap_gpus = quality.gap_gpus
+        if problem.policy == Placement.BINPACK:
+            gap_gpus = min(gap_gpus, exact.gap_gpus + (-score(problem, assignment).policy + exact.score.policy))
+        quality = Quality(
+            proven_optimal=exact.optimal and score(problem, assignment) == exact.score,
+            gap_bytes=min(quality.gap_bytes, exact.gap_bytes + _shortfall(problem, assignment, exact.score)),
+            gap_gpus=max(0, gap_gpus),
+            gap_stays=min(quality.gap_stays, exact.gap_stays),
+            unplaced_proven=exact.levels_optimal or quality.unplaced_proven,
+        )
+        return _solution(assignment, bound, method, quality)
+    if not quality.unplaced_proven and _left_out(problem, assignment):
+        full = place_left_out(problem, assignment, improve=lambda wider, state: _free_gpus(wider, state, settings)[0])
+        if full is not None and not violations(problem, full) and score(problem, full) > score(problem, assignment):
+            assignment, method = full, method + "+overflow"
+            bound = max(bound, _bound(_state_of(problem, assignment)))
+            quality = bounds_quality(problem, assignment, gpu_bound=bound)
+    if not quality.unplaced_proven and _left_out(problem, assignment):
+        found = window.complete(problem, assignment, settings=settings, forced=forced)
+        if found.assignment != assignment:
+            assignment, method = found.assignment, method + "+window"
+            if problem.policy == Placement.BINPACK:
+                bound = max(bound, _bound(_state_of(problem, assignment)))
+        quality = bounds_quality(problem, assignment, gpu_bound=bound)
+        if found.whole_pool and found.levels_optimal:
+            quality = Quality(quality.proven_optimal, quality.gap_bytes, quality.gap_gpus, quality.gap_stays, True)
+    return _solution(assignment, bound, method, quality)
+
+
+def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound: int = 0) -> tuple[State, str, int]:
+    """Fewer GPUs in use (binpack): the arc-flow model, then the local search, while above the lower bound."""
+    bound = max(bound, _bound(state))
+    method = "greedy"
+    if _used(state) > bound and _arcflow_applies(problem, settings):
+        state, method, bound = _arcflow(problem, state, settings, bound=bound)
+    if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
+        consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
+        method += "+search"
+    return state, method, bound
+
+
+def _solution(assignment, bound: int, method: str, quality: Quality) -> Solution:
+    return Solution(
+        assignment=tuple(assignment),
+        lower_bound=bound,
+        proven_optimal=quality.proven_optimal,
+        method=method,
+        quality=quality,
+    )
+
+
+def _shortfall(problem: Problem, assignment, best) -> int:
+    """Bytes the chosen placement has below the exact solution's, at the first level where they differ."""
+    mine = score(problem, assignment).levels
+    for a, b in zip(mine, best.levels):
+        if a != b:
+            return max(0, b - a)
+    return 0
+
+
+def _left_out(problem: Problem, assignment) -> bool:
+    return any(bins is None and not item.elastic for item, bins in zip(problem.items, assignment))
+
+
+def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
+    """Gaps to bounds that take linear time: per level, the VRAM of its replicas that fit some node, but no more
+    than the room the levels above leave; the GPU bound of the packing; every running replica staying."""
+    items, bins = problem.items, problem.bins
+    total = sum(b.capacity for b in bins)
+    fits_somewhere = _fits_somewhere(problem)
+    demand: dict[tuple[int, bool], int] = {}
+    placed: dict[tuple[int, bool], int] = {}
+    for i, (item, where) in enumerate(zip(items, assignment)):
+        if fits_somewhere(item):
+            demand[item.level] = demand.get(item.level, 0) + item.size
+        if where:
+            placed[item.level] = placed.get(item.level, 0) + item.size
+    gap_bytes, above = 0, 0
+    for key in level_keys(problem):
+        got = placed.get(key, 0)
+        gap_bytes += max(0, min(demand.get(key, 0), total - above) - got)
+        above += got
+    running = [i for i, item in enumerate(items) if item.current is not None]
+    stays = sum(1 for i in running if assignment[i] == items[i].current)
+    gap_gpus = 0
+    if problem.policy == Placement.BINPACK:
+        used = len({b for where in assignment if where for b in where})
+        gap_gpus = max(0, used - gpu_bound)
+    gap_stays = len(running) - stays
+    proven = problem.policy == Placement.BINPACK and gap_bytes == gap_gpus == gap_stays == 0
+    return Quality(
+        proven_optimal=proven,
+        gap_bytes=gap_bytes,
+        gap_gpus=gap_gpus,
+        gap_stays=gap_stays,
+        unplaced_proven=gap_bytes == 0,
+    )
+
+
+def _fits_somewhere(problem: Problem):
+    """Whether an item alone fits on some node (its gang on distinct GPUs of one node)."""
+    by_node: dict[str, list[int]] = {}
+    for b in problem.bins:
+        by_node.setdefault(b.node, []).append(b.capacity)
+    # For g GPUs, the largest capacity that g GPUs of one node all have.
+    best: dict[int, int] = {}
+    for caps in by_node.values():
+        caps.sort(reverse=True)
+        for g in range(1, len(caps) + 1):
+            best[g] = max(best.get(g, 0), caps[g - 1])
+    return lambda item: item.vram <= best.get(item.gpus, -1)
 
 
 def _arcflow_applies(problem: Problem, settings: PackSettings) -> bool:
@@ -78,13 +203,7 @@ def _state_of(problem: Problem, assignment) -> State:
 
 
 def _exact_applies(problem: Problem, settings: PackSettings) -> bool:
-    """Small pools of new replicas only: CP-SAT stays fast there, and stability is the heuristic's job."""
-    return (
-        settings.exact_time > 0
-        and 0 < len(problem.items) <= settings.exact_max_items
-        and len(problem.bins) <= settings.exact_max_bins
-        and all(item.current is None for item in problem.items)
-    )
+    return len(problem.items) <= settings.exact_max_items and len(problem.bins) <= settings.exact_max_bins
 
 
 def _used(state: State) -> int:
@@ -96,10 +215,3 @@ def _bound(state: State) -> int:
     sizes = [item.vram for item in placed for _ in range(item.gpus)]
     pinned = {b for i, bins in enumerate(state.where) if bins and state.items[i].current == bins for b in bins}
     return max(len(pinned), gpus_needed(state.caps, sizes))
-
-
-def _all_placed_in_place(state: State) -> bool:
-    return all(
-        bins is not None and (item.current is None or bins == item.current)
-        for item, bins in zip(state.items, state.where)
-    )

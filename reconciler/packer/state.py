@@ -14,6 +14,7 @@ from reconciler.desired import Placement, Spread
 from reconciler.packer.problem import Item, Problem
 
 _SCALE = 1_000_000
+_SCAN_NODES = 64  # up to this many nodes, gangs compare every node; beyond, they walk the sorted indices
 _NONE: Counter = Counter()  # fixed-point relative load, for the spread policy
 
 
@@ -37,6 +38,7 @@ class State:
         self.used: list[tuple[int, int]] = []
         self.empty: list[tuple[int, int]] = sorted((c, b) for b, c in enumerate(self.caps))
         self.rel: list[tuple[int, int]] = sorted((0, b) for b in range(len(self.caps)))
+        self.version = 0  # bumped on every change, so searches can remember what failed on an unchanged state
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _rel(self, b: int) -> int:
@@ -59,14 +61,21 @@ class State:
 
     def place(self, i: int, bins: tuple[int, ...]) -> None:
         item = self.items[i]
+        on_bin = self.on_bin.get(item.model)
+        if on_bin is None:
+            on_bin = self.on_bin[item.model] = Counter()
         for b in bins:
             self._unindex(b)
             self.free[b] -= item.vram
             self.occupants[b][i] = None
             self._index(b)
-            self.on_bin.setdefault(item.model, Counter())[b] += 1
-        self.on_node.setdefault(item.model, Counter())[self.node_of[bins[0]]] += 1
+            on_bin[b] += 1
+        on_node = self.on_node.get(item.model)
+        if on_node is None:
+            on_node = self.on_node[item.model] = Counter()
+        on_node[self.node_of[bins[0]]] += 1
         self.where[i] = bins
+        self.version += 1
 
     def remove(self, i: int) -> tuple[int, ...]:
         bins = self.where[i]
@@ -80,6 +89,7 @@ class State:
             self.on_bin[item.model][b] -= 1
         self.on_node[item.model][self.node_of[bins[0]]] -= 1
         self.where[i] = None
+        self.version += 1
         return bins
 
     # -- constraints -------------------------------------------------------------------------------------------
@@ -115,6 +125,8 @@ class State:
         return None
 
     def _find_gang(self, item: Item) -> tuple[int, ...] | None:
+        if len(self.nodes) > _SCAN_NODES:
+            return self._find_gang_indexed(item)
         best: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         free, need, plain = self.free, item.vram, item.spread == Spread.NONE
         for node in self.nodes:
@@ -136,6 +148,27 @@ class State:
             if best is None or key < best[0]:
                 best = (key, chosen)
         return None if best is None else best[1]
+
+    def _find_gang_indexed(self, item: Item) -> tuple[int, ...] | None:
+        """The gang search of large pools, in time that depends on the GPUs with room rather than on the nodes:
+        walk the sorted indices (binpack: GPUs in use by free room, then empty GPUs by capacity; spread: all GPUs by
+        relative load) and take the first node that gathers enough GPUs that hold the replica. Binpack thus
+        prefers GPUs in use, and among them the fullest, as the full scan does."""
+        need, wanted = item.vram, item.gpus
+        found: dict[str, list[int]] = {}
+        if self.binpack:
+            walks = [self.used[bisect_left(self.used, (need, -1)) :], self.empty[bisect_left(self.empty, (need, -1)) :]]
+        else:
+            walks = [self.rel]
+        for walk in walks:
+            for _, b in walk:
+                if self.free[b] < need or not self.allowed(item, b):
+                    continue
+                chosen = found.setdefault(self.node_of[b], [])
+                chosen.append(b)
+                if len(chosen) == wanted:
+                    return tuple(sorted(chosen))
+        return None
 
     def assignment(self) -> tuple[tuple[int, ...] | None, ...]:
         return tuple(self.where)

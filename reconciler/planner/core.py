@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.desired import DesiredState, Model
+from reconciler.desired import DesiredState, Model, Spread
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState, normalised
 from reconciler.packer import Item, PackSettings
 from reconciler.plan import (
@@ -19,6 +19,7 @@ from reconciler.plan import (
     Location,
     PlacedReplica,
     Plan,
+    PoolQuality,
     Unplaced,
     is_job,
     job_item,
@@ -60,11 +61,14 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     unplaced: list[Unplaced] = []
     chosen = jobplace.decisions(desired, observed, settings.jobs)
     job_outcomes: dict[tuple[str, int], _Outcome] = {}
+    quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
         pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary)
         pp = jobplace.with_jobs(pp, desired, chosen)
         solution = jobplace.pack_pinned(pp.problem, settings.packing)
-        pool_outcomes = _outcomes(pp, solution.assignment)
+        q = solution.quality
+        quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))
+        pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven)
         job_outcomes.update({k: o for k, o in pool_outcomes.items() if is_job(k[0])})
         pool_outcomes = {k: o for k, o in pool_outcomes.items() if not is_job(k[0])}
         outcomes.update(pool_outcomes)
@@ -82,6 +86,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         gpus=tuple(views),
         fingerprint=observed.fingerprint,
         desired_fingerprint=specs.fingerprint,
+        quality=tuple(quality),
         jobs=jobplace.planned(desired=desired, chosen=chosen, targets=targets,
                               why_not={k: o.why_not for k, o in job_outcomes.items()}),
     )
@@ -122,10 +127,11 @@ def _occupants(pp: PoolProblem, assignment) -> list[list[int]]:
     return occupants
 
 
-def _outcomes(pp: PoolProblem, assignment) -> dict[tuple[str, int], _Outcome]:
+def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, int], _Outcome]:
     problem = pp.problem
     items = problem.items
     occupants = _occupants(pp, assignment)
+    explained: dict = {}
     out: dict[tuple[str, int], _Outcome] = {}
     for i, item in enumerate(items):
         bins = assignment[i]
@@ -139,7 +145,12 @@ def _outcomes(pp: PoolProblem, assignment) -> dict[tuple[str, int], _Outcome]:
                 gpus=tuple(problem.bins[b].index for b in bins),
                 vram=item.vram,
             )
-        why_not = "" if bins else reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants)
+        why_not = ""
+        if not bins:
+            why_not = reasons.unplaced(item=item, problem=problem, pool=pp.pool.name, occupants=occupants,
+                                       cache=explained)
+            if not proven and not item.elastic:
+                why_not += reasons.UNPROVEN
         why_left = ""
         if item.current is not None and bins != item.current:
             why_left = _why_left(pp=pp, i=i, assignment=assignment, occupants=occupants)
@@ -176,7 +187,7 @@ def _why_left(*, pp: PoolProblem, i: int, assignment, occupants) -> str:
                 f"reserve and {format_bytes(pp.foreign[b])} of foreign use, and its running replicas hold "
                 f"{format_bytes(held)}"
             )
-    if item.spread.value != "none":
+    if item.spread is not Spread.NONE:
         return f"spread: {item.spread} allows one replica of {item.model} per {item.spread}"
     return f"re-placed to serve higher-priority demand in pool {pp.pool.name}"
 

@@ -89,7 +89,11 @@ def pack_pinned(problem: Problem, settings: PackSettings) -> Solution:
             and assignment[i] not in (None, problem.items[i].current)
         }
         if not moved:
-            return solution if not pinned else replace(solution, assignment=tuple(assignment), proven_optimal=False)
+            if not pinned:
+                return solution
+            # Optimal for the problem with the running jobs held in place, not for the pool's own: say nothing more.
+            return replace(solution, assignment=tuple(assignment), proven_optimal=False,
+                           quality=replace(solution.quality, proven_optimal=False))
         pinned |= moved
 
 

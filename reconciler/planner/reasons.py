@@ -10,6 +10,11 @@ from reconciler.plan import Location
 from reconciler.quantity import format_bytes
 
 
+# Appended when the packer could not prove that no placement holds every replica (a pool too large to search
+# exactly): the plan then does not claim the replica cannot be placed, only that this plan does not place it.
+UNPROVEN = "; not proven impossible: the search found no room for it within its budget"
+
+
 def needs(item: Item) -> str:
     if item.gpus == 1:
         return f"needs {format_bytes(item.vram)} on one GPU"
@@ -23,8 +28,12 @@ def evicted(*, victim: Item, by: Item, where: Location) -> str:
     )
 
 
-def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Sequence[int]]) -> str:
-    """Why `item` found no place in the final placement (`occupants`: item ids per bin)."""
+def unplaced(
+    *, item: Item, problem: Problem, pool: str, occupants: Sequence[Sequence[int]], cache: dict | None = None
+) -> str:
+    """Why `item` found no place in the final placement (`occupants`: item ids per bin). `cache` keeps what one
+    plan's calls share (the room each GPU offers depends only on the priority and whether it may evict), so that
+    explaining many replicas stays linear."""
     head = ("no more replicas fit: " if item.elastic else "") + needs(item)
     if not problem.bins:
         return f"{head}; pool {pool} has no alive GPU nodes"
@@ -39,19 +48,25 @@ def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Seq
         if item.spread == Spread.GPU:
             return any(items[j].model == item.model for j in occupants[b])
         if item.spread == Spread.NODE:
-            node = problem.bins[b].node
-            return any(
-                items[j].model == item.model
-                for c, gpu in enumerate(problem.bins)
-                if gpu.node == node
-                for j in occupants[c]
-            )
+            return item.model in _models_by_node(problem, occupants, cache)[problem.bins[b].node]
         return False
 
-    offers = [
-        gpu.capacity - sum(items[j].vram for j in occupants[b] if blocking(j)) for b, gpu in enumerate(problem.bins)
-    ]
-    best, where = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
+    key = (can_evict, item.priority)
+    offers = None if cache is None else cache.get(key)
+    if offers is None:
+        offers = [
+            gpu.capacity - sum(items[j].vram for j in occupants[b] if blocking(j))
+            for b, gpu in enumerate(problem.bins)
+        ]
+        if cache is not None:
+            cache[key] = offers
+    offer_key = ("best offer", key, item.gpus)
+    found = None if cache is None else cache.get(offer_key)
+    if found is None:
+        found = _best_offer(item=item, problem=problem, offers=offers, skip=lambda b: False)
+        if cache is not None:
+            cache[offer_key] = found
+    best, where = found
     if not where:
         return f"{head}; no node of pool {pool} has {item.gpus} GPUs"
     verb = "could offer after evicting lower priorities" if can_evict else "has free"
@@ -62,7 +77,12 @@ def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Seq
         elif not item.preempts:
             text += "; its priority class does not preempt"
         return text
-    spread_best, _ = _best_offer(item=item, problem=problem, offers=offers, skip=conflict)
+    spread_key = ("spread offer", key, item.gpus, item.model, item.spread)
+    spread_best = None if cache is None else cache.get(spread_key)
+    if spread_best is None:
+        spread_best, _ = _best_offer(item=item, problem=problem, offers=offers, skip=conflict)
+        if cache is not None:
+            cache[spread_key] = spread_best
     if spread_best < item.vram:
         unit = "GPU" if item.spread == Spread.GPU else "node"
         return f"{head}; spread: {item.spread} allows one replica of {item.model} per {unit} and every {unit} of pool {pool} with room already holds one"
@@ -70,6 +90,17 @@ def unplaced(*, item: Item, problem: Problem, pool: str, occupants: Sequence[Seq
         f"{head}; the room on GPUs of pool {pool} went to replicas of priority {item.priority} or higher "
         f"(largest first) and to running replicas that may not be moved (maxMoves)"
     )
+
+
+def _models_by_node(problem: Problem, occupants: Sequence[Sequence[int]], cache: dict | None) -> dict[str, set[str]]:
+    found = None if cache is None else cache.get("models by node")
+    if found is None:
+        found = {gpu.node: set() for gpu in problem.bins}
+        for b, gpu in enumerate(problem.bins):
+            found[gpu.node].update(problem.items[j].model for j in occupants[b])
+        if cache is not None:
+            cache["models by node"] = found
+    return found
 
 
 def _best_offer(*, item: Item, problem: Problem, offers: Sequence[int], skip) -> tuple[int, str]:

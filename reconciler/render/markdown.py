@@ -53,6 +53,8 @@ def plan_blocks(plan: Plan, *, title: str = TITLE) -> list[str]:
         lines += ["#### Replicas that cannot be placed", ""]
         lines += [f"- {code(replica_name(u.model, u.replica))}: {escape(u.reason)}" for u in plan.unplaced]
         lines.append("")
+    if plan.quality:
+        lines += [f"Placement in pool {code(q.pool)}: {escape(q.summary)}." for q in plan.quality] + [""]
     lines += job_markdown(plan)
     lines += _details(plan)
     return lines

@@ -85,6 +85,9 @@ def plan_lines(plan: Plan) -> list[Text]:
     if plan.unplaced:
         lines += _unplaced_lines(plan)
         lines.append(Text())
+    if plan.quality:
+        lines += [Text(f"Placement in pool {q.pool}: {q.summary}.", "dim") for q in plan.quality]
+        lines.append(Text())
     if plan.jobs:
         lines += [Text(line) for line in job_lines(plan)]
         lines.append(Text())

@@ -210,10 +210,38 @@ def schema() -> dict[str, Any]:
                     },
                 ),
             },
+            "quality": {
+                "type": "array",
+                "description": "how good each pool's placement is, sorted by pool",
+                "items": _obj(
+                    "Proven optimal for the planner's objective (priority levels, then placed VRAM, then stability, "
+                    "then the pool's placement policy), or how far the placement may be from bounds no placement "
+                    "can beat.",
+                    {
+                        "pool": _NAME,
+                        "provenOptimal": {"type": "boolean"},
+                        "gapBytes": {**_BYTES, "description": "placed VRAM below an upper bound, over all levels"},
+                        "gapGpus": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "binpack: GPUs in use above a lower bound",
+                        },
+                        "gapStays": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "running replicas that might stay where they run beyond those that do",
+                        },
+                        "summary": {
+                            "type": "string",
+                            "description": '"proven optimal" or "within N MiB / N GPUs of the bound"',
+                        },
+                    },
+                ),
+            },
         },
         "required": sorted(
             ["format", "fingerprint", "desiredFingerprint", "summary", "actions", "placement", "unplaced", "gpus",
-             "models", "assumed", "digest"]
+             "quality", "models", "assumed", "digest"]
         ),
         "additionalProperties": False,
         "$defs": {"location": _location(), "action": _action(), "use": _use()},

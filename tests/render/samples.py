@@ -10,6 +10,7 @@ from reconciler.plan import (
     Location,
     PlacedReplica,
     Plan,
+    PoolQuality,
     Unplaced,
 )
 
@@ -74,8 +75,12 @@ def busy_plan() -> Plan:
         _gpu("homelab", "node-b", 0, "NVIDIA GeForce RTX 3090", 24 * GiB, reserve=1 * GiB, foreign=2 * GiB + GiB // 2,
              before=(guard, old0), after=(guard, chat1)),
     )
+    quality = (
+        PoolQuality("datacenter", proven_optimal=True),
+        PoolQuality("homelab", proven_optimal=False, gap_bytes=3 * GiB, gap_gpus=1, gap_stays=1),
+    )
     return Plan(actions=actions, placement=placement, unplaced=unplaced, gpus=gpus,
-                fingerprint="3f9a0c1d2e4b5a69", desired_fingerprint="b7c1d2e3f4a5968d")
+                fingerprint="3f9a0c1d2e4b5a69", desired_fingerprint="b7c1d2e3f4a5968d", quality=quality)
 
 
 def settled_plan() -> Plan:
