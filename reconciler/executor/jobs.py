@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.adapter.jobs import TERMINAL
 from reconciler.errors import TransientError, UserError
 from reconciler.plan import ActionKind, Plan, is_job, job_name
 from reconciler.settings import ApplySettings
-
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 @dataclass(frozen=True)
