@@ -260,7 +260,7 @@ def test_a_schedule_starts_one_run_per_scheduled_time(cluster, tmp_path):
 def test_watch_runs_a_job_once_and_keeps_an_adhoc_job(cluster, tmp_path, monkeypatch, capsys):
     from reconciler.cli import main as cli
 
-    from ..watch.test_watch_ray import Watcher
+    from watch.test_watch_ray import Watcher  # tests/ is on the path: its folders are top-level packages
 
     env = {"STATE": str(tmp_path / "state"), "REPORT": str(tmp_path / "report")}
     specs = write(tmp_path / "specs", jobs={"once": {"vram": "2Gi", "env": env}})
