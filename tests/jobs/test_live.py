@@ -233,6 +233,10 @@ def test_reconciler_run_submits_an_adhoc_job_that_status_shows_and_apply_keeps(c
         assert cli(["logs", "job/adhoc"]) == 0
         assert "done" in capsys.readouterr().out
         assert len(reports(tmp_path / "report")) == 1
+        assert cli(["forget", "job/adhoc"]) == 0
+        assert "adhoc" not in [j.name for j in cluster.jobs.recorded()]
+        assert ("delete", "job/adhoc", 1) in [(str(a.kind), a.model, a.replica) for a in apply(cluster, specs).actions]
+        assert runs_of(cluster, "adhoc") == []  # a finished run of a job no longer desired is forgotten
     finally:
         cluster.jobs.unrecord("adhoc")
 
