@@ -172,11 +172,32 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str  # hex digest of the key; the key itself is never in the specs
+    models: tuple[str, ...]  # model names, or ("*",) for every model
+    requests_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The Gateway spec: where the one OpenAI base URL listens and which keys it takes (none: open to all)."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    keys: tuple[ApiKey, ...] = ()  # sorted by name
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     pools: tuple[Pool, ...] = ()
     priority_classes: tuple[PriorityClass, ...] = ()
     models: tuple[Model, ...] = ()  # sorted by name
     jobs: tuple[Job, ...] = ()  # sorted by name
+    gateway: Gateway | None = None
 
     def job(self, name: str) -> Job:
         for job in self.jobs:
@@ -248,14 +269,22 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
             "engineArgs": m.engine_args,
         }
 
-    document = {
+    out: dict[str, Any] = {
         "pools": [pool(p) for p in desired.pools],
         "priorityClasses": [klass(c) for c in desired.priority_classes],
         "models": [model(m) for m in desired.models],
     }
     if desired.jobs:  # only then: specs without jobs keep the fingerprints they always had
-        document["jobs"] = [job_to_json(j) for j in desired.jobs]
-    return document
+        out["jobs"] = [job_to_json(j) for j in desired.jobs]
+    if desired.gateway is not None:  # only when written, so specs without one keep their fingerprints
+        g = desired.gateway
+        out["gateway"] = {
+            "name": g.name, "host": g.host, "port": g.port,
+            "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
+                      "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
+                      "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
+        }
+    return out
 
 
 def job_from_json(data: dict[str, Any]) -> Job:
@@ -297,7 +326,9 @@ def job_to_json(j: Job) -> dict[str, Any]:
 
 
 __all__ = [
+    "ApiKey",
     "DesiredState",
+    "Gateway",
     "Engine",
     "GpuSpec",
     "IMPLICIT_PRIORITY",

@@ -64,6 +64,8 @@ class ObservedNode:
     node_id: str | None = None  # Ray's node id; None offline
     alive: bool = True
     simulated: bool = True  # GPUs taken from the pool inventory, not NVML
+    dead_since: float | None = None  # unix seconds Ray declared it dead; None while alive or when Ray did not say
+    death_reason: str = ""  # Ray's words for why it died
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -148,9 +150,22 @@ class ObservedState:
         for run in data.get("jobs", []):
             for key in ("state", "message", "started", "ended"):
                 run.pop(key)
+        for node in data["nodes"]:
+            if node["alive"]:  # fields of a dead node: leaving them out keeps the fingerprints from before them
+                node.pop("deadSince")
+                node.pop("deathReason")
         data.pop("source")
         data.pop("observedAt", None)
         return short_hash(data, 16)
+
+
+def dead_nodes(state: ObservedState) -> tuple[ObservedNode, ...]:
+    return tuple(n for n in state.nodes if not n.alive)
+
+
+def replicas_on(state: ObservedState, node: str) -> tuple[ObservedReplica, ...]:
+    """The replicas placed on a node (for a dead node: what ran there when it died)."""
+    return tuple(r for r in state.replicas if r.node == node)
 
 
 def normalised(state: ObservedState) -> ObservedState:
@@ -234,6 +249,8 @@ def _to_json(state: ObservedState) -> dict[str, Any]:
                 "nodeId": n.node_id,
                 "alive": n.alive,
                 "simulated": n.simulated,
+                "deadSince": n.dead_since,
+                "deathReason": n.death_reason,
                 "labels": dict(n.labels),
                 "gpus": [
                     {"index": g.index, "name": g.name, "memory": g.memory, "foreign": g.foreign, "used": g.used}
@@ -279,6 +296,8 @@ def from_json(data: Any) -> ObservedState:
                 node_id=n.get("nodeId"),
                 alive=n.get("alive", True),
                 simulated=n.get("simulated", True),
+                dead_since=n.get("deadSince"),
+                death_reason=n.get("deathReason", ""),
                 labels=tuple(sorted((str(k), str(v)) for k, v in n.get("labels", {}).items())),
                 gpus=tuple(
                     ObservedGpu(

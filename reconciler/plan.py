@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from reconciler.desired import canonical_json
+from reconciler.desired import ApiKey, Gateway, canonical_json
 from reconciler.quantity import format_bytes
 
 PLAN_FORMAT = "reconciler/plan-v1"
@@ -118,6 +118,7 @@ class ModelRuntime:
     route: str  # resolved: the spec's route or the default one
     restart_hash: str  # changes when a replica must restart (names its applications)
     config_hash: str  # changes on what a running replica takes without a restart
+    replicas: int | None = None  # what the spec asks for (None: "max"), for the gateway's model list
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -247,6 +248,7 @@ class Plan:
     desired_fingerprint: str  # DesiredState.fingerprint of the specs it was computed from
     models: tuple[ModelRuntime, ...] = ()  # every model of the specs, sorted by name
     assumed: tuple[AssumedGpu, ...] = ()  # the pools' inventory the observation fell back on, sorted
+    gateway: Gateway | None = None  # the Gateway spec (key names and hashes, limits, listen address), if any
     quality: tuple[PoolQuality, ...] = ()  # one per pool, sorted by pool
     jobs: tuple[PlannedJob, ...] = ()  # every job of the specs, sorted by name
 
@@ -298,6 +300,28 @@ def action_to_json(a: Action) -> dict[str, Any]:
     }
 
 
+def _gateway_to_json(g: Gateway) -> dict[str, Any]:
+    return {
+        "name": g.name,
+        "host": g.host,
+        "port": g.port,
+        "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
+                  "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
+                  "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
+    }
+
+
+def _gateway_from_json(data: dict[str, Any]) -> Gateway:
+    return Gateway(
+        name=data["name"],
+        host=data["host"],
+        port=data["port"],
+        keys=tuple(ApiKey(name=k["name"], sha256=k["sha256"], models=tuple(k["models"]),
+                          requests_per_minute=k["requestsPerMinute"], concurrent_requests=k["concurrentRequests"],
+                          tokens_per_minute=k["tokensPerMinute"]) for k in data["keys"]),
+    )
+
+
 def digest(document: dict[str, Any]) -> str:
     """SHA-256 of a plan document's content (everything but the digest itself), in canonical JSON."""
     content = {k: v for k, v in document.items() if k != "digest"}
@@ -343,9 +367,11 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "route": m.route,
                 "restartHash": m.restart_hash,
                 "configHash": m.config_hash,
+                "replicas": m.replicas,
             }
             for m in plan.models
         ],
+        "gateway": None if plan.gateway is None else _gateway_to_json(plan.gateway),
         "assumed": [{"node": g.node, "index": g.index, "name": g.name, "memory": g.memory} for g in plan.assumed],
         "quality": [
             {
@@ -449,9 +475,11 @@ def from_json(data: dict[str, Any]) -> Plan:
                 route=m["route"],
                 restart_hash=m["restartHash"],
                 config_hash=m["configHash"],
+                replicas=m["replicas"],
             )
             for m in data["models"]
         ),
+        gateway=None if data["gateway"] is None else _gateway_from_json(data["gateway"]),
         assumed=tuple(AssumedGpu(g["node"], g["index"], g["name"], g["memory"]) for g in data["assumed"]),
         quality=tuple(
             PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])

@@ -13,6 +13,22 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Where the gateway (one OpenAI base URL for every model) listens."""
+
+    enabled: bool = True
+    host: str | None = None  # None: the host Serve's HTTP proxy binds (loopback on a local cluster)
+    port: int | None = None  # None: Serve's HTTP port + port_after_serve
+    port_after_serve: int = 1  # so the two endpoints sit side by side
+
+    def listen(self, *, serve_host: str | None, serve_port: int | None) -> tuple[str, int]:
+        host = self.host or serve_host or "127.0.0.1"
+        if self.port is not None:
+            return host, self.port
+        return host, (serve_port or 8000) + self.port_after_serve
+
+
+@dataclass(frozen=True, slots=True)
 class ApplySettings:
     """How the executor carries a plan out and waits for it."""
 
@@ -22,6 +38,7 @@ class ApplySettings:
     max_starting: int = 4  # replicas starting at once on one node (0: no limit); see executor.steps.batches
     poll: float = 0.25  # a replica that starts in 3 s is seen running within a quarter second
     pending_check: float = 1.0  # seconds between asks for Ray's unschedulable demands (a costlier call)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)  # published to after each phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +64,8 @@ class LeaseSettings:
 class ClusterSettings:
     """Talking to a Ray cluster."""
 
+    # Seconds a command gives an unreachable cluster before it says so: Ray's own driver keeps retrying for minutes.
+    connect_timeout: float = 10.0
     http_timeout: float = 30.0  # one call of the dashboard's REST API
     probe_timeout: float = 60.0  # one NVML probe on a node
 

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from reconciler.adapter.cluster import Cluster
 
 
-def connect(address: str | None = None) -> "Cluster":
+def connect(address: str | None = None, *, connect_timeout: float | None = None) -> "Cluster":
     from reconciler.adapter.cluster import connect as _connect
 
-    return _connect(address)
+    return _connect(address, connect_timeout=connect_timeout)
 
 
 __all__ = ["connect"]

@@ -20,7 +20,7 @@ from reconciler.observed import ObservedState
 from reconciler.plan import AssumedGpu
 from reconciler.planner.runtime import assumed_gpus
 from reconciler.settings import DEFAULTS
-from reconciler.adapter import localcluster
+from reconciler.adapter import localcluster, reach
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
 
 if TYPE_CHECKING:
@@ -97,8 +97,9 @@ def resolve(address: str | None) -> Endpoint:
 class Cluster:
     """A connection to one Ray cluster. Use `connect()`; call `close()` (or use it as a context manager)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, *, connect_timeout: float = DEFAULTS.cluster.connect_timeout) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
         self.address = endpoint.address
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "reconciler"  # not a browser: Ray returns runtime_env unredacted
@@ -116,6 +117,7 @@ class Cluster:
     def _driver(self) -> Any:
         if self._ray is not None:
             return self._ray
+        deadline = time.monotonic() + self.connect_timeout  # importing Ray takes seconds of it already
         if self.endpoint.token and "RAY_AUTH_MODE" not in os.environ:
             os.environ["RAY_AUTH_MODE"] = "token"
         if self.endpoint.token_path:
@@ -123,6 +125,7 @@ class Cluster:
         elif self.endpoint.token:
             os.environ.setdefault("RAY_AUTH_TOKEN", self.endpoint.token)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        reach.shorten_retries(self.connect_timeout)
         import ray
 
         host = self.address.rsplit(":", 1)[0]
@@ -142,12 +145,19 @@ class Cluster:
                 f"this process is already connected to another Ray cluster ({ray.get_runtime_context().gcs_address})"
             )
         self._owns_driver = True
+        reach.check_port(self.address, timeout=max(0.5, deadline - time.monotonic()), budget=self.connect_timeout,
+                         local=self.endpoint.local)
         try:
-            context = ray.init(address=self.address, **kwargs)
+            context = reach.within(lambda: ray.init(address=self.address, **kwargs), address=self.address,
+                                   timeout=max(1.0, deadline - time.monotonic()), budget=self.connect_timeout,
+                                   local=self.endpoint.local)
+        except reach.Unreachable:
+            raise
         except ConnectionError as exc:
-            raise TransientError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+            raise TransientError(f"cannot connect to the Ray cluster at {self.address}: {_first_line(exc)}; "
+                                 f"{reach.advice(self.address, local=self.endpoint.local)}") from exc
         except Exception as exc:  # AuthenticationError and friends: say what to fix
-            raise PermanentError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
+            raise PermanentError(f"cannot connect to the Ray cluster at {self.address}: {_first_line(exc)}") from exc
         if self.dashboard_url is None:
             url = context.address_info.get("webui_url") or ""
             if not url:
@@ -235,10 +245,24 @@ class Cluster:
     def ray_nodes(self) -> list[RayNode]:
         ray = self._driver()
         try:
-            nodes = ray.nodes()
+            raw = ray.nodes()
         except Exception as exc:  # the GCS is restarting or gone: worth another try later
             raise TransientError(f"the Ray cluster at {self.address} did not list its nodes: {exc}") from exc
-        return [RayNode.from_ray(n) for n in nodes]
+        nodes = [RayNode.from_ray(n) for n in raw]
+        if all(n.alive for n in nodes):
+            return nodes
+        died = self._death_times()
+        return [replace(n, died=died.get(n.node_id)) if not n.alive else n for n in nodes]
+
+    def _death_times(self) -> dict[str, float]:
+        """When each dead node died (unix seconds), from the dashboard's state API; empty when it cannot say."""
+        try:
+            response = self._request("GET", "/api/v0/nodes", params={"detail": "1", "limit": "10000"})
+            rows = response.json()["data"]["result"]["result"] if response.status_code == 200 else []
+        except (UserError, ValueError, KeyError, TypeError):
+            return {}
+        return {row["node_id"]: row["end_time_ms"] / 1000 for row in rows
+                if isinstance(row, dict) and row.get("node_id") and row.get("end_time_ms")}
 
     def _probes(self, nodes: list[RayNode], pids: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
         ray = self._driver()
@@ -305,5 +329,11 @@ class Cluster:
             time.sleep(interval)
 
 
-def connect(address: str | None = None) -> Cluster:
-    return Cluster(resolve(address))
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+
+def connect(address: str | None = None, *, connect_timeout: float | None = None) -> Cluster:
+    """A cluster handle; the driver connects on first use, giving up after ``connect_timeout`` seconds."""
+    timeout = DEFAULTS.cluster.connect_timeout if connect_timeout is None else connect_timeout
+    return Cluster(resolve(address), connect_timeout=timeout)

@@ -180,15 +180,38 @@ class Lease:
         raise LeaseLost(f"lost the cluster's apply lock: {why}")
 
 
+def holder_gone(holder: Holder) -> bool:
+    """True when the holder was a process of this host that no longer runs: its lease need not run out first.
+
+    A pid the system has since given to a younger process counts as gone too. A holder on another host may be alive
+    for all this host can tell: its lease is left to expire.
+    """
+    if holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    import psutil  # installed with Ray
+
+    try:
+        started = psutil.Process(holder.pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    return started > holder.since + 1.0  # the holder's process was older than its first attempt at the lock
+
+
 def acquire(kv: KV, *, holder: Holder, ttl: float = DEFAULTS.lease.ttl, margin: float | None = None,
-            clock: Callable[[], float] = time.time, status: dict[str, Any] | None = None) -> Lease:
-    """Take the lease, or raise LeaseHeld naming who has it. Never waits: see ``wait_acquire``."""
+            clock: Callable[[], float] = time.time, status: dict[str, Any] | None = None,
+            gone: Callable[[Holder], bool] = holder_gone) -> Lease:
+    """Take the lease, or raise LeaseHeld naming who has it. Never waits: see ``wait_acquire``.
+
+    A lease whose holder is ``gone`` (by default: a dead process on this host) is taken over at once, as if expired.
+    """
     if ttl <= 0:
         raise ValueError("ttl must be positive")
     margin = ttl / 5 if margin is None else margin
     now = clock()
     current = describe(kv)
-    if current is not None and not current.free(now):
+    if current is not None and not current.free(now) and not gone(current.holder):
         raise LeaseHeld(current, now)
     generation = 1 if current is None else current.generation + 1
     record = LeaseRecord(generation=generation, holder=holder, renewed=now, expires=now + ttl, status=status or {})

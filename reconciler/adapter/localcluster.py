@@ -4,7 +4,13 @@
 starts one Ray node per inventory node (``ray.cluster_utils.Cluster``: separate raylets on this machine, loopback only,
 free ports), starts Serve with its HTTP proxy on 127.0.0.1, writes the state file (PID, addresses, ports, token path)
 and then sleeps until SIGTERM/SIGINT, when it shuts the cluster down and removes the state file. `reconciler down`
-and the test suite's session fixture stop it by signalling that PID. Token auth stays on: the supervisor generates a
+and the test suite's session fixture stop it by signalling that PID.
+
+The state file can be lost or mangled while the cluster runs, so the supervisor can be found two more ways: its pid
+is also written to ``cluster.pid`` beside it, and its command line names the state file it was started for
+(``supervisors(state_file)`` looks for exactly that, pid by pid). Meanwhile it watches its nodes: when one's raylet
+dies (a simulated node failure), the processes that node had started (replica workers) are stopped with it instead
+of living on as orphans. Token auth stays on: the supervisor generates a
 token of its own (next to the state file) instead of sharing ``~/.ray/auth_token`` with other clusters.
 """
 
@@ -132,9 +138,58 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+SUPERVISOR_MODULE = "reconciler.adapter.localcluster"
+
+
+def pid_file(state_file: Path) -> Path:
+    return state_file.with_name(state_file.stem + ".pid")
+
+
+def supervisors(state_file: Path) -> list[int]:
+    """The pids of running supervisors started for this state file, whatever the file now says: the pid recorded
+    in it, the one in ``cluster.pid``, and any process whose command line is ``-m reconciler.adapter.localcluster
+    run ... --state <this file>``. Each is checked by its command line, so a recycled pid is never taken for one."""
+    import psutil
+
+    state_file = state_file.absolute()
+    candidates: set[int] = set()
+    try:
+        candidates.add(int(json.loads(state_file.read_text()).get("pid", 0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    try:
+        candidates.add(int(pid_file(state_file).read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    for process in psutil.process_iter(["cmdline"]):
+        if _supervises(process.info.get("cmdline") or [], state_file):
+            candidates.add(process.pid)
+    found = []
+    for pid in sorted(p for p in candidates if p > 0):
+        try:
+            if _supervises(psutil.Process(pid).cmdline(), state_file):
+                found.append(pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _supervises(cmdline: list[str], state_file: Path) -> bool:
+    if SUPERVISOR_MODULE not in cmdline or "run" not in cmdline or "--state" not in cmdline:
+        return False
+    at = cmdline.index("--state") + 1
+    return at < len(cmdline) and Path(cmdline[at]) == state_file
+
+
 def start(spec: ClusterSpec, state_file: Path, *, timeout: float = 120.0) -> dict[str, Any]:
     """Start a supervisor for `spec` and wait until its cluster is ready; returns the state it wrote."""
     state_file = state_file.absolute()
+    running = supervisors(state_file)
+    if running:
+        raise RuntimeError(
+            f"a local cluster for {state_file} is already running (supervisor pid {', '.join(map(str, running))}); "
+            "stop it first with `reconciler down`"
+        )
     state_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file = state_file.with_name(state_file.stem + ".spec.json")
     log_file = state_file.with_name(state_file.stem + ".log")
@@ -142,7 +197,7 @@ def start(spec: ClusterSpec, state_file: Path, *, timeout: float = 120.0) -> dic
     state_file.unlink(missing_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.adapter.localcluster", "run", "--spec", str(spec_file), "--state", str(state_file)],
+            [sys.executable, "-m", SUPERVISOR_MODULE, "run", "--spec", str(spec_file), "--state", str(state_file)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -180,12 +235,13 @@ def stop_pid(pid: int, *, timeout: float = 60.0) -> bool:
 
 
 def stop(state_file: Path, *, timeout: float = 60.0) -> bool:
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return False
-    stopped = stop_pid(int(state.get("pid", 0)), timeout=timeout)
+    """Stop every supervisor started for this state file (see ``supervisors``); True if one was running."""
+    state_file = state_file.absolute()
+    stopped = False
+    for pid in supervisors(state_file):
+        stopped = stop_pid(pid, timeout=timeout) or stopped
     state_file.unlink(missing_ok=True)
+    pid_file(state_file).unlink(missing_ok=True)
     return stopped
 
 
@@ -216,6 +272,7 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    pid_file(state_file).write_text(f"{os.getpid()}\n")
 
     gcs_port, dashboard_port, agent_port, http_port = (free_port() for _ in range(4))
     head, *workers = spec.nodes
@@ -235,15 +292,16 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
             "labels": head.labels,
         },
     )
+    raylets = {head.name: _raylet_pid(cluster.head_node)}
     try:
         for node in workers:
-            cluster.add_node(
+            raylets[node.name] = _raylet_pid(cluster.add_node(
                 **common,
                 num_cpus=node.num_cpus,
                 num_gpus=node.num_gpus,
                 resources=node.resources,
                 labels=node.labels,
-            )
+            ))
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
@@ -266,7 +324,10 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(state_file)
         print(f"local cluster ready: {json.dumps(state)}", flush=True)
+        watch = NodeWatch(raylets)
         while not stopping:
+            for name, count in watch.check().items():
+                print(f"node {name} died: stopped the {count} process(es) it had started", flush=True)
             time.sleep(0.5)
     finally:
         print("shutting the local cluster down", flush=True)
@@ -285,7 +346,56 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
                     state_file.unlink()
             except (OSError, ValueError):
                 pass
+            try:
+                if int(pid_file(state_file).read_text().strip()) == os.getpid():
+                    pid_file(state_file).unlink()
+            except (OSError, ValueError):
+                pass
     return 0
+
+
+def _raylet_pid(node: Any) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+class NodeWatch:
+    """A simulated node's processes (its workers, agents) die with its raylet, as they would with a real machine.
+
+    Ray's workers notice a dead raylet late or never; so the processes under each raylet are remembered (pid and
+    start time) while it lives, and those still running are stopped once it is gone.
+    """
+
+    def __init__(self, raylets: dict[str, int]) -> None:
+        self.raylets = dict(raylets)
+        self.seen: dict[str, dict[int, float]] = {name: {} for name in raylets}
+
+    def check(self) -> dict[str, int]:
+        """Remember each live raylet's processes; stop those of dead ones. Returns {node: processes stopped}."""
+        import psutil
+
+        stopped: dict[str, int] = {}
+        for name, pid in list(self.raylets.items()):
+            try:
+                raylet = psutil.Process(pid)
+                if raylet.status() != psutil.STATUS_ZOMBIE:
+                    self.seen[name] = {p.pid: p.create_time() for p in raylet.children(recursive=True)}
+                    continue
+            except psutil.Error:
+                pass
+            orphans = []
+            for child, created in self.seen.pop(name, {}).items():
+                try:
+                    process = psutil.Process(child)
+                    if process.create_time() == created:
+                        orphans.append(process)
+                except psutil.Error:
+                    continue
+            _stop_processes(orphans, timeout=5.0)
+            del self.raylets[name]
+            stopped[name] = len(orphans)
+        return stopped
 
 
 def _stop_processes(processes: list[Any], timeout: float = 10.0) -> None:

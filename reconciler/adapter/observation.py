@@ -32,6 +32,8 @@ class RayNode:
     labels: dict[str, str]
     resources: dict[str, float]
     hostname: str = ""
+    death_reason: str = ""
+    died: float | None = None  # unix seconds; from the state API (ray.nodes() does not say)
 
     @property
     def name(self) -> str:
@@ -45,6 +47,7 @@ class RayNode:
             labels=dict(raw.get("Labels") or {}),
             resources=dict(raw.get("Resources") or {}),
             hostname=raw.get("NodeManagerHostname", ""),
+            death_reason=str(raw.get("DeathReasonMessage") or "") if not raw.get("Alive") else "",
         )
 
 
@@ -133,13 +136,28 @@ def _inventory(assumed: Iterable[AssumedGpu]) -> dict[str, tuple[ObservedGpu, ..
     return {node: tuple(gpus) for node, gpus in found.items()}
 
 
+def _latest(nodes: list[RayNode]) -> list[RayNode]:
+    """One node per name: the live one, else the one that died last. Ray keeps every node that ever joined, so a
+    node that restarted is one live entry and one or more dead ones under the same name."""
+    by_name: dict[str, RayNode] = {}
+    for node in nodes:
+        kept = by_name.get(node.name)
+        if kept is None or (node.alive, node.died or 0.0) > (kept.alive, kept.died or 0.0):
+            by_name[node.name] = node
+    return [by_name[name] for name in sorted(by_name)]
+
+
 def build_nodes(
     nodes: list[RayNode], probes: dict[str, dict[str, Any]], assumed: Iterable[AssumedGpu]
 ) -> tuple[ObservedNode, ...]:
     inventory = _inventory(assumed)
     observed = []
-    for node in nodes:
+    for node in _latest(nodes):
         if not node.alive:
+            gpus = inventory.get(node.name) or _gpus_from_resources(node)
+            labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in HIDDEN_LABELS))
+            observed.append(ObservedNode(name=node.name, labels=labels, gpus=gpus, node_id=node.node_id, alive=False,
+                                         simulated=True, dead_since=node.died, death_reason=node.death_reason))
             continue
         probe = probes.get(node.node_id) or {}
         if probe.get("available") and probe.get("gpus"):

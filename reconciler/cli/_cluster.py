@@ -22,6 +22,12 @@ def add_address_argument(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="the Ray cluster's GCS address HOST:PORT (default: RAY_ADDRESS, else the local cluster of `reconciler up`)",
     )
+    add_connect_timeout_argument(parser)
+
+
+def add_connect_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect-timeout", type=float, default=DEFAULTS.cluster.connect_timeout, metavar="S",
+                        help="seconds to wait for the cluster to answer before giving up (default: %(default)g)")
 
 
 def confirm(question: str) -> bool:
@@ -73,7 +79,7 @@ def start_local(desired: DesiredState, state_file: Path | None = None, *, simula
 
 
 def connect(address: str | None, *, desired: DesiredState | None = None, offer_local: bool = False,
-            yes: bool = False) -> Any:
+            yes: bool = False, connect_timeout: float | None = None) -> Any:
     """A connected adapter Cluster. With `offer_local`, no address and no cluster running, offers to start the local
     one (starts it with `yes`)."""
     from reconciler import adapter
@@ -87,7 +93,7 @@ def connect(address: str | None, *, desired: DesiredState | None = None, offer_l
                     "point --address / RAY_ADDRESS at yours"
                 )
             start_local(desired)
-    return adapter.connect(address)
+    return adapter.connect(address, connect_timeout=connect_timeout)
 
 
 def add_max_starting_argument(parser: argparse.ArgumentParser) -> None:

@@ -76,7 +76,7 @@ def observed_state(args: argparse.Namespace, desired: DesiredState) -> ObservedS
         return from_inventory(desired)
     if args.observed is not None:
         return read_snapshot(args.observed)
-    return live_state(getattr(args, "address", None), desired)
+    return live_state(getattr(args, "address", None), desired, connect_timeout=getattr(args, "connect_timeout", None))
 
 
 def describe_observed(args: argparse.Namespace) -> str:
@@ -93,7 +93,7 @@ def read_snapshot(path: Path) -> ObservedState:
     return read(path)
 
 
-def live_state(address: str | None, desired: DesiredState) -> ObservedState:
+def live_state(address: str | None, desired: DesiredState, *, connect_timeout: float | None = None) -> ObservedState:
     unavailable = "observing a live cluster needs the Ray adapter, which is not available here ({}); " \
         "use --offline or --observed FILE"
     try:
@@ -105,7 +105,17 @@ def live_state(address: str | None, desired: DesiredState) -> ObservedState:
     connect = getattr(adapter, "connect", None)
     if connect is None:
         raise UserError(unavailable.format("reconciler.adapter has no connect()"))
-    return connect(address).observe(desired)
+    with connect(address, connect_timeout=connect_timeout) as cluster:
+        return cluster.observe(desired)
+
+
+def report_dead_nodes(observed: ObservedState, *, fmt: str, color: bool) -> None:
+    """Dead nodes after the plan: in the text output, or on stderr where stdout is JSON or Markdown for machines."""
+    from reconciler.render.status import dead_node_lines
+
+    lines = dead_node_lines(observed, color=color and fmt == "text")
+    if lines:
+        print("\n".join(lines), file=sys.stdout if fmt == "text" else sys.stderr)
 
 
 def plan_against(desired: DesiredState, observed: ObservedState) -> Plan:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
@@ -54,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long Ray may leave a replica unscheduled before it is reported pending "
                         "(default: %(default)g)")
     _cluster.add_max_starting_argument(parser)
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="when another reconciler holds the cluster's apply lock, wait for it instead of exiting")
     parser.set_defaults(handler=run)
 
 
@@ -65,10 +68,19 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, obs
     """
     from reconciler.adapter.keeper import LeaseKeeper
     from reconciler.adapter.kv import RayKV
-    from reconciler.adapter.lease import Holder, acquire
+    from reconciler.adapter.lease import Holder, LeaseHeld, acquire, wait_acquire
 
     what = f"--plan {args.plan}" if args.plan is not None else str(args.directory)
-    lease = acquire(RayKV(), holder=Holder.current(f"reconciler apply {what}"), ttl=DEFAULTS.lease.ttl)
+    holder = Holder.current(f"reconciler apply {what}")
+    if args.wait_for_lock:
+        # Ctrl-C or SIGTERM ends the wait like any other: nothing has been applied yet.
+        lease = wait_acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl, stop=threading.Event(),
+                             on_wait=lambda held: print(f"Waiting: {held}", file=sys.stderr, flush=True))
+    else:
+        try:
+            lease = acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl)
+        except LeaseHeld as held:
+            raise UserError(f"{held} (or pass --wait-for-lock to wait for it)") from held
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
     try:
@@ -89,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         return run_saved(args)
     args.directory = args.directory or Path("specs")
     desired = _planning.load_directory(args.directory)
-    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes)
+    cluster = _cluster.connect(args.address, desired=desired, offer_local=not args.dry_run, yes=args.yes,
+                               connect_timeout=args.connect_timeout)
     with cluster:
         observed = cluster.observe(desired)
         plan = _planning.plan_against(desired, observed)
@@ -107,7 +120,7 @@ def run_saved(args: argparse.Namespace) -> int:
             f"Saved plan is stale: the specs in {args.directory} changed after {args.plan} was made. "
             "Nothing was applied; make a new plan with `reconciler plan --out`."
         )
-    with _cluster.connect(args.address) as cluster:
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
         observed = cluster.observe(assumed=plan.assumed)
         if plan.fingerprint != observed.fingerprint:
             raise UserError(
@@ -147,6 +160,12 @@ def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
     report = apply_holding_lock(args, cluster, executor=executor, plan=plan, observed=observed)
     after = cluster.observe(assumed=plan.assumed)
     sys.stdout.write(render_report(report, color=color))
+    reserves = {(g.node, g.index): g.reserve for g in plan.gpus}
     sys.stdout.write(render_status(after, routes=[m.route for m in plan.models], color=color,
-                                   http_url=cluster.http_url))
+                                   http_url=cluster.http_url, reserves=reserves,
+                                   gateway_url=report.gateway_urls[0] if report.gateway_urls else None))
+    from reconciler.gateway.exposure import open_endpoint_warning
+
+    if warning := open_endpoint_warning(report.gateway_urls, plan.gateway):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if report.ok else 1

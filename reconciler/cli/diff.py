@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.cli import _planning
+from reconciler.cli import _cluster, _planning
 from reconciler.errors import UserError
 from reconciler.plan import SYMBOLS
 from reconciler.render._common import replica_name, route
@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _planning.add_observed_arguments(parser)
     parser.add_argument("--address", metavar="ADDR", help="the Ray cluster to observe when neither --offline nor "
                         "--observed is given")
+    _cluster.add_connect_timeout_argument(parser)
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
                         help="how to print the diff (default: text)")
     parser.add_argument("--detailed-exitcode", action="store_true",

@@ -9,7 +9,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "down",
         help="stop the local Ray cluster",
-        description="Stop the local Ray cluster started by `reconciler up` (or by `apply --yes`) from this directory.",
+        description="Stop the local Ray cluster started by `reconciler up` (or by `apply --yes`) from this directory, "
+        "found by its state file, by .reconciler/cluster.pid, or by its supervisor's command line: whichever is "
+        "still there.",
     )
     parser.set_defaults(handler=run)
 

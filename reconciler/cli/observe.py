@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.observed import to_json
 
     desired = load_optional(args.directory)
-    with _cluster.connect(args.address) as cluster:
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
         observed = cluster.observe(desired)
     text = json.dumps(to_json(observed), indent=2, sort_keys=False) + "\n"
     if args.out is None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.cli import _planning
+from reconciler.cli import _cluster, _planning
 
 if TYPE_CHECKING:
     from reconciler.plan import Plan
@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _planning.add_observed_arguments(parser)
     parser.add_argument("--address", metavar="ADDR",
                         help="the Ray cluster to observe (default: Ray's own discovery, e.g. RAY_ADDRESS)")
+    _cluster.add_connect_timeout_argument(parser)
     parser.add_argument("--format", choices=("text", "json", "markdown"), default="text",
                         help="how to print the plan (default: text)")
     parser.add_argument("--out", metavar="FILE", type=Path,
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     desired = _planning.load_directory(args.directory)
     observed = _planning.observed_state(args, desired)
     plan = _planning.plan_against(desired, observed)
-    sys.stdout.write(render(plan, fmt=args.format, color=_planning.use_color(sys.stdout)))
+    color = _planning.use_color(sys.stdout)
+    sys.stdout.write(render(plan, fmt=args.format, color=color))
+    _planning.report_dead_nodes(observed, fmt=args.format, color=color)
     if args.out is not None:
         _planning.write_plan(args.out, plan)
         print(f"Saved the plan to {args.out}; `reconciler apply --plan {args.out}` applies exactly it.",

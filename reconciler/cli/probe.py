@@ -1,13 +1,15 @@
-"""`reconciler probe [DIR]`: send one real request to every model's endpoint and show what came back.
+"""`reconciler probe [DIR]`: send one real request to every model through the OpenAI base URL and show what came back.
 
-The smoke test after an apply: it goes through the same HTTP proxy and router a client would use, so a green probe
-means the model answers, not merely that Serve says RUNNING.
+The smoke test after an apply: it goes through the gateway a client would use (or, with ``--routes``, through each
+model's own route on Serve's HTTP proxy), so a green probe means the model answers, not merely that Serve says
+RUNNING.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli import _cluster
 from reconciler.errors import UserError
 
 PROMPT = "Say hello to the operator."
@@ -40,31 +43,39 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "probe",
         help="send one real request to every model's endpoint",
-        description="Send one OpenAI-compatible request to each model of DIR through the cluster's HTTP proxy "
+        description="Send one OpenAI-compatible request to each model of DIR through the OpenAI base URL "
         "(embeddings for pooling models, a chat completion for the others) and print the answers. "
         "Exits 1 when any model does not answer.",
     )
     parser.add_argument("directory", nargs="?", default="specs", type=Path, metavar="DIR")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, then the local cluster)")
-    parser.add_argument("--url", help="Serve HTTP base URL (default: asked from the cluster)")
+    _cluster.add_connect_timeout_argument(parser)
+    parser.add_argument("--url", help="the OpenAI base URL ending in /v1 (default: the gateway's, asked from the "
+                        "cluster); with --routes, Serve's HTTP base URL")
+    parser.add_argument("--routes", action="store_true",
+                        help="go through each model's own route on Serve's HTTP proxy instead of the base URL")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                        help="the key to send when the Gateway spec requires keys (default: $OPENAI_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)")
     parser.set_defaults(handler=run)
 
 
-def probes_for(desired: Any, base_url: str) -> list[Probe]:
+def probes_for(desired: Any, base_url: str, *, routes: bool = False) -> list[Probe]:
+    """One probe per model with replicas; to ``{base_url}/...`` (the OpenAI base URL), or with ``routes`` to each
+    model's own route under ``base_url`` (Serve's HTTP proxy)."""
     probes = []
     for model in desired.models:
         if model.replicas == 0:
             continue
-        route = model.route.rstrip("/")
+        route = (model.route.rstrip("/") + "/v1") if routes else ""
         args = model.engine_args
         if args.get("runner") == "pooling" or args.get("task") in ("embed", "embedding"):
             probes.append(
-                Probe(model.name, f"{base_url}{route}/v1/embeddings", {"model": model.name, "input": PROMPT}, "embeddings")
+                Probe(model.name, f"{base_url}{route}/embeddings", {"model": model.name, "input": PROMPT}, "embeddings")
             )
         else:
             body = {"model": model.name, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
-            probes.append(Probe(model.name, f"{base_url}{route}/v1/chat/completions", body, "chat"))
+            probes.append(Probe(model.name, f"{base_url}{route}/chat/completions", body, "chat"))
     return probes
 
 
@@ -77,10 +88,11 @@ def summarise(kind: str, payload: dict[str, Any]) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def send(probe: Probe, *, timeout: float) -> Outcome:
-    request = urllib.request.Request(
-        probe.url, data=json.dumps(probe.body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+def send(probe: Probe, *, timeout: float, api_key: str | None = None) -> Outcome:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(probe.url, data=json.dumps(probe.body).encode(), headers=headers, method="POST")
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -109,15 +121,18 @@ def run(args: argparse.Namespace) -> int:
     base_url = args.url
     if base_url is None:
         from reconciler.adapter import connect
+        from reconciler.adapter import gateway as gateways
 
-        with connect(args.address) as cluster:
+        with connect(args.address, connect_timeout=args.connect_timeout) as cluster:
             cluster.serve_details()
-            base_url = cluster.http_url
+            urls = [] if args.routes else gateways.urls(cluster)
+            base_url = urls[0] if urls else cluster.http_url if args.routes else None
         if base_url is None:
-            raise UserError("the cluster runs no Serve HTTP proxy yet: apply the specs first (`reconciler apply`)")
+            what = "Serve HTTP proxy" if args.routes else "gateway"
+            raise UserError(f"the cluster runs no {what} yet: apply the specs first (`reconciler apply`)")
     failed = 0
-    for probe in probes_for(result.desired, base_url.rstrip("/")):
-        outcome = send(probe, timeout=args.timeout)
+    for probe in probes_for(result.desired, base_url.rstrip("/"), routes=args.routes):
+        outcome = send(probe, timeout=args.timeout, api_key=args.api_key)
         ok = outcome.status == 200
         failed += not ok
         mark = "ok  " if ok else "FAIL"

@@ -4,7 +4,6 @@ running and why."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
                         help="the spec directory (default: specs; optional)")
-    _cluster.add_address_argument(parser)
     parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="text for people, or json for scripts (default: text)")
+                        help="json: one document for scripts (schema: schemas/status.schema.json)")
+    _cluster.add_address_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -37,27 +36,42 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.render.jobs import job_lines, status_json
     from reconciler.render.status import lock_lines, render_status
 
+    from reconciler.adapter import gateway as gateways
+    from reconciler.gateway.exposure import open_endpoint_warning
+
     desired = load_optional(args.directory)
 
-    with _cluster.connect(args.address) as cluster:
+    with _cluster.connect(args.address, connect_timeout=args.connect_timeout) as cluster:
         observed = cluster.observe(desired)
         http_url = cluster.http_url
+        gateway_urls = gateways.urls(cluster)
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
         lock = lock_lines(describe(RayKV()), time.time())
-    unplaced = ()
+    unplaced, reserves = (), {}
     # Jobs' states come from the plan (their runs, retries and schedules are decided there); ad-hoc jobs recorded in
     # the cluster are part of it even without a spec directory.
     plan = _planning.plan_against(desired if desired is not None else DesiredState(), observed)
     if desired is not None:
-        unplaced = plan.unplaced
-    if args.format == "json":
-        print(json.dumps(status_json(plan, observed), indent=2, sort_keys=True))
-        return 0
+        unplaced, reserves = plan.unplaced, {(g.node, g.index): g.reserve for g in plan.gpus}
     routes = [m.route_path for m in desired.models] if desired is not None else []
+    warning = open_endpoint_warning(gateway_urls, desired.gateway if desired is not None else None)
+    if args.format == "json":
+        import json
+
+        from reconciler.render.status_json import status_document
+
+        document = status_document(observed, desired=desired, gateway_urls=gateway_urls, http_url=http_url,
+                                   unplaced=unplaced, warnings=[w for w in (warning,) if w])
+        document.update(status_json(plan, observed))
+        print(json.dumps(document, indent=2))
+        return 0
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
-                                   http_url=http_url, unplaced=unplaced))
+                                   http_url=http_url, unplaced=unplaced, reserves=reserves,
+                                   gateway_url=gateway_urls[0] if gateway_urls else None))
     for line in lock:
         print(line)
     for line in job_lines(plan):
         print(line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

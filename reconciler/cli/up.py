@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
+from reconciler.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,5 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if state is not None:
         print(f"A local cluster is already running: Ray {state['address']}, models at {state['http_url']}.")
         return 0
+    running = localcluster.supervisors(path)
+    if running:
+        raise UserError(
+            f"a local cluster started from here is still running (supervisor pid {', '.join(map(str, running))}) "
+            f"though {path} does not describe it; stop it with `reconciler down`, then run `reconciler up` again"
+        )
     _cluster.start_local(desired, path, simulate=args.simulate)
     return 0

@@ -31,11 +31,14 @@ Ctrl-C or SIGTERM finishes the current step and releases the lock; a second one 
 EPILOG = """\
 events (--events FILE, or --log-format json on stdout): one JSON object per line with time, event, message and
 fields: started, lease, lease-lost, spec-loaded, spec-invalid, revision, revision-invalid, plan, drift, skipped,
-backoff, apply, action, applied, failure, cycle, stopped. A cycle's cause is startup, spec-change, drift-timer, cluster-change (the --poll
-probe saw Serve change) or retry.
+backoff, apply, action, applied, failure, cycle, reconnected, stopped. A cycle's cause is startup, spec-change,
+drift-timer, cluster-change (the --poll probe saw Serve change) or retry. When the cluster stops answering (stopped,
+restarted), watch says so (a failure with stage connect), connects again with backoff (a restarted local cluster at
+its new address), takes the lock again and carries on.
 
 metrics (--metrics-port P, on 127.0.0.1): reconciler_gpu_vram_{total,reserved,planned,used,foreign}_bytes,
 reconciler_replicas{model,state}, reconciler_replicas_desired, reconciler_replicas_unplaced,
+reconciler_nodes{state}, reconciler_node_dead_since_timestamp_seconds{node},
 reconciler_actions_applied_total, reconciler_actions_failed_total, reconciler_reconcile_duration_seconds,
 reconciler_drift_detected_total, reconciler_last_successful_reconcile_timestamp_seconds, reconciler_spec_valid;
 with --git also reconciler_git_revision_info{commit,subject,branch,state} and
@@ -78,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="keep the local bare copy here across restarts (default: a temporary one)")
     parser.add_argument("--address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, or the local one "
                         "`reconciler up` started)")
+    _cluster.add_connect_timeout_argument(parser)
     _planning.add_observed_arguments(parser)
     parser.add_argument("--interval", type=positive, default=DEFAULTS.watch.interval, metavar="S",
                         help="seconds between drift checks (default: %(default)g)")
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(DEFAULTS.watch, interval=args.interval, debounce=args.debounce,
                                    heal=not args.no_heal, plan_only=args.plan_only, poll=args.poll)
     options = WatchOptions(
-        directory=Path(directory), settings=settings, address=args.address, observed=args.observed,
+        directory=Path(directory), settings=settings, address=args.address,
+        connect_timeout=args.connect_timeout, observed=args.observed,
         offline=args.offline, events_file=args.events, log_format=args.log_format, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, yes=args.yes, lease_ttl=args.lease_ttl, wait_for_lock=args.wait_for_lock,
         apply=dataclasses.replace(DEFAULTS.apply, max_starting=args.max_starting),

@@ -11,6 +11,9 @@ The contract every engine deployment class keeps (the per-model router and the e
 - ``async def info(self) -> dict``: who and where the replica is, as the replica itself sees it: ``model``,
   ``replica``, ``node`` (spec name), ``ray_node_id``, ``cuda_visible_devices``, ``pid``, ``engine``.
 - ``check_health(self)``: Serve's health check; raises when the engine is dead.
+- ``http_app(self)`` (may be async): the engine's own OpenAI-compatible ASGI app (``/v1/...``, streaming as Server-Sent
+  Events, a client disconnect cancels the request). The replica serves it on its own endpoint for the gateway.
+- ``running_requests(self) -> int``: requests the engine holds right now.
 """
 
 from __future__ import annotations

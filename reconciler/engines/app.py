@@ -11,7 +11,9 @@ replica's ``user_config`` carries what may change without a restart (``config_ha
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 from typing import Any
 
 from ray import serve
@@ -41,6 +43,33 @@ class Replica:
         self._engine = engine_class(engine_config["engine"])(engine_config)
         self._restart_hash = restart_hash
         self._config_hash = ""
+        self._endpoint: Any = None
+        self._endpoint_task: asyncio.Future | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # Listening before Serve reports RUNNING means the gateway's first request finds the endpoint up.
+        self._endpoint_task = asyncio.ensure_future(self._start_endpoint())
+
+    async def _start_endpoint(self) -> str:
+        from reconciler.engines.endpoint import Endpoint, node_ip
+
+        app = self._engine.http_app()
+        if inspect.isawaitable(app):
+            app = await app
+        self._endpoint = Endpoint(app, node_ip())
+        return await self._endpoint.start()
+
+    async def endpoint(self) -> str:
+        """The base URL of this replica's own OpenAI HTTP endpoint (``http://IP:PORT``, paths under ``/v1``)."""
+        if self._endpoint_task is None or (self._endpoint_task.done() and self._endpoint_task.exception()):
+            self._endpoint_task = asyncio.ensure_future(self._start_endpoint())
+        return await asyncio.shield(self._endpoint_task)
+
+    async def running_requests(self) -> int:
+        """Requests the engine holds right now (a cancelled stream leaves this count)."""
+        return int(self._engine.running_requests())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._config_hash = str(user_config.get("config_hash", ""))
@@ -67,6 +96,8 @@ class Replica:
     def __del__(self) -> None:
         # Serve calls this when it stops the replica. Dropping the engine here ends vLLM's engine-core process with
         # the replica rather than whenever the garbage collector gets to it.
+        if self._endpoint is not None:
+            self._endpoint.stop()
         self._engine = None
 
 

@@ -10,16 +10,22 @@ Engine args (all optional, for drills):
 - ``startup_error``: a message the constructor raises, to rehearse a replica that fails at load (e.g. "out of memory");
 - ``startup_error_while_exists``: a path; ``startup_error`` is raised only while it exists on the replica's node, to
   rehearse a failure that gets fixed (a driver reinstalled, a disk freed) and the retry that follows;
-- ``dimensions``: the embedding size (default 8).
+- ``dimensions``: the embedding size (default 8);
+- ``stream_delay_s``: seconds between streamed chunks (default 0), to hold a stream open long enough to watch it.
+
+With ``stream: true`` completions and chat stream one chunk per word, in vLLM's chunk format (``include_usage``
+honoured); ``running_requests()`` counts the streams in progress, so a test can see a cancelled one go.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 from reconciler.engines import EngineConfig
 
@@ -40,7 +46,9 @@ class EchoEngine:
         if args.get("startup_error") and not fixed:
             raise EchoStartupError(str(args["startup_error"]))
         self.dimensions = int(args.get("dimensions", 8))
+        self.stream_delay_s = float(args.get("stream_delay_s", 0))
         self.started = time.time()
+        self.running = 0
 
     async def openai(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         created = int(time.time())
@@ -80,6 +88,50 @@ class EchoEngine:
             return 200, {"object": "list", "model": name, "data": data, "usage": _usage(" ".join(map(str, items)), "")}
         return 404, {"error": {"message": f"unknown endpoint {endpoint!r}", "type": "invalid_request_error"}}
 
+    async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Server-sent events for a streamed completion or chat: one word a chunk, then usage if asked, then DONE."""
+        status, whole = await self.openai(endpoint, {**body, "stream": False})
+        if status != 200:
+            yield _sse(whole)
+            yield b"data: [DONE]\n\n"
+            return
+        chat = endpoint == "chat/completions"
+        choice = whole["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        base = {"id": whole["id"], "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": whole["created"], "model": whole["model"]}
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        words = text.split(" ")
+        self.running += 1
+        try:
+            if chat:
+                yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "logprobs": None, "finish_reason": None}]})
+            for i, word in enumerate(words):
+                if self.stream_delay_s:
+                    await asyncio.sleep(self.stream_delay_s)
+                piece = word if i == 0 else " " + word
+                last = i == len(words) - 1
+                finish = "stop" if last else None
+                if chat:
+                    delta = {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": finish}
+                else:
+                    delta = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+                yield _sse({**base, "choices": [delta]})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": whole["usage"]})
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.running -= 1
+
+    def running_requests(self) -> int:
+        return self.running
+
+    def http_app(self) -> Any:
+        from reconciler.engines.echo_http import build_app
+
+        return build_app(self)
+
     async def info(self) -> dict[str, Any]:
         import ray  # inside the replica only: keeps this module importable without a cluster
 
@@ -97,6 +149,10 @@ class EchoEngine:
 
     def check_health(self) -> None:
         return None
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _usage(prompt: str, completion: str) -> dict[str, int]:

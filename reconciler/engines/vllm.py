@@ -89,6 +89,7 @@ class VllmEngine:
     def __init__(self, config: dict):
         self.config = EngineConfig.from_dict(config)
         self._serving_state = None
+        self._app = None
         self._serving_lock: asyncio.Lock | None = None
         self._engine = None
         self.device = "unknown"
@@ -241,15 +242,26 @@ class VllmEngine:
             if self._serving_state is None:
                 import argparse
 
-                from starlette.datastructures import State
-                from vllm.entrypoints.openai.api_server import init_app_state
+                from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+                from vllm.entrypoints.launchers.app import build_app
 
-                state = State()
                 args = argparse.Namespace(**(vars(self._frontend_args) | vars(self._engine_args)))
                 tasks = await self._engine.get_supported_tasks()
-                await init_app_state(self._engine, state, args, supported_tasks=tasks)
-                self._serving_state = state
+                # vLLM's own OpenAI app: the replica's HTTP endpoint serves it, and the handle path shares its state.
+                app = build_app(args, tasks, self._engine.model_config)
+                await init_app_state(self._engine, app.state, args, supported_tasks=tasks)
+                self._app = app
+                self._serving_state = app.state
         return self._serving_state
+
+    async def http_app(self):
+        """vLLM's own OpenAI server app on this engine (streaming, disconnect aborts the request, vLLM's errors)."""
+        await self._serving()
+        return self._app
+
+    def running_requests(self) -> int:
+        """Requests the engine holds (queued or generating); a cancelled request leaves this count."""
+        return int(self._engine.output_processor.get_num_unfinished_requests())
 
     async def _generate(self, state, endpoint: str, body: dict) -> tuple[int, dict]:
         from pydantic import ValidationError

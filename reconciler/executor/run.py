@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reconciler.adapter import gateway as gateways
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
 from reconciler.errors import TransientError
 from reconciler.executor import jobs as job_steps
 from reconciler.executor import serveconfig, steps, waiting
 from reconciler.executor.progress import Progress
 from reconciler.executor.waiting import AppResult
-from reconciler.plan import Action, ActionKind, Plan, is_job
-from reconciler.settings import DEFAULTS, ApplySettings
+from reconciler.gateway.table import RouteTable, build_table
+from reconciler.desired import Gateway
+from reconciler.plan import Action, ActionKind, ModelRuntime, Plan, is_job
+from reconciler.settings import DEFAULTS, ApplySettings, GatewaySettings
 
 @dataclass(frozen=True)
 class Outcome:
@@ -28,6 +32,8 @@ class Report:
     elapsed: float = 0.0
     cleaned: list[str] = field(default_factory=list)  # applications of ours removed that no action named
     router_errors: list[str] = field(default_factory=list)
+    gateway_urls: list[str] = field(default_factory=list)  # the OpenAI base URLs, one per gateway
+    gateway_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,6 +53,9 @@ class Executor:
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
         self.last_serve: dict[str, Any] = {}  # the last Serve details this executor read (watch's probe baseline)
+        self._plan: Plan | None = None  # the plan being applied: the gateways' route table is built from it
+        self._gateway_urls: list[str] = []
+        self._gateway_errors: list[str] = []
 
     def _serve(self) -> dict[str, Any]:
         self.last_serve = self.cluster.serve_details()
@@ -56,7 +65,14 @@ class Executor:
         """True when applying `plan` would change nothing (it is empty and our applications are its end state)."""
         if not plan.empty:
             return False
-        return steps.in_sync(our_configs(self._serve()), steps.target(plan))
+        tgt = steps.target(plan)
+        if not steps.in_sync(our_configs(self._serve()), tgt):
+            return False
+        # The gateways' route table is part of the end state: a gateway that lacks it is not in sync.
+        if not self.settings.gateway.enabled:
+            return True
+        wanted = route_table(plan, tgt.apps)
+        return gateways.stored_table(self.cluster).same_routes(wanted) and bool(gateways.urls(self.cluster))
 
     def apply(self, plan: Plan) -> Report:
         """Carry out a plan; it is self-contained (see ``reconciler.plan``), so nothing else is needed."""
@@ -74,6 +90,7 @@ class Executor:
         results: dict[str, AppResult] = {}
         report = Report()
         named = set(tgt.old_app.values())
+        self._plan = plan
         # Jobs that are preempted or stopped give their VRAM back before any replica needs it.
         job_results = job_steps.stop_all(self.cluster.jobs, plan, self.settings) if job_steps.stops(plan) else []
 
@@ -101,7 +118,10 @@ class Executor:
         by_index = {r.index: Outcome(plan.actions[r.index], r.ok, r.message) for r in job_results}
         replicas = iter(self._outcomes(plan, tgt, results, failed_replacements))
         report.outcomes = [by_index[i] if is_job(a.model) else next(replicas) for i, a in enumerate(plan.actions)]
+        self._publish(create.apps)
         report.router_errors = list(self.router_errors)
+        report.gateway_urls = list(self._gateway_urls)
+        report.gateway_errors = list(self._gateway_errors)
         report.elapsed = time.monotonic() - started
         return report
 
@@ -146,6 +166,17 @@ class Executor:
         ]
         if routers:
             self._wait_routers(routers)
+            self._publish(phase.apps)  # the gateways switch with the routers (make-before-break)
+
+    def _publish(self, apps: dict[str, dict[str, Any]]) -> None:
+        if self._plan is None or not self.settings.gateway.enabled:
+            return
+        try:
+            self._gateway_urls = gateways.publish(self.cluster, route_table(self._plan, apps),
+                                                  gateway_settings(self._plan.gateway, self.settings.gateway))
+            self._gateway_errors = []
+        except Exception as exc:  # noqa: BLE001 - the per-model routes still serve: report, don't fail the apply
+            self._gateway_errors = [f"the gateway did not take the route table: {type(exc).__name__}: {exc}"[:500]]
 
     def _wait_routers(self, routers: list[str]) -> None:
         """Until reconfigured or new routers serve: when apply returns, every route answers with its new backends."""
@@ -237,3 +268,31 @@ class Executor:
                 outcomes.append(Outcome(action, True, "reconfigured"))
         return outcomes
 
+
+def route_table(plan: Plan, apps: dict[str, dict[str, Any]]) -> RouteTable:
+    """The gateways' table for a plan, given our Serve application configs at this point of its apply."""
+    return build_table(models=plan.models, apps=apps, unplaced=[u.model for u in plan.unplaced],
+                       created=int(time.time()), gateway=plan.gateway)
+
+
+def gateway_settings(spec: Gateway | None, settings: GatewaySettings) -> GatewaySettings:
+    """The Gateway spec's listen address wins over the defaults."""
+    if spec is None:
+        return settings
+    return replace(settings, host=spec.host or settings.host, port=spec.port or settings.port)
+
+
+def sync_gateway(cluster: Any, *, models: Sequence[ModelRuntime], gateway: Gateway | None,
+                 settings: GatewaySettings = DEFAULTS.apply.gateway) -> bool:
+    """Publish the route table of these models and the applications running now, when the gateways' differs.
+
+    For loops that apply only plans with actions (watch): a changed key, limit or replica-less model changes no
+    replica, so no apply would carry it to the gateways. True when it published."""
+    if not settings.enabled:
+        return False
+    table = build_table(models=models, apps=our_configs(cluster.serve_details()), created=int(time.time()),
+                        gateway=gateway)
+    if gateways.stored_table(cluster).same_routes(table) and gateways.urls(cluster):
+        return False
+    gateways.publish(cluster, table, gateway_settings(gateway, settings))
+    return True

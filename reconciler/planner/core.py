@@ -56,6 +56,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     specs, desired = desired, jobplace.with_recorded(desired, observed)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
+    dead = frozenset(n.name for n in observed.nodes if not n.alive)
     outcomes: dict[tuple[str, int], _Outcome] = {}
     views: list[GpuView] = []
     unplaced: list[Unplaced] = []
@@ -63,7 +64,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     job_outcomes: dict[tuple[str, int], _Outcome] = {}
     quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
-        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary)
+        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
         pp = jobplace.with_jobs(pp, desired, chosen)
         solution = jobplace.pack_pinned(pp.problem, settings.packing)
         q = solution.quality

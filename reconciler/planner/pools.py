@@ -65,8 +65,11 @@ def primary_replicas(observed: ObservedState) -> dict[tuple[str, int], ObservedR
 
 
 def build(
-    *, pool: Pool, nodes: tuple[ObservedNode, ...], desired: DesiredState, primary: dict[tuple[str, int], ObservedReplica]
+    *, pool: Pool, nodes: tuple[ObservedNode, ...], desired: DesiredState, primary: dict[tuple[str, int], ObservedReplica],
+    dead: frozenset[str] = frozenset(),
 ) -> PoolProblem:
+    """The pool's packing problem. A running replica on a ``dead`` node must move, and that move counts against the
+    pool's maxMoves like any other: only what is left of the budget may move replicas that could have stayed."""
     bins: list[Bin] = []
     foreign: list[int] = []
     where: dict[tuple[str, int], int] = {}
@@ -77,6 +80,7 @@ def build(
             foreign.append(gpu.foreign)
     models = desired.models_in(pool.name)
     items: list[Item] = []
+    moved_off_dead = 0
     for model in models:
         count = model.replicas if model.replicas is not None else _elastic_bound(model, bins, primary)
         for r in range(count):
@@ -86,6 +90,8 @@ def build(
                 located = tuple(where.get((seen.node, g), -1) for g in seen.gpus)
                 if -1 not in located:
                     current = located
+                elif seen.node in dead:
+                    moved_off_dead += 1
             items.append(
                 Item(
                     model=model.name,
@@ -100,7 +106,8 @@ def build(
                     current=current,
                 )
             )
-    problem = Problem(bins=tuple(bins), items=tuple(items), policy=pool.placement, max_moves=pool.max_moves)
+    problem = Problem(bins=tuple(bins), items=tuple(items), policy=pool.placement,
+                      max_moves=max(0, pool.max_moves - moved_off_dead))
     return PoolProblem(pool=pool, nodes=nodes, problem=problem, models=models, foreign=tuple(foreign))
 
 

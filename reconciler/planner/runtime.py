@@ -21,6 +21,7 @@ def model_runtime(model: Model) -> ModelRuntime:
         route=model.route_path,
         restart_hash=model.restart_hash,
         config_hash=model.config_hash,
+        replicas=model.replicas,
     )
 
 
@@ -60,4 +61,5 @@ def self_contained(plan: Plan, *, desired: DesiredState, observed: ObservedState
         placement=tuple(replace(p, gpu_memory=_gpu_memory(observed, p)) for p in plan.placement),
         models=tuple(model_runtime(m) for m in sorted(desired.models, key=lambda m: m.name)),
         assumed=assumed_gpus(desired),
+        gateway=desired.gateway,
     )

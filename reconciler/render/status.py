@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
-from reconciler.observed import ObservedReplica, ObservedState, ReplicaState
-from reconciler.plan import replica_id
+from reconciler.observed import ObservedNode, ObservedReplica, ObservedState, ReplicaState, dead_nodes, replicas_on
+from reconciler.plan import GpuUse, GpuView, replica_id
 from reconciler.quantity import format_bytes
+from reconciler.render._common import CellKind, free, segments, used
 
 BAR_WIDTH = 40
-MARKS = "█▓▒■◆●▲▼"
+MARKS = "█▓■◆●▲▼◼"  # one per replica on a GPU; the other cells are as in plans (free, foreign, reserve)
+_CELLS = {CellKind.FREE: "·", CellKind.FOREIGN: "░", CellKind.RESERVE: "▒"}
 
 _COLOURS = {"ok": "32", "warn": "33", "bad": "31", "dim": "2", "bold": "1"}
 
@@ -19,14 +22,15 @@ def _c(text: str, style: str, color: bool) -> str:
     return f"\033[{_COLOURS[style]}m{text}\033[0m" if color else text
 
 
-def _bar(gpu_memory: int, uses: list[tuple[str, int]], foreign: int) -> str:
-    cells: list[str] = []
-    total = max(gpu_memory, 1)
-    for i, (_, vram) in enumerate(uses):
-        cells += [MARKS[i % len(MARKS)]] * max(1, round(vram / total * BAR_WIDTH))
-    cells += ["x"] * (round(foreign / total * BAR_WIDTH) if foreign else 0)
-    cells = cells[:BAR_WIDTH]
-    return "[" + "".join(cells) + "·" * (BAR_WIDTH - len(cells)) + "]"
+def _bar(gpu: GpuView, uses: tuple[GpuUse, ...]) -> str:
+    """The same cut of a GPU into cells as the plan's bars (``render._common.segments``)."""
+    cells = []
+    for seg in segments(gpu, uses, BAR_WIDTH):
+        if seg.kind is CellKind.REPLICA:
+            cells.append(MARKS[uses.index(seg.use) % len(MARKS)] * seg.width)
+        else:
+            cells.append(_CELLS[seg.kind] * seg.width)
+    return "[" + "".join(cells) + "]"
 
 
 def _state(replica: ObservedReplica, color: bool) -> str:
@@ -47,13 +51,23 @@ def render_status(
     color: bool = False,
     http_url: str | None = None,
     unplaced: Iterable[Any] = (),
+    gateway_url: str | None = None,
+    reserves: Mapping[tuple[str, int], int] | None = None,
 ) -> str:
+    """``reserves``: the VRAM each GPU's pool keeps free, by (node, index), when the specs are known."""
+    reserves = reserves or {}
     lines: list[str] = []
+    if gateway_url:  # first: it is what people point their clients at
+        lines.append(_c("OpenAI base URL: ", "bold", color) + gateway_url)
     on_gpu: dict[tuple[str, int], list[ObservedReplica]] = {}
     for replica in observed.replicas:
         for gpu in replica.gpus:
             on_gpu.setdefault((replica.node, gpu), []).append(replica)
     for node in observed.nodes:
+        if not node.alive:
+            lines.append(_c(f"{node.name}", "bold", color) + "  " + _c(dead_node_line(observed, node), "bad", color))
+            lines.append("")
+            continue
         source = "simulated from the inventory" if node.simulated else "NVML"
         labels = ", ".join(f"{k}={v}" for k, v in node.labels if not k.startswith("reconciler.io/"))
         lines.append(_c(f"{node.name}", "bold", color) + f"  ({source}{'; ' + labels if labels else ''})")
@@ -62,13 +76,17 @@ def render_status(
         for gpu in node.gpus:
             replicas = sorted(on_gpu.get((node.name, gpu.index), []), key=lambda r: (r.model, r.replica))
             held = [r for r in replicas if r.state != ReplicaState.PENDING]
-            used = sum(r.vram for r in held)
-            free = max(0, gpu.memory - used - gpu.foreign)
-            uses = [(replica_id(r.model, r.replica), r.vram) for r in held]
+            uses = tuple(GpuUse(r.model, r.replica, r.vram) for r in held)
+            reserve = reserves.get((node.name, gpu.index), 0)
+            view = GpuView(pool="", node=node.name, index=gpu.index, name=gpu.name, memory=gpu.memory,
+                           reserve=reserve, foreign=gpu.foreign, before=uses, after=uses)
+            left = max(0, free(view, uses))
             lines.append(
-                f"  gpu{gpu.index} {gpu.name or '?':<10} {_bar(gpu.memory, uses, gpu.foreign)} "
-                f"{format_bytes(used)} reconciler, {format_bytes(gpu.foreign)} foreign, "
-                f"{_c(format_bytes(free) + ' free', 'ok' if free else 'warn', color)} of {format_bytes(gpu.memory)}"
+                f"  gpu{gpu.index} {gpu.name or '?':<10} {_bar(view, uses)} "
+                f"{format_bytes(used(uses))} reconciler, {format_bytes(gpu.foreign)} foreign, "
+                + (f"{format_bytes(reserve)} reserve, " if reserve else "")
+                + _c(format_bytes(left) + " free", "ok" if left else "warn", color)
+                + f" of {format_bytes(gpu.memory)}"
             )
             for replica in replicas:
                 mark = MARKS[held.index(replica) % len(MARKS)] if replica in held else " "
@@ -92,12 +110,32 @@ def render_status(
             lines.append(f"  {replica_id(item.model, item.replica)}: {item.reason}")
         lines.append("")
     running = sum(1 for r in observed.replicas if r.state == ReplicaState.RUNNING)
-    summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes)} node(s)"
+    dead = dead_nodes(observed)
+    summary = f"{running}/{len(observed.replicas)} replicas running on {len(observed.nodes) - len(dead)} node(s)"
+    if dead:
+        summary += _c(f"; {len(dead)} node(s) dead: {', '.join(n.name for n in dead)}", "bad", color)
     routes = list(routes)
     if http_url and routes:
         summary += "; endpoints: " + ", ".join(f"{http_url}{route}" for route in routes)
     lines.append(summary)
     return "\n".join(lines) + "\n"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def dead_node_line(observed: ObservedState, node: ObservedNode) -> str:
+    """A dead node in one line: since when, why, and what ran there (its replicas must find room elsewhere)."""
+    since = f" since {_iso(node.dead_since)}" if node.dead_since is not None else ""
+    why = f" ({node.death_reason})" if node.death_reason else ""
+    ran = sorted(replica_id(r.model, r.replica) for r in replicas_on(observed, node.name))
+    return f"DEAD{since}{why}; ran: {', '.join(ran) if ran else 'no replicas of reconciler'}"
+
+
+def dead_node_lines(observed: ObservedState, *, color: bool = False) -> list[str]:
+    """Dead nodes for the plan's readers: the plan itself only says where their replicas go now."""
+    return [_c(f"node {n.name}: {dead_node_line(observed, n)}", "bad", color) for n in dead_nodes(observed)]
 
 
 def render_report(report: Any, *, color: bool = False) -> str:
@@ -110,6 +148,8 @@ def render_report(report: Any, *, color: bool = False) -> str:
         lines.append(f"{_c('ok  ', 'ok', color)} removed {app} (not in the plan's end state)")
     for error in report.router_errors:
         lines.append(f"{_c('FAIL', 'bad', color)} {error}")
+    for error in getattr(report, "gateway_errors", ()):
+        lines.append(f"{_c('WARN', 'bad', color)} {error}")
     failed = len(report.failed) + len(report.router_errors)
     verdict = _c(f"{failed} action(s) failed", "bad", color) if failed else _c("all actions succeeded", "ok", color)
     lines.append(f"Apply finished in {report.elapsed:.1f}s: {verdict}.")

@@ -13,8 +13,15 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from reconciler.schemas import observed, plan
-from reconciler.spec.models import AnyDocument, JobDocument, ModelDocument, PriorityClassDocument, ResourcePoolDocument
+from reconciler.schemas import observed, plan, status
+from reconciler.spec.models import (
+    AnyDocument,
+    GatewayDocument,
+    JobDocument,
+    ModelDocument,
+    PriorityClassDocument,
+    ResourcePoolDocument,
+)
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -34,16 +41,17 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
         "resourcepool.schema.json": _spec_schema(
             ResourcePoolDocument, "ResourcePool", "A reconciler/v1 ResourcePool spec document."
         ),
+        "gateway.schema.json": _spec_schema(GatewayDocument, "Gateway", "A reconciler/v1 Gateway spec document."),
         "document.schema.json": _spec_schema(
             AnyDocument,
             "reconciler/v1 document",
-            "Any one reconciler/v1 spec document (Job, Model, PriorityClass or ResourcePool), chosen by its kind.",
+            "Any one reconciler/v1 spec document (Gateway, Job, Model, PriorityClass or ResourcePool), chosen by its kind.",
         ),
     }
 
 
 def other_schemas() -> dict[str, dict[str, Any]]:
-    return {module.FILENAME: module.schema() for module in (observed, plan)}
+    return {module.FILENAME: module.schema() for module in (observed, plan, status)}
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -59,6 +59,13 @@ def _node() -> dict[str, Any]:
         {
             "nodeId": {"type": ["string", "null"], "default": None, "description": "Ray's node id; null offline"},
             "alive": {"type": "boolean", "default": True},
+            "deadSince": {
+                "type": ["number", "null"],
+                "default": None,
+                "description": "unix seconds when Ray declared the node dead; null while it is alive or when Ray "
+                "did not say",
+            },
+            "deathReason": {"type": "string", "default": "", "description": "Ray's words for why the node died"},
             "simulated": {
                 "type": "boolean",
                 "default": True,

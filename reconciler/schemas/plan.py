@@ -15,6 +15,7 @@ FILENAME = "plan.schema.json"
 _NAME = {"type": "string", "minLength": 1}
 _INDEX = {"type": "integer", "minimum": 0}
 _BYTES = {"type": "integer", "minimum": 0, "description": "bytes"}
+_LIMIT = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
 
 
 def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -142,6 +143,10 @@ def schema() -> dict[str, Any]:
                         "route": {"type": "string", "pattern": "^/"},
                         "restartHash": _NAME,
                         "configHash": _NAME,
+                        "replicas": {
+                            "oneOf": [{"type": "integer", "minimum": 0}, {"type": "null"}],
+                            "description": "replicas the spec asks for; null for max",
+                        },
                     },
                 ),
             },
@@ -179,6 +184,34 @@ def schema() -> dict[str, Any]:
                         "priority": {"type": "integer"},
                     },
                 ),
+            },
+            "gateway": {
+                "oneOf": [
+                    {"type": "null"},
+                    _obj(
+                        "The Gateway spec: where the OpenAI base URL listens and which keys it takes (hashes only).",
+                        {
+                            "name": _NAME,
+                            "host": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+                            "port": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                                               {"type": "null"}]},
+                            "keys": {
+                                "type": "array",
+                                "items": _obj(
+                                    "One API key, by name and SHA-256 hash; the key itself is never written.",
+                                    {
+                                        "name": _NAME,
+                                        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                        "models": {"type": "array", "items": _NAME},
+                                        "requestsPerMinute": _LIMIT,
+                                        "concurrentRequests": _LIMIT,
+                                        "tokensPerMinute": _LIMIT,
+                                    },
+                                ),
+                            },
+                        },
+                    ),
+                ],
             },
             "digest": {
                 "type": "string",
@@ -241,7 +274,7 @@ def schema() -> dict[str, Any]:
         },
         "required": sorted(
             ["format", "fingerprint", "desiredFingerprint", "summary", "actions", "placement", "unplaced", "gpus",
-             "quality", "models", "assumed", "digest"]
+             "quality", "models", "assumed", "gateway", "digest"]
         ),
         "additionalProperties": False,
         "$defs": {"location": _location(), "action": _action(), "use": _use()},

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from reconciler.desired import (
     IMPLICIT_PRIORITY,
+    ApiKey,
+    Gateway,
     DesiredState,
     Engine,
     GpuSpec,
@@ -100,6 +102,22 @@ def _job(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallb
     )
 
 
+def _gateway(doc: Parsed) -> Gateway:
+    spec = doc.spec
+    keys = tuple(
+        ApiKey(
+            name=key.name,
+            sha256=key.sha256,
+            models=tuple(dict.fromkeys(key.models)),
+            requests_per_minute=key.limits.requests_per_minute,
+            concurrent_requests=key.limits.concurrent_requests,
+            tokens_per_minute=key.limits.tokens_per_minute,
+        )
+        for key in spec.keys
+    )
+    return Gateway(name=doc.name, host=spec.host, port=spec.port, keys=tuple(sorted(keys, key=lambda k: k.name)))
+
+
 def build(catalog: Catalog) -> DesiredState:
     classes = {doc.name: _class(doc) for doc in catalog.classes}
     default = default_class(catalog)
@@ -109,4 +127,5 @@ def build(catalog: Catalog) -> DesiredState:
         priority_classes=tuple(sorted(classes.values(), key=lambda c: c.name)),
         models=tuple(sorted((_model(d, catalog, classes, fallback) for d in catalog.models), key=lambda m: m.name)),
         jobs=tuple(sorted((_job(d, catalog, classes, fallback) for d in catalog.jobs), key=lambda j: j.name)),
+        gateway=_gateway(catalog.gateways[0]) if catalog.gateways else None,
     )

@@ -207,3 +207,29 @@ StringMap = Annotated[
     WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
 ]
 JsonMapping = Annotated[dict[str, Any], PlainValidator(_json_mapping), WithJsonSchema({"type": "object"})]
+
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def _sha256(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(SHA256_PATTERN, value):
+        raise ValueError(
+            f"{describe(value)} is not a SHA-256 hash: write the 64 lowercase hex digits `reconciler keys new` "
+            "prints, never the key itself"
+        )
+    return value
+
+
+def _model_selector(value: Any) -> str:
+    if value == "*":
+        return value
+    return _name(value)
+
+
+Sha256 = Annotated[str, PlainValidator(_sha256), WithJsonSchema({"type": "string", "pattern": SHA256_PATTERN})]
+ModelSelector = Annotated[
+    str,
+    PlainValidator(_model_selector),
+    WithJsonSchema({"anyOf": [{"const": "*"}, {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX}]}),
+]

@@ -154,6 +154,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -
         classes=tuple(p for p in parsed if p.kind == "PriorityClass"),
         models=tuple(p for p in parsed if p.kind == "Model"),
         jobs=tuple(p for p in parsed if p.kind == "Job"),
+        gateways=tuple(p for p in parsed if p.kind == "Gateway"),
         names={kind: frozenset(found) for kind, found in names.items()},
         incomplete=frozenset(incomplete),
         references=tuple(references),

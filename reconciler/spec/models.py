@@ -15,11 +15,13 @@ from reconciler.desired import Engine
 from reconciler.spec.fields import (
     Boolean,
     JsonMapping,
+    ModelSelector,
     Name,
     NonEmptyText,
     Quantity,
     Replicas,
     Route,
+    Sha256,
     StringMap,
     choice,
     integer,
@@ -144,6 +146,42 @@ class JobSpec(_Spec):
     )
 
 
+class KeyLimits(_Spec):
+    label: ClassVar[str] = "`limits`"
+    requests_per_minute: PositiveInteger | None = Field(
+        default=None, description="Requests this key may start per minute, per gateway; omitted: no limit."
+    )
+    concurrent_requests: PositiveInteger | None = Field(
+        default=None, description="Requests of this key in progress at once, per gateway; omitted: no limit."
+    )
+    tokens_per_minute: PositiveInteger | None = Field(
+        default=None,
+        description="Prompt plus completion tokens per minute, per gateway, counted from the answers' usage; "
+        "omitted: no limit.",
+    )
+
+
+class ApiKey(_Spec):
+    label: ClassVar[str] = "an API key"
+    name: Name = Field(description="Who holds the key; the only part of it that logs and metrics show.")
+    sha256: Sha256 = Field(description="SHA-256 of the key, hex (`reconciler keys new NAME` prints it).")
+    models: list[ModelSelector] = Field(
+        default_factory=lambda: ["*"], min_length=1, description='Models the key may use, or "*" for all.'
+    )
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+
+class GatewaySpec(_Spec):
+    label: ClassVar[str] = "a Gateway spec"
+    host: NonEmptyText | None = Field(
+        default=None, description="Address the gateway listens on; default: the one Serve's HTTP proxy uses."
+    )
+    port: PositiveInteger | None = Field(default=None, description="Port; default: Serve's HTTP port + 1.")
+    keys: list[ApiKey] = Field(
+        default_factory=list, description="API keys; with at least one, every request needs one of them."
+    )
+
+
 class _Document(_Spec):
     api_version: Literal["reconciler/v1"] = Field(description=f"Always {API_VERSION}.")
     metadata: Metadata
@@ -181,14 +219,23 @@ class JobDocument(_Document):
     spec: JobSpec
 
 
+class GatewayDocument(_Document):
+    """A reconciler/v1 Gateway: the one OpenAI base URL for every model, and the API keys it accepts."""
+
+    label: ClassVar[str] = "a Gateway document"
+    kind: Literal["Gateway"]
+    spec: GatewaySpec
+
+
 DOCUMENTS: dict[str, type[_Spec]] = {
     "Job": JobDocument,
+    "Gateway": GatewayDocument,
     "Model": ModelDocument,
     "PriorityClass": PriorityClassDocument,
     "ResourcePool": ResourcePoolDocument,
 }
 
 AnyDocument = Annotated[
-    JobDocument | ModelDocument | PriorityClassDocument | ResourcePoolDocument,
+    GatewayDocument | JobDocument | ModelDocument | PriorityClassDocument | ResourcePoolDocument,
     Field(discriminator="kind"),
 ]

@@ -16,7 +16,7 @@ from reconciler.spec.diagnostics import Diagnostic, Position, error
 from reconciler.spec.fields import suggestion
 from reconciler.spec.parsed import Parsed
 
-KINDS = ("Job", "Model", "PriorityClass", "ResourcePool")
+KINDS = ("Gateway", "Job", "Model", "PriorityClass", "ResourcePool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class Catalog:
     classes: tuple[Parsed, ...] = ()
     models: tuple[Parsed, ...] = ()
     jobs: tuple[Parsed, ...] = ()
+    gateways: tuple[Parsed, ...] = ()
     # Names of every document of a kind, including those that failed their own validation.
     names: dict[str, frozenset[str]] = field(default_factory=dict)
     # Kinds for which some document could not be read far enough to know its name.
@@ -44,7 +45,8 @@ class Catalog:
     references: tuple[Reference, ...] = ()
 
     def first(self, kind: str, name: str) -> Parsed | None:
-        docs = {"Job": self.jobs, "Model": self.models, "PriorityClass": self.classes, "ResourcePool": self.pools}[kind]
+        docs = {"Model": self.models, "PriorityClass": self.classes, "ResourcePool": self.pools,
+                "Gateway": self.gateways, "Job": self.jobs}[kind]
         return next((d for d in docs if d.name == name), None)
 
     def pool_named(self, name: str) -> Parsed | None:
@@ -250,7 +252,43 @@ def _jobs_fit(catalog: Catalog) -> Iterator[Diagnostic]:
             )
 
 
-RULES = (_unique_names, _references, _one_default, _pools, _fit, _jobs_fit, _zero_replicas, _routes)
+def _gateway(catalog: Catalog) -> Iterator[Diagnostic]:
+    for extra in catalog.gateways[1:]:
+        first = catalog.gateways[0]
+        yield extra.error(
+            extra.at("metadata", "name"),
+            f"a second Gateway (`{extra.name}`; the first is `{first.name}` at {first.where('metadata', 'name')}): "
+            "the cluster has one gateway; merge their keys into one document",
+        )
+    if not catalog.gateways:
+        return
+    gateway = catalog.gateways[0]
+    known = sorted(catalog.names.get("Model", frozenset()))
+    names: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for i, key in enumerate(gateway.spec.keys):
+        first = names.setdefault(key.name, i)
+        if first != i:
+            yield gateway.error(gateway.at("spec", "keys", i, "name"),
+                                f"key name `{key.name}` is used twice (first at "
+                                f"{gateway.where('spec', 'keys', first, 'name')}); names must tell keys apart")
+        first = hashes.setdefault(key.sha256, i)
+        if first != i:
+            yield gateway.error(gateway.at("spec", "keys", i, "sha256"),
+                                f"key `{key.name}` has the same hash as key `{gateway.spec.keys[first].name}`: "
+                                "one key can't have two names; make a new one with `reconciler keys new`")
+        if "Model" in catalog.incomplete:
+            continue
+        for j, model in enumerate(key.models):
+            if model != "*" and model not in known:
+                close = suggestion(model, known)
+                hint = f" did you mean `{close}`?" if close else ""
+                yield gateway.error(gateway.at("spec", "keys", i, "models", j),
+                                    f"key `{key.name}` names model `{model}`, which does not exist;{hint} "
+                                    f"models defined: {', '.join(known) or 'none'}")
+
+
+RULES = (_unique_names, _references, _one_default, _pools, _fit, _jobs_fit, _zero_replicas, _routes, _gateway)
 
 
 def check(catalog: Catalog) -> tuple[Diagnostic, ...]:

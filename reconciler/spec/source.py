@@ -1,10 +1,11 @@
 """Reading spec files: bytes to plain data, remembering where every key and value was written.
 
 ruamel.yaml composes the node graph (its composer never expands aliases, so an alias bomb composes instantly); this
-module then turns nodes into plain dicts, lists and scalars itself, counting every node it produces. That keeps four
+module then turns nodes into plain dicts, lists and scalars itself, counting every node it produces. That keeps five
 promises: nothing in a spec constructs a Python object (only the YAML core types exist), duplicate keys are refused,
-an alias bomb stops at a node budget instead of exhausting memory, and each value keeps its line and column for
-diagnostics. Every problem becomes a diagnostic; nothing here raises on bad input.
+a file that writes more values than any spec needs is refused before it is composed, an alias bomb stops at a node
+budget instead of exhausting memory, and each value keeps its line and column for diagnostics. Every problem becomes
+a diagnostic; nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.quantity import format_bytes
 from reconciler.spec.diagnostics import FILE_START, Diagnostic, Position, error
 
 MAX_FILE_BYTES = 1 << 20
-# Nodes one file may expand to. Real spec files have a few hundred; a nested-alias bomb reaches this in milliseconds.
+# Values one file may write. Real spec files write a few hundred; reading costs a few microseconds per value with
+# ruamel's C parser (ruamel.yaml.clib) and ten times that without, so this bounds any file's read to a fraction of a
+# second. Counted on the event stream before anything is composed: 500,000 integers in one list stop here, early.
+MAX_WRITTEN = 20_000
+# Nodes one file may expand to through aliases. A nested-alias bomb reaches this in milliseconds.
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
@@ -91,6 +96,16 @@ class _Cycle(Exception):
         self.node = node
 
 
+def _tag(node: Node) -> str:
+    """The node's tag as text. ruamel's ``Node.tag`` decodes the tag anew for every node (a tenth of the reading
+    time of a large file); a resolved tag without a handle or %-escape is its own text."""
+    ctag = getattr(node, "ctag", None)
+    if ctag is not None and ctag.handle is None and isinstance(ctag.suffix, str) and "%" not in ctag.suffix:
+        return ctag.suffix
+    tag = node.tag
+    return tag if isinstance(tag, str) else str(tag)
+
+
 def _position(node: Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -135,7 +150,7 @@ class _Converter:
         if depth > MAX_DEPTH:
             raise _TooDeep
         positions.values[path] = _position(node)
-        tag = node.tag if isinstance(node.tag, str) else getattr(node.tag, "value", str(node.tag))
+        tag = _tag(node)
         if tag not in _ALLOWED_TAGS:
             self.diagnostics.append(
                 error(
@@ -170,7 +185,7 @@ class _Converter:
         result: dict[str, Any] = {}
         merges: list[Node] = []
         for key_node, value_node in node.value:
-            if isinstance(key_node, ScalarNode) and key_node.tag == _MERGE:
+            if isinstance(key_node, ScalarNode) and _tag(key_node) == _MERGE:
                 merges.append(value_node)
                 continue
             if not isinstance(key_node, ScalarNode):
@@ -290,27 +305,45 @@ def _flow_too_deep(text: str) -> int | None:
     return None
 
 
-def _too_deep(text: str) -> Position | None:
-    """Where the text first nests deeper than MAX_DEPTH: in flow brackets, or in block indentation.
+def _yaml(*, pure: bool = False) -> YAML:
+    # ruamel picks its C parser (ruamel.yaml.clib) when installed; the pure one reads the same, ten times slower, and
+    # says more about a syntax error (what it found where it expected something else).
+    return YAML(typ="safe", pure=pure)
 
-    Block nesting is checked on the lazy event stream, which stops at the first offending level before ruamel's
-    recursive composer could exhaust the stack.
+
+def _too_big(text: str) -> tuple[Position, str] | None:
+    """Where the text first nests deeper than MAX_DEPTH or writes more than MAX_WRITTEN values, and which.
+
+    Both are checked on the lazy event stream, which stops at the first offence: before ruamel's recursive composer
+    could exhaust the stack, and before composing a huge file costs seconds.
     """
     offset = _flow_too_deep(text)
     if offset is not None:
-        return _offset_position(text, offset)
+        return _offset_position(text, offset), f"the YAML nests deeper than {MAX_DEPTH} levels; flatten it"
     depth = 0
+    written = 0
     try:
-        for event in YAML(typ="safe", pure=True).parse(text):
+        for event in _yaml().parse(text):
+            if isinstance(event, (CollectionStartEvent, ScalarEvent, AliasEvent)):
+                written += 1
+                if written > MAX_WRITTEN:
+                    return _mark(event), (
+                        f"the file writes more than {MAX_WRITTEN} values (spec files write a few hundred), and is "
+                        "refused before reading it further: split it into several files, or move the data that "
+                        "is not a spec out of it")
             if isinstance(event, CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    return Position(event.start_mark.line + 1, event.start_mark.column + 1)
+                    return _mark(event), f"the YAML nests deeper than {MAX_DEPTH} levels; flatten it"
             elif isinstance(event, CollectionEndEvent):
                 depth -= 1
     except YAMLError:
         pass  # reported, with the documents before it, by the composing pass
     return None
+
+
+def _mark(event: Any) -> Position:
+    return Position(event.start_mark.line + 1, event.start_mark.column + 1)
 
 
 def _expanded_size(node: Node, sizes: dict[int, int], active: set[int]) -> int:
@@ -334,8 +367,8 @@ def _expanded_size(node: Node, sizes: dict[int, int], active: set[int]) -> int:
     return size
 
 
-def _compose(text: str) -> Iterator[Node]:
-    yaml = YAML(typ="safe", pure=True)
+def _compose(text: str, *, pure: bool) -> Iterator[Node]:
+    yaml = _yaml(pure=pure)
     with warnings.catch_warnings():
         # Redefining an anchor is legal YAML; ruamel only warns about it.
         warnings.simplefilter("ignore")
@@ -354,14 +387,28 @@ def read_documents(path: str, content: bytes) -> FileRead:
     text, problem = _decode(path, content)
     if text is None:
         return FileRead((), (problem,) if problem else (), complete=False)
-    deep = _too_deep(text)
-    if deep is not None:
-        return FileRead((), (error(path, deep, f"the YAML nests deeper than {MAX_DEPTH} levels; flatten it"),), False)
+    big = _too_big(text)
+    if big is not None:
+        return FileRead((), (error(path, *big),), False)
+    read = _read(path, text, pure=False)
+    if read.syntax_error:
+        read = _read(path, text, pure=True)  # the same documents, and the pure parser's words for the error
+    return read.file
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    file: FileRead
+    syntax_error: bool
+
+
+def _read(path: str, text: str, *, pure: bool) -> _Read:
+    syntax_error = False
     complete = True
     converter = _Converter(path)
     documents: list[SourceDocument] = []
     index = 0
-    nodes = _compose(text)
+    nodes = _compose(text, pure=pure)
     while True:
         try:
             node = next(nodes)
@@ -369,9 +416,11 @@ def read_documents(path: str, content: bytes) -> FileRead:
             break
         except MarkedYAMLError as exc:
             converter.diagnostics.append(_yaml_error(path, text, exc))
+            syntax_error = True
             complete = False
             break
         except (YAMLError, RecursionError) as exc:
+            syntax_error = True
             complete = False
             message = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
             converter.diagnostics.append(error(path, FILE_START, f"this is not valid YAML: {message}"))
@@ -393,8 +442,9 @@ def read_documents(path: str, content: bytes) -> FileRead:
                 error(
                     path,
                     _position(node),
-                    f"this document expands to more than {MAX_NODES} values through anchors and aliases "
-                    "(an alias bomb?); the rest of the file was not read",
+                    f"this document expands to more than {MAX_NODES} values through its aliases (*name) of "
+                    "anchors (&name); the rest of the file was not read: write the repeated parts out, or alias "
+                    "less",
                 )
             )
             break
@@ -408,4 +458,4 @@ def read_documents(path: str, content: bytes) -> FileRead:
                 documents.append(document)
         index += 1
     # An aliased node is converted once per use: report each of its problems once.
-    return FileRead(tuple(documents), tuple(dict.fromkeys(converter.diagnostics)), complete)
+    return _Read(FileRead(tuple(documents), tuple(dict.fromkeys(converter.diagnostics)), complete), syntax_error)

@@ -35,6 +35,7 @@ class Kind(StrEnum):
     APPLIED = "applied"  # ok, failed, seconds
     FAILURE = "failure"  # stage (load|observe|plan|apply|fetch), error, temporary, retryIn
     CYCLE = "cycle"  # cause, seconds, acted
+    RECONNECTED = "reconnected"  # cluster: the cluster was lost and answers again; the watcher carries on
     STOPPED = "stopped"  # why
 
 

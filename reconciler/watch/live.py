@@ -6,13 +6,15 @@ The only module of the watch package that reaches Ray, and only through the adap
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from reconciler import adapter
+from reconciler.adapter import reach
 from reconciler.adapter.kv import RayKV
 from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
+from reconciler.errors import TransientError
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.settings import DEFAULTS, ApplySettings
@@ -20,12 +22,14 @@ from reconciler.watch.controller import ActionResult
 from reconciler.watch.target import WatchTarget
 
 
-def connect_live(address: str | None, *, progress: IO[str] | None = None,
+def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.cluster.connect_timeout,
+                 progress: IO[str] | None = None,
                  apply_settings: ApplySettings = DEFAULTS.apply, spec_dir: Any = None) -> WatchTarget:
     from reconciler.executor.progress import Progress
-    from reconciler.executor.run import Executor
+    from reconciler.executor.run import Executor, sync_gateway
+    from reconciler.planner.runtime import model_runtime
 
-    cluster = adapter.connect(address)
+    cluster = adapter.connect(address, connect_timeout=connect_timeout)
     try:
         cluster.ray_nodes()  # connects the driver: the lease lives in this cluster's GCS
         kv = RayKV()
@@ -34,10 +38,38 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None,
         raise
     stream = progress if progress is not None else sys.stdout
     probe = ServeProbe(cluster)
+    listeners: list[Callable[[str], None]] = []
+
+    def reachable() -> bool:
+        try:
+            reach.check_port(cluster.address, timeout=2.0)
+        except TransientError:
+            return False
+        return True
+
+    def gone_if_unreachable(exc: Exception) -> None:
+        """After a failed call: when the cluster's GCS port no longer answers at all, the cluster is gone (stopped,
+        restarted elsewhere): the driver is dropped before Ray's own reconnect timer ends this process, and the
+        session reconnects."""
+        if reachable():
+            return
+        cluster.close()
+        for listener in listeners:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            listener(f"the Ray cluster at {cluster.address} stopped answering ({first})")
 
     def observe(desired: DesiredState) -> ObservedState:
-        observed, details = cluster.observe_with_details(desired)
+        try:
+            observed, details = cluster.observe_with_details(desired)
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
         probe.mark(details)
+        try:
+            # An empty plan is never applied, so a changed API key or limit would never reach the gateways.
+            sync_gateway(cluster, models=[model_runtime(m) for m in desired.models], gateway=desired.gateway)
+        except Exception as exc:  # noqa: BLE001 - the per-model routes still serve; the next cycle tries again
+            print(f"warning: the gateway did not take the route table: {exc}", file=stream)
         return observed
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
@@ -46,12 +78,22 @@ def connect_live(address: str | None, *, progress: IO[str] | None = None,
                             progress=Progress(stream, live=False), spec_dir=spec_dir)
         try:
             report = executor.apply(plan)
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
         finally:
             probe.mark(executor.last_serve)
         return [ActionResult(action=o.action, ok=o.ok, error="" if o.ok else o.message) for o in report.outcomes]
 
+    def changed() -> bool:
+        try:
+            return probe.changed()
+        except Exception as exc:
+            gone_if_unreachable(exc)
+            raise
+
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                       close=cluster.close, probe=probe.changed)
+                       close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append)
 
 
 class ServeProbe:

@@ -38,6 +38,8 @@ class Snapshot:
     unplaced: tuple[tuple[str, int], ...] = ()
     backoff: tuple[tuple[str, int], ...] = ()  # model -> replicas held back by crash-loop backoff
     jobs: tuple[tuple[str, str, int, int], ...] = ()  # (job, state, runs, preemptions), from the plan
+    nodes: tuple[tuple[str, int], ...] = ()  # "alive"|"dead" -> nodes
+    dead: tuple[tuple[str, float], ...] = ()  # dead node -> unix seconds it died (0 when Ray did not say)
 
 
 def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
@@ -78,6 +80,9 @@ def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
         unplaced=tuple(sorted((m.name, unplaced.get(m.name, 0)) for m in desired.models)),
         backoff=tuple(sorted((m.name, held.get(m.name, 0)) for m in desired.models)),
         jobs=tuple((j.name, j.state, j.runs, j.preemptions) for j in plan.jobs),
+        nodes=(("alive", sum(1 for n in observed.nodes if n.alive)), ("dead", sum(1 for n in observed.nodes
+                                                                                  if not n.alive))),
+        dead=tuple(sorted((n.name, n.dead_since or 0.0) for n in observed.nodes if not n.alive)),
     )
 
 
@@ -122,6 +127,15 @@ class _StateCollector(Collector):
                                    labels=("model",))
         for model, count in snap.backoff:
             family.add_metric((model,), count)
+        yield family
+        family = GaugeMetricFamily("reconciler_nodes", "Nodes of the cluster, alive or dead", labels=("state",))
+        for state, count in snap.nodes:
+            family.add_metric((state,), count)
+        yield family
+        family = GaugeMetricFamily("reconciler_node_dead_since_timestamp_seconds",
+                                   "When each dead node died (0: Ray did not say)", labels=("node",))
+        for node, since in snap.dead:
+            family.add_metric((node,), since)
         yield family
         yield from _job_families(snap)
 

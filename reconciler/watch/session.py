@@ -37,6 +37,8 @@ from reconciler.watch.specload import SpecLoader
 from reconciler.watch.target import WatchTarget
 
 EXIT_LEASE_LOST = 4
+CLUSTER_LOST = "cluster lost"
+WAIT_STOPPED = "stopped while waiting for the lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class WatchOptions:
     directory: Path
     settings: WatchSettings
     address: str | None = None
+    connect_timeout: float = DEFAULTS.cluster.connect_timeout
     observed: Path | None = None  # plan against this snapshot (plan-only)
     offline: bool = False  # plan against the pools' inventory (plan-only)
     events_file: Path | None = None
@@ -73,8 +76,9 @@ def connect(options: WatchOptions) -> WatchTarget:
     from reconciler.watch.live import connect_live
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
-    return connect_live(options.address, progress=sys.stderr if options.log_format == "json" else sys.stdout,
-                        apply_settings=options.apply, spec_dir=options.directory if options.git is None else None)
+    return connect_live(options.address, connect_timeout=options.connect_timeout,
+                        progress=sys.stderr if options.log_format == "json" else sys.stdout, apply_settings=options.apply,
+                        spec_dir=options.directory if options.git is None else None)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:
@@ -102,16 +106,36 @@ def _confirm_on_terminal(plan: Plan) -> bool:
 
 def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -> int:
     """Watch until SIGINT/SIGTERM (exit 0) or until the lease is lost (exit 4). ``ready`` is for in-process use."""
-    settings = options.settings
-    acting = not settings.plan_only
-    confirm = _check(options, acting=acting)
+    confirm = _check(options, acting=not options.settings.plan_only)
     with ExitStack() as stack:
         events = _sinks(options, stack)
         liveness = Liveness()
         metrics = _metrics(options, stack, liveness)
         git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
         watching = git.describe if git is not None else str(options.directory)
-        target = connect(options)
+        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching)
+        why = _watch_connected(connect(options), **around, confirm=confirm, ready=ready)
+        while why == CLUSTER_LOST:  # the cluster stopped answering: connect again, and carry on as before
+            target = _reconnect(options, events)
+            if target is None:
+                why = "signal received while reconnecting"
+                break
+            why = _watch_connected(target, **around, confirm=None, ready=None)
+        if why == WAIT_STOPPED:
+            events.emit(Kind.STOPPED, why, why="signal")
+            return 0
+        events.emit(Kind.STOPPED, f"stopped: {why}", why=why)
+        return EXIT_LEASE_LOST if why == "lease lost" else 0
+
+
+def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: EventLog, liveness: Liveness,
+                     metrics: Metrics | None, git: GitSpecs | None, watching: str,
+                     confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None) -> str:
+    """Watch through one connection to the cluster; returns why it ended: a signal, the lease lost, the lock waited
+    for in vain, or the cluster lost (then the caller connects again)."""
+    settings = options.settings
+    acting = not settings.plan_only
+    with ExitStack() as stack:
         stack.callback(target.close)
         lease = None
         if acting:
@@ -119,8 +143,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
                 liveness.enter(Phase.STANDBY)
             lease = _take_lease(options, target, events)
             if lease is None:
-                events.emit(Kind.STOPPED, "stopped while waiting for the lock", why="signal")
-                return 0
+                return WAIT_STOPPED
         controller = Controller(
             load=git if git is not None else SpecLoader(options.directory), observe=target.observe, plan=_plan,
             apply=target.apply or _never_apply, events=events,
@@ -128,11 +151,20 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         )
         loop = Loop(controller, settings, probe=target.probe)
         liveness.watch(loop, controller)
+
+        def cluster_lost(why: str) -> None:
+            events.emit(Kind.FAILURE, f"lost the cluster: {why}; connecting again", stage="connect",
+                        error=why, temporary=True, retryIn=settings.retry_base)
+            loop.stop(CLUSTER_LOST)
+
+        target.on_lost(cluster_lost)
         if lease is not None:
-            keeper = _keeper(lease, events=events, loop=loop, controller=controller, git=git)
+            keeper = _keeper(lease, events=events, loop=loop, controller=controller, git=git,
+                             cluster_lost=lambda why: cluster_lost(why) if not target.reachable() else None)
             controller.guard = keeper
             keeper.start()
-            stack.callback(lambda: keeper.stop(release=True))
+            # A lost cluster took the lock's store with it: there is nothing left to release.
+            stack.callback(lambda: keeper.stop(release=loop.why_stopped != CLUSTER_LOST))
         watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
@@ -156,8 +188,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         except LeaseLost as exc:
             events.emit(Kind.LEASE_LOST, str(exc))
             loop.why_stopped = "lease lost"
-        events.emit(Kind.STOPPED, f"stopped: {loop.why_stopped}", why=loop.why_stopped)
-        return EXIT_LEASE_LOST if loop.why_stopped == "lease lost" else 0
+        return loop.why_stopped
 
 
 def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | None:
@@ -235,12 +266,16 @@ def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog) ->
 
 
 def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controller,
-            git: GitSpecs | None) -> LeaseKeeper:
+            git: GitSpecs | None, cluster_lost: Callable[[str], None] = lambda _: None) -> LeaseKeeper:
     """Renews the lease, publishes the controller's status (and the git revision) with it, and stops the loop when
-    it is lost."""
+    it is lost. ``cluster_lost`` is asked first: a lease lost with its whole cluster means reconnecting, not that
+    another reconciler took over."""
     holder = lease.record.holder
 
     def lost(exc: LeaseLost) -> None:
+        cluster_lost(str(exc))
+        if loop.stopping:
+            return
         events.emit(Kind.LEASE_LOST, str(exc))
         loop.stop("lease lost")
 
@@ -253,6 +288,29 @@ def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controlle
         return {**controller.status(), **(git.status() if git is not None else {})}
 
     return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
+
+
+def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
+    """Connect again, backing off from ``retry_base`` doubling up to the drift interval, until the cluster answers
+    (a restarted local cluster is found at its new address) or a signal comes (None)."""
+    stop = threading.Event()
+    previous = _stop_on_signals(lambda why: stop.set())
+    try:
+        delay = options.settings.retry_base
+        while not stop.is_set():
+            try:
+                target = connect(options)
+            except UserError as exc:  # nothing answers yet, or no local cluster is running right now
+                events.emit(Kind.FAILURE, f"connecting again failed: {exc}; retrying in {delay:.0f} s",
+                            stage="connect", error=str(exc), temporary=True, retryIn=delay)
+            else:
+                events.emit(Kind.RECONNECTED, f"connected again to {target.describe}", cluster=target.describe)
+                return target
+            stop.wait(delay)
+            delay = min(options.settings.interval, delay * 2)
+        return None
+    finally:
+        _restore_signals(previous)
 
 
 def _plan(desired: DesiredState, observed: ObservedState) -> Plan:

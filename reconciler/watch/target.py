@@ -21,3 +21,5 @@ class WatchTarget:
     describe: str
     close: Callable[[], None] = lambda: None
     probe: Callable[[], bool] | None = None  # cheap "changed since the last cycle?" between drift checks
+    reachable: Callable[[], bool] = lambda: True  # does the cluster still answer at all?
+    on_lost: Callable[[Callable[[str], None]], None] = lambda _: None  # register: called when it stops answering

@@ -54,3 +54,19 @@ def test_status_json_lists_jobs_with_the_interface_keys():
     assert jobs["broken"]["state"] == "failed"
     assert jobs["broken"]["lastRun"]["logTail"].endswith("ValueError: bad row 17")
     assert {j["state"] for j in jobs.values()} <= {"waiting", "running", "preempted", "succeeded", "failed"}
+
+
+def test_the_full_status_document_with_jobs_matches_its_schema():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from reconciler.render.status_json import status_document
+
+    p, observed = _world()
+    document = status_document(observed, desired=None, gateway_urls=[])
+    document.update(status_json(p, observed))
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "status.schema.json").read_text())
+    jsonschema.validate(document, schema)
+    assert [j["name"] for j in document["jobs"]] == ["big", "broken", "done", "fresh"]

@@ -1,0 +1,242 @@
+"""The gateway against vLLM's own OpenAI server, side by side in one run, on the quickstart's tiny LLaMA.
+
+    flock /tmp/reconciler-ray.lock python bench/gateway.py [--rounds 3] [--requests 64]
+
+Starts a one-node local Ray cluster, applies a tiny-LLaMA model (vLLM engine) and an echo model through
+`reconciler apply`, and starts `python -m vllm.entrypoints.openai.api_server` on the same model directory with the
+same engine settings; both stay up for the whole run. Then, in interleaved rounds (gateway, vLLM, gateway, ...):
+
+- chat completions of exactly 16 tokens (`ignore_eos`), non-streaming, at concurrency 1, 8 and 32: requests/s,
+  p50 and p99 latency;
+- the same streamed at concurrency 8: time to first token (first content chunk);
+- the tiny LLaMA straight to its replica's own endpoint (no gateway) against vLLM's server at 8 and 32: what the
+  replica process itself costs (it is a Ray worker hosting a Serve replica besides vLLM's app);
+- the echo engine at concurrency 1 and 32, through the gateway and straight to its replica's own endpoint, which
+  isolates what the gateway hop costs. (In these rows the "gateway" columns are the path named first.)
+
+Figures are medians over rounds; ratios are gateway / peer. Targets (issue 10): >= 0.90 of vLLM's requests/s at
+concurrency 8 and 32; the hop adds <= 2 ms to the p50 at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+KV_BYTES = 1 << 30
+MAX_MODEL_LEN = 512
+TOKENS = 16
+PROMPT = [{"role": "user", "content": "Write a function that adds two numbers."}]
+
+POOL = """\
+apiVersion: reconciler/v1
+kind: ResourcePool
+metadata: {name: bench}
+spec:
+  nodes: {selector: {pool: bench}}
+  inventory:
+    - {node: node-a, gpus: [{name: sim, memory: 24Gi}]}
+"""
+
+MODELS = """\
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {{name: tiny}}
+spec:
+  engine: vllm
+  source: {source}
+  vram: 2Gi
+  engineArgs: {{max_model_len: {max_len}, kv_cache_memory_bytes: {kv}}}
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {{name: echo}}
+spec: {{engine: echo, source: stand-in/echo, vram: 1Gi}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: dict, stream: bool) -> tuple[float, float | None]:
+    started = time.perf_counter()
+    first = None
+    async with session.post(url, json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}: {(await response.text())[:300]}")
+        if stream:
+            async for line in response.content:
+                if first is None and line.startswith(b"data: ") and b'"content":"' in line.replace(b" ", b""):
+                    if b'"content":""' not in line.replace(b" ", b""):
+                        first = time.perf_counter() - started
+        else:
+            await response.read()
+    return time.perf_counter() - started, first
+
+
+async def round_(url: str, body: dict, *, concurrency: int, requests: int, stream: bool = False) -> dict:
+    latencies: list[float] = []
+    firsts: list[float] = []
+    queue = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await one(session, url, body, stream)  # a warm connection per round, as a client pool would have
+
+        async def worker() -> None:
+            for _ in queue:
+                latency, first = await one(session, url, body, stream)
+                latencies.append(latency)
+                if first is not None:
+                    firsts.append(first)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "rps": requests / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "ttft": statistics.median(firsts) * 1000 if firsts else None,
+    }
+
+
+def median_of(rounds: list[dict]) -> dict:
+    keys = rounds[0].keys()
+    return {k: (statistics.median([r[k] for r in rounds]) if rounds[0][k] is not None else None) for k in keys}
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the peer server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: int, stream: bool = False,
+            peer_name: str = "vLLM") -> dict:
+    rounds: dict[str, list[dict]] = {"gateway": [], peer_name: []}
+    for _ in range(args.rounds):
+        for name, url in (("gateway", ours), (peer_name, peer)):
+            rounds[name].append(asyncio.run(round_(url, body, concurrency=concurrency, requests=args.requests,
+                                                   stream=stream)))
+    result = {name: median_of(r) for name, r in rounds.items()}
+    g, p = result["gateway"], result[peer_name]
+    line = (f"| {label} | {concurrency} | {g['rps']:.1f} | {g['p50']:.1f} | {g['p99']:.1f} | "
+            f"{p['rps']:.1f} | {p['p50']:.1f} | {p['p99']:.1f} | {g['rps'] / p['rps']:.2f} | "
+            f"{g['p50'] - p['p50']:+.1f} |")
+    if stream:
+        line += f" TTFT {g['ttft']:.1f} vs {p['ttft']:.1f} ms |"
+    print(line, flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=64, help="requests per round (default 64)")
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from reconciler import localcluster
+    from reconciler.adapter import connect
+    from reconciler.adapter import gateway as gateways
+    from reconciler.cli import main as cli
+    from reconciler.engines import tinymodel
+    from reconciler.spec import load_specs
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    model_dir = tinymodel.build(work / "tiny-llama")
+    specs = work / "specs"
+    specs.mkdir()
+    (specs / "pool.yaml").write_text(POOL)
+    (specs / "models.yaml").write_text(MODELS.format(source=model_dir, max_len=MAX_MODEL_LEN, kv=KV_BYTES))
+    desired = load_specs(specs).desired
+    state_file = work / "cluster.json"
+    state = localcluster.start(localcluster.spec_from_desired(desired), state_file, timeout=180)
+    os.environ["RAY_ADDRESS"] = state["address"]
+    if state.get("auth_token_path"):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = state["auth_token_path"]
+        os.environ["RAY_AUTH_MODE"] = "token"
+    port = free_port()
+    peer_env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_NO_USAGE_STATS": "1"}
+    peer = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
+         "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes", str(KV_BYTES), "--enforce-eager",
+         "--distributed-executor-backend", "uni", "--disable-uvicorn-access-log", "--disable-log-stats"],
+        env=peer_env, stdout=subprocess.DEVNULL, stderr=open(work / "vllm-server.log", "w"),
+    )
+    try:
+        if cli(["apply", str(specs), "--yes", "--timeout", "400"]) != 0:
+            raise RuntimeError("apply failed")
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 300, peer)
+        with connect() as cluster:
+            base = gateways.urls(cluster)[0]
+            from ray import serve
+
+            apps = cluster.serve_details()["applications"]
+            echo_app = next(n for n, a in apps.items() if (a.get("deployed_app_config") or {}).get("args", {})
+                            .get("engine_config", {}).get("model") == "echo")
+            echo_direct = serve.get_app_handle(echo_app).endpoint.remote().result(timeout_s=60) + "/v1"
+            tiny_app = next(n for n, a in apps.items() if (a.get("deployed_app_config") or {}).get("args", {})
+                            .get("engine_config", {}).get("model") == "tiny")
+            tiny_direct = serve.get_app_handle(tiny_app).endpoint.remote().result(timeout_s=60) + "/v1"
+        vllm_base = f"http://127.0.0.1:{port}/v1"
+        chat = {"model": "tiny", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
+        print(f"\n{args.rounds} interleaved rounds of {args.requests} requests; medians; latency in ms.\n")
+        print("| path | concurrency | gateway req/s | p50 | p99 | peer req/s | p50 | p99 | ratio | p50 diff |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for c in (1, 8, 32):
+            compare("tiny LLaMA, chat, 16 tokens (peer: vLLM's server)", f"{base}/chat/completions",
+                    f"{vllm_base}/chat/completions", chat, args, concurrency=c)
+        compare("same, streamed (peer: vLLM's server)", f"{base}/chat/completions", f"{vllm_base}/chat/completions",
+                {**chat, "stream": True}, args, concurrency=8, stream=True)
+        for c in (8, 32):  # where the rest goes: the replica's own endpoint (no gateway) against vLLM's server
+            compare("tiny LLaMA straight to its replica's endpoint (peer: vLLM's server)",
+                    f"{tiny_direct}/chat/completions", f"{vllm_base}/chat/completions", chat, args, concurrency=c)
+        echo = {"model": "echo", "messages": PROMPT}
+        for c in (1, 32):
+            compare("echo (peer: its replica's own endpoint)", f"{base}/chat/completions",
+                    f"{echo_direct}/chat/completions", echo, args, concurrency=c, peer_name="direct")
+    finally:
+        peer.terminate()
+        try:
+            peer.wait(30)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+        localcluster.stop(state_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The gateways as Ray actors: one per node address, detached, each serving the gateway on the same port.
+
+``publish(cluster, table)`` stores the route table in Ray's internal KV (a gateway that restarts reads it back),
+starts the gateways that are missing and hands each the table; it returns their base URLs. Inside a gateway,
+replica endpoints are found through Serve handles (``Replica.endpoint``): the only Ray calls the gateway makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+from reconciler.settings import DEFAULTS, GatewaySettings
+from reconciler.gateway.table import RouteTable
+
+NAMESPACE = "reconciler"
+TABLE_KEY = b"gateway/route-table"
+ACTOR_PREFIX = "gateway-"
+START_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 10.0
+RESOLVE_TIMEOUT_S = 5.0
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RayMetrics:
+    """The gateway's metrics through Ray's metrics agent: every node's gateway shows up in one Prometheus scrape
+    config (Ray's service discovery), with the usual ``ray_`` prefix."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self._requests = metrics.Counter(
+            "reconciler_gateway_requests", "Requests through the gateway, by model, key name and HTTP status",
+            tag_keys=("model", "key", "status"))
+        self._latency = metrics.Histogram(
+            "reconciler_gateway_request_seconds", "Time from request to the end of the answer, by model and key name",
+            boundaries=list(LATENCY_BUCKETS), tag_keys=("model", "key"))
+        self._first = metrics.Histogram(
+            "reconciler_gateway_time_to_first_token_seconds", "Streams: time from request to the first chunk",
+            boundaries=list(LATENCY_BUCKETS), tag_keys=("model", "key"))
+        self._tokens = metrics.Counter(
+            "reconciler_gateway_tokens", "Tokens of answered requests (from their usage), by model, key name and kind",
+            tag_keys=("model", "key", "kind"))
+        self._in_flight = metrics.Gauge(
+            "reconciler_gateway_in_flight", "Requests this gateway has in flight to each replica",
+            tag_keys=("model", "replica"))
+
+    def request(self, *, model: str, key: str, status: int, seconds: float) -> None:
+        tags = {"model": model, "key": key}
+        self._requests.inc(1, {**tags, "status": str(status)})
+        self._latency.observe(seconds, tags)
+
+    def first_token(self, *, model: str, key: str, seconds: float) -> None:
+        self._first.observe(seconds, {"model": model, "key": key})
+
+    def tokens(self, *, model: str, key: str, prompt: int, completion: int) -> None:
+        if prompt:
+            self._tokens.inc(prompt, {"model": model, "key": key, "kind": "prompt"})
+        if completion:
+            self._tokens.inc(completion, {"model": model, "key": key, "kind": "completion"})
+
+    def in_flight(self, *, model: str, replica: str, count: int) -> None:
+        self._in_flight.set(count, {"model": model, "replica": replica})
+
+
+class GatewayActor:
+    """Runs the gateway on its own thread and event loop (uvloop), apart from the actor's method calls."""
+
+    def __init__(self, host: str, port: int, advertise: str) -> None:
+        from reconciler.gateway.server import Gateway
+
+        self._handles: dict[str, Any] = {}
+        self._listen = (host, port)
+        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics())
+        self._loop = _new_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._gateway.start(host, port, advertise=advertise))
+            except BaseException as exc:  # reported to the constructor below
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=run, name="gateway", daemon=True).start()
+        started.wait(START_TIMEOUT_S)
+        if failure:
+            raise RuntimeError(f"the gateway cannot listen on {host}:{port}: {failure[0]}")
+        from reconciler.engines.endpoint import freeze_heap
+
+        freeze_heap()
+
+    def url(self) -> str:
+        return str(self._gateway.url)
+
+    def listen(self) -> tuple[str, int]:
+        return self._listen
+
+    def set_table(self, data: dict[str, Any]) -> int:
+        table = RouteTable.from_dict(data)
+        self._loop.call_soon_threadsafe(self._gateway.set_table, table)
+        return len(table.models)
+
+    def in_flight(self) -> dict[str, int]:
+        return {app: n for app, n in self._gateway.in_flight.items() if n}
+
+    async def _resolve(self, app: str) -> str:
+        return await asyncio.to_thread(self._endpoint_of, app)
+
+    def _endpoint_of(self, app: str) -> str:
+        from ray import serve
+
+        handle = self._handles.get(app)
+        if handle is None:
+            handle = self._handles[app] = serve.get_app_handle(app)
+        try:
+            return str(handle.endpoint.remote().result(timeout_s=RESOLVE_TIMEOUT_S))
+        except Exception:
+            self._handles.pop(app, None)
+            raise
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # uvloop is an optimisation, not a requirement
+        return asyncio.new_event_loop()
+
+
+def _stored_table() -> RouteTable:
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(TABLE_KEY, namespace=NAMESPACE)
+    return RouteTable.from_dict(json.loads(raw)) if raw else RouteTable()
+
+
+def _gateway_nodes(ray: Any) -> dict[str, str]:
+    """One node per distinct node address (address -> node id): gateways on one address would share the port."""
+    chosen: dict[str, str] = {}
+    for node in sorted(ray.nodes(), key=lambda n: n["NodeID"]):
+        if node.get("Alive") and node.get("NodeManagerAddress"):
+            chosen.setdefault(node["NodeManagerAddress"], node["NodeID"])
+    return chosen
+
+
+def _actor_name(address: str) -> str:
+    return ACTOR_PREFIX + address.replace(":", "_")
+
+
+def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> dict[str, Any]:
+    """The gateway actors, one per node address, started where missing (address -> actor handle)."""
+    ray = cluster._driver()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    http = (cluster.last_serve or cluster.serve_details()).get("http_options") or {}
+    host, port = settings.listen(serve_host=http.get("host"), serve_port=http.get("port"))
+    actors: dict[str, Any] = {}
+    for address, node_id in _gateway_nodes(ray).items():
+        name = _actor_name(address)
+        try:
+            existing = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            existing = None
+        if existing is not None:
+            if tuple(ray.get(existing.listen.remote(), timeout=CALL_TIMEOUT_S)) == (host or "0.0.0.0", port):
+                actors[address] = existing
+                continue
+            ray.kill(existing)  # the Gateway spec moved it: a new one listens where asked
+            _wait_gone(ray, name)
+        advertise = address if host in WILDCARD_HOSTS else host
+        actors[address] = (
+            ray.remote(GatewayActor)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            )
+            .remote(host or "0.0.0.0", port, advertise)
+        )
+    return actors
+
+
+def stored_table(cluster: Any) -> RouteTable:
+    """The route table last published (empty when none was)."""
+    cluster._driver()
+    return _stored_table()
+
+
+def _wait_gone(ray: Any, name: str) -> None:
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+
+
+def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = DEFAULTS.apply.gateway) -> list[str]:
+    """Store `table`, make sure every gateway runs and holds it; the gateways' base URLs (ending in /v1)."""
+    ray = cluster._driver()
+    from ray.experimental import internal_kv
+
+    data = table.to_dict()
+    internal_kv._internal_kv_put(TABLE_KEY, json.dumps(data), overwrite=True, namespace=NAMESPACE)
+    if not settings.enabled:
+        return []
+    actors = ensure(cluster, settings)
+    ray.get([actor.set_table.remote(data) for actor in actors.values()], timeout=START_TIMEOUT_S)
+    return sorted(ray.get([actor.url.remote() for actor in actors.values()], timeout=CALL_TIMEOUT_S))
+
+
+def urls(cluster: Any) -> list[str]:
+    """The base URLs of the running gateways (empty when none was started yet)."""
+    ray = cluster._driver()
+    found = []
+    for address in _gateway_nodes(ray):
+        try:
+            actor = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
+            found.append(ray.get(actor.url.remote(), timeout=CALL_TIMEOUT_S))
+        except Exception:  # not started, or its node is going away: not a URL to hand out
+            continue
+    return sorted(found)
+
+
+def stop(cluster: Any) -> None:
+    """Stop every gateway (the specs asked for no endpoint, or the cluster is being taken down)."""
+    ray = cluster._driver()
+    for address in _gateway_nodes(ray):
+        try:
+            ray.kill(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
+        except ValueError:
+            continue
+
+
+def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
+    """The first gateway's base URL, once one answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = urls(cluster)
+        if found or time.monotonic() > deadline:
+            if not found:
+                raise TimeoutError(f"no gateway answered within {timeout:.0f}s")
+            return found[0]
+        time.sleep(0.2)

@@ -1,0 +1,95 @@
+"""Connecting a Ray driver within a bounded time.
+
+Left to itself, ``ray.init`` retries an address nobody answers on for minutes (each attempt waits on a GCS RPC and
+logs "Failed to connect to GCS"), and a SIGTERM meanwhile waits for the attempt in flight. Two steps bound it:
+
+1. a plain TCP connection to the GCS port: a refused port or an unroutable host fails here, quietly, within the
+   timeout;
+2. ``ray.init`` in a daemon thread that the caller stops waiting for when the time is up. The main thread only waits
+   on an event, so a signal ends the command at once; an abandoned attempt dies with the process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.errors import TransientError
+
+
+class Unreachable(TransientError):
+    """Nothing usable answered at the address within the connect timeout."""
+
+
+def advice(address: str, *, local: bool) -> str:
+    if local:
+        return "start it again with `reconciler up`, or raise --connect-timeout if it is only slow"
+    return (f"check that the cluster is up and that {address} is its GCS HOST:PORT (what `ray start --head` "
+            "prints), or raise --connect-timeout if it is only slow")
+
+
+def _exit_on_sigterm() -> None:
+    """What ``ray.init`` does in the main thread, done here because it now runs in another: SIGTERM becomes
+    SystemExit, so the command's cleanup (releasing the apply lock) still runs. A handler someone set is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise TransientError(f"{address!r} is not a HOST:PORT address; give the cluster's GCS address, e.g. "
+                             "127.0.0.1:6379") from None
+
+
+def check_port(address: str, *, timeout: float, budget: float | None = None, local: bool = False) -> None:
+    """Raise Unreachable unless something accepts a TCP connection at the address within ``timeout`` seconds."""
+    budget = timeout if budget is None else budget
+    host, port = split_address(address)
+    try:
+        socket.create_connection((host, port), timeout=max(0.1, timeout)).close()
+    except OSError as exc:
+        why = "the connection timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+        raise Unreachable(f"cannot reach the Ray cluster at {address}: a TCP connection to its GCS port failed "
+                          f"({why}) within {budget:.3g} s; {advice(address, local=local)}") from exc
+
+
+def shorten_retries(timeout: float) -> None:
+    """Before Ray is imported: its GCS retry loop shortened to the connect budget, so an abandoned attempt gives up
+    soon after. Where the operator set the variable, theirs is kept."""
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, math.ceil(timeout))))
+
+
+def within(connect: Callable[[], Any], *, address: str, timeout: float, budget: float | None = None,
+           local: bool = False) -> Any:
+    """``connect()`` (a ``ray.init``) if it returns within ``timeout`` seconds, else Unreachable naming ``budget``
+    (the whole connect timeout, of which ``timeout`` is what is left)."""
+    budget = timeout if budget is None else budget
+    _exit_on_sigterm()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["value"] = connect()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=attempt, name="ray-connect", daemon=True).start()
+    if not done.wait(timeout):
+        raise Unreachable(f"cannot connect to the Ray cluster at {address}: its GCS port accepts connections but "
+                          f"Ray's handshake did not finish within {budget:.3g} s (is that port a Ray GCS of "
+                          f"this Ray version?); {advice(address, local=local)}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -1,0 +1,96 @@
+"""JSON Schema (draft 2020-12) of `reconciler status --format json` (``reconciler.render.status_json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.observed import ReplicaState
+
+FILENAME = "status.schema.json"
+
+_TEXT = {"type": "string"}
+_NAME = {"type": "string", "minLength": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_BYTES = {"type": "integer", "minimum": 0}
+_URL = {"anyOf": [{"type": "string", "pattern": "^https?://"}, {"type": "null"}]}
+
+
+def _obj(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": properties,
+            "required": sorted(properties), "additionalProperties": False}
+
+
+def _jobs() -> dict[str, Any]:
+    """`jobs`: present when the status has jobs to tell of (the specs' or ad-hoc ones); `name`, `state`, `node`,
+    `gpus` and `runs` are the interface scripts rely on."""
+    seconds = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    return {"type": "array", "items": _obj("A job: its state, where its run is, and its history.", {
+        "name": _NAME,
+        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed"]},
+        "node": {"anyOf": [_NAME, {"type": "null"}], "description": "where its run is or will be; null: no place"},
+        "gpus": {"type": "array", "items": _COUNT},
+        "runs": {**_COUNT, "description": "runs so far"},
+        "run": {"type": "integer", "minimum": 1, "description": "the active run, or the number of the next"},
+        "failures": _COUNT,
+        "preemptions": _COUNT,
+        "vram_bytes": {**_BYTES, "description": "bytes on each of its GPUs"},
+        "priority": {"type": "integer"},
+        "reason": _TEXT,
+        "lastRun": {"anyOf": [{"type": "null"}, _obj("The job's latest run.", {
+            "run": {"type": "integer", "minimum": 1}, "state": _TEXT, "started": seconds, "ended": seconds,
+            "logTail": {**_TEXT, "description": "the tail of its log when it failed"},
+        })]},
+    })}
+
+
+def schema() -> dict[str, Any]:
+    gpu = _obj("One GPU: sizes in bytes.", {
+        "index": {**_COUNT, "description": "the GPU's index on its node"},
+        "name": _TEXT,
+        "total": {**_BYTES, "description": "total memory"},
+        "planned": {**_BYTES, "description": "VRAM reserved by reconciler's replicas on it"},
+        "used": {"anyOf": [_BYTES, {"type": "null"}], "description": "in use as NVML reports; null when simulated"},
+        "foreign": {**_BYTES, "description": "used by processes that are not reconciler's replicas"},
+    })
+    document = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "reconciler status",
+        **_obj("The cluster as `reconciler status --format json` reports it.", {
+            "gateway": _obj("The one OpenAI-compatible base URL for every model.", {
+                "url": {**_URL, "description": "the base URL, ending in /v1 (the first gateway's); null if none"},
+                "urls": {"type": "array", "items": {"type": "string"}, "description": "every gateway's base URL"},
+                "keysRequired": {"type": "boolean", "description": "true when a Gateway spec lists API keys"},
+            }),
+            "models": {"type": "array", "items": _obj("A model of the specs (or, without specs, one that runs).", {
+                "name": _NAME,
+                "state": {"enum": ["running", "starting", "unplaced", "stopped"]},
+                "replicas": _obj("Replicas running and wanted.", {
+                    "running": _COUNT,
+                    "desired": {"anyOf": [_COUNT, {"type": "null"}], "description": 'null: "max" or unknown'},
+                }),
+                "route": {**_TEXT, "description": "the model's own route prefix on Serve's HTTP proxy"},
+                "url": {**_URL, "description": "the model's own route as a URL"},
+            })},
+            "replicas": {"type": "array", "items": _obj("A replica reconciler runs.", {
+                "model": _NAME,
+                "replica": _COUNT,
+                "node": _NAME,
+                "gpus": {"type": "array", "items": _COUNT},
+                "vram": {**_BYTES, "description": "bytes reserved on each of its GPUs"},
+                "state": {"enum": [str(s) for s in ReplicaState]},
+                "message": _TEXT,
+            })},
+            "nodes": {"type": "array", "items": _obj("A node and its GPUs.", {
+                "name": _NAME,
+                "alive": {"type": "boolean"},
+                "simulated": {"type": "boolean", "description": "GPUs from the pool inventory, not NVML"},
+                "gpus": {"type": "array", "items": gpu},
+            })},
+            "unplaced": {"type": "array", "items": _obj("A replica the specs want that has no place.", {
+                "model": _NAME, "replica": _COUNT, "reason": _TEXT,
+            })},
+            "warnings": {"type": "array", "items": _TEXT},
+        }),
+    }
+    document["properties"]["jobs"] = _jobs()  # optional: only a status with jobs carries it
+    return document
