@@ -165,7 +165,7 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
     ray = cluster._driver()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    http = (cluster.last_serve or cluster.serve_details()).get("http_options") or {}
+    http = cluster.serve_details().get("http_options") or {}
     host, port = settings.listen(serve_host=http.get("host"), serve_port=http.get("port"))
     actors: dict[str, Any] = {}
     for address, node_id in _gateway_nodes(ray).items():

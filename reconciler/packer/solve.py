@@ -2,9 +2,9 @@
 
 Pools up to `exact_max_items` replicas on `exact_max_bins` GPUs are solved exactly on the whole objective, with the
 heuristic's placement as the starting point. Larger pools keep the heuristic's placement, with bounds computed in
-linear time; when it leaves replicas out and the bounds cannot prove that nothing more fits, an exact solve over a
-window of the emptiest nodes looks for their place, so a plan does not call a replica unplaceable while a search
-within reach can place it.
+linear time; when it leaves replicas out and the bounds cannot prove that nothing more fits, the GPU-freeing search
+is run on the pool plus virtual GPUs (`overflow.py`), then an exact solve over a window of the emptiest nodes
+(`window.py`) looks for their place. A replica left out without proof is reported as such, never as unplaceable.
 """
 
 from __future__ import annotations
