@@ -138,6 +138,40 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """Batch work on GPUs: runs to completion on ``gpus`` GPUs of one node, placed with the models by priority."""
+
+    name: str
+    pool: str  # resolved, as for models
+    priority_class: str
+    priority: int
+    preemption: Preemption
+    preemptible: bool
+    vram: int  # bytes per GPU
+    entrypoint: str
+    gpus: int = 1
+    working_dir: str | None = None  # relative to the spec directory
+    env: tuple[tuple[str, str], ...] = ()
+    retries: int = 0
+    active_deadline: int | None = None  # seconds
+    schedule: str | None = None  # five-field cron, UTC
+
+    @property
+    def revision(self) -> str:
+        """Changes with everything a run is started from: without a schedule, one run per revision."""
+        return short_hash(
+            {
+                "vram": self.vram,
+                "gpus": self.gpus,
+                "entrypoint": self.entrypoint,
+                "workingDir": self.working_dir,
+                "env": dict(self.env),
+                "schedule": self.schedule,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     name: str
     sha256: str  # hex digest of the key; the key itself is never in the specs
@@ -162,7 +196,14 @@ class DesiredState:
     pools: tuple[Pool, ...] = ()
     priority_classes: tuple[PriorityClass, ...] = ()
     models: tuple[Model, ...] = ()  # sorted by name
+    jobs: tuple[Job, ...] = ()  # sorted by name
     gateway: Gateway | None = None
+
+    def job(self, name: str) -> Job:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
 
     def pool(self, name: str) -> Pool:
         for pool in self.pools:
@@ -233,6 +274,8 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
         "priorityClasses": [klass(c) for c in desired.priority_classes],
         "models": [model(m) for m in desired.models],
     }
+    if desired.jobs:  # only then: specs without jobs keep the fingerprints they always had
+        out["jobs"] = [job_to_json(j) for j in desired.jobs]
     if desired.gateway is not None:  # only when written, so specs without one keep their fingerprints
         g = desired.gateway
         out["gateway"] = {
@@ -244,6 +287,44 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
     return out
 
 
+def job_from_json(data: dict[str, Any]) -> Job:
+    return Job(
+        name=data["name"],
+        pool=data["pool"],
+        priority_class=data["priorityClass"],
+        priority=data["priority"],
+        preemption=Preemption(data["preemption"]),
+        preemptible=data["preemptible"],
+        vram=data["vram"],
+        gpus=data["gpus"],
+        entrypoint=data["entrypoint"],
+        working_dir=data["workingDir"],
+        env=tuple(sorted(data["env"].items())),
+        retries=data["retries"],
+        active_deadline=data["activeDeadline"],
+        schedule=data["schedule"],
+    )
+
+
+def job_to_json(j: Job) -> dict[str, Any]:
+    return {
+        "name": j.name,
+        "pool": j.pool,
+        "priorityClass": j.priority_class,
+        "priority": j.priority,
+        "preemption": str(j.preemption),
+        "preemptible": j.preemptible,
+        "vram": j.vram,
+        "gpus": j.gpus,
+        "entrypoint": j.entrypoint,
+        "workingDir": j.working_dir,
+        "env": dict(j.env),
+        "retries": j.retries,
+        "activeDeadline": j.active_deadline,
+        "schedule": j.schedule,
+    }
+
+
 __all__ = [
     "ApiKey",
     "DesiredState",
@@ -252,6 +333,7 @@ __all__ = [
     "GpuSpec",
     "IMPLICIT_PRIORITY",
     "InventoryNode",
+    "Job",
     "Model",
     "Placement",
     "Pool",
@@ -260,5 +342,7 @@ __all__ = [
     "Spread",
     "canonical_json",
     "desired_to_json",
+    "job_from_json",
+    "job_to_json",
     "short_hash",
 ]

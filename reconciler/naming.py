@@ -69,3 +69,12 @@ def router_app(model: str) -> str:
 
 def cuda_visible_devices(gpus: tuple[int, ...]) -> str:
     return ",".join(str(i) for i in gpus)
+
+
+JOB_SUBMISSION_PREFIX = "reconciler--job--"
+JOB_METADATA = "reconciler.io/job"  # the job's name, in the metadata of every run reconciler submits
+
+
+def job_submission_id(job: str, run: int) -> str:
+    """One id per run: submitting a run twice (an apply interrupted and repeated) is refused by Ray, not doubled."""
+    return f"{JOB_SUBMISSION_PREFIX}{job}--{run}"

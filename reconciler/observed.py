@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from reconciler.desired import DesiredState, canonical_json, short_hash
+from reconciler.desired import DesiredState, Job, canonical_json, job_from_json, job_to_json, short_hash
 
 FORMAT_VERSION = "reconciler/observed-v1"
 
@@ -25,6 +25,20 @@ class ReplicaState(StrEnum):
     PENDING = "pending"  # Ray cannot schedule it (yet): no room on the GPU it was pinned to
     FAILED = "failed"
     STOPPING = "stopping"
+
+
+class JobRunState(StrEnum):
+    """One run of a Job as the cluster reports it, with the runs reconciler stopped to make room told apart."""
+
+    PENDING = "pending"  # submitted; Ray has not started it yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # stopped by reconciler for a higher priority: requeued, not a failure
+    STOPPED = "stopped"  # stopped otherwise (past its activeDeadline, by hand): counts as a failure
+
+
+ACTIVE_RUN = (JobRunState.PENDING, JobRunState.RUNNING)
 
 
 class Source(StrEnum):
@@ -83,10 +97,38 @@ class ObservedReplica:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservedJobRun:
+    """One submission of a Job: run numbers count up from 1 per job; finished runs are its history."""
+
+    job: str
+    run: int
+    revision: str  # Job.revision it was started from
+    state: JobRunState
+    node: str = ""
+    gpus: tuple[int, ...] = ()
+    vram: int = 0  # bytes on each of its GPUs
+    slot: float | None = None  # the scheduled time (epoch seconds) it runs for; None without a schedule
+    started: float | None = None  # epoch seconds
+    ended: float | None = None
+    message: str = ""  # the tail of its log when it failed, or what Ray said
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_RUN
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedState:
     nodes: tuple[ObservedNode, ...] = ()  # sorted by name
     replicas: tuple[ObservedReplica, ...] = ()  # sorted by (model, replica)
     source: Source = Source.OFFLINE
+    jobs: tuple[ObservedJobRun, ...] = ()  # sorted by (job, run)
+    at: float | None = None  # when it was observed (epoch seconds): the planner's clock; None offline
+    # Ad-hoc jobs (`reconciler run`) recorded in the cluster: desired state that lives there, not in the specs.
+    recorded: tuple[Job, ...] = ()  # sorted by name
+
+    def runs_of(self, job: str) -> tuple[ObservedJobRun, ...]:
+        return tuple(r for r in self.jobs if r.job == job)
 
     def node(self, name: str) -> ObservedNode:
         for node in self.nodes:
@@ -98,17 +140,22 @@ class ObservedState:
     def fingerprint(self) -> str:
         """What a saved plan records: apply refuses the plan when the cluster no longer matches it.
 
-        Replica states are left out on purpose: a replica finishing its start does not make a plan stale.
+        Replica and job run states are left out on purpose: a replica finishing its start does not make a plan
+        stale, nor does the time of the observation.
         """
         data = to_json(self)
         for replica in data["replicas"]:
             replica.pop("state")
             replica.pop("message")
+        for run in data.get("jobs", []):
+            for key in ("state", "message", "started", "ended"):
+                run.pop(key)
         for node in data["nodes"]:
             if node["alive"]:  # fields of a dead node: leaving them out keeps the fingerprints from before them
                 node.pop("deadSince")
                 node.pop("deathReason")
         data.pop("source")
+        data.pop("observedAt", None)
         return short_hash(data, 16)
 
 
@@ -127,6 +174,9 @@ def normalised(state: ObservedState) -> ObservedState:
         nodes=tuple(sorted(state.nodes, key=lambda n: n.name)),
         replicas=tuple(sorted(state.replicas, key=lambda r: (r.model, r.replica, r.app))),
         source=state.source,
+        jobs=tuple(sorted(state.jobs, key=lambda r: (r.job, r.run))),
+        at=state.at,
+        recorded=tuple(sorted(state.recorded, key=lambda j: j.name)),
     )
 
 
@@ -145,7 +195,51 @@ def from_inventory(desired: DesiredState) -> ObservedState:
     return normalised(ObservedState(nodes=tuple(nodes), source=Source.OFFLINE))
 
 
+def job_run_to_json(r: ObservedJobRun) -> dict[str, Any]:
+    return {
+        "job": r.job,
+        "run": r.run,
+        "revision": r.revision,
+        "state": str(r.state),
+        "node": r.node,
+        "gpus": list(r.gpus),
+        "vram": r.vram,
+        "slot": r.slot,
+        "started": r.started,
+        "ended": r.ended,
+        "message": r.message,
+    }
+
+
+def job_run_from_json(r: dict[str, Any]) -> ObservedJobRun:
+    return ObservedJobRun(
+        job=r["job"],
+        run=r["run"],
+        revision=r["revision"],
+        state=JobRunState(r["state"]),
+        node=r.get("node", ""),
+        gpus=tuple(r.get("gpus", [])),
+        vram=r.get("vram", 0),
+        slot=r.get("slot"),
+        started=r.get("started"),
+        ended=r.get("ended"),
+        message=r.get("message", ""),
+    )
+
+
 def to_json(state: ObservedState) -> dict[str, Any]:
+    document = _to_json(state)
+    # Only when present: snapshots without jobs read and hash as they always did.
+    if state.jobs:
+        document["jobs"] = [job_run_to_json(r) for r in state.jobs]
+    if state.at is not None:
+        document["observedAt"] = state.at
+    if state.recorded:
+        document["recordedJobs"] = [job_to_json(j) for j in state.recorded]
+    return document
+
+
+def _to_json(state: ObservedState) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "source": str(state.source),
@@ -233,6 +327,12 @@ def from_json(data: Any) -> ObservedState:
             )
             for r in data.get("replicas", [])
         )
+        jobs = tuple(job_run_from_json(r) for r in data.get("jobs", []))
+        at = data.get("observedAt")
+        recorded = tuple(job_from_json(j) for j in data.get("recordedJobs", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
-    return normalised(ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot"))))
+    return normalised(
+        ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at,
+                      recorded=recorded)
+    )

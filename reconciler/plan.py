@@ -169,6 +169,52 @@ class GpuView:
         return max(0, self.memory - self.reserve - self.foreign)
 
 
+JOB_PREFIX = "job/"
+
+
+def job_item(name: str) -> str:
+    """How a job stands among the models of a plan (actions, GPU views): `job/NAME`, never a model's name."""
+    return f"{JOB_PREFIX}{name}"
+
+
+def is_job(item: str) -> bool:
+    return item.startswith(JOB_PREFIX)
+
+
+def job_name(item: str) -> str:
+    return item.removeprefix(JOB_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedJob:
+    """A job in the plan: its state, the run it places or keeps and where, and what a new run is submitted with."""
+
+    name: str
+    state: str  # planner.jobs.JobState: waiting | running | preempted | succeeded | failed (as observed)
+    run: int  # the active run, or the number a new run gets
+    runs: int  # runs so far
+    failures: int
+    preemptions: int
+    reason: str  # for people
+    node: str = ""  # where its run is (or will be) placed; "" when it has no place
+    gpus: tuple[int, ...] = ()
+    vram: int = 0  # bytes per GPU
+    entrypoint: str = ""
+    working_dir: str | None = None
+    env_json: str = "{}"  # canonical JSON
+    revision: str = ""
+    slot: float | None = None
+    priority: int = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        return json.loads(self.env_json)
+
+    @property
+    def location(self) -> Location | None:
+        return Location(self.node, self.gpus) if self.node else None
+
+
 @dataclass(frozen=True, slots=True)
 class PoolQuality:
     """How good one pool's placement is: proven optimal for the planner's objective, or how far it may be from a
@@ -204,6 +250,13 @@ class Plan:
     assumed: tuple[AssumedGpu, ...] = ()  # the pools' inventory the observation fell back on, sorted
     gateway: Gateway | None = None  # the Gateway spec (key names and hashes, limits, listen address), if any
     quality: tuple[PoolQuality, ...] = ()  # one per pool, sorted by pool
+    jobs: tuple[PlannedJob, ...] = ()  # every job of the specs, sorted by name
+
+    def job(self, name: str) -> PlannedJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
 
     def model(self, name: str) -> ModelRuntime:
         for model in self.models:
@@ -332,8 +385,40 @@ def to_json(plan: Plan) -> dict[str, Any]:
             for q in plan.quality
         ],
     }
+    if plan.jobs:  # only then: plans without jobs keep their form and digest
+        document["jobs"] = [planned_job_to_json(j) for j in plan.jobs]
     document["digest"] = digest(document)
     return document
+
+
+def planned_job_to_json(j: PlannedJob) -> dict[str, Any]:
+    return {
+        "name": j.name,
+        "state": j.state,
+        "run": j.run,
+        "runs": j.runs,
+        "failures": j.failures,
+        "preemptions": j.preemptions,
+        "reason": j.reason,
+        "node": j.node or None,
+        "gpus": list(j.gpus),
+        "vram_bytes": j.vram,
+        "entrypoint": j.entrypoint,
+        "workingDir": j.working_dir,
+        "env": j.env,
+        "revision": j.revision,
+        "slot": j.slot,
+        "priority": j.priority,
+    }
+
+
+def _planned_job(j: dict[str, Any]) -> PlannedJob:
+    return PlannedJob(
+        name=j["name"], state=j["state"], run=j["run"], runs=j["runs"], failures=j["failures"],
+        preemptions=j["preemptions"], reason=j["reason"], node=j["node"] or "", gpus=tuple(j["gpus"]),
+        vram=j["vram_bytes"], entrypoint=j["entrypoint"], working_dir=j["workingDir"],
+        env_json=canonical_json(j["env"]), revision=j["revision"], slot=j["slot"], priority=j["priority"],
+    )
 
 
 def from_json(data: dict[str, Any]) -> Plan:
@@ -400,4 +485,5 @@ def from_json(data: dict[str, Any]) -> Plan:
             PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])
             for q in data["quality"]
         ),
+        jobs=tuple(_planned_job(j) for j in data.get("jobs", [])),
     )

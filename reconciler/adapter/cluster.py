@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import requests
@@ -22,6 +22,9 @@ from reconciler.planner.runtime import assumed_gpus
 from reconciler.settings import DEFAULTS
 from reconciler.adapter import localcluster, reach
 from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
+
+if TYPE_CHECKING:
+    from reconciler.adapter.jobs import Jobs
 
 SERVE_API = "/api/serve/applications/"
 
@@ -107,6 +110,7 @@ class Cluster:
         self._http_url = endpoint.http_url
         self._probe_fn = None
         self._owns_driver = False
+        self._jobs: Any = None
 
     # -- connection -------------------------------------------------------------------------------------------------
 
@@ -299,7 +303,21 @@ class Cluster:
         observed = build_observed(
             nodes=nodes, probes=probes, serve=serve, assumed=assumed, demands=self.pending_demands()
         )
+        # Job runs, and the time of the observation: the planner's clock for schedules and backoff.
+        observed = replace(observed, jobs=self.jobs.runs(), at=time.time(), recorded=self.jobs.recorded())
         return observed, serve
+
+    @property
+    def jobs(self) -> "Jobs":
+        """Ray's job submission API, with the dashboard and token this connection uses."""
+        if self._jobs is None:
+            from reconciler.adapter.jobs import Jobs
+            from reconciler.adapter.kv import RayKV
+
+            self._driver()
+            assert self.dashboard_url is not None
+            self._jobs = Jobs(dashboard_url=self.dashboard_url, token=self.endpoint.token, kv=RayKV())
+        return self._jobs
 
     def wait_serve(self, predicate: Any, *, timeout: float, interval: float = 0.5) -> dict[str, Any]:
         """Poll Serve's details until `predicate(details)` is true or `timeout` passes; returns the last details."""

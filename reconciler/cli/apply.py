@@ -142,7 +142,7 @@ def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
     sys.stdout.write(render_plan(plan, color=color))
     settings = dataclasses.replace(DEFAULTS.apply, replica_timeout=args.timeout,
                                    pending_grace=args.pending_grace, max_starting=args.max_starting)
-    executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr))
+    executor = Executor(cluster, settings=settings, progress=Progress(sys.stderr), spec_dir=args.directory)
     if executor.in_sync(plan):
         print("Nothing to apply: the cluster matches the specs.")
         return 0

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import describe
+    from reconciler.desired import DesiredState
+    from reconciler.render.jobs import job_lines, status_json
     from reconciler.render.status import lock_lines, render_status
 
     from reconciler.adapter import gateway as gateways
@@ -46,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
         lock = lock_lines(describe(RayKV()), time.time())
     unplaced, reserves = (), {}
+    # Jobs' states come from the plan (their runs, retries and schedules are decided there); ad-hoc jobs recorded in
+    # the cluster are part of it even without a spec directory.
+    plan = _planning.plan_against(desired if desired is not None else DesiredState(), observed)
     if desired is not None:
-        plan = _planning.plan_against(desired, observed)
         unplaced, reserves = plan.unplaced, {(g.node, g.index): g.reserve for g in plan.gpus}
     routes = [m.route_path for m in desired.models] if desired is not None else []
     warning = open_endpoint_warning(gateway_urls, desired.gateway if desired is not None else None)
@@ -58,12 +62,15 @@ def run(args: argparse.Namespace) -> int:
 
         document = status_document(observed, desired=desired, gateway_urls=gateway_urls, http_url=http_url,
                                    unplaced=unplaced, warnings=[w for w in (warning,) if w])
+        document.update(status_json(plan, observed))
         print(json.dumps(document, indent=2))
         return 0
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
                                    http_url=http_url, unplaced=unplaced, reserves=reserves,
                                    gateway_url=gateway_urls[0] if gateway_urls else None))
     for line in lock:
+        print(line)
+    for line in job_lines(plan):
         print(line)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

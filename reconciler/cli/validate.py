@@ -27,6 +27,8 @@ def summary(directory: Path, result: LoadResult) -> str:
             _count(len(desired.priority_classes), "priority class", "priority classes"),
             _count(len(desired.models), "model"),
         )
+        # Only when there are jobs: the summary of a directory without them reads as it always did.
+        + ((_count(len(desired.jobs), "job"),) if desired.jobs else ())
     )
     return f"{directory}: valid: {read} ({kinds}){warnings}"
 

@@ -10,12 +10,13 @@ from typing import Any
 from reconciler.adapter import gateway as gateways
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
 from reconciler.errors import TransientError
+from reconciler.executor import jobs as job_steps
 from reconciler.executor import serveconfig, steps, waiting
 from reconciler.executor.progress import Progress
 from reconciler.executor.waiting import AppResult
 from reconciler.gateway.table import RouteTable, build_table
 from reconciler.desired import Gateway
-from reconciler.plan import Action, ActionKind, ModelRuntime, Plan
+from reconciler.plan import Action, ActionKind, ModelRuntime, Plan, is_job
 from reconciler.settings import DEFAULTS, ApplySettings, GatewaySettings
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class Report:
 
 class Executor:
     def __init__(self, cluster: Any, *, settings: ApplySettings = DEFAULTS.apply,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, spec_dir: Any = None) -> None:
         self.cluster = cluster
+        self.spec_dir = spec_dir  # where the specs' job workingDirs are; None when no spec directory is at hand
         self.settings = settings
         self.progress = progress or Progress()
         self.router_errors: list[str] = []
@@ -89,6 +91,8 @@ class Executor:
         report = Report()
         named = set(tgt.old_app.values())
         self._plan = plan
+        # Jobs that are preempted or stopped give their VRAM back before any replica needs it.
+        job_results = job_steps.stop_all(self.cluster.jobs, plan, self.settings) if job_steps.stops(plan) else []
 
         free = steps.phase_free(plan, tgt, current)
         report.cleaned = sorted(
@@ -109,7 +113,11 @@ class Executor:
         create = steps.phase_create(plan, tgt, switch, failed_replacements)
         self._run(create, details, foreign, switch.apps, results, what=self._what(plan, tgt, create.wait_running))
 
-        report.outcomes = self._outcomes(plan, tgt, results, failed_replacements)
+        if job_steps.submits(plan):
+            job_results += job_steps.submit_all(self.cluster.jobs, plan, spec_dir=self.spec_dir)
+        by_index = {r.index: Outcome(plan.actions[r.index], r.ok, r.message) for r in job_results}
+        replicas = iter(self._outcomes(plan, tgt, results, failed_replacements))
+        report.outcomes = [by_index[i] if is_job(a.model) else next(replicas) for i, a in enumerate(plan.actions)]
         self._publish(create.apps)
         report.router_errors = list(self.router_errors)
         report.gateway_urls = list(self._gateway_urls)
@@ -236,6 +244,8 @@ class Executor:
     ) -> list[Outcome]:
         outcomes = []
         for i, action in enumerate(plan.actions):
+            if is_job(action.model):
+                continue  # carried out by executor.jobs
             new, old = tgt.new_app.get(i), tgt.old_app.get(i)
             if action.kind in (ActionKind.CREATE, ActionKind.MOVE, ActionKind.REPLACE):
                 result = results.get(new) if new else None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from reconciler.desired import DesiredState, Model, Spread
 from reconciler.observed import ObservedReplica, ObservedState, ReplicaState, normalised
-from reconciler.packer import Item, PackSettings, pack
+from reconciler.packer import Item, PackSettings
 from reconciler.plan import (
     APPLY_ORDER,
     Action,
@@ -21,8 +21,11 @@ from reconciler.plan import (
     Plan,
     PoolQuality,
     Unplaced,
+    is_job,
+    job_item,
 )
-from reconciler.planner import reasons, runtime
+from reconciler.planner import jobplace, reasons, runtime
+from reconciler.planner.jobs import JobSettings
 from reconciler.planner.pools import HOLDS_VRAM, PoolProblem, build, healthy_current, pool_nodes, primary_replicas
 from reconciler.quantity import format_bytes
 
@@ -34,6 +37,7 @@ class PlanSettings:
     """Tunables of planning; budgets are deterministic work so that a plan is reproducible."""
 
     packing: PackSettings = field(default_factory=PackSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,32 +53,43 @@ class _Outcome:
 
 def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings = PlanSettings()) -> Plan:
     observed = normalised(observed)
+    specs, desired = desired, jobplace.with_recorded(desired, observed)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
     dead = frozenset(n.name for n in observed.nodes if not n.alive)
     outcomes: dict[tuple[str, int], _Outcome] = {}
     views: list[GpuView] = []
     unplaced: list[Unplaced] = []
+    chosen = jobplace.decisions(desired, observed, settings.jobs)
+    job_outcomes: dict[tuple[str, int], _Outcome] = {}
     quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
         pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
-        solution = pack(pp.problem, settings.packing)
+        pp = jobplace.with_jobs(pp, desired, chosen)
+        solution = jobplace.pack_pinned(pp.problem, settings.packing)
         q = solution.quality
         quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))
         pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven)
+        job_outcomes.update({k: o for k, o in pool_outcomes.items() if is_job(k[0])})
+        pool_outcomes = {k: o for k, o in pool_outcomes.items() if not is_job(k[0])}
         outcomes.update(pool_outcomes)
         unplaced.extend(_unplaced(pool_outcomes))
         views.extend(_views(pp, observed, solution.assignment))
+    targets = {k: (o.target.location if o.target else None) for k, o in job_outcomes.items()}
     placement = tuple(sorted((o.target for o in outcomes.values() if o.target), key=lambda p: (p.model, p.replica)))
     actions = _actions(desired=desired, observed=observed, primary=primary, outcomes=outcomes, views=views)
+    job_actions = jobplace.actions(desired=desired, observed=observed, chosen=chosen, targets=targets,
+                                   why_left={k: o.why_left for k, o in job_outcomes.items()}, settings=settings.jobs)
     found = Plan(
-        actions=actions,
+        actions=_in_order([*actions, *job_actions]),
         placement=placement,
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
         gpus=tuple(views),
         fingerprint=observed.fingerprint,
-        desired_fingerprint=desired.fingerprint,
+        desired_fingerprint=specs.fingerprint,
         quality=tuple(quality),
+        jobs=jobplace.planned(desired=desired, chosen=chosen, targets=targets,
+                              why_not={k: o.why_not for k, o in job_outcomes.items()}),
     )
     return runtime.self_contained(found, desired=desired, observed=observed)
 
@@ -99,7 +114,9 @@ def apply_to_observed(plan: Plan, observed: ObservedState, desired: DesiredState
                 app=apps.get((p.model, p.replica), ""),
             )
         )
-    return normalised(ObservedState(nodes=observed.nodes, replicas=tuple(replicas), source=observed.source))
+    return normalised(ObservedState(nodes=observed.nodes, replicas=tuple(replicas), source=observed.source,
+                                    jobs=jobplace.runs_after(plan.jobs, plan.actions, observed), at=observed.at,
+                                    recorded=observed.recorded))
 
 
 # -- packing results -------------------------------------------------------------------------------------------
@@ -198,6 +215,11 @@ def _views(pp: PoolProblem, observed: ObservedState, assignment) -> list[GpuView
         if r.state in HOLDS_VRAM:
             for g in r.gpus:
                 before.setdefault((r.node, g), []).append(GpuUse(model=r.model, replica=r.replica, vram=r.vram))
+    for run in observed.jobs:
+        if run.active:
+            for g in run.gpus:
+                before.setdefault((run.node, g), []).append(GpuUse(model=job_item(run.job), replica=run.run,
+                                                                   vram=run.vram))
     occupants = _occupants(pp, assignment)
     views = []
     nodes = {n.name: n for n in pp.nodes}
@@ -252,7 +274,10 @@ def _actions(
         action = _replica_action(outcomes[key], models[key[0]], primary.get(key))
         if action is not None:
             actions.append(action)
-    actions = _with_make_before_break(actions, observed, views)
+    return _in_order(_with_make_before_break(actions, observed, views))
+
+
+def _in_order(actions: list[Action]) -> tuple[Action, ...]:
     return tuple(sorted(actions, key=lambda a: (_ORDER[a.kind], a.model, a.replica, str(a.source), str(a.target))))
 
 

@@ -7,6 +7,7 @@ import re
 
 from reconciler.plan import SYMBOLS, GpuUse, GpuView, Plan
 from reconciler.quantity import format_bytes
+from reconciler.render.jobs import job_markdown
 from reconciler.render._common import (
     NONE,
     CellKind,
@@ -36,6 +37,7 @@ def code(text: str) -> str:
     return f"`{text}`"
 
 
+
 def render_plan(plan: Plan, *, title: str = TITLE) -> str:
     return "\n".join(plan_blocks(plan, title=title)) + "\n"
 
@@ -53,6 +55,7 @@ def plan_blocks(plan: Plan, *, title: str = TITLE) -> list[str]:
         lines.append("")
     if plan.quality:
         lines += [f"Placement in pool {code(q.pool)}: {escape(q.summary)}." for q in plan.quality] + [""]
+    lines += job_markdown(plan)
     lines += _details(plan)
     return lines
 

@@ -17,6 +17,7 @@ from reconciler.schemas import observed, plan, status
 from reconciler.spec.models import (
     AnyDocument,
     GatewayDocument,
+    JobDocument,
     ModelDocument,
     PriorityClassDocument,
     ResourcePoolDocument,
@@ -32,6 +33,7 @@ def _spec_schema(target: Any, title: str, description: str) -> dict[str, Any]:
 
 def spec_schemas() -> dict[str, dict[str, Any]]:
     return {
+        "job.schema.json": _spec_schema(JobDocument, "Job", "A reconciler/v1 Job spec document."),
         "model.schema.json": _spec_schema(ModelDocument, "Model", "A reconciler/v1 Model spec document."),
         "priorityclass.schema.json": _spec_schema(
             PriorityClassDocument, "PriorityClass", "A reconciler/v1 PriorityClass spec document."
@@ -43,7 +45,7 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
         "document.schema.json": _spec_schema(
             AnyDocument,
             "reconciler/v1 document",
-            "Any one reconciler/v1 spec document (Gateway, Model, PriorityClass or ResourcePool), chosen by its kind.",
+            "Any one reconciler/v1 spec document (Gateway, Job, Model, PriorityClass or ResourcePool), chosen by its kind.",
         ),
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.observed import FORMAT_VERSION, ReplicaState, Source
+from reconciler.observed import FORMAT_VERSION, JobRunState, ReplicaState, Source
 
 FILENAME = "observed.schema.json"
 
@@ -102,6 +102,45 @@ def _replica() -> dict[str, Any]:
     )
 
 
+def _job_run() -> dict[str, Any]:
+    seconds = {"type": ["number", "null"], "minimum": 0, "default": None}
+    return _obj(
+        "One run of a Job: active (pending, running) or finished (its history).",
+        {
+            "job": _NAME,
+            "run": {"type": "integer", "minimum": 1, "description": "counts up from 1 per job"},
+            "revision": {"type": "string", "description": "revision of the Job spec it was started from"},
+            "state": {"enum": [str(s) for s in JobRunState]},
+        },
+        {
+            "node": {"type": "string", "default": ""},
+            "gpus": {"type": "array", "items": _INDEX, "uniqueItems": True, "default": []},
+            "vram": {**_BYTES, "default": 0, "description": "bytes on each of its GPUs"},
+            "slot": {**seconds, "description": "the scheduled time it runs for (epoch seconds)"},
+            "started": {**seconds, "description": "epoch seconds"},
+            "ended": {**seconds, "description": "epoch seconds"},
+            "message": {"type": "string", "default": "", "description": "the tail of its log when it failed"},
+        },
+    )
+
+
+def _recorded_job() -> dict[str, Any]:
+    text = {"type": "string"}
+    return _obj(
+        "A Job as the planner takes it: pool and priority resolved, memory in bytes, deadlines in seconds.",
+        {
+            "name": _NAME, "pool": _NAME, "priorityClass": text, "priority": {"type": "integer"},
+            "preemption": {"enum": ["LowerPriority", "Never"]}, "preemptible": {"type": "boolean"},
+            "vram": _BYTES, "gpus": {"type": "integer", "minimum": 1}, "entrypoint": text,
+            "workingDir": {"type": ["string", "null"]}, "env": {"type": "object", "additionalProperties": text},
+            "retries": {"type": "integer", "minimum": 0},
+            "activeDeadline": {"type": ["integer", "null"], "minimum": 1},
+            "schedule": {"type": ["string", "null"]},
+        },
+        {},
+    )
+
+
 def schema() -> dict[str, Any]:
     root = _obj(
         "The cluster as seen: nodes, their GPUs and the replicas reconciler manages. Recorded by `reconciler "
@@ -115,11 +154,24 @@ def schema() -> dict[str, Any]:
             },
             "nodes": {"type": "array", "items": {"$ref": "#/$defs/node"}, "default": []},
             "replicas": {"type": "array", "items": {"$ref": "#/$defs/replica"}, "default": []},
+            "jobs": {"type": "array", "items": {"$ref": "#/$defs/jobRun"}, "default": []},
+            "recordedJobs": {
+                "type": "array",
+                "description": "ad-hoc jobs (`reconciler run`) recorded in the cluster: desired state kept there",
+                "items": {"$ref": "#/$defs/recordedJob"},
+                "default": [],
+            },
+            "observedAt": {
+                "type": "number",
+                "minimum": 0,
+                "description": "when it was observed (epoch seconds): the clock schedules and backoff are planned with",
+            },
         },
     )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "reconciler observed state",
         **root,
-        "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica()},
+        "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica(), "jobRun": _job_run(),
+                   "recordedJob": _recorded_job()},
     }

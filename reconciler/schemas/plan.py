@@ -159,6 +159,32 @@ def schema() -> dict[str, Any]:
                     {"node": _NAME, "index": _INDEX, "name": {"type": "string"}, "memory": _BYTES},
                 ),
             },
+            "jobs": {
+                "type": "array",
+                "description": "every job of the specs, sorted by name (left out when there is none): its state, "
+                "the run the plan places or keeps and where, and what a new run is submitted with",
+                "items": _obj(
+                    "One job.",
+                    {
+                        "name": _NAME,
+                        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed"]},
+                        "run": {"type": "integer", "minimum": 1},
+                        "runs": {"type": "integer", "minimum": 0},
+                        "failures": {"type": "integer", "minimum": 0},
+                        "preemptions": {"type": "integer", "minimum": 0},
+                        "reason": {"type": "string"},
+                        "node": {"type": ["string", "null"]},
+                        "gpus": {"type": "array", "items": _INDEX, "uniqueItems": True},
+                        "vram_bytes": {**_BYTES, "description": "bytes on each of its GPUs"},
+                        "entrypoint": {"type": "string"},
+                        "workingDir": {"type": ["string", "null"]},
+                        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "revision": {"type": "string"},
+                        "slot": {"type": ["number", "null"]},
+                        "priority": {"type": "integer"},
+                    },
+                ),
+            },
             "gateway": {
                 "oneOf": [
                     {"type": "null"},

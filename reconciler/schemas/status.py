@@ -20,6 +20,29 @@ def _obj(description: str, properties: dict[str, Any]) -> dict[str, Any]:
             "required": sorted(properties), "additionalProperties": False}
 
 
+def _jobs() -> dict[str, Any]:
+    """`jobs`: present when the status has jobs to tell of (the specs' or ad-hoc ones); `name`, `state`, `node`,
+    `gpus` and `runs` are the interface scripts rely on."""
+    seconds = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    return {"type": "array", "items": _obj("A job: its state, where its run is, and its history.", {
+        "name": _NAME,
+        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed"]},
+        "node": {"anyOf": [_NAME, {"type": "null"}], "description": "where its run is or will be; null: no place"},
+        "gpus": {"type": "array", "items": _COUNT},
+        "runs": {**_COUNT, "description": "runs so far"},
+        "run": {"type": "integer", "minimum": 1, "description": "the active run, or the number of the next"},
+        "failures": _COUNT,
+        "preemptions": _COUNT,
+        "vram_bytes": {**_BYTES, "description": "bytes on each of its GPUs"},
+        "priority": {"type": "integer"},
+        "reason": _TEXT,
+        "lastRun": {"anyOf": [{"type": "null"}, _obj("The job's latest run.", {
+            "run": {"type": "integer", "minimum": 1}, "state": _TEXT, "started": seconds, "ended": seconds,
+            "logTail": {**_TEXT, "description": "the tail of its log when it failed"},
+        })]},
+    })}
+
+
 def schema() -> dict[str, Any]:
     gpu = _obj("One GPU: sizes in bytes.", {
         "index": {**_COUNT, "description": "the GPU's index on its node"},
@@ -29,7 +52,7 @@ def schema() -> dict[str, Any]:
         "used": {"anyOf": [_BYTES, {"type": "null"}], "description": "in use as NVML reports; null when simulated"},
         "foreign": {**_BYTES, "description": "used by processes that are not reconciler's replicas"},
     })
-    return {
+    document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "reconciler status",
         **_obj("The cluster as `reconciler status --format json` reports it.", {
@@ -71,3 +94,5 @@ def schema() -> dict[str, Any]:
             "warnings": {"type": "array", "items": _TEXT},
         }),
     }
+    document["properties"]["jobs"] = _jobs()  # optional: only a status with jobs carries it
+    return document

@@ -13,6 +13,7 @@ from reconciler.desired import (
     Engine,
     GpuSpec,
     InventoryNode,
+    Job,
     Model,
     Placement,
     Pool,
@@ -77,6 +78,30 @@ def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fal
     )
 
 
+def _job(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Job:
+    spec = doc.spec
+    pool = resolve_pool(doc, catalog)
+    if pool is None:
+        raise ValueError(f"job {doc.name} has no pool: the rules should have reported it")
+    klass = classes[spec.priority_class] if spec.priority_class is not None else fallback
+    return Job(
+        name=doc.name,
+        pool=pool.name,
+        priority_class=klass.name,
+        priority=klass.value,
+        preemption=klass.preemption,
+        preemptible=klass.preemptible,
+        vram=spec.vram,
+        gpus=spec.gpus,
+        entrypoint=spec.entrypoint,
+        working_dir=spec.working_dir,
+        env=tuple(sorted(spec.env.items())),
+        retries=spec.retries,
+        active_deadline=spec.active_deadline,
+        schedule=spec.schedule,
+    )
+
+
 def _gateway(doc: Parsed) -> Gateway:
     spec = doc.spec
     keys = tuple(
@@ -101,5 +126,6 @@ def build(catalog: Catalog) -> DesiredState:
         pools=tuple(sorted((_pool(d) for d in catalog.pools), key=lambda p: p.name)),
         priority_classes=tuple(sorted(classes.values(), key=lambda c: c.name)),
         models=tuple(sorted((_model(d, catalog, classes, fallback) for d in catalog.models), key=lambda m: m.name)),
+        jobs=tuple(sorted((_job(d, catalog, classes, fallback) for d in catalog.jobs), key=lambda j: j.name)),
         gateway=_gateway(catalog.gateways[0]) if catalog.gateways else None,
     )

@@ -80,7 +80,7 @@ def _name(data: Any) -> str | None:
 
 
 def _references(doc: SourceDocument) -> list[Reference]:
-    """The pool and priority class a Model names, read from the raw data so a Model with other mistakes still
+    """The pool and priority class a Model or Job names, read from the raw data so a Model with other mistakes still
     gets its references checked."""
     spec = doc.data.get("spec")
     if not isinstance(spec, dict):
@@ -139,7 +139,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -
                 incomplete.add(kind)
             else:
                 names[kind].add(name)
-            if kind == "Model":
+            if kind in ("Model", "Job"):
                 references.extend(_references(doc))
             result, problems = _validate(doc, kind)
             diagnostics.extend(problems)
@@ -153,6 +153,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -
         pools=tuple(p for p in parsed if p.kind == "ResourcePool"),
         classes=tuple(p for p in parsed if p.kind == "PriorityClass"),
         models=tuple(p for p in parsed if p.kind == "Model"),
+        jobs=tuple(p for p in parsed if p.kind == "Job"),
         gateways=tuple(p for p in parsed if p.kind == "Gateway"),
         names={kind: frozenset(found) for kind, found in names.items()},
         incomplete=frozenset(incomplete),

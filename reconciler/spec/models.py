@@ -26,6 +26,7 @@ from reconciler.spec.fields import (
     choice,
     integer,
 )
+from reconciler.spec.jobfields import Duration, EnvMap, Schedule, WorkingDir
 
 API_VERSION = "reconciler/v1"
 
@@ -125,6 +126,26 @@ class ModelSpec(_Spec):
     engine_args: JsonMapping = Field(default_factory=dict, description="Passed through to the engine.")
 
 
+class JobSpec(_Spec):
+    label: ClassVar[str] = "a Job spec"
+    pool: Name | None = Field(default=None, description="The ResourcePool; required unless exactly one exists.")
+    priority_class: Name | None = Field(default=None, description="The PriorityClass; default: the default class.")
+    vram: Quantity = Field(description="Per GPU, as for models.")
+    gpus: PositiveInteger = Field(default=1, description="GPUs of one node the job runs on.")
+    entrypoint: NonEmptyText = Field(description="The shell command that runs the job.")
+    working_dir: WorkingDir | None = Field(
+        default=None, description="A folder relative to the spec directory, shipped with the job."
+    )
+    env: EnvMap = Field(default_factory=dict, description="Environment variables of the job.")
+    retries: NonNegativeInteger = Field(
+        default=0, description="Failed runs retried with exponential backoff; preemptions don't count."
+    )
+    active_deadline: Duration | None = Field(default=None, description="A run is killed and failed past this.")
+    schedule: Schedule | None = Field(
+        default=None, description="Cron (UTC): a new run each time; without it, one run per spec revision."
+    )
+
+
 class KeyLimits(_Spec):
     label: ClassVar[str] = "`limits`"
     requests_per_minute: PositiveInteger | None = Field(
@@ -190,6 +211,14 @@ class ResourcePoolDocument(_Document):
     spec: ResourcePoolSpec
 
 
+class JobDocument(_Document):
+    """A reconciler/v1 Job: batch work on GPUs, placed with the models by priority."""
+
+    label: ClassVar[str] = "a Job document"
+    kind: Literal["Job"]
+    spec: JobSpec
+
+
 class GatewayDocument(_Document):
     """A reconciler/v1 Gateway: the one OpenAI base URL for every model, and the API keys it accepts."""
 
@@ -199,6 +228,7 @@ class GatewayDocument(_Document):
 
 
 DOCUMENTS: dict[str, type[_Spec]] = {
+    "Job": JobDocument,
     "Gateway": GatewayDocument,
     "Model": ModelDocument,
     "PriorityClass": PriorityClassDocument,
@@ -206,6 +236,6 @@ DOCUMENTS: dict[str, type[_Spec]] = {
 }
 
 AnyDocument = Annotated[
-    GatewayDocument | ModelDocument | PriorityClassDocument | ResourcePoolDocument,
+    GatewayDocument | JobDocument | ModelDocument | PriorityClassDocument | ResourcePoolDocument,
     Field(discriminator="kind"),
 ]

@@ -16,7 +16,7 @@ from reconciler.spec.diagnostics import Diagnostic, Position, error
 from reconciler.spec.fields import suggestion
 from reconciler.spec.parsed import Parsed
 
-KINDS = ("Gateway", "Model", "PriorityClass", "ResourcePool")
+KINDS = ("Gateway", "Job", "Model", "PriorityClass", "ResourcePool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class Catalog:
     pools: tuple[Parsed, ...] = ()
     classes: tuple[Parsed, ...] = ()
     models: tuple[Parsed, ...] = ()
+    jobs: tuple[Parsed, ...] = ()
     gateways: tuple[Parsed, ...] = ()
     # Names of every document of a kind, including those that failed their own validation.
     names: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -45,7 +46,7 @@ class Catalog:
 
     def first(self, kind: str, name: str) -> Parsed | None:
         docs = {"Model": self.models, "PriorityClass": self.classes, "ResourcePool": self.pools,
-                "Gateway": self.gateways}[kind]
+                "Gateway": self.gateways, "Job": self.jobs}[kind]
         return next((d for d in docs if d.name == name), None)
 
     def pool_named(self, name: str) -> Parsed | None:
@@ -53,7 +54,7 @@ class Catalog:
 
 
 def resolve_pool(model: Parsed, catalog: Catalog) -> Parsed | None:
-    """The pool a model runs in: the one it names, or the only one there is."""
+    """The pool a model or job runs in: the one it names, or the only one there is."""
     if model.spec.pool is not None:
         return catalog.pool_named(model.spec.pool)
     return catalog.pools[0] if len(catalog.pools) == 1 else None
@@ -64,7 +65,7 @@ def default_class(catalog: Catalog) -> Parsed | None:
 
 
 def _unique_names(catalog: Catalog) -> Iterator[Diagnostic]:
-    for docs in (catalog.pools, catalog.classes, catalog.models):
+    for docs in (catalog.pools, catalog.classes, catalog.models, catalog.jobs):
         seen: dict[str, Parsed] = {}
         for doc in docs:
             first = seen.setdefault(doc.name, doc)
@@ -92,11 +93,12 @@ def _references(catalog: Catalog) -> Iterator[Diagnostic]:
     if "ResourcePool" in catalog.incomplete:
         return
     pool_names = sorted(catalog.names.get("ResourcePool", frozenset()))
-    for model in catalog.models:
+    for model in (*catalog.models, *catalog.jobs):
         if model.spec.pool is not None:
             continue
         if not pool_names:
-            yield model.error(model.key("spec"), "no ResourcePool is defined: add one for this model to run in")
+            what = model.kind.lower()
+            yield model.error(model.key("spec"), f"no ResourcePool is defined: add one for this {what} to run in")
         elif len(pool_names) > 1:
             yield model.error(
                 model.key("spec"),
@@ -232,6 +234,24 @@ def _routes(catalog: Catalog) -> Iterator[Diagnostic]:
             )
 
 
+def _jobs_fit(catalog: Catalog) -> Iterator[Diagnostic]:
+    for job in catalog.jobs:
+        pool = resolve_pool(job, catalog)
+        if pool is None or not pool.spec.inventory:
+            continue
+        spec, reserve = job.spec, pool.spec.reserve
+        usable = [[g.memory - reserve for g in inv.gpus] for inv in pool.spec.inventory]
+        if not any(sum(1 for free in gpus if free >= spec.vram) >= spec.gpus for gpus in usable):
+            most = max(len(gpus) for gpus in usable)
+            largest = max(max(gpus) for gpus in usable)
+            yield job.error(
+                job.at("spec", "gpus" if spec.gpus > most else "vram"),
+                f"no node of pool `{pool.name}` has {spec.gpus} GPU{'s' if spec.gpus != 1 else ''} with "
+                f"{format_bytes(spec.vram)} usable each (its largest node has {most} GPUs, its largest GPU "
+                f"{format_bytes(largest)} usable): lower `vram` or `gpus`, or run the job in another pool",
+            )
+
+
 def _gateway(catalog: Catalog) -> Iterator[Diagnostic]:
     for extra in catalog.gateways[1:]:
         first = catalog.gateways[0]
@@ -268,7 +288,7 @@ def _gateway(catalog: Catalog) -> Iterator[Diagnostic]:
                                     f"models defined: {', '.join(known) or 'none'}")
 
 
-RULES = (_unique_names, _references, _one_default, _pools, _fit, _zero_replicas, _routes, _gateway)
+RULES = (_unique_names, _references, _one_default, _pools, _fit, _jobs_fit, _zero_replicas, _routes, _gateway)
 
 
 def check(catalog: Catalog) -> tuple[Diagnostic, ...]:

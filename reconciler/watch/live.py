@@ -24,7 +24,7 @@ from reconciler.watch.target import WatchTarget
 
 def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.cluster.connect_timeout,
                  progress: IO[str] | None = None,
-                 apply_settings: ApplySettings = DEFAULTS.apply) -> WatchTarget:
+                 apply_settings: ApplySettings = DEFAULTS.apply, spec_dir: Any = None) -> WatchTarget:
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor, sync_gateway
     from reconciler.planner.runtime import model_runtime
@@ -75,7 +75,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
         # A fresh Progress per apply: it keeps per-apply rows; plain lines, never a live table, in a long-running log.
         executor = Executor(cluster, settings=apply_settings,
-                            progress=Progress(stream, live=False))
+                            progress=Progress(stream, live=False), spec_dir=spec_dir)
         try:
             report = executor.apply(plan)
         except Exception as exc:

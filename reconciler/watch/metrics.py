@@ -37,6 +37,7 @@ class Snapshot:
     replicas: tuple[tuple[tuple[str, str], int], ...] = ()  # (model, state) -> count
     unplaced: tuple[tuple[str, int], ...] = ()
     backoff: tuple[tuple[str, int], ...] = ()  # model -> replicas held back by crash-loop backoff
+    jobs: tuple[tuple[str, str, int, int], ...] = ()  # (job, state, runs, preemptions), from the plan
     nodes: tuple[tuple[str, int], ...] = ()  # "alive"|"dead" -> nodes
     dead: tuple[tuple[str, float], ...] = ()  # dead node -> unix seconds it died (0 when Ray did not say)
 
@@ -78,6 +79,7 @@ def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
         replicas=tuple(sorted(counts.items())),
         unplaced=tuple(sorted((m.name, unplaced.get(m.name, 0)) for m in desired.models)),
         backoff=tuple(sorted((m.name, held.get(m.name, 0)) for m in desired.models)),
+        jobs=tuple((j.name, j.state, j.runs, j.preemptions) for j in plan.jobs),
         nodes=(("alive", sum(1 for n in observed.nodes if n.alive)), ("dead", sum(1 for n in observed.nodes
                                                                                   if not n.alive))),
         dead=tuple(sorted((n.name, n.dead_since or 0.0) for n in observed.nodes if not n.alive)),
@@ -135,6 +137,23 @@ class _StateCollector(Collector):
         for node, since in snap.dead:
             family.add_metric((node,), since)
         yield family
+        yield from _job_families(snap)
+
+
+JOB_STATES = ("waiting", "running", "preempted", "succeeded", "failed")
+
+
+def _job_families(snap: Snapshot) -> Iterator[Metric]:
+    state = GaugeMetricFamily("reconciler_job_state", "1 for the state each job is in", labels=("job", "state"))
+    runs = GaugeMetricFamily("reconciler_job_runs", "Runs of each job so far (its history kept)", labels=("job",))
+    preempted = GaugeMetricFamily("reconciler_job_preemptions", "Runs of each job that were preempted",
+                                  labels=("job",))
+    for job, current, count, preemptions in snap.jobs:
+        for name in JOB_STATES:
+            state.add_metric((job, name), 1 if name == current else 0)
+        runs.add_metric((job,), count)
+        preempted.add_metric((job,), preemptions)
+    yield from (state, runs, preempted)
 
 
 class Metrics:

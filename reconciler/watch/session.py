@@ -77,7 +77,8 @@ def connect(options: WatchOptions) -> WatchTarget:
 
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
     return connect_live(options.address, connect_timeout=options.connect_timeout,
-                        progress=sys.stderr if options.log_format == "json" else sys.stdout, apply_settings=options.apply)
+                        progress=sys.stderr if options.log_format == "json" else sys.stdout, apply_settings=options.apply,
+                        spec_dir=options.directory if options.git is None else None)
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:

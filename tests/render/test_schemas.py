@@ -11,7 +11,9 @@ from jsonschema import Draft202012Validator
 
 from reconciler.schemas import observed as observed_schema, plan as plan_schema
 from reconciler.observed import (
+    JobRunState,
     ObservedGpu,
+    ObservedJobRun,
     ObservedNode,
     ObservedReplica,
     ObservedState,
@@ -20,6 +22,8 @@ from reconciler.observed import (
 )
 from reconciler.observed import from_json as observed_from_json
 from reconciler.observed import to_json as observed_to_json
+from reconciler.desired import Job, Preemption
+from reconciler.plan import PlannedJob
 from reconciler.plan import to_json as plan_to_json
 from .samples import busy_plan
 
@@ -39,7 +43,23 @@ def _observed() -> ObservedState:
             ObservedReplica("chat", 0, "node-a", (0,), 8 * GiB, "r1", "c1", ReplicaState.PENDING, "no room", "chat-0"),
         ),
         source=Source.LIVE,
+        jobs=(ObservedJobRun("embed", 1, "rev1", JobRunState.FAILED, "node-a", (0,), 6 * GiB, slot=1.0e9,
+                             started=1.0e9 + 5, ended=1.0e9 + 65, message="Traceback: boom"),),
+        at=1.0e9 + 100,
+        recorded=(Job(name="train", pool="homelab", priority_class="batch", priority=10,
+                      preemption=Preemption.LOWER_PRIORITY, preemptible=True, vram=4 * GiB,
+                      entrypoint="python train.py", working_dir="/home/me/train"),),
     )
+
+
+def _plan_with_jobs():
+    from dataclasses import replace
+
+    job = PlannedJob(name="embed", state="waiting", run=2, runs=1, failures=1, preemptions=0,
+                     reason="run 1 failed; retry 1 of 3", node="node-b", gpus=(0,), vram=6 * GiB,
+                     entrypoint="python embed.py", working_dir="jobs/embed", env_json='{"A":"1"}', revision="rev1",
+                     slot=None, priority=10)
+    return replace(busy_plan(), jobs=(job,))
 
 
 def _errors(schema: dict, data: object) -> list[str]:
@@ -76,9 +96,10 @@ def _walk_properties(schema: dict, data: object, root: dict, path: str = "$") ->
 
 def test_plan_json_matches_schema_exactly():
     schema = plan_schema.schema()
-    data = plan_to_json(busy_plan())
+    data = plan_to_json(_plan_with_jobs())
     assert _errors(schema, data) == []
     _walk_properties(schema, data, schema)
+    assert _errors(schema, plan_to_json(busy_plan())) == []  # a plan without jobs leaves the key out
 
 
 def test_observed_json_matches_schema_exactly():

@@ -49,3 +49,9 @@ def model(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[
 
 def messages(result: LoadResult) -> list[str]:
     return [str(d) for d in result.diagnostics]
+
+
+def job(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("vram", "4Gi")
+    spec.setdefault("entrypoint", "python run.py")
+    return {"apiVersion": "reconciler/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}

@@ -18,7 +18,7 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
 DIRECTORIES = [p / "specs" if (p / "specs").is_dir() else p for p in EXAMPLES
                if (p / "specs").is_dir() or any(p.glob("*.yaml"))] + [ROOT / "specs"]
 MODELINE = "# yaml-language-server: $schema="
-WITH_MODELINES = {"examples/homelab", "examples/k3s-cluster", "examples/preemption", "examples/tensor-parallel", "specs"}
+WITH_MODELINES = {"examples/batch-jobs", "examples/homelab", "examples/k3s-cluster", "examples/preemption", "examples/tensor-parallel", "specs"}
 
 
 def _ids(path: Path) -> str:
@@ -62,7 +62,7 @@ def test_every_document_matches_the_document_schema(directory):
 def test_each_kind_schema_accepts_its_documents(directory):
     validators = {
         kind: Draft202012Validator(json.loads((ROOT / "schemas" / f"{kind.lower()}.schema.json").read_text()))
-        for kind in ("Model", "PriorityClass", "ResourcePool")
+        for kind in ("Job", "Model", "PriorityClass", "ResourcePool")
     }
     for path in sorted(directory.rglob("*.y*ml")):
         for document in YAML(typ="safe", pure=True).load_all(path.read_text(encoding="utf-8")):

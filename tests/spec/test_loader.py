@@ -175,9 +175,9 @@ kind: 5
     assert messages(load({"m.yaml": docs, "p.yaml": [pool()]})) == [
         "m.yaml:1:1: error: the document needs `apiVersion: reconciler/v1`",
         "m.yaml:6:7: error: kind `Modle` is unknown; did you mean `Model`?",
-        "m.yaml:8:1: error: the document needs `kind`: one of Gateway, Model, PriorityClass, ResourcePool",
+        "m.yaml:8:1: error: the document needs `kind`: one of Gateway, Job, Model, PriorityClass, ResourcePool",
         "m.yaml:11:13: error: apiVersion `1` is not supported: write reconciler/v1",
-        "m.yaml:12:7: error: kind `5` is unknown; use one of Gateway, Model, PriorityClass, ResourcePool",
+        "m.yaml:12:7: error: kind `5` is unknown; use one of Gateway, Job, Model, PriorityClass, ResourcePool",
         "m.yaml:14:1: error: a document must be a mapping with apiVersion, kind, metadata and spec, not a list",
     ]
 

@@ -79,3 +79,29 @@ def test_a_deleted_model_disappears_from_the_scrape_and_registries_are_separate(
     empty = desired()
     a.update_state(snapshot(desired=empty, observed=cluster.state, plan=simple_plan(empty, cluster.state)))
     assert a.registry.get_sample_value("reconciler_replicas_desired", {"model": "llm"}) is None
+
+
+def test_jobs_are_in_the_scrape_with_their_state_runs_and_preemptions():
+    from dataclasses import replace
+
+    from reconciler.desired import Job, Preemption
+    from reconciler.observed import JobRunState, ObservedJobRun, from_inventory
+    from reconciler.planner import plan
+
+    base = desired(model("llm", 1, vram=6 * GiB))
+    job = Job(name="embed", pool=base.pools[0].name, priority_class="", priority=0,
+              preemption=Preemption.LOWER_PRIORITY, preemptible=True, vram=GiB, entrypoint="python embed.py")
+    want = replace(base, jobs=(job,))
+    state = replace(from_inventory(want), at=1_700_000_000.0, jobs=(
+        ObservedJobRun("embed", 1, job.revision, JobRunState.PREEMPTED, "node-a", (0,), GiB),))
+    metrics = Metrics()
+    metrics.update_state(snapshot(desired=want, observed=state, plan=plan(want, state)))
+    server = HealthServer(metrics.registry, lambda: Health(ok=True, phase=Phase.RUNNING, reason="ok"), port=0)
+    try:
+        seen = scrape(server.port)
+    finally:
+        server.close()
+    assert seen[("reconciler_job_state", (("job", "embed"), ("state", "preempted")))] == 1
+    assert seen[("reconciler_job_state", (("job", "embed"), ("state", "running")))] == 0
+    assert seen[("reconciler_job_runs", (("job", "embed"),))] == 1
+    assert seen[("reconciler_job_preemptions", (("job", "embed"),))] == 1
