@@ -137,6 +137,10 @@ def test_keys_and_limits_change_without_restarting_a_replica(gateway):
         apps = gateway["cluster"].serve_details()["applications"]
         return {n: r["actor_id"] for n, a in apps.items() for d in a["deployments"].values() for r in d["replicas"]}
 
+    # A replica killed by an earlier test may still be coming back: start from every replica running.
+    gateway["cluster"].wait_serve(lambda d: all(r.get("state") == "RUNNING" for a in d["applications"].values()
+                                                for dep in a["deployments"].values() for r in dep["replicas"]),
+                                  timeout=120)
     before = actors()
     secret = "sk-rc-test-key"
     spec = {"apiVersion": "reconciler/v1", "kind": "Gateway", "metadata": {"name": "front"},
