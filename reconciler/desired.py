@@ -277,14 +277,31 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
     if desired.jobs:  # only then: specs without jobs keep the fingerprints they always had
         out["jobs"] = [job_to_json(j) for j in desired.jobs]
     if desired.gateway is not None:  # only when written, so specs without one keep their fingerprints
-        g = desired.gateway
-        out["gateway"] = {
-            "name": g.name, "host": g.host, "port": g.port,
-            "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
-                      "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
-                      "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
-        }
+        out["gateway"] = gateway_to_json(desired.gateway)
     return out
+
+
+def gateway_to_json(g: Gateway) -> dict[str, Any]:
+    """A Gateway spec as the desired state's JSON and the plan file write it (key hashes, never keys)."""
+    return {
+        "name": g.name,
+        "host": g.host,
+        "port": g.port,
+        "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
+                  "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
+                  "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
+    }
+
+
+def gateway_from_json(data: dict[str, Any]) -> Gateway:
+    return Gateway(
+        name=data["name"],
+        host=data["host"],
+        port=data["port"],
+        keys=tuple(ApiKey(name=k["name"], sha256=k["sha256"], models=tuple(k["models"]),
+                          requests_per_minute=k["requestsPerMinute"], concurrent_requests=k["concurrentRequests"],
+                          tokens_per_minute=k["tokensPerMinute"]) for k in data["keys"]),
+    )
 
 
 def job_from_json(data: dict[str, Any]) -> Job:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from reconciler.desired import ApiKey, Gateway, canonical_json
+from reconciler.desired import Gateway, canonical_json, gateway_from_json, gateway_to_json
 from reconciler.quantity import format_bytes
 
 PLAN_FORMAT = "reconciler/plan-v1"
@@ -300,28 +300,6 @@ def action_to_json(a: Action) -> dict[str, Any]:
     }
 
 
-def _gateway_to_json(g: Gateway) -> dict[str, Any]:
-    return {
-        "name": g.name,
-        "host": g.host,
-        "port": g.port,
-        "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
-                  "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
-                  "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
-    }
-
-
-def _gateway_from_json(data: dict[str, Any]) -> Gateway:
-    return Gateway(
-        name=data["name"],
-        host=data["host"],
-        port=data["port"],
-        keys=tuple(ApiKey(name=k["name"], sha256=k["sha256"], models=tuple(k["models"]),
-                          requests_per_minute=k["requestsPerMinute"], concurrent_requests=k["concurrentRequests"],
-                          tokens_per_minute=k["tokensPerMinute"]) for k in data["keys"]),
-    )
-
-
 def digest(document: dict[str, Any]) -> str:
     """SHA-256 of a plan document's content (everything but the digest itself), in canonical JSON."""
     content = {k: v for k, v in document.items() if k != "digest"}
@@ -371,7 +349,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
             }
             for m in plan.models
         ],
-        "gateway": None if plan.gateway is None else _gateway_to_json(plan.gateway),
+        "gateway": None if plan.gateway is None else gateway_to_json(plan.gateway),
         "assumed": [{"node": g.node, "index": g.index, "name": g.name, "memory": g.memory} for g in plan.assumed],
         "quality": [
             {
@@ -479,7 +457,7 @@ def from_json(data: dict[str, Any]) -> Plan:
             )
             for m in data["models"]
         ),
-        gateway=None if data["gateway"] is None else _gateway_from_json(data["gateway"]),
+        gateway=None if data["gateway"] is None else gateway_from_json(data["gateway"]),
         assumed=tuple(AssumedGpu(g["node"], g["index"], g["name"], g["memory"]) for g in data["assumed"]),
         quality=tuple(
             PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])

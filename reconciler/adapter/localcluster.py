@@ -1,7 +1,8 @@
 """The embedded default: a local Ray cluster shaped like the pools' inventory, owned by a detached supervisor.
 
-`reconciler up` starts ``python -m reconciler.localcluster run --spec S --state F`` in its own session; the supervisor
-starts one Ray node per inventory node (``ray.cluster_utils.Cluster``: separate raylets on this machine, loopback only,
+`reconciler up` starts ``python -m reconciler.adapter.localcluster run --spec S --state F`` in its own session; the
+supervisor starts one Ray node per inventory node (``ray.cluster_utils.Cluster``: separate raylets on this machine,
+loopback only,
 free ports), starts Serve with its HTTP proxy on 127.0.0.1, writes the state file (PID, addresses, ports, token path)
 and then sleeps until SIGTERM/SIGINT, when it shuts the cluster down and removes the state file. `reconciler down`
 and the test suite's session fixture stop it by signalling that PID.
