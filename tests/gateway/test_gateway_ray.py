@@ -113,6 +113,13 @@ def test_both_replicas_take_traffic_and_a_killed_one_costs_no_request(gateway):
         ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=False)
         answers = [f.result() for f in futures]
     assert answers == [f"n{i}" for i in range(40)]
+    # Leave the cluster as found: Serve notices the kill by a failed health check and starts a new replica.
+    replaced = gateway["cluster"].wait_serve(
+        lambda d: any(r.get("state") == "RUNNING" and r.get("actor_id") != victim["actor_id"]
+                      for dep in d["applications"][chat_apps[0]]["deployments"].values() for r in dep["replicas"]),
+        timeout=120)
+    assert all(r.get("actor_id") != victim["actor_id"]
+               for dep in replaced["applications"][chat_apps[0]]["deployments"].values() for r in dep["replicas"])
 
 
 def test_status_json_and_probe_go_by_the_base_url(gateway, capsys):
@@ -137,10 +144,6 @@ def test_keys_and_limits_change_without_restarting_a_replica(gateway):
         apps = gateway["cluster"].serve_details()["applications"]
         return {n: r["actor_id"] for n, a in apps.items() for d in a["deployments"].values() for r in d["replicas"]}
 
-    # A replica killed by an earlier test may still be coming back: start from every replica running.
-    gateway["cluster"].wait_serve(lambda d: all(r.get("state") == "RUNNING" for a in d["applications"].values()
-                                                for dep in a["deployments"].values() for r in dep["replicas"]),
-                                  timeout=120)
     before = actors()
     secret = "sk-rc-test-key"
     spec = {"apiVersion": "reconciler/v1", "kind": "Gateway", "metadata": {"name": "front"},
