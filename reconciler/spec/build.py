@@ -5,6 +5,8 @@ Runs only when the rules found no error, so every reference resolves here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from reconciler.desired import (
     IMPLICIT_PRIORITY,
     ApiKey,
@@ -53,19 +55,21 @@ def _class(doc: Parsed) -> PriorityClass:
     )
 
 
-def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Model:
-    spec = doc.spec
+def _placed_by(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass],
+               fallback: PriorityClass) -> dict[str, Any]:
+    """What a Model and a Job share: their name, pool, and priority class with its rules."""
     pool = resolve_pool(doc, catalog)
     if pool is None:
-        raise ValueError(f"model {doc.name} has no pool: the rules should have reported it")
-    klass = classes[spec.priority_class] if spec.priority_class is not None else fallback
+        raise ValueError(f"{doc.kind.lower()} {doc.name} has no pool: the rules should have reported it")
+    klass = classes[doc.spec.priority_class] if doc.spec.priority_class is not None else fallback
+    return {"name": doc.name, "pool": pool.name, "priority_class": klass.name, "priority": klass.value,
+            "preemption": klass.preemption, "preemptible": klass.preemptible}
+
+
+def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Model:
+    spec = doc.spec
     return Model(
-        name=doc.name,
-        pool=pool.name,
-        priority_class=klass.name,
-        priority=klass.value,
-        preemption=klass.preemption,
-        preemptible=klass.preemptible,
+        **_placed_by(doc, catalog, classes, fallback),
         engine=Engine(spec.engine),
         source=spec.source,
         vram=spec.vram,
@@ -80,17 +84,8 @@ def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fal
 
 def _job(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Job:
     spec = doc.spec
-    pool = resolve_pool(doc, catalog)
-    if pool is None:
-        raise ValueError(f"job {doc.name} has no pool: the rules should have reported it")
-    klass = classes[spec.priority_class] if spec.priority_class is not None else fallback
     return Job(
-        name=doc.name,
-        pool=pool.name,
-        priority_class=klass.name,
-        priority=klass.value,
-        preemption=klass.preemption,
-        preemptible=klass.preemptible,
+        **_placed_by(doc, catalog, classes, fallback),
         vram=spec.vram,
         gpus=spec.gpus,
         entrypoint=spec.entrypoint,
