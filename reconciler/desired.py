@@ -82,6 +82,23 @@ class PriorityClass:
 IMPLICIT_PRIORITY = PriorityClass(name="", value=0)
 
 
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """A model whose replica count follows its demand within ``min``..``max`` (``replicas: {min, max}``).
+
+    Times are whole seconds. The planner turns demand (requests in flight and queued, the time of the last one) into
+    a replica count with these; the gateway holds a request for a model with no replica for up to ``load_timeout``.
+    """
+
+    min: int
+    max: int
+    target_in_flight: int = 8  # requests in flight per replica above which another replica is wanted
+    scale_up_after: int = 15  # sustained load before replicas are added
+    scale_down_after: int = 300  # sustained low load before replicas are removed (never below min)
+    idle_after: int = 600  # no request at all for this long: scale to min (0 unloads the model)
+    load_timeout: int = 600  # the longest a request waits for a replica to start
+
+
 def default_route(model_name: str) -> str:
     """The route of a model whose spec names none."""
     return f"/{model_name}"
@@ -104,6 +121,13 @@ class Model:
     route: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     engine_args_json: str = "{}"  # canonical JSON: keeps the value hashable and frozen
+    # Set for `replicas: {min, max}`: the count follows demand. `replicas` then holds the count the planner decided
+    # (the loader writes `min`); the planner replaces it from the observed demand before packing.
+    scaling: Scaling | None = None
+
+    @property
+    def on_demand(self) -> bool:
+        return self.scaling is not None
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -267,6 +291,8 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
             "route": m.route,
             "labels": dict(m.labels),
             "engineArgs": m.engine_args,
+            # Only when written, so models without a range keep the fingerprints they always had.
+            **({"scaling": scaling_to_json(m.scaling)} if m.scaling is not None else {}),
         }
 
     out: dict[str, Any] = {
@@ -279,6 +305,17 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
     if desired.gateway is not None:  # only when written, so specs without one keep their fingerprints
         out["gateway"] = gateway_to_json(desired.gateway)
     return out
+
+
+def scaling_to_json(s: Scaling) -> dict[str, Any]:
+    return {"min": s.min, "max": s.max, "targetInFlight": s.target_in_flight, "scaleUpAfter": s.scale_up_after,
+            "scaleDownAfter": s.scale_down_after, "idleAfter": s.idle_after, "loadTimeout": s.load_timeout}
+
+
+def scaling_from_json(data: dict[str, Any]) -> Scaling:
+    return Scaling(min=data["min"], max=data["max"], target_in_flight=data["targetInFlight"],
+                   scale_up_after=data["scaleUpAfter"], scale_down_after=data["scaleDownAfter"],
+                   idle_after=data["idleAfter"], load_timeout=data["loadTimeout"])
 
 
 def gateway_to_json(g: Gateway) -> dict[str, Any]:
@@ -356,6 +393,7 @@ __all__ = [
     "Pool",
     "Preemption",
     "PriorityClass",
+    "Scaling",
     "Spread",
     "canonical_json",
     "desired_to_json",

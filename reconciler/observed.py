@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from reconciler import demand as demand_json
+from reconciler.demand import ModelDemand
 from reconciler.desired import DesiredState, Job, canonical_json, job_from_json, job_to_json, short_hash
 
 FORMAT_VERSION = "reconciler/observed-v1"
@@ -126,6 +128,15 @@ class ObservedState:
     at: float | None = None  # when it was observed (epoch seconds): the planner's clock; None offline
     # Ad-hoc jobs (`reconciler run`) recorded in the cluster: desired state that lives there, not in the specs.
     recorded: tuple[Job, ...] = ()  # sorted by name
+    # What the gateways saw of each model (requests in flight and held, the last one, the load's history): the
+    # input of demand-driven replica counts. Sorted by model; empty when no gateway runs or none was asked.
+    demand: tuple[ModelDemand, ...] = ()
+
+    def demand_of(self, model: str) -> ModelDemand | None:
+        for d in self.demand:
+            if d.model == model:
+                return d
+        return None
 
     def runs_of(self, job: str) -> tuple[ObservedJobRun, ...]:
         return tuple(r for r in self.jobs if r.job == job)
@@ -156,6 +167,7 @@ class ObservedState:
                 node.pop("deathReason")
         data.pop("source")
         data.pop("observedAt", None)
+        data.pop("demand", None)  # demand changes every second; a plan made from it is stale only if placement is
         return short_hash(data, 16)
 
 
@@ -177,6 +189,7 @@ def normalised(state: ObservedState) -> ObservedState:
         jobs=tuple(sorted(state.jobs, key=lambda r: (r.job, r.run))),
         at=state.at,
         recorded=tuple(sorted(state.recorded, key=lambda j: j.name)),
+        demand=tuple(sorted(state.demand, key=lambda d: d.model)),
     )
 
 
@@ -236,6 +249,8 @@ def to_json(state: ObservedState) -> dict[str, Any]:
         document["observedAt"] = state.at
     if state.recorded:
         document["recordedJobs"] = [job_to_json(j) for j in state.recorded]
+    if state.demand:
+        document["demand"] = [demand_json.to_json(d) for d in state.demand]
     return document
 
 
@@ -330,9 +345,10 @@ def from_json(data: Any) -> ObservedState:
         jobs = tuple(job_run_from_json(r) for r in data.get("jobs", []))
         at = data.get("observedAt")
         recorded = tuple(job_from_json(j) for j in data.get("recordedJobs", []))
+        demand = tuple(demand_json.from_json(d) for d in data.get("demand", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
     return normalised(
         ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at,
-                      recorded=recorded)
+                      recorded=recorded, demand=demand)
     )

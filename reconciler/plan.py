@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from reconciler.desired import Gateway, canonical_json, gateway_from_json, gateway_to_json
+from reconciler.desired import (
+    Gateway,
+    Scaling,
+    canonical_json,
+    gateway_from_json,
+    gateway_to_json,
+    scaling_from_json,
+    scaling_to_json,
+)
 from reconciler.quantity import format_bytes
 
 PLAN_FORMAT = "reconciler/plan-v1"
@@ -119,6 +127,7 @@ class ModelRuntime:
     restart_hash: str  # changes when a replica must restart (names its applications)
     config_hash: str  # changes on what a running replica takes without a restart
     replicas: int | None = None  # what the spec asks for (None: "max"), for the gateway's model list
+    scaling: Scaling | None = None  # `replicas: {min, max}`: `replicas` is then what demand asked for at planning
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -346,6 +355,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "restartHash": m.restart_hash,
                 "configHash": m.config_hash,
                 "replicas": m.replicas,
+                **({"scaling": scaling_to_json(m.scaling)} if m.scaling is not None else {}),
             }
             for m in plan.models
         ],
@@ -454,6 +464,7 @@ def from_json(data: dict[str, Any]) -> Plan:
                 restart_hash=m["restartHash"],
                 config_hash=m["configHash"],
                 replicas=m["replicas"],
+                scaling=scaling_from_json(m["scaling"]) if "scaling" in m else None,
             )
             for m in data["models"]
         ),

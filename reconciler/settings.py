@@ -20,6 +20,7 @@ class GatewaySettings:
     host: str | None = None  # None: the host Serve's HTTP proxy binds (loopback on a local cluster)
     port: int | None = None  # None: Serve's HTTP port + port_after_serve
     port_after_serve: int = 1  # so the two endpoints sit side by side
+    queue_limit: int = 256  # requests one gateway holds per model while the model has no replica: more get 503
 
     def listen(self, *, serve_host: str | None, serve_port: int | None) -> tuple[str, int]:
         host = self.host or serve_host or "127.0.0.1"

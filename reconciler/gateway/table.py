@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 from reconciler.desired import ApiKey, Gateway
 
 RUNNING, STARTING, UNPLACED, STOPPED = "running", "starting", "unplaced", "stopped"
+IDLE = "idle"  # `replicas: {min: 0, ...}` with no replica now: the first request loads it
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,16 +25,25 @@ class ModelRoute:
     route: str  # the model's own Serve route prefix, which keeps working
     engine: str
     max_model_len: int | None = None
+    # On-demand models (`replicas: {min, max}`): a request that finds no replica is held this many seconds for one
+    # to start (the spec's loadTimeout). None: answered 503 at once, as for a model pinned at a count.
+    load_timeout: int | None = None
+
+    @property
+    def holds(self) -> bool:
+        return self.load_timeout is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "desired": self.desired, "backends": list(self.backends),
-                "route": self.route, "engine": self.engine, "max_model_len": self.max_model_len}
+                "route": self.route, "engine": self.engine, "max_model_len": self.max_model_len,
+                "load_timeout": self.load_timeout}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelRoute":
         return cls(name=data["name"], state=data["state"], desired=data.get("desired"),
                    backends=tuple(data.get("backends", ())), route=data.get("route", ""),
-                   engine=data.get("engine", ""), max_model_len=data.get("max_model_len"))
+                   engine=data.get("engine", ""), max_model_len=data.get("max_model_len"),
+                   load_timeout=data.get("load_timeout"))
 
 
 def _key_to_dict(key: ApiKey) -> dict[str, Any]:
@@ -84,9 +94,9 @@ class RouteTable:
                    keys=tuple(_key_from_dict(k) for k in data.get("keys", ())))
 
 
-def model_state(*, desired: int | None, backends: int, unplaced: bool) -> str:
+def model_state(*, desired: int | None, backends: int, unplaced: bool, on_demand: bool = False) -> str:
     if desired == 0:
-        return STOPPED
+        return IDLE if on_demand and not backends else STOPPED
     if backends:
         return RUNNING
     return UNPLACED if unplaced else STARTING
@@ -118,13 +128,16 @@ def build_table(
     for model in sorted(models, key=lambda m: m.name):
         mine = backends.get(model.name, ())
         max_len = model.engine_args.get("max_model_len", model.engine_args.get("max-model-len"))
+        scaling = getattr(model, "scaling", None)
         routes.append(ModelRoute(
             name=model.name,
-            state=model_state(desired=model.replicas, backends=len(mine), unplaced=model.name in short),
+            state=model_state(desired=model.replicas, backends=len(mine), unplaced=model.name in short,
+                              on_demand=scaling is not None),
             desired=model.replicas,
             backends=mine,
             route=model.route or f"/{model.name}",
             engine=str(model.engine),
             max_model_len=int(max_len) if isinstance(max_len, int) or str(max_len).isdigit() else None,
+            load_timeout=scaling.load_timeout if scaling is not None else None,
         ))
     return RouteTable(models=tuple(routes), created=created, keys=gateway.keys if gateway is not None else ())

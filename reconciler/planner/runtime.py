@@ -22,6 +22,7 @@ def model_runtime(model: Model) -> ModelRuntime:
         restart_hash=model.restart_hash,
         config_hash=model.config_hash,
         replicas=model.replicas,
+        scaling=model.scaling,
     )
 
 

@@ -141,6 +141,32 @@ def _recorded_job() -> dict[str, Any]:
     )
 
 
+def _demand() -> dict[str, Any]:
+    seconds = {"type": ["number", "null"], "minimum": 0, "default": None}
+    count = {"type": "integer", "minimum": 0, "default": 0}
+    return _obj(
+        "What the gateways saw of one model: the input of demand-driven replica counts (`replicas: {min, max}`).",
+        {"model": _NAME},
+        {
+            "inFlight": {**count, "description": "requests its replicas are answering"},
+            "queued": {**count, "description": "requests held by a gateway until a replica can take them"},
+            "lastRequest": {**seconds, "description": "epoch seconds the last request arrived; null: none seen"},
+            "oldestQueued": {**seconds, "description": "epoch seconds the longest-held request arrived"},
+            "samples": {
+                "type": "array",
+                "default": [],
+                "description": "the load's history as [epoch second, mean requests in flight or held] where it "
+                "changed, ascending",
+                "items": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0},
+                                                             {"type": "number", "minimum": 0}],
+                          "minItems": 2, "maxItems": 2},
+            },
+            "until": {"type": "integer", "minimum": 0, "default": 0,
+                      "description": "epoch second the history ends at (exclusive)"},
+        },
+    )
+
+
 def schema() -> dict[str, Any]:
     root = _obj(
         "The cluster as seen: nodes, their GPUs and the replicas reconciler manages. Recorded by `reconciler "
@@ -161,6 +187,12 @@ def schema() -> dict[str, Any]:
                 "items": {"$ref": "#/$defs/recordedJob"},
                 "default": [],
             },
+            "demand": {
+                "type": "array",
+                "description": "requests per model as the gateways saw them",
+                "items": {"$ref": "#/$defs/demand"},
+                "default": [],
+            },
             "observedAt": {
                 "type": "number",
                 "minimum": 0,
@@ -173,5 +205,5 @@ def schema() -> dict[str, Any]:
         "title": "reconciler observed state",
         **root,
         "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica(), "jobRun": _job_run(),
-                   "recordedJob": _recorded_job()},
+                   "recordedJob": _recorded_job(), "demand": _demand()},
     }

@@ -29,6 +29,11 @@ def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str
     }
 
 
+def _with_optional(obj: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """``obj`` with properties that are written only when they apply."""
+    return {**obj, "properties": {**obj["properties"], **optional}}
+
+
 def _location() -> dict[str, Any]:
     return _obj(
         "Where a replica runs: a node and the GPU indices it occupies on that node (several for tensor parallelism).",
@@ -131,7 +136,7 @@ def schema() -> dict[str, Any]:
             "models": {
                 "type": "array",
                 "description": "every model of the specs, sorted by name: what apply runs, with no specs at hand",
-                "items": _obj(
+                "items": _with_optional(_obj(
                     "What a model's replicas run with and where it answers, copied from its spec.",
                     {
                         "name": _NAME,
@@ -145,10 +150,15 @@ def schema() -> dict[str, Any]:
                         "configHash": _NAME,
                         "replicas": {
                             "oneOf": [{"type": "integer", "minimum": 0}, {"type": "null"}],
-                            "description": "replicas the spec asks for; null for max",
+                            "description": "replicas the spec asks for (for `replicas: {min, max}`: what demand "
+                            "asked for when the plan was made); null for max",
                         },
                     },
-                ),
+                ), scaling=_obj(
+                    "`replicas: {min, max}`: the range and the scaling settings, times in seconds.",
+                    {k: {"type": "integer", "minimum": 0} for k in (
+                        "min", "max", "targetInFlight", "scaleUpAfter", "scaleDownAfter", "idleAfter", "loadTimeout")},
+                )),
             },
             "assumed": {
                 "type": "array",

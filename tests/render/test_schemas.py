@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+from reconciler.demand import ModelDemand
 from reconciler.schemas import observed as observed_schema, plan as plan_schema
 from reconciler.observed import (
     JobRunState,
@@ -49,6 +50,8 @@ def _observed() -> ObservedState:
         recorded=(Job(name="train", pool="homelab", priority_class="batch", priority=10,
                       preemption=Preemption.LOWER_PRIORITY, preemptible=True, vram=4 * GiB,
                       entrypoint="python train.py", working_dir="/home/me/train"),),
+        demand=(ModelDemand("chat", in_flight=3, queued=2, last_request=1.0e9 + 99.5, oldest_queued=1.0e9 + 98.0,
+                            samples=((1_000_000_000, 0.0), (1_000_000_090, 4.5)), until=1_000_000_100),),
     )
 
 
