@@ -135,6 +135,29 @@ class ModelRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaleDecision:
+    """One `replicas: {min, max}` model's count at planning: what ran, what its demand asked for, and why."""
+
+    model: str
+    running: int  # replicas it had (starting ones included)
+    wanted: int
+    rule: str  # steady | wake | idle | up | down | range: for metrics and tests, never for the executor
+    reason: str  # for people; "" when steady
+    in_flight: int = 0
+    queued: int = 0
+    last_request: float | None = None  # epoch seconds
+
+    @property
+    def changes(self) -> bool:
+        return self.wanted != self.running
+
+
+def scale_decision_to_json(d: ScaleDecision) -> dict[str, Any]:
+    return {"model": d.model, "running": d.running, "wanted": d.wanted, "rule": d.rule, "reason": d.reason,
+            "inFlight": d.in_flight, "queued": d.queued, "lastRequest": d.last_request}
+
+
+@dataclass(frozen=True, slots=True)
 class AssumedGpu:
     """A GPU taken from a pool's inventory because its node's GPUs cannot be observed (a simulated node)."""
 
@@ -260,6 +283,7 @@ class Plan:
     gateway: Gateway | None = None  # the Gateway spec (key names and hashes, limits, listen address), if any
     quality: tuple[PoolQuality, ...] = ()  # one per pool, sorted by pool
     jobs: tuple[PlannedJob, ...] = ()  # every job of the specs, sorted by name
+    scaling: tuple[ScaleDecision, ...] = ()  # every on-demand model's count, sorted by model
 
     def job(self, name: str) -> PlannedJob:
         for job in self.jobs:
@@ -375,6 +399,8 @@ def to_json(plan: Plan) -> dict[str, Any]:
     }
     if plan.jobs:  # only then: plans without jobs keep their form and digest
         document["jobs"] = [planned_job_to_json(j) for j in plan.jobs]
+    if plan.scaling:  # likewise for plans without on-demand models
+        document["scaling"] = [scale_decision_to_json(d) for d in plan.scaling]
     document["digest"] = digest(document)
     return document
 
@@ -475,4 +501,7 @@ def from_json(data: dict[str, Any]) -> Plan:
             for q in data["quality"]
         ),
         jobs=tuple(_planned_job(j) for j in data.get("jobs", [])),
+        scaling=tuple(ScaleDecision(model=d["model"], running=d["running"], wanted=d["wanted"], rule=d["rule"],
+                                    reason=d["reason"], in_flight=d["inFlight"], queued=d["queued"],
+                                    last_request=d["lastRequest"]) for d in data.get("scaling", [])),
     )

@@ -5,6 +5,7 @@ Pure: no Ray, no clock, no environment, no files. The same inputs give the same 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.desired import DesiredState, Model, Spread
@@ -24,7 +25,7 @@ from reconciler.plan import (
     is_job,
     job_item,
 )
-from reconciler.planner import jobplace, reasons, runtime
+from reconciler.planner import jobplace, reasons, runtime, scaling
 from reconciler.planner.jobs import JobSettings
 from reconciler.planner.pools import HOLDS_VRAM, PoolProblem, build, healthy_current, pool_nodes, primary_replicas
 from reconciler.quantity import format_bytes
@@ -53,7 +54,9 @@ class _Outcome:
 
 def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings = PlanSettings()) -> Plan:
     observed = normalised(observed)
-    specs, desired = desired, jobplace.with_recorded(desired, observed)
+    scaled = scaling.decisions(desired, observed)
+    specs, desired = desired, jobplace.with_recorded(scaling.resolve(desired, scaled), observed)
+    notes = scaling.notes(scaled, now=observed.at)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
     dead = frozenset(n.name for n in observed.nodes if not n.alive)
@@ -69,15 +72,16 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         solution = jobplace.pack_pinned(pp.problem, settings.packing)
         q = solution.quality
         quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))
-        pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven)
+        pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven, notes=notes)
         job_outcomes.update({k: o for k, o in pool_outcomes.items() if is_job(k[0])})
         pool_outcomes = {k: o for k, o in pool_outcomes.items() if not is_job(k[0])}
         outcomes.update(pool_outcomes)
-        unplaced.extend(_unplaced(pool_outcomes))
+        unplaced.extend(scaling.with_waiting(_unplaced(pool_outcomes), scaled, desired))
         views.extend(_views(pp, observed, solution.assignment))
     targets = {k: (o.target.location if o.target else None) for k, o in job_outcomes.items()}
     placement = tuple(sorted((o.target for o in outcomes.values() if o.target), key=lambda p: (p.model, p.replica)))
-    actions = _actions(desired=desired, observed=observed, primary=primary, outcomes=outcomes, views=views)
+    actions = scaling.with_reasons(
+        _actions(desired=desired, observed=observed, primary=primary, outcomes=outcomes, views=views), scaled)
     job_actions = jobplace.actions(desired=desired, observed=observed, chosen=chosen, targets=targets,
                                    why_left={k: o.why_left for k, o in job_outcomes.items()}, settings=settings.jobs)
     found = Plan(
@@ -90,6 +94,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         quality=tuple(quality),
         jobs=jobplace.planned(desired=desired, chosen=chosen, targets=targets,
                               why_not={k: o.why_not for k, o in job_outcomes.items()}),
+        scaling=scaled,
     )
     return runtime.self_contained(found, desired=desired, observed=observed)
 
@@ -128,7 +133,8 @@ def _occupants(pp: PoolProblem, assignment) -> list[list[int]]:
     return occupants
 
 
-def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, int], _Outcome]:
+def _outcomes(pp: PoolProblem, assignment, *, proven: bool,
+              notes: Mapping[str, tuple[str, str]] = {}) -> dict[tuple[str, int], _Outcome]:
     problem = pp.problem
     items = problem.items
     occupants = _occupants(pp, assignment)
@@ -154,12 +160,12 @@ def _outcomes(pp: PoolProblem, assignment, *, proven: bool) -> dict[tuple[str, i
                 why_not += reasons.UNPROVEN
         why_left = ""
         if item.current is not None and bins != item.current:
-            why_left = _why_left(pp=pp, i=i, assignment=assignment, occupants=occupants)
+            why_left = _why_left(pp=pp, i=i, assignment=assignment, occupants=occupants, notes=notes)
         out[item.key] = _Outcome(item=item, pool=pp, target=target, why_not=why_not, why_left=why_left)
     return out
 
 
-def _why_left(*, pp: PoolProblem, i: int, assignment, occupants) -> str:
+def _why_left(*, pp: PoolProblem, i: int, assignment, occupants, notes: Mapping[str, tuple[str, str]] = {}) -> str:
     problem = pp.problem
     items = problem.items
     item = items[i]
@@ -177,6 +183,10 @@ def _why_left(*, pp: PoolProblem, i: int, assignment, occupants) -> str:
         by = items[j]
         where = Location(problem.bins[assignment[j][0]].node, tuple(problem.bins[b].index for b in assignment[j]))
         if assignment[i] is None and by.priority > item.priority:
+            if item.model in notes or by.model in notes:
+                return reasons.evicted_for_demand(victim=item, by=by, where=where,
+                                                  victim_note=notes.get(item.model, ("", ""))[0],
+                                                  by_note=notes.get(by.model, ("", ""))[1])
             return reasons.evicted(victim=item, by=by, where=where)
         return f"makes room for {by.model} (priority {by.priority}), which needs {format_bytes(by.vram)} on {where}"
     for b in current:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from reconciler.desired import Spread
 from reconciler.packer import Item, Problem
-from reconciler.plan import Location
+from reconciler.plan import Location, replica_id
 from reconciler.quantity import format_bytes
 
 
@@ -26,6 +26,15 @@ def evicted(*, victim: Item, by: Item, where: Location) -> str:
         f"evicted: priority {victim.priority} < {by.priority} of {by.model}, "
         f"which needs {format_bytes(by.vram)} on {where}"
     )
+
+
+def evicted_for_demand(*, victim: Item, by: Item, where: Location, victim_note: str | None,
+                       by_note: str | None) -> str:
+    """An eviction where one side scales with demand: who gives way, how busy each is, and for how many requests."""
+    about = f"priority {victim.priority}" + (f", {victim_note}" if victim_note else "")
+    wanted = f" {by_note}" if by_note else ""
+    return (f"evict {replica_id(victim.model, victim.replica)} ({about}) to load {replica_id(by.model, by.replica)} "
+            f"(priority {by.priority}){wanted}: it needs {format_bytes(by.vram)} on {where}")
 
 
 def unplaced(

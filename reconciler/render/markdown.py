@@ -8,6 +8,7 @@ import re
 from reconciler.plan import SYMBOLS, GpuUse, GpuView, Plan
 from reconciler.quantity import format_bytes
 from reconciler.render.jobs import job_markdown
+from reconciler.render.scaling import scaling_markdown
 from reconciler.render._common import (
     NONE,
     CellKind,
@@ -56,6 +57,7 @@ def plan_blocks(plan: Plan, *, title: str = TITLE) -> list[str]:
     if plan.quality:
         lines += [f"Placement in pool {code(q.pool)}: {escape(q.summary)}." for q in plan.quality] + [""]
     lines += job_markdown(plan)
+    lines += scaling_markdown(plan, code=code, escape=escape)
     lines += _details(plan)
     return lines
 

@@ -18,6 +18,7 @@ from rich.text import Text
 from reconciler.plan import SYMBOLS, ActionKind, GpuUse, GpuView, Plan
 from reconciler.quantity import format_bytes
 from reconciler.render.jobs import job_lines
+from reconciler.render.scaling import scaling_lines
 from reconciler.render._common import (
     CellKind,
     closing_lines,
@@ -90,6 +91,9 @@ def plan_lines(plan: Plan) -> list[Text]:
         lines.append(Text())
     if plan.jobs:
         lines += [Text(line) for line in job_lines(plan)]
+        lines.append(Text())
+    if plan.scaling:
+        lines += [Text(line) for line in scaling_lines(plan)]
         lines.append(Text())
     lines += [Text(line, "bold") for line in closing_lines(plan)]
     return lines

@@ -195,6 +195,24 @@ def schema() -> dict[str, Any]:
                     },
                 ),
             },
+            "scaling": {
+                "type": "array",
+                "description": "every model with `replicas: {min, max}`, sorted by name (left out when there is "
+                "none): the replicas it had, those its demand asks for, and why",
+                "items": _obj(
+                    "One on-demand model's count.",
+                    {
+                        "model": _NAME,
+                        "running": {"type": "integer", "minimum": 0},
+                        "wanted": {"type": "integer", "minimum": 0},
+                        "rule": {"enum": ["steady", "wake", "idle", "up", "down", "range"]},
+                        "reason": {"type": "string"},
+                        "inFlight": {"type": "integer", "minimum": 0},
+                        "queued": {"type": "integer", "minimum": 0},
+                        "lastRequest": {"type": ["number", "null"]},
+                    },
+                ),
+            },
             "gateway": {
                 "oneOf": [
                     {"type": "null"},

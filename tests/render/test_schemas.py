@@ -10,6 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from reconciler.demand import ModelDemand
+from reconciler.desired import Scaling
+from reconciler.plan import ModelRuntime, ScaleDecision
 from reconciler.schemas import observed as observed_schema, plan as plan_schema
 from reconciler.observed import (
     JobRunState,
@@ -62,7 +64,13 @@ def _plan_with_jobs():
                      reason="run 1 failed; retry 1 of 3", node="node-b", gpus=(0,), vram=6 * GiB,
                      entrypoint="python embed.py", working_dir="jobs/embed", env_json='{"A":"1"}', revision="rev1",
                      slot=None, priority=10)
-    return replace(busy_plan(), jobs=(job,))
+    plan = busy_plan()
+    chat = ModelRuntime(name="chat", engine="vllm", source="org/chat", vram=8 * GiB, tensor_parallel=1,
+                        engine_args_json="{}", route="/chat", restart_hash="r", config_hash="c", replicas=3,
+                        scaling=Scaling(min=0, max=3))
+    scaled = ScaleDecision(model=chat.name, running=1, wanted=3, rule="up", reason="scale up: 19 in flight",
+                           in_flight=17, queued=2, last_request=1.0e9)
+    return replace(plan, jobs=(job,), models=(chat, *plan.models), scaling=(scaled,))
 
 
 def _errors(schema: dict, data: object) -> list[str]:
@@ -89,7 +97,8 @@ def _walk_properties(schema: dict, data: object, root: dict, path: str = "$") ->
         if Draft202012Validator(alternative | {"$defs": root["$defs"]}).is_valid(data):
             _walk_properties(alternative, data, root, path)
     if isinstance(data, dict) and "properties" in schema and schema.get("additionalProperties") is False:
-        assert set(data) == set(schema["properties"]), path
+        assert set(data) <= set(schema["properties"]), path
+        assert set(schema.get("required", ())) <= set(data), path
         for key, value in data.items():
             _walk_properties(schema["properties"][key], value, root, f"{path}.{key}")
     if isinstance(data, list) and "items" in schema:

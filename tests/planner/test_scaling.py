@@ -1,0 +1,200 @@
+"""Demand-driven replica counts (`replicas: {min, max}`): the pure decision, and what the planner makes of it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.demand import ModelDemand
+from reconciler.desired import Scaling
+from reconciler.observed import ObservedState, from_inventory
+from reconciler.observed import from_json as observed_from_json
+from reconciler.observed import to_json as observed_to_json
+from reconciler.plan import to_json as plan_to_json
+from reconciler.planner import plan
+from reconciler.planner.scaling import decide
+
+from .test_planner import FAST, GiB, applied, homelab, kinds, model
+
+NOW = 1_800_000_000.0
+SCALING = Scaling(min=0, max=4, target_in_flight=4, scale_up_after=10, scale_down_after=300, idle_after=900,
+                  load_timeout=600)
+
+
+def ranged(name: str, vram_gib: float, *, scaling: Scaling = SCALING, priority: int = 0, **kw):
+    return model(name, vram_gib, scaling.min, priority=priority, scaling=scaling, **kw)
+
+
+def steady(load: float, *, since: float = NOW - 3600, model_name: str = "chat", **kw) -> ModelDemand:
+    """A history with `load` held since `since` up to now."""
+    return ModelDemand(model=model_name, samples=((int(since), load),), until=int(NOW), **kw)
+
+
+@pytest.mark.parametrize(
+    ("running", "demand", "wanted", "rule", "reason"),
+    [
+        # wake: held requests and no replica load one at once, whatever the history says
+        (0, ModelDemand("chat", queued=3, last_request=NOW), 1, "wake", "wake: 3 requests waiting for chat"),
+        # idle for idleAfter: unload
+        (2, steady(0, last_request=NOW - 901), 0, "idle", "idle 15m: unload"),
+        # not idle yet: a lull shorter than scaleDownAfter changes nothing
+        (2, replace(steady(0, since=NOW - 100, last_request=NOW - 100), samples=((int(NOW) - 3600, 8.0),
+                                                                                 (int(NOW) - 100, 0.0))),
+         2, "steady", ""),
+        # sustained load over the target for scaleUpAfter: as many as the lowest load of the window needs
+        (2, steady(19, in_flight=19, last_request=NOW), 4, "up",
+         "scale up: 19 in flight over 2 replicas, target 4 per replica for 10s"),
+        (1, steady(9, in_flight=9, last_request=NOW), 3, "up",
+         "scale up: 9 in flight over 1 replica, target 4 per replica for 10s"),
+        # max is never exceeded
+        (4, steady(100, in_flight=100, last_request=NOW), 4, "steady", ""),
+        # a burst shorter than scaleUpAfter adds nothing
+        (1, replace(steady(1, in_flight=30, last_request=NOW), samples=((int(NOW) - 3600, 1.0),
+                                                                        (int(NOW) - 3, 30.0))),
+         1, "steady", ""),
+        # sustained low load for scaleDownAfter: as many as the highest load of the window needs, never below one
+        (4, steady(5, in_flight=5, last_request=NOW), 2, "down",
+         "scale down: at most 5 in flight over 4 replicas for 5m, target 4 per replica"),
+        (3, steady(0.4, last_request=NOW - 10), 1, "down",
+         "scale down: at most 0.4 in flight over 3 replicas for 5m, target 4 per replica"),
+        # a history too short to tell sustained load: the count stays
+        (1, steady(30, since=NOW - 5, in_flight=30, last_request=NOW), 1, "steady", ""),
+        # the spec's range moved past what runs
+        (6, steady(100, in_flight=100, last_request=NOW), 4, "range", "replicas: {min: 0, max: 4} (was 6)"),
+    ],
+)
+def test_decide(running, demand, wanted, rule, reason) -> None:
+    d = decide(ranged("chat", 4), demand=demand, running=running, now=NOW)
+    assert (d.wanted, d.rule, d.reason) == (wanted, rule, reason)
+
+
+def test_min_is_kept_when_idle_and_without_clock() -> None:
+    two = replace(SCALING, min=2)
+    assert decide(ranged("chat", 4, scaling=two), demand=steady(0, last_request=NOW - 5000), running=3,
+                  now=NOW).wanted == 2
+    assert decide(ranged("chat", 4, scaling=two), demand=None, running=0, now=None).wanted == 2
+    # offline (no clock): what runs stays, within the range
+    assert decide(ranged("chat", 4), demand=None, running=3, now=None).wanted == 3
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    lo=st.integers(0, 3), span=st.integers(0, 4), running=st.integers(0, 8), queued=st.integers(0, 50),
+    in_flight=st.integers(0, 50), idle=st.integers(0, 4000), loads=st.lists(st.floats(0, 60), min_size=1,
+                                                                            max_size=6),
+)
+def test_count_always_within_range(lo, span, running, queued, in_flight, idle, loads) -> None:
+    s = replace(SCALING, min=lo, max=max(1, lo + span))
+    samples = tuple((int(NOW) - 3600 + 600 * i, round(v, 3)) for i, v in enumerate(loads))
+    d = decide(ranged("chat", 4, scaling=s), running=running, now=NOW,
+               demand=ModelDemand("chat", in_flight=in_flight, queued=queued, last_request=NOW - idle,
+                                  samples=samples, until=int(NOW)))
+    assert s.min <= d.wanted <= s.max
+    if queued and running == 0:
+        assert d.wanted >= 1
+
+
+def _observed_with(desired, demand, *, at=NOW, base=None):
+    observed = base if base is not None else from_inventory(desired)
+    return replace(observed, demand=tuple(demand), at=at)
+
+
+def test_wake_plans_a_replica_and_a_snapshot_reproduces_the_plan_byte_for_byte() -> None:
+    desired = homelab(ranged("chat", 8))
+    observed = _observed_with(desired, [ModelDemand("chat", queued=2, last_request=NOW - 1, oldest_queued=NOW - 1)])
+    first = plan(desired, observed, FAST)
+    assert kinds(first) == [("create", "chat", 0)]
+    assert first.actions[0].reason.startswith("wake: 2 requests waiting for chat; new replica: 8 GiB on node-a/gpu")
+    assert [(d.model, d.running, d.wanted, d.rule) for d in first.scaling] == [("chat", 0, 1, "wake")]
+    assert first.model("chat").replicas == 1
+    # the snapshot carries the demand and the clock: planning from it gives the same plan, byte for byte
+    snapshot = json.loads(json.dumps(observed_to_json(observed)))
+    again = plan(desired, observed_from_json(snapshot), FAST)
+    assert json.dumps(plan_to_json(again), sort_keys=True) == json.dumps(plan_to_json(first), sort_keys=True)
+
+
+def test_without_demand_an_unloaded_model_stays_unloaded() -> None:
+    desired = homelab(ranged("chat", 8))
+    p = plan(desired, _observed_with(desired, []), FAST)
+    assert p.empty and p.model("chat").replicas == 0
+    assert [d.rule for d in p.scaling] == ["steady"]
+
+
+def test_idle_unloads_with_the_reason() -> None:
+    desired = homelab(ranged("chat", 8))
+    running = applied(homelab(model("chat", 8, 1)))
+    p = plan(desired, _observed_with(desired, [steady(0, last_request=NOW - 1000)], base=running), FAST)
+    assert kinds(p) == [("delete", "chat", 0)]
+    assert p.actions[0].reason == "idle 15m: unload"
+
+
+def _one_gpu(*models):
+    return homelab(*models, gpus=1, memory_gib=16)
+
+
+def _running(desired, **counts) -> ObservedState:
+    pinned = replace(desired, models=tuple(replace(m, replicas=counts.get(m.name, 0), scaling=None)
+                                           for m in desired.models))
+    return applied(pinned)
+
+
+def test_higher_priority_waiting_evicts_the_idle_lower_one() -> None:
+    desired = _one_gpu(ranged("chat", 10, priority=50), ranged("coder", 10, priority=20))
+    base = _running(desired, coder=1)
+    demand = [ModelDemand("chat", queued=3, last_request=NOW, oldest_queued=NOW - 2),
+              steady(0, model_name="coder", last_request=NOW - 600)]
+    p = plan(desired, _observed_with(desired, demand, base=base), FAST)
+    assert kinds(p) == [("evict", "coder", 0), ("create", "chat", 0)]
+    assert p.actions[0].reason == ("evict coder[0] (priority 20, idle 10m) to load chat[0] (priority 50) for "
+                                   "3 waiting requests: it needs 10 GiB on node-a/gpu0")
+
+
+def test_lower_priority_waiting_stays_unplaced_and_says_why() -> None:
+    desired = _one_gpu(ranged("chat", 10, priority=50), ranged("coder", 10, priority=20))
+    base = _running(desired, chat=1)
+    demand = [steady(2, model_name="chat", in_flight=2, last_request=NOW),
+              ModelDemand("coder", queued=1, last_request=NOW, oldest_queued=NOW)]
+    p = plan(desired, _observed_with(desired, demand, base=base), FAST)
+    assert p.empty
+    assert [(u.model, u.replica) for u in p.unplaced] == [("coder", 0)]
+    assert p.unplaced[0].reason == (
+        "needs 10 GiB on one GPU; the most any GPU of pool homelab could offer after evicting lower priorities is "
+        "6 GiB (node-a gpu0); 1 request waiting for it, held until it fits or for at most loadTimeout 10m")
+
+
+def test_equal_priorities_never_evict_each_other_and_take_turns_by_idleness() -> None:
+    quick = replace(SCALING, idle_after=30)
+    desired = _one_gpu(ranged("chat", 10, scaling=quick, priority=20), ranged("coder", 10, scaling=quick,
+                                                                             priority=20))
+    base = _running(desired, chat=1)
+    # coder waits while chat was used 10 s ago: no eviction of an equal
+    waiting = [steady(0, model_name="chat", last_request=NOW - 10),
+               ModelDemand("coder", queued=1, last_request=NOW, oldest_queued=NOW)]
+    p = plan(desired, _observed_with(desired, waiting, base=base), FAST)
+    assert p.empty and [u.model for u in p.unplaced] == ["coder"]
+    # chat idle for idleAfter: it unloads, and coder is placed in the same plan
+    later = [steady(0, model_name="chat", last_request=NOW - 31),
+             ModelDemand("coder", queued=1, last_request=NOW - 21, oldest_queued=NOW - 21)]
+    p = plan(desired, _observed_with(desired, later, base=base), FAST)
+    assert kinds(p) == [("delete", "chat", 0), ("create", "coder", 0)]
+    assert p.actions[0].reason == "idle 30s: unload"
+
+
+def test_min_two_never_goes_below_two_and_vram_is_never_overcommitted() -> None:
+    two = replace(SCALING, min=2, max=3)
+    desired = homelab(ranged("chat", 10, scaling=two), gpus=1, memory_gib=24)
+    p = plan(desired, _observed_with(desired, [steady(0, last_request=NOW - 5000)]), FAST)
+    assert p.model("chat").replicas == 2
+    # only two replicas of 10 GiB fit on 24 GiB: the second is placed, none beyond capacity
+    assert len(p.placement) == 2
+    for gpu in p.gpus:
+        assert sum(u.vram for u in gpu.after) <= gpu.capacity
+    busy = plan(desired, _observed_with(desired, [steady(40, in_flight=40, last_request=NOW)],
+                                        base=_running(desired, chat=2)), FAST)
+    assert busy.model("chat").replicas == 3 and len(busy.placement) == 2
+    assert [(u.model, u.replica) for u in busy.unplaced] == [("chat", 2)]
+    assert busy.actions == ()
