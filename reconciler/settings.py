@@ -39,6 +39,7 @@ class ApplySettings:
     max_starting: int = 4  # replicas starting at once on one node (0: no limit); see executor.steps.batches
     poll: float = 0.25  # a replica that starts in 3 s is seen running within a quarter second
     pending_check: float = 1.0  # seconds between asks for Ray's unschedulable demands (a costlier call)
+    drain_timeout: float = 120.0  # seconds a stopping replica's requests in flight through the gateway may take
     gateway: GatewaySettings = field(default_factory=GatewaySettings)  # published to after each phase
 
 
@@ -82,6 +83,7 @@ class WatchSettings:
     plan_only: bool = False
     retry_base: float = 2.0  # first retry after a temporary failure; doubles up to the interval
     poll: float = 1.0  # cluster probe between drift checks (0: off); only used where a probe is given
+    wake_wait: float = 2.0  # longest one wait on the gateways for held requests (bounds how long stopping takes)
     metrics_host: str = "127.0.0.1"
 
 

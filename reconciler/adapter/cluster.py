@@ -304,8 +304,16 @@ class Cluster:
             nodes=nodes, probes=probes, serve=serve, assumed=assumed, demands=self.pending_demands()
         )
         # Job runs, and the time of the observation: the planner's clock for schedules and backoff.
-        observed = replace(observed, jobs=self.jobs.runs(), at=time.time(), recorded=self.jobs.recorded())
+        observed = replace(observed, jobs=self.jobs.runs(), at=time.time(), recorded=self.jobs.recorded(),
+                           demand=self._demand())
         return observed, serve
+
+    def _demand(self) -> tuple:
+        """What the gateways saw of each model; nothing when none runs. A gateway that does not answer is left
+        out: without its history no model is taken for idle, so nothing is unloaded on a missing report."""
+        from reconciler.adapter import gateway as gateways
+
+        return gateways.demand(self)
 
     @property
     def jobs(self) -> "Jobs":

@@ -240,6 +240,21 @@ def urls(cluster: Any) -> list[str]:
     return sorted(found)
 
 
+def in_flight(cluster: Any) -> dict[str, int]:
+    """Requests in flight per replica application, summed over the gateways that answer."""
+    ray = cluster._driver()
+    totals: dict[str, int] = {}
+    for address in _gateway_nodes(ray):
+        try:
+            actor = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
+            counts = ray.get(actor.in_flight.remote(), timeout=CALL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not started, or its node is going away: it holds no request of ours
+            continue
+        for app, n in counts.items():
+            totals[app] = totals.get(app, 0) + n
+    return totals
+
+
 def stop(cluster: Any) -> None:
     """Stop every gateway (the specs asked for no endpoint, or the cluster is being taken down)."""
     ray = cluster._driver()

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.adapter.lease import describe
     from reconciler.desired import DesiredState
     from reconciler.render.jobs import job_lines, status_json
+    from reconciler.plan import scale_decision_to_json
+    from reconciler.render.scaling import scaling_lines
     from reconciler.render.status import lock_lines, render_status
 
     from reconciler.adapter import gateway as gateways
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         document = status_document(observed, desired=desired, gateway_urls=gateway_urls, http_url=http_url,
                                    unplaced=unplaced, warnings=[w for w in (warning,) if w])
         document.update(status_json(plan, observed))
+        if plan.scaling:
+            document["scaling"] = [scale_decision_to_json(d) for d in plan.scaling]
         print(json.dumps(document, indent=2))
         return 0
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     for line in lock:
         print(line)
     for line in job_lines(plan):
+        print(line)
+    for line in scaling_lines(plan):
         print(line)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

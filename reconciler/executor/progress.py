@@ -33,6 +33,10 @@ class Progress:
         if not self.live:
             print(f"[{name}] {detail}", file=self.stream, flush=True)
 
+    def note(self, line: str) -> None:
+        """A line worth reading whatever the display (a drain that ran out of time)."""
+        print(f"  {line}", file=self.stream, flush=True)
+
     def track(self, app: str, what: str) -> None:
         self._rows[app] = Row(app=app, what=what, state="waiting", since=time.monotonic())
 

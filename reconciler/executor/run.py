@@ -156,6 +156,7 @@ class Executor:
         before = previous
         for i, (apps, starting) in enumerate(steps.batches(phase, previous, self.settings.max_starting)):
             if apps != before:
+                self._drain([n for n in before if n not in apps], apps)
                 self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, apps))
             before = apps
             self._wait(phase.wait_gone if i == 0 else [], starting, results, configs=apps)
@@ -167,6 +168,28 @@ class Executor:
         if routers:
             self._wait_routers(routers)
             self._publish(phase.apps)  # the gateways switch with the routers (make-before-break)
+
+    def _drain(self, leaving: list[str], apps: dict[str, dict[str, Any]]) -> None:
+        """Before replicas stop: the gateways stop sending them requests, and those in flight finish (up to
+        ``drain_timeout``), so scaling down or making room loses no request the gateway took."""
+        if not leaving or self._plan is None or not self.settings.gateway.enabled:
+            return
+        self._publish(apps)
+        if self._gateway_errors:
+            return  # no gateway took the table: nothing to wait for that would end
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while True:
+            try:
+                busy = {app: n for app, n in gateways.in_flight(self.cluster).items() if app in leaving and n}
+            except Exception:  # noqa: BLE001 - a gateway that cannot say is not waited for
+                return
+            if not busy or time.monotonic() >= deadline:
+                if busy:
+                    self.progress.note(f"stopping with requests still in flight after "
+                                       f"{self.settings.drain_timeout:.0f} s: "
+                                       + ", ".join(f"{app} ({n})" for app, n in sorted(busy.items())))
+                return
+            time.sleep(self.settings.poll)
 
     def _publish(self, apps: dict[str, dict[str, Any]]) -> None:
         if self._plan is None or not self.settings.gateway.enabled:

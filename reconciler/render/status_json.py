@@ -37,7 +37,8 @@ def status_document(
         route = (model.route or f"/{name}") if model is not None else f"/{name}"
         models.append({
             "name": name,
-            "state": model_state(desired=wanted, backends=up, unplaced=any(u.model == name for u in short)),
+            "state": model_state(desired=wanted, backends=up, unplaced=any(u.model == name for u in short),
+                                 on_demand=model is not None and model.on_demand),
             "replicas": {"running": up, "desired": wanted},
             "route": route,
             "url": f"{http_url}{route}" if http_url else None,

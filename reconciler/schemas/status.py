@@ -95,4 +95,14 @@ def schema() -> dict[str, Any]:
         }),
     }
     document["properties"]["jobs"] = _jobs()  # optional: only a status with jobs carries it
+    # optional: only a status with `replicas: {min, max}` models carries it
+    document["properties"]["scaling"] = {
+        "type": "array",
+        "description": "on-demand models: replicas running, what their demand asks for now, and why",
+        "items": _obj("One on-demand model.", {
+            "model": _NAME, "running": _COUNT, "wanted": _COUNT,
+            "rule": {"enum": ["steady", "wake", "idle", "up", "down", "range"]}, "reason": _TEXT,
+            "inFlight": _COUNT, "queued": _COUNT, "lastRequest": {"type": ["number", "null"]},
+        }),
+    }
     return document

@@ -24,7 +24,7 @@ from reconciler.desired import DesiredState
 from reconciler.errors import TransientError, UserError
 from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedState
-from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id
+from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id, scale_decision_to_json
 from reconciler.settings import WatchSettings
 from reconciler.watch.backoff import Backoff, Held
 from reconciler.watch.decision import decide
@@ -207,6 +207,7 @@ class Controller:
         run, deferred = d.run, d.deferred
         if not run:
             return CycleResult(cause=cause, plan=plan, drift=drift)
+        self._emit_scaling(plan)
         if self.confirm_first is not None:
             if not self.confirm_first(plan):
                 raise Declined("not confirmed: watch did not start acting on the cluster")
@@ -243,6 +244,16 @@ class Controller:
                          f"in {time.perf_counter() - t0:.1f} s", ok=len(results) - failed, failed=failed,
                          seconds=round(time.perf_counter() - t0, 3))
         return CycleResult(cause=cause, plan=plan, acted=True, drift=drift, failed=failed > 0, results=results)
+
+    def _emit_scaling(self, plan: Plan) -> None:
+        """One event per on-demand model whose count this apply changes: the decision and its reason."""
+        for d in plan.scaling:
+            if not d.changes:
+                continue
+            if self.metrics is not None:
+                self.metrics.scaled(model=d.model, rule=d.rule)
+            self.events.emit(Kind.SCALE, f"scale {d.model} {d.running} → {d.wanted}: {d.reason}",
+                             **scale_decision_to_json(d))
 
     def _emit_plan(self, cause: Cause, changes: int, plan: Plan) -> None:
         if plan.empty and not plan.unplaced:
@@ -360,6 +371,12 @@ class Loop:
     def changed(self, count: int = 1) -> None:
         with self._cond:
             self.schedule.debouncer.touch(self.monotonic(), count)
+            self._cond.notify_all()
+
+    def demand(self) -> None:
+        """A gateway holds requests for a model with no replica: run a cycle now, not at the next poll."""
+        with self._cond:
+            self.schedule.demand = True
             self._cond.notify_all()
 
     def stop(self, why: str = "stop requested") -> None:

@@ -21,6 +21,7 @@ class Cause(StrEnum):
     DRIFT_TIMER = "drift-timer"
     RETRY = "retry"  # the previous cycle failed on a temporary error
     CLUSTER_CHANGE = "cluster-change"  # the probe between drift checks saw Serve's applications or replicas change
+    DEMAND = "demand"  # a gateway holds requests for a model with no replica: load it now
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class Schedule:
     next_poll: float = 0.0
     retry_at: float | None = None
     cluster_changed: bool = False
+    demand: bool = False  # a gateway woke the loop: requests wait for a model with no replica
     started: bool = False
 
     def next_wakeup(self) -> float:
@@ -111,6 +113,8 @@ class Schedule:
             return self._ran(now, Cause.STARTUP, 0)
         if self.debouncer.due(now):
             return self._ran(now, Cause.SPEC_CHANGE, self.debouncer.take())
+        if self.demand:
+            return self._ran(now, Cause.DEMAND, 0)
         if self.cluster_changed:
             return self._ran(now, Cause.CLUSTER_CHANGE, 0)
         if self.retry_at is not None and now >= self.retry_at:
@@ -127,6 +131,7 @@ class Schedule:
         self.next_poll = now + self.poll
         self.retry_at = None
         self.cluster_changed = False
+        self.demand = False
         return cause, changes
 
 

@@ -30,6 +30,7 @@ class Kind(StrEnum):
     DRIFT = "drift"  # actions: the cluster moved away from the applied desired state
     SKIPPED = "skipped"  # why: plan-only | no-heal | backoff | stopping; actions
     BACKOFF = "backoff"  # model, replica, failures, retryAt, reason
+    SCALE = "scale"  # model, running, wanted, rule, reason, inFlight, queued: an on-demand model's count changes
     APPLY = "apply"  # actions: an apply starts
     ACTION = "action"  # action, model, replica, from, to, ok, error
     APPLIED = "applied"  # ok, failed, seconds

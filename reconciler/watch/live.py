@@ -9,7 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+import time
+from dataclasses import replace
+
 from reconciler import adapter
+from reconciler.adapter import gateway as gateways
+from reconciler.planner import scaling
 from reconciler.adapter import reach
 from reconciler.adapter.kv import RayKV
 from reconciler.adapter.observation import serve_fingerprint
@@ -38,6 +43,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         raise
     stream = progress if progress is not None else sys.stdout
     probe = ServeProbe(cluster)
+    demand = DemandProbe(cluster)
     listeners: list[Callable[[str], None]] = []
 
     def reachable() -> bool:
@@ -65,6 +71,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             gone_if_unreachable(exc)
             raise
         probe.mark(details)
+        demand.mark(desired, observed)
         try:
             # An empty plan is never applied, so a changed API key or limit would never reach the gateways.
             sync_gateway(cluster, models=[model_runtime(m) for m in desired.models], gateway=desired.gateway)
@@ -87,13 +94,41 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
 
     def changed() -> bool:
         try:
-            return probe.changed()
+            return probe.changed() or demand.changed()
         except Exception as exc:
             gone_if_unreachable(exc)
             raise
 
+    def wake(timeout: float) -> bool:
+        return demand.wanted() and bool(gateways.wait_wake(cluster, timeout))
+
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                       close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append)
+                       close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append,
+                       wake=wake)
+
+
+class DemandProbe:
+    """Between cycles: would the demand the gateways see now change an on-demand model's count? Asks the gateways
+    (no Serve, no NVML) and runs the planner's pure scaling rules on the last observation with the fresh demand."""
+
+    def __init__(self, cluster: "adapter.Cluster") -> None:
+        self.cluster = cluster
+        self.desired: DesiredState | None = None
+        self.observed: ObservedState | None = None
+
+    def mark(self, desired: DesiredState, observed: ObservedState) -> None:
+        self.desired, self.observed = desired, observed
+
+    def wanted(self) -> bool:
+        """Whether any model scales with demand (else nothing here is worth asking)."""
+        return self.desired is not None and any(m.on_demand for m in self.desired.models)
+
+    def changed(self) -> bool:
+        if not self.wanted() or self.observed is None:
+            return False
+        assert self.desired is not None
+        fresh = replace(self.observed, demand=gateways.demand(self.cluster), at=time.time())
+        return any(d.changes for d in scaling.decisions(self.desired, fresh))
 
 
 class ServeProbe:

@@ -187,6 +187,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.scaling_actions = Counter(
+            "reconciler_scaling_actions", "On-demand count changes applied, by model and rule (wake, idle, up, "
+            "down, range)", ("model", "rule"), registry=self.registry,
+        )
+
+    def scaled(self, *, model: str, rule: str) -> None:
+        self.scaling_actions.labels(model, rule).inc()
+
     def update_state(self, value: Snapshot) -> None:
         self._state.set(value)
 

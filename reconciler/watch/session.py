@@ -165,6 +165,10 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             keeper.start()
             # A lost cluster took the lock's store with it: there is nothing left to release.
             stack.callback(lambda: keeper.stop(release=loop.why_stopped != CLUSTER_LOST))
+        if target.wake is not None and not settings.plan_only:
+            threading.Thread(target=_wake_on_demand, args=(target.wake, loop, settings.wake_wait),
+                             name="reconciler-demand",
+                             daemon=True).start()
         watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
@@ -189,6 +193,19 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             events.emit(Kind.LEASE_LOST, str(exc))
             loop.why_stopped = "lease lost"
         return loop.why_stopped
+
+
+def _wake_on_demand(wake: Callable[[float], bool], loop: Loop, wait: float) -> None:
+    """Runs a cycle as soon as a gateway holds a request for a model with no replica: the poll would find it too,
+    but a client is waiting for its answer. Ends with the loop."""
+    while not loop.stopping:
+        try:
+            woke = wake(wait)
+        except Exception:  # noqa: BLE001 - no gateway (yet), or the cluster is going away: the poll still finds it
+            time.sleep(wait)
+            continue
+        if woke and not loop.stopping:
+            loop.demand()
 
 
 def _check(options: WatchOptions, *, acting: bool) -> Callable[[Plan], bool] | None:
