@@ -11,7 +11,9 @@ Engine args (all optional, for drills):
 - ``startup_error_while_exists``: a path; ``startup_error`` is raised only while it exists on the replica's node, to
   rehearse a failure that gets fixed (a driver reinstalled, a disk freed) and the retry that follows;
 - ``dimensions``: the embedding size (default 8);
-- ``stream_delay_s``: seconds between streamed chunks (default 0), to hold a stream open long enough to watch it.
+- ``stream_delay_s``: seconds between streamed chunks (default 0), to hold a stream open long enough to watch it;
+- ``answer_delay_s``: seconds every completion, chat or embedding request takes before it is answered (default 0),
+  to stand in for generation time, so that concurrent clients build up requests in flight as a real engine's do.
 
 With ``stream: true`` completions and chat stream one chunk per word, in vLLM's chunk format (``include_usage``
 honoured); ``running_requests()`` counts the streams in progress, so a test can see a cancelled one go.
@@ -47,6 +49,7 @@ class EchoEngine:
             raise EchoStartupError(str(args["startup_error"]))
         self.dimensions = int(args.get("dimensions", 8))
         self.stream_delay_s = float(args.get("stream_delay_s", 0))
+        self.answer_delay_s = float(args.get("answer_delay_s", 0))
         self.started = time.time()
         self.running = 0
 
@@ -55,6 +58,8 @@ class EchoEngine:
         name = self.config.model
         if endpoint == "models":
             return 200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "reconciler-echo"}]}
+        if self.answer_delay_s and not body.get("stream"):
+            await asyncio.sleep(self.answer_delay_s)
         if endpoint == "completions":
             prompt = body.get("prompt", "")
             text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
