@@ -11,8 +11,8 @@ import pytest
 
 from reconciler.observed import ReplicaState
 
-from .conftest import ALL_NODES, CLASSES, ONE_GPU, client, gateway_url, model, observed, running_count, wait_count, \
-    write_specs
+from .rig import ALL_NODES, CLASSES, ONE_GPU, client, gateway_url, model, observed, running_count, specs, \
+    wait_count, watcher, write_specs  # noqa: F401 - specs and watcher are fixtures
 
 pytestmark = pytest.mark.ray
 
