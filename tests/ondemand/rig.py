@@ -1,6 +1,6 @@
 """On-demand models on the session's Ray cluster, for the echo and the vLLM tests: specs written per test,
-`reconciler watch` run as a process the way it runs in production, clients through the gateway with the `openai` SDK. Assertions are on the cluster (what
-observation reports), the answers the clients got, and the watcher's events."""
+`reconciler watch` run as a process the way it runs in production, clients through the gateway with the `openai` SDK.
+Assertions are on the cluster (what observation reports), the answers the clients got, and the watcher's events."""
 
 from __future__ import annotations
 
