@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import time
 from typing import Any
 
 from ray import serve
@@ -40,7 +41,10 @@ def engine_class(name: str) -> type:
 @serve.deployment(name=REPLICA_DEPLOYMENT, num_replicas=1, max_ongoing_requests=64)
 class Replica:
     def __init__(self, engine_config: dict[str, Any], restart_hash: str) -> None:
+        started = time.monotonic()
         self._engine = engine_class(engine_config["engine"])(engine_config)
+        # How long the engine took to load: a cold start's share that is the engine's, not Serve's nor ours.
+        self._load_seconds = time.monotonic() - started
         self._restart_hash = restart_hash
         self._config_hash = ""
         self._endpoint: Any = None
@@ -88,6 +92,7 @@ class Replica:
             "app": serve.get_replica_context().app_name,
             "restart_hash": self._restart_hash,
             "config_hash": self._config_hash,
+            "engine_load_seconds": round(self._load_seconds, 3),
         }
 
     def check_health(self) -> None:
