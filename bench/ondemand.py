@@ -1,0 +1,292 @@
+"""On-demand models: a cold start from the first request to its first byte, and the reaction to a load step.
+
+    flock /tmp/reconciler-ray.lock python bench/ondemand.py [--rounds 3]
+
+Starts a one-node local Ray cluster (one simulated 24 GiB GPU) and `reconciler watch` on two on-demand models
+(`replicas: {min: 0, ...}`): the echo engine (no model to load) and the quickstart's tiny LLaMA on vLLM. Then:
+
+1. **Cold start**, per model and round: wait until the model is unloaded (idleAfter), send one chat completion
+   through the gateway, and time its first byte. The time is split with the watcher's events and the replica's own
+   report into
+   - detection: request sent -> the cycle that loads the model starts (the gateway wakes the watcher);
+   - planning: that cycle's load + observe + plan;
+   - issuing: the plan decided -> the executor starts the apply;
+   - Serve start: the apply (Serve config PUT, the actor scheduled and started, the replica reported running)
+     less the engine's load;
+   - engine load: the replica's engine constructor, as the replica measured it;
+   - forwarding: the replica running -> the first byte at the client (route table to the gateway, the held request
+     forwarded, the answer's first byte).
+   The reconciler's own share is detection + planning + issuing. Target (issue 11): under 1 s.
+2. **Load step** on the echo model (targetInFlight 4, scaleUpAfter 2s, max 4, each answer takes 0.2 s): from 1 to
+   32 concurrent clients; the time until the watcher decides to scale up (scaleUpAfter is part of it by design:
+   sustained load), until the new replicas run, and the replicas it settles at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler.spec import load_specs  # noqa: E402
+
+IDLE_S = 4
+POOL = """\
+apiVersion: reconciler/v1
+kind: ResourcePool
+metadata: {name: bench}
+spec:
+  nodes: {selector: {pool: bench}}
+  inventory:
+    - {node: node-a, gpus: [{name: sim, memory: 24Gi}]}
+"""
+
+MODELS = """\
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {{name: echo}}
+spec:
+  engine: echo
+  source: stand-in/echo
+  vram: 1Gi
+  replicas: {{min: 0, max: 4}}
+  scaling: {{targetInFlight: 4, scaleUpAfter: 2s, scaleDownAfter: 10s, idleAfter: {idle}s, loadTimeout: 5m}}
+  engineArgs: {{answer_delay_s: {delay}}}
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {{name: tiny}}
+spec:
+  engine: vllm
+  source: {source}
+  vram: 2Gi
+  replicas: {{min: 0, max: 1}}
+  scaling: {{idleAfter: {idle}s, loadTimeout: 10m}}
+  engineArgs: {{max_model_len: 512, kv_cache_memory_bytes: 268435456, dtype: float32}}
+"""
+
+CHAT = [{"role": "user", "content": "Write a function that adds two numbers."}]
+
+
+def parse_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Events:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.endswith("}")]
+
+    def wait_for(self, predicate, *, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.all():
+                if predicate(event):
+                    return event
+            time.sleep(0.05)
+        raise TimeoutError("the watcher never reported it")
+
+
+def replicas_running(address: str, model: str) -> int:
+    from reconciler import adapter
+    from reconciler.observed import ReplicaState
+
+    with adapter.connect(address) as cluster:
+        details = cluster.serve_details()
+    from reconciler.adapter.observation import our_configs
+
+    count = 0
+    for name, config in our_configs(details).items():
+        args = config.get("args") or {}
+        if args.get("kind") != "replica" or (args.get("engine_config") or {}).get("model") != model:
+            continue
+        app = (details.get("applications") or {}).get(name) or {}
+        replicas = [r for d in (app.get("deployments") or {}).values() for r in d.get("replicas", [])]
+        count += sum(1 for r in replicas if r.get("state") == str(ReplicaState.RUNNING).upper())
+    return count
+
+
+def engine_load_seconds(address: str, model: str) -> float:
+    """What the newest replica of `model` says its engine took to load."""
+    from ray import serve
+
+    from reconciler import adapter
+    from reconciler.adapter.observation import our_configs
+
+    with adapter.connect(address) as cluster:
+        cluster._driver()
+        apps = [n for n, c in our_configs(cluster.serve_details()).items()
+                if (c.get("args") or {}).get("kind") == "replica"
+                and ((c.get("args") or {}).get("engine_config") or {}).get("model") == model]
+        infos = [serve.get_app_handle(a).info.remote().result(timeout_s=30) for a in apps]
+    return max(i["engine_load_seconds"] for i in infos)
+
+
+def first_byte(url: str, model: str) -> tuple[float, float]:
+    """(sent, first byte) epoch seconds of one streamed chat completion through the gateway."""
+    body = {"model": model, "messages": CHAT, "max_tokens": 8, "stream": True}
+    sent = time.time()
+    with requests.post(f"{url}/chat/completions", json=body, stream=True, timeout=900) as answer:
+        answer.raise_for_status()
+        for chunk in answer.iter_content(chunk_size=None):
+            if chunk:
+                first = time.time()
+                break
+        for _ in answer.iter_content(chunk_size=None):
+            pass
+    return sent, first
+
+
+def cold_start(url: str, address: str, events: Events, model: str) -> dict[str, float]:
+    deadline = time.monotonic() + 300
+    while replicas_running(address, model) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # the unload's apply has finished and the watcher is idle again
+    seen = len(events.all())
+    sent, first = first_byte(url, model)
+    later = events.all()[seen:]
+    scale = next(e for e in later if e["event"] == "scale" and e["model"] == model and e["rule"] == "wake")
+    apply = next(e for e in later if e["event"] == "apply" and parse_time(e["time"]) >= parse_time(scale["time"]))
+    applied = next(e for e in later if e["event"] == "applied" and parse_time(e["time"]) >= parse_time(apply["time"]))
+    cycle = next(e for e in later if e["event"] == "cycle" and parse_time(e["time"]) >= parse_time(applied["time"]))
+    stages = cycle["stagesMs"]
+    cycle_start = parse_time(cycle["time"]) - cycle["seconds"]
+    planning = (stages.get("load", 0) + stages.get("observe", 0) + stages.get("plan", 0)) / 1000
+    load = engine_load_seconds(address, model)
+    out = {
+        "detection": cycle_start - sent,
+        "planning": planning,
+        "issuing": parse_time(apply["time"]) - (cycle_start + planning),
+        "serve start": applied["seconds"] - load,
+        "engine load": load,
+        "forwarding": first - parse_time(applied["time"]),
+        "first byte": first - sent,
+    }
+    out["reconciler"] = out["detection"] + out["planning"] + out["issuing"]
+    return out
+
+
+def load_step(url: str, address: str, events: Events, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
+    """One client for a while, then `clients`: when the watcher decides, when replicas run, where it settles."""
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                session.post(f"{url}/chat/completions", json={"model": "echo", "messages": CHAT},
+                             timeout=300).raise_for_status()
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(repr(exc))
+
+    one = threading.Thread(target=client, daemon=True)
+    one.start()
+    events.wait_for(lambda e: e["event"] == "scale" and e["model"] == "echo" and e["rule"] == "wake", timeout=300)
+    deadline = time.monotonic() + 120
+    while replicas_running(address, "echo") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # steady at one client
+    seen = len(events.all())
+    step = time.time()
+    many = [threading.Thread(target=client, daemon=True) for _ in range(clients - 1)]
+    for t in many:
+        t.start()
+    up = events.wait_for(lambda e: e in events.all()[seen:] and e["event"] == "scale" and e["rule"] == "up",
+                         timeout=120)
+    running_at = None
+    most = 1
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:
+        n = replicas_running(address, "echo")
+        most = max(most, n)
+        if running_at is None and n >= up["wanted"]:
+            running_at = time.time()
+        time.sleep(0.2)
+    stop.set()
+    for t in [one, *many]:
+        t.join(timeout=300)
+    return {"decided": parse_time(up["time"]) - step, "running": (running_at or float("nan")) - step,
+            "wanted": up["wanted"], "settled": most, "errors": len(errors)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="cold starts per model (default: 3)")
+    parser.add_argument("--skip-vllm", action="store_true", help="only the echo engine")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with tempfile.TemporaryDirectory(prefix="reconciler-ondemand-") as tmp:
+        root = Path(tmp)
+        from reconciler.engines import tinymodel
+
+        source = tinymodel.build(root / "tiny-llama")
+        specs = root / "specs"
+        specs.mkdir()
+        (specs / "pool.yaml").write_text(POOL)
+        (specs / "models.yaml").write_text(MODELS.format(idle=IDLE_S, delay=0.2, source=source))
+        desired = load_specs(specs).desired
+        assert desired is not None
+        from reconciler.adapter import localcluster
+
+        state_file = root / "cluster.json"
+        print("starting a one-node local cluster ...", flush=True)
+        state = localcluster.start(localcluster.spec_from_desired(desired), state_file, timeout=180)
+        address = state["address"]
+        os.environ["RAY_AUTH_TOKEN_PATH"] = state["auth_token_path"]
+        events_path = root / "events.jsonl"
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "watch", str(specs), "--address", address, "--yes", "--interval",
+             "5", "--poll", "0.5", "--events", str(events_path)],
+            stdout=(root / "watch.log").open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            events = Events(events_path)
+            events.wait_for(lambda e: e["event"] == "cycle", timeout=300)
+            from reconciler import adapter
+            from reconciler.adapter import gateway as gateways
+
+            with adapter.connect(address) as cluster:
+                url = gateways.wait_url(cluster)
+            print(f"gateway at {url}; {args.rounds} cold starts per model", flush=True)
+            for model in ["echo"] + ([] if args.skip_vllm else ["tiny"]):
+                rounds = [cold_start(url, address, events, model) for _ in range(args.rounds)]
+                keys = list(rounds[0])
+                print(f"\ncold start of {model} (median of {len(rounds)}, seconds):")
+                for key in keys:
+                    values = [r[key] for r in rounds]
+                    print(f"  {key:<12} {statistics.median(values):7.3f}   (all: "
+                          + ", ".join(f"{v:.3f}" for v in values) + ")")
+            time.sleep(IDLE_S + 2)
+            step = load_step(url, address, events)
+            print(f"\nload step on echo, 1 -> 32 clients (targetInFlight 4, scaleUpAfter 2s, max 4): scale-up "
+                  f"decided after {step['decided']:.2f} s, {step['wanted']} replicas running after "
+                  f"{step['running']:.2f} s, settled at {step['settled']}, {step['errors']} failed requests")
+        finally:
+            watcher.terminate()
+            watcher.wait(timeout=120)
+            localcluster.stop(state_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
