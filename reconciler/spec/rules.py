@@ -191,7 +191,7 @@ def _fit(catalog: Catalog) -> Iterator[Diagnostic]:
         yield from _spread(model, pool)
 
 
-def fixed_replicas(model: Parsed) -> int | None:
+def _fixed_replicas(model: Parsed) -> int | None:
     """The replicas a model always wants: its count, the `min` of its range (load decides the rest; what a range's
     `max` asks for is not checked against the pool), None for "max"."""
     replicas = model.spec.replicas
@@ -200,7 +200,7 @@ def fixed_replicas(model: Parsed) -> int | None:
 
 def _spread(model: Parsed, pool: Parsed) -> Iterator[Diagnostic]:
     spec = model.spec
-    wanted = fixed_replicas(model)
+    wanted = _fixed_replicas(model)
     if wanted is None or spec.spread == "none":
         return
     if spec.spread == "gpu":
