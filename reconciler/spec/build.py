@@ -21,9 +21,11 @@ from reconciler.desired import (
     Pool,
     Preemption,
     PriorityClass,
+    Scaling,
     Spread,
     canonical_json,
 )
+from reconciler.spec.models import ReplicaRange, ScalingSpec
 from reconciler.spec.parsed import Parsed
 from reconciler.spec.rules import Catalog, default_class, resolve_pool, route_of
 
@@ -66,19 +68,35 @@ def _placed_by(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass],
             "preemption": klass.preemption, "preemptible": klass.preemptible}
 
 
+def _scaling(bounds: ReplicaRange, spec: ScalingSpec | None) -> Scaling:
+    spec = spec if spec is not None else ScalingSpec()
+    return Scaling(
+        min=bounds.min,
+        max=bounds.max,
+        target_in_flight=spec.target_in_flight,
+        scale_up_after=spec.scale_up_after,
+        scale_down_after=spec.scale_down_after,
+        idle_after=spec.idle_after,
+        load_timeout=spec.load_timeout,
+    )
+
+
 def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Model:
     spec = doc.spec
+    # A range starts at its min; the planner replaces the count with the one the observed demand asks for.
+    scaling = _scaling(spec.replicas, spec.scaling) if isinstance(spec.replicas, ReplicaRange) else None
     return Model(
         **_placed_by(doc, catalog, classes, fallback),
         engine=Engine(spec.engine),
         source=spec.source,
         vram=spec.vram,
-        replicas=spec.replicas,
+        replicas=scaling.min if scaling is not None else spec.replicas,
         tensor_parallel=spec.tensor_parallel,
         spread=Spread(spec.spread),
         route=route_of(doc),
         labels=tuple(sorted(doc.document.metadata.labels.items())),
         engine_args_json=canonical_json(spec.engine_args),
+        scaling=scaling,
     )
 
 

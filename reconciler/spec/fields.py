@@ -75,7 +75,7 @@ def _replicas(value: Any) -> int | None:
         return value
     if isinstance(value, str) and value.strip().isdigit():
         raise ValueError(f'replicas must be a number, not the text "{value}": remove the quotes')
-    raise ValueError(f'replicas must be a whole number or "max", not {describe(value)}')
+    raise ValueError(f'replicas must be a whole number, "max" or a range {{min, max}}, not {describe(value)}')
 
 
 def _route(value: Any) -> str:
@@ -102,17 +102,22 @@ def _nonempty_text(value: Any) -> str:
     return text
 
 
+def whole_number(value: Any, minimum: int | None = None) -> int:
+    """``value`` if it is a whole number (never a bool, a float or quoted text) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            raise ValueError(f'expected a number, not the text "{value}": remove the quotes')
+        raise ValueError(f"expected a whole number, not {describe(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"must be {minimum} or more, not {value}")
+    return value
+
+
 def integer(*, minimum: int | None = None) -> Any:
     """A whole number (never a bool, a float or quoted text), at least ``minimum``."""
 
     def validate(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-                raise ValueError(f'expected a number, not the text "{value}": remove the quotes')
-            raise ValueError(f"expected a whole number, not {describe(value)}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"must be {minimum} or more, not {value}")
-        return value
+        return whole_number(value, minimum)
 
     schema: dict[str, Any] = {"type": "integer"}
     if minimum is not None:

@@ -1,5 +1,6 @@
-"""Field types only Jobs use: a duration (``2h``), a cron schedule, a working directory inside the spec directory and
-an entrypoint. Each validates with a sentence a user can act on and carries the JSON Schema editors check against."""
+"""Field types only Jobs use: a cron schedule, a working directory inside the spec directory and the environment.
+Each validates with a sentence a user can act on and carries the JSON Schema editors check against. (Durations, which
+Jobs share with on-demand scaling, are in ``reconciler.spec.durations``.)"""
 
 from __future__ import annotations
 
@@ -11,25 +12,6 @@ from croniter import croniter
 from pydantic import PlainValidator, WithJsonSchema
 
 from reconciler.spec.fields import describe
-
-DURATION_PATTERN = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds in ``1h30m``, ``45s``, ``2d``; raises ValueError with a sentence for anything else."""
-    if not text or not re.match(DURATION_PATTERN, text):
-        raise ValueError(f"`{text}` is not a duration: write whole numbers with d, h, m or s, such as 2h, 90m or 1h30m")
-    return sum(int(amount) * _UNITS[unit] for amount, unit in re.findall(r"([0-9]+)([dhms])", text))
-
-
-def _duration(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"a duration is text such as 2h or 90m, not {describe(value)}")
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"`{value}` is no time at all: give a duration above zero, such as 30m")
-    return seconds
 
 
 def _schedule(value: Any) -> str:
@@ -66,11 +48,6 @@ def _env(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-Duration = Annotated[
-    int,
-    PlainValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "A duration: 2h, 90m, 1h30m, 45s."}),
-]
 Schedule = Annotated[
     str,
     PlainValidator(_schedule),

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from reconciler.spec.fields import describe, suggestion
+from reconciler.spec.scalingfields import UNION_TAGS
 
 Path = tuple[str | int, ...]
 
@@ -65,7 +66,7 @@ def _field(path: Path) -> str:
 
 
 def translate(root: type[BaseModel], error: ErrorDetails) -> Problem:
-    path: Path = tuple(error["loc"])
+    path: Path = tuple(part for part in error["loc"] if part not in UNION_TAGS)
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":

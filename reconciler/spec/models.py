@@ -6,12 +6,13 @@ These models check the shape of one document; rules that span documents (referen
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 
 from reconciler.desired import Engine
+from reconciler.spec.durations import Duration, format_duration
 from reconciler.spec.fields import (
     Boolean,
     JsonMapping,
@@ -26,7 +27,8 @@ from reconciler.spec.fields import (
     choice,
     integer,
 )
-from reconciler.spec.jobfields import Duration, EnvMap, Schedule, WorkingDir
+from reconciler.spec.jobfields import EnvMap, Schedule, WorkingDir
+from reconciler.spec.scalingfields import COUNT, RANGE, RangeMax, replicas_kind, scaling_default
 
 API_VERSION = "reconciler/v1"
 
@@ -110,6 +112,42 @@ class PriorityClassSpec(_Spec):
     default: Boolean = Field(default=False, description="The class of models that name none; at most one.")
 
 
+class ReplicaRange(_Spec):
+    label: ClassVar[str] = "a replicas range"
+    min: NonNegativeInteger = Field(description="The fewest replicas kept; 0 unloads the model while it is idle.")
+    max: RangeMax = Field(description="The most replicas load may ask for.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}: make max at least {self.min}")
+        return self
+
+
+ReplicasOrRange = Annotated[
+    Annotated[Replicas, Tag(COUNT)] | Annotated[ReplicaRange, Tag(RANGE)], Discriminator(replicas_kind)
+]
+
+
+def _seconds(name: str, description: str) -> Any:
+    """A duration field of `scaling` whose default is the one ``desired.Scaling`` holds, shown as users write it."""
+    return Field(default=format_duration(scaling_default(name)), validate_default=True, description=description)
+
+
+class ScalingSpec(_Spec):
+    label: ClassVar[str] = "`scaling`"
+    target_in_flight: PositiveInteger = Field(
+        default=scaling_default("target_in_flight"),
+        description="Requests in flight per replica above which another replica is wanted.",
+    )
+    scale_up_after: Duration = _seconds("scale_up_after", "Sustained load before a replica is added.")
+    scale_down_after: Duration = _seconds(
+        "scale_down_after", "Sustained low load before a replica is removed (never below min)."
+    )
+    idle_after: Duration = _seconds("idle_after", "No request at all for this long: scale to min (0 unloads the model).")
+    load_timeout: Duration = _seconds("load_timeout", "The longest a request waits for a replica to start.")
+
+
 class ModelSpec(_Spec):
     label: ClassVar[str] = "a Model spec"
     pool: Name | None = Field(default=None, description="The ResourcePool; required unless exactly one exists.")
@@ -117,13 +155,20 @@ class ModelSpec(_Spec):
     engine: EngineName = "vllm"
     source: NonEmptyText = Field(description="Model id or local path, handed to the engine.")
     vram: Quantity = Field(description="Per replica and per GPU: weights + KV cache + overhead.")
-    replicas: Replicas = Field(default=1, description='A whole number >= 0, or "max": as many as fit.')
+    replicas: ReplicasOrRange = Field(
+        default=1,
+        description='A whole number >= 0; "max": as many as fit; or a range {min, max}: load decides within it.',
+    )
     tensor_parallel: PositiveInteger = Field(
         default=1, description="GPUs per replica, all on one node."
     )
     spread: SpreadName = "none"
     route: Route | None = Field(default=None, description="HTTP route prefix; default /<name>.")
     engine_args: JsonMapping = Field(default_factory=dict, description="Passed through to the engine.")
+    scaling: ScalingSpec | None = Field(
+        default=None,
+        description="How load moves the count within a replicas range; a field left out takes its default.",
+    )
 
 
 class JobSpec(_Spec):

@@ -14,6 +14,7 @@ from reconciler.desired import default_route
 from reconciler.quantity import format_bytes
 from reconciler.spec.diagnostics import Diagnostic, Position, error
 from reconciler.spec.fields import suggestion
+from reconciler.spec.models import ReplicaRange
 from reconciler.spec.parsed import Parsed
 
 KINDS = ("Gateway", "Job", "Model", "PriorityClass", "ResourcePool")
@@ -190,9 +191,17 @@ def _fit(catalog: Catalog) -> Iterator[Diagnostic]:
         yield from _spread(model, pool)
 
 
+def _fixed_replicas(model: Parsed) -> int | None:
+    """The replicas a model always wants: its count, the `min` of its range (load decides the rest; what a range's
+    `max` asks for is not checked against the pool), None for "max"."""
+    replicas = model.spec.replicas
+    return replicas.min if isinstance(replicas, ReplicaRange) else replicas
+
+
 def _spread(model: Parsed, pool: Parsed) -> Iterator[Diagnostic]:
     spec = model.spec
-    if spec.replicas is None or spec.spread == "none":
+    wanted = _fixed_replicas(model)
+    if wanted is None or spec.spread == "none":
         return
     if spec.spread == "gpu":
         room = sum(len(inv.gpus) for inv in pool.spec.inventory) // spec.tensor_parallel
@@ -200,11 +209,12 @@ def _spread(model: Parsed, pool: Parsed) -> Iterator[Diagnostic]:
     else:
         room = len(pool.spec.inventory)
         unit = "nodes"
-    if spec.replicas > room:
+    if wanted > room:
+        at = ("spec", "replicas", "min") if isinstance(spec.replicas, ReplicaRange) else ("spec", "replicas")
         yield model.warning(
-            model.at("spec", "replicas"),
+            model.at(*at),
             f"spread: {spec.spread} keeps replicas apart, but pool `{pool.name}` has {room} {unit}: "
-            f"{spec.replicas - room} of the {spec.replicas} replicas cannot be placed",
+            f"{wanted - room} of the {wanted} replicas cannot be placed",
         )
 
 
@@ -213,6 +223,16 @@ def _zero_replicas(catalog: Catalog) -> Iterator[Diagnostic]:
         if model.spec.replicas == 0:
             yield model.warning(
                 model.at("spec", "replicas"), "replicas is 0: the model is defined but no replica will run"
+            )
+
+
+def _scaling(catalog: Catalog) -> Iterator[Diagnostic]:
+    for model in catalog.models:
+        if model.spec.scaling is not None and not isinstance(model.spec.replicas, ReplicaRange):
+            yield model.error(
+                model.key("spec", "scaling"),
+                "`scaling` needs a replicas range: write replicas: {min: 0, max: N} to let load decide, "
+                "or remove `scaling`",
             )
 
 
@@ -288,7 +308,9 @@ def _gateway(catalog: Catalog) -> Iterator[Diagnostic]:
                                     f"models defined: {', '.join(known) or 'none'}")
 
 
-RULES = (_unique_names, _references, _one_default, _pools, _fit, _jobs_fit, _zero_replicas, _routes, _gateway)
+RULES = (
+    _unique_names, _references, _one_default, _pools, _fit, _jobs_fit, _zero_replicas, _scaling, _routes, _gateway
+)
 
 
 def check(catalog: Catalog) -> tuple[Diagnostic, ...]:

@@ -18,7 +18,8 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
 DIRECTORIES = [p / "specs" if (p / "specs").is_dir() else p for p in EXAMPLES
                if (p / "specs").is_dir() or any(p.glob("*.yaml"))] + [ROOT / "specs"]
 MODELINE = "# yaml-language-server: $schema="
-WITH_MODELINES = {"examples/batch-jobs", "examples/homelab", "examples/k3s-cluster", "examples/preemption", "examples/tensor-parallel", "specs"}
+WITH_MODELINES = {"examples/batch-jobs", "examples/homelab", "examples/k3s-cluster", "examples/ondemand",
+                  "examples/preemption", "examples/tensor-parallel", "specs"}
 
 
 def _ids(path: Path) -> str:
@@ -27,7 +28,7 @@ def _ids(path: Path) -> str:
 
 def test_the_expected_examples_exist():
     names = {p.name for p in EXAMPLES}
-    assert {"homelab", "k3s-cluster", "preemption", "tensor-parallel"} <= names
+    assert {"homelab", "k3s-cluster", "ondemand", "preemption", "tensor-parallel"} <= names
 
 
 @pytest.mark.parametrize("directory", DIRECTORIES, ids=_ids)
@@ -96,6 +97,19 @@ def test_tensor_parallel_example():
     assert [len(n.gpus) for n in desired.pools[0].inventory] == [4]
     assert any(m.tensor_parallel == 2 for m in desired.models)
     assert any(m.tensor_parallel == 1 for m in desired.models)
+
+
+def test_ondemand_example_wants_more_than_its_one_gpu_holds():
+    desired = load_specs(ROOT / "examples" / "ondemand").desired
+    (pool,) = desired.pools
+    assert [(n.node, [g.memory >> 30 for g in n.gpus]) for n in pool.inventory] == [("node-a", [24])]
+    assert {c.name: c.value for c in desired.priority_classes} == {"interactive": 50, "batch": 10}
+    assert len(desired.models) >= 2
+    for model in desired.models:
+        assert model.engine == "echo" and model.scaling is not None
+        assert (model.scaling.min, model.scaling.max, model.replicas) == (0, 2, 0)
+    assert sum(m.vram for m in desired.models) > pool.inventory[0].gpus[0].memory
+    assert {m.priority_class for m in desired.models} == {"interactive", "batch"}
 
 
 def test_quickstart_specs():

@@ -3,7 +3,7 @@
 import pytest
 
 from reconciler.desired import Job, Preemption
-from reconciler.spec.jobfields import parse_duration
+from reconciler.spec.durations import parse_duration
 
 from .specs import job, klass, load, messages, model, pool
 

@@ -128,7 +128,7 @@ def test_models_are_sorted_by_name_whatever_the_file_order():
         ({"spread": "gpus"}, "`spread`: `gpus` is not one of none | gpu | node; did you mean `gpu`?"),
         ({"replicas": -1}, "`replicas`: replicas must be 0 or more, not -1"),
         ({"replicas": "2"}, '`replicas`: replicas must be a number, not the text "2": remove the quotes'),
-        ({"replicas": "all"}, '`replicas`: replicas must be a whole number or "max", not `all`'),
+        ({"replicas": "all"}, '`replicas`: replicas must be a whole number, "max" or a range {min, max}, not `all`'),
         ({"tensorParallel": 0}, "`tensorParallel`: must be 1 or more, not 0"),
         ({"tensorParallel": 1.5}, "`tensorParallel`: expected a whole number, not `1.5`"),
         ({"route": "chat"}, "`route`: `chat` is not a valid route"),

@@ -20,6 +20,7 @@ from reconciler.desired import (
     Pool,
     Preemption,
     PriorityClass,
+    Scaling,
     Spread,
     canonical_json,
     desired_to_json,
@@ -53,6 +54,28 @@ def spellings(n_bytes: int) -> st.SearchStrategy[str]:
     if mib % 512 == 0:
         options.append(f"{mib / 1024}Gi")
     return st.sampled_from(options)
+
+
+DURATION_FIELDS = (("scaleUpAfter", "scale_up_after"), ("scaleDownAfter", "scale_down_after"),
+                   ("idleAfter", "idle_after"), ("loadTimeout", "load_timeout"))
+
+
+@st.composite
+def scalings(draw: Any) -> tuple[Scaling, dict[str, int], dict[str, Any]]:
+    """A replicas range with some scaling fields written: the Scaling it means, the range and the scaling as YAML."""
+    low = draw(st.integers(0, 3))
+    high = draw(st.integers(max(low, 1), 6))
+    written: dict[str, Any] = {}
+    values: dict[str, int] = {}
+    if draw(st.booleans()):
+        values["target_in_flight"] = written["targetInFlight"] = draw(st.integers(1, 64))
+    for key, attribute in DURATION_FIELDS:
+        if draw(st.booleans()):
+            amount = draw(st.integers(1, 90))
+            unit, size = draw(st.sampled_from([("s", 1), ("m", 60), ("h", 3600)]))
+            written[key] = f"{amount}{unit}"
+            values[attribute] = amount * size
+    return Scaling(min=low, max=high, **values), {"min": low, "max": high}, written
 
 
 @st.composite
@@ -147,6 +170,12 @@ def spec_sets(draw: st.DrawFn) -> tuple[dict[str, bytes], DesiredState]:
             spec["priorityClass"] = klass.name
         if replicas != 1 or draw(st.booleans()):
             spec["replicas"] = "max" if replicas is None else replicas
+        scaling = draw(st.none() | scalings())
+        if scaling is not None:
+            scaling, spec["replicas"], written = scaling
+            replicas = scaling.min
+            if written or draw(st.booleans()):
+                spec["scaling"] = written
         if tp != 1 or draw(st.booleans()):
             spec["tensorParallel"] = tp
         if spread is not Spread.NONE or draw(st.booleans()):
@@ -178,6 +207,7 @@ def spec_sets(draw: st.DrawFn) -> tuple[dict[str, bytes], DesiredState]:
                 route=route or f"/{name}",
                 labels=tuple(sorted(labels.items())),
                 engine_args_json=canonical_json(engine_args),
+                scaling=scaling,
             )
         )
 
