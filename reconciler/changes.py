@@ -85,10 +85,12 @@ def spec_changes(base: DesiredState, head: DesiredState) -> tuple[SpecChange, ..
             elif name not in before:
                 changes.append(SpecChange(kind, name, Change.ADDED, spec=after[name]))
             else:
+                # Keys written only when set (a model's `scaling`) may be on one side only.
+                keys = [*after[name], *(k for k in before[name] if k not in after[name])]
                 fields = tuple(
-                    FieldChange(key, before[name].get(key), value)
-                    for key, value in after[name].items()
-                    if before[name].get(key) != value
+                    FieldChange(key, before[name].get(key), after[name].get(key))
+                    for key in keys
+                    if before[name].get(key) != after[name].get(key)
                     and not (kind is SpecKind.MODEL and key in _COPIED_FROM_CLASS)
                 )
                 if fields:
