@@ -295,6 +295,9 @@ def solve_exact(
                 load = sum(vram // built.unit * v for vram, v, _ in members)
                 model.add(PER_MILLE * built.unit * load <= top * cap)
         stages.append(("fill", -top))
+    kept = [problem.items[i].keep * v for i, v in built.stay.items() if problem.items[i].keep]
+    if kept:  # a tie-break beyond the objective: replicas worth keeping (recently used) stay first
+        stages.append(("keep", sum(kept)))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
@@ -315,12 +318,14 @@ def solve_exact(
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if assignment is None and hint is None:
                 return None
+            if kind == "keep":
+                break  # the placement found is as good by the objective: the tie-break alone ran out of budget
             optimal = finished = False
             levels_optimal = levels_optimal and kind != "level"
             break
         value = round(solver.objective_value)
         assignment = built.read(solver)
-        if status != cp_model.OPTIMAL:
+        if status != cp_model.OPTIMAL and kind != "keep":
             optimal = False
             slack = max(0, math.floor(solver.best_objective_bound + 1e-6) - value)
             if kind == "level":

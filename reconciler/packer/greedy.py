@@ -109,6 +109,7 @@ class _Search:
         # one with no higher priority, no less VRAM and no fewer GPUs finds nothing either.
         self.failed: list[tuple[int, int, int]] = []
         self.failed_version = -1
+        self.any_keep = any(item.keep for item in problem.items)
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -217,7 +218,7 @@ class _Search:
                 if plan is not None:
                     options.append((plan[0], b, plan))
             if len(options) >= item.gpus:
-                options.sort(key=lambda o: (o[0], o[1]))
+                options.sort(key=lambda o: (o[0], self._keep_cost(o[2]), o[1]))
                 plans[node] = options[: item.gpus]
         if not plans:
             self.no_victims[item.model] = state.version
@@ -242,6 +243,12 @@ class _Search:
                 self.evicted.add(j)
         state.place(i, bins)
         return list(victims)
+
+    def _keep_cost(self, plan) -> int:
+        """What the replicas a GPU would give up were worth keeping (0 when no replica says: the common case)."""
+        if not self.any_keep:
+            return 0
+        return sum(self.items[j].keep for j in self._victims_of(plan))
 
     def _victim_plan(self, *, item_index: int, b: int):
         """(the highest level GPU b must give up, what the full search needs) or None when evicting cannot make
@@ -319,7 +326,7 @@ def _least_covering(group: list[int], want: int, items) -> list[int]:
 
 def _cost(items, victims) -> tuple:
     """Lower is better: VRAM lost per level from the highest level down (the objective's order), then the number of
-    replicas disturbed."""
+    replicas disturbed, then how much they were worth keeping (idle and least recently used ones go first)."""
     lost: dict[tuple[int, bool], int] = {}
     for j in victims:
         key = (items[j].priority, not items[j].elastic)
@@ -327,6 +334,7 @@ def _cost(items, victims) -> tuple:
     return (
         tuple(sorted(lost.items(), reverse=True)),
         len(victims),
+        sum(items[j].keep for j in victims),
         sum(items[j].vram * items[j].gpus for j in victims),
         tuple(sorted((items[j].priority for j in victims), reverse=True)),
         tuple(sorted(items[j].key for j in victims)),

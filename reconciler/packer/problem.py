@@ -30,6 +30,9 @@ class Item:
     spread: Spread = Spread.NONE  # hard anti-affinity among the items of one model
     elastic: bool = False  # a `replicas: max` model's replica: fills what is left, never evicts nor moves others
     current: tuple[int, ...] | None = None  # bins (indices into Problem.bins) it runs on now with an unchanged spec
+    # Among running replicas that could give way equally well, those with a lower value go first: for on-demand
+    # models, how recently the replica was used (idle ones first, then the least recently used).
+    keep: int = 0
 
     @property
     def key(self) -> tuple[str, int]:

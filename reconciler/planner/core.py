@@ -57,6 +57,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     scaled = scaling.decisions(desired, observed)
     specs, desired = desired, jobplace.with_recorded(scaling.resolve(desired, scaled), observed)
     notes = scaling.notes(scaled, now=observed.at)
+    keep = scaling.keep_ranks(scaled)
     primary = primary_replicas(observed)
     members = pool_nodes(desired, observed)
     dead = frozenset(n.name for n in observed.nodes if not n.alive)
@@ -67,7 +68,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
     job_outcomes: dict[tuple[str, int], _Outcome] = {}
     quality: list[PoolQuality] = []
     for pool in sorted(desired.pools, key=lambda p: p.name):
-        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead)
+        pp = build(pool=pool, nodes=members[pool.name], desired=desired, primary=primary, dead=dead, keep=keep)
         pp = jobplace.with_jobs(pp, desired, chosen)
         solution = jobplace.pack_pinned(pp.problem, settings.packing)
         q = solution.quality

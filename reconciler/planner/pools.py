@@ -7,6 +7,7 @@ first selector-less pool by name. Nodes without GPUs or not alive belong to no p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler.desired import DesiredState, Model, Pool, Preemption, Spread
@@ -66,7 +67,7 @@ def primary_replicas(observed: ObservedState) -> dict[tuple[str, int], ObservedR
 
 def build(
     *, pool: Pool, nodes: tuple[ObservedNode, ...], desired: DesiredState, primary: dict[tuple[str, int], ObservedReplica],
-    dead: frozenset[str] = frozenset(),
+    dead: frozenset[str] = frozenset(), keep: Mapping[str, int] | None = None,
 ) -> PoolProblem:
     """The pool's packing problem. A running replica on a ``dead`` node must move, and that move counts against the
     pool's maxMoves like any other: only what is left of the budget may move replicas that could have stayed."""
@@ -104,6 +105,7 @@ def build(
                     spread=model.spread,
                     elastic=model.is_max,
                     current=current,
+                    keep=(keep or {}).get(model.name, 0),
                 )
             )
     problem = Problem(bins=tuple(bins), items=tuple(items), policy=pool.placement,

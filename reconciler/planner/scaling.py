@@ -133,6 +133,20 @@ def notes(found: tuple[ScaleDecision, ...], *, now: float | None) -> dict[str, t
     return out
 
 
+def keep_ranks(found: tuple[ScaleDecision, ...]) -> dict[str, int]:
+    """How much each on-demand model's running replicas are worth keeping when some of one priority must give way:
+    0 for never used, then by the time of the last request, busy ones (requests in flight or held) highest. The
+    packer breaks ties between equally good evictions with it: idle ones go first, then the least recently used."""
+    used = sorted((d for d in found if d.last_request is not None and not (d.in_flight or d.queued)),
+                  key=lambda d: (d.last_request, d.model))
+    ranks = {d.model: n + 1 for n, d in enumerate(used)}
+    busy = len(used) + 1
+    for d in found:
+        if d.in_flight or d.queued:
+            ranks[d.model] = busy + d.in_flight + d.queued
+    return ranks
+
+
 def with_reasons(actions: tuple[Action, ...], found: tuple[ScaleDecision, ...]) -> tuple[Action, ...]:
     """Creates and deletes that a scaling decision caused carry its reason: "scale up: ...; new replica: ..."."""
     why = {d.model: d for d in found if d.changes}

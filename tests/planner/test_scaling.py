@@ -198,3 +198,22 @@ def test_min_two_never_goes_below_two_and_vram_is_never_overcommitted() -> None:
     assert busy.model("chat").replicas == 3 and len(busy.placement) == 2
     assert [(u.model, u.replica) for u in busy.unplaced] == [("chat", 2)]
     assert busy.actions == ()
+
+
+@pytest.mark.parametrize("idle_on", ["a", "b"])
+def test_the_idle_replica_gives_way_before_the_busy_one(idle_on) -> None:
+    """Two lower-priority replicas could each make room; the idle one is evicted, whichever GPU it runs on."""
+    busy_on = "b" if idle_on == "a" else "a"
+    desired = homelab(ranged("chat", 16, priority=50), ranged("a", 16, priority=20), ranged("b", 16, priority=20),
+                      gpus=2, memory_gib=24)
+    base = _running(desired, a=1, b=1)
+    demand = [ModelDemand("chat", queued=1, last_request=NOW, oldest_queued=NOW),
+              steady(0, model_name=idle_on, last_request=NOW - 60),
+              steady(2, model_name=busy_on, in_flight=2, last_request=NOW)]
+    p = plan(desired, _observed_with(desired, demand, base=base), FAST)
+    assert kinds(p) == [("evict", idle_on, 0), ("create", "chat", 0)]
+    # two idle ones: the least recently used goes first
+    lru = [ModelDemand("chat", queued=1, last_request=NOW, oldest_queued=NOW),
+           steady(0, model_name=idle_on, last_request=NOW - 300), steady(0, model_name=busy_on, last_request=NOW - 30)]
+    p = plan(desired, _observed_with(desired, lru, base=base), FAST)
+    assert kinds(p) == [("evict", idle_on, 0), ("create", "chat", 0)]
