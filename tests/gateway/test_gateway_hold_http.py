@@ -168,7 +168,7 @@ def test_demand_counts_held_and_in_flight_requests_and_their_mean_per_second(rig
         assert wait_until(lambda: demand(rig).in_flight == 3)
         assert demand(rig).queued == 0
         assert all(a.result(30).status_code == 200 for a in answers)
-    time.sleep(1.1)  # the last second with load is complete
+    time.sleep(2.1)  # the last second with load and a whole second without are complete
     done = demand(rig)
     assert (done.in_flight, done.queued, done.oldest_queued) == (0, 0, None)
     values = [value for _, value in done.samples]
