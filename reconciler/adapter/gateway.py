@@ -291,6 +291,28 @@ def urls(cluster: Any) -> list[str]:
     return sorted(found)
 
 
+def stop(cluster: Any) -> None:
+    """Stop every gateway (the specs asked for no endpoint, or the cluster is being taken down)."""
+    ray = cluster._driver()
+    for address in _gateway_nodes(ray):
+        try:
+            ray.kill(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
+        except ValueError:
+            continue
+
+
+def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
+    """The first gateway's base URL, once one answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = urls(cluster)
+        if found or time.monotonic() > deadline:
+            if not found:
+                raise TimeoutError(f"no gateway answered within {timeout:.0f}s")
+            return found[0]
+        time.sleep(0.2)
+
+
 def _running(ray: Any) -> list[Any]:
     """Handles of the gateway actors that exist now."""
     found = []
@@ -316,7 +338,7 @@ def demand(cluster: Any) -> tuple[ModelDemand, ...]:
     for ref in ready:
         try:
             parts.extend(from_json(d) for d in ray.get(ref))
-        except Exception:  # the gateway died or is restarting: its demand is back with it
+        except Exception:  # noqa: BLE001 - the gateway died or is restarting: its demand is back with it
             continue
     return merge(parts)
 
@@ -329,7 +351,7 @@ def wait_wake(cluster: Any, timeout: float) -> list[str]:
     if not pending:
         time.sleep(timeout)
         return []
-    deadline = time.monotonic() + timeout + CALL_TIMEOUT_S
+    deadline = time.monotonic() + timeout + DEMAND_TIMEOUT_S
     woken: set[str] = set()
     while pending and not woken:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -337,30 +359,8 @@ def wait_wake(cluster: Any, timeout: float) -> list[str]:
             break
         try:
             woken.update(ray.get(ready[0]))
-        except Exception:  # a gateway that died while waiting says nothing
+        except Exception:  # noqa: BLE001 - a gateway that died while waiting says nothing
             continue
     for ref in pending:
         ray.cancel(ref)
     return sorted(woken)
-
-
-def stop(cluster: Any) -> None:
-    """Stop every gateway (the specs asked for no endpoint, or the cluster is being taken down)."""
-    ray = cluster._driver()
-    for address in _gateway_nodes(ray):
-        try:
-            ray.kill(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
-        except ValueError:
-            continue
-
-
-def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
-    """The first gateway's base URL, once one answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = urls(cluster)
-        if found or time.monotonic() > deadline:
-            if not found:
-                raise TimeoutError(f"no gateway answered within {timeout:.0f}s")
-            return found[0]
-        time.sleep(0.2)

@@ -16,7 +16,7 @@ HISTORY_S = 3600  # covers the longest window a scaling rule looks back over (id
 
 
 class Meter:
-    __slots__ = ("model", "in_flight", "queued", "last_request", "_second", "_area", "_at", "_samples", "_keep")
+    __slots__ = ("_area", "_at", "_keep", "_samples", "_second", "in_flight", "last_request", "model", "queued")
 
     def __init__(self, model: str, *, now: float, keep_s: int = HISTORY_S) -> None:
         self.model = model

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.gateway.demand import Meter
 from reconciler.gateway.hold import HoldQueue

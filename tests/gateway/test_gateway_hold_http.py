@@ -17,7 +17,7 @@ from reconciler.gateway.observer import Recorder
 from reconciler.gateway.table import RouteTable
 from tests.gateway.conftest import echo, route
 
-IDLE = dict(state="idle", desired=0)
+IDLE = {"state": "idle", "desired": 0}
 
 
 def sdk(rig, **kwargs) -> openai.OpenAI:
@@ -140,7 +140,10 @@ def test_a_keys_concurrency_limit_counts_its_held_requests(rig):
     rig.loop.call_soon_threadsafe(rig.gateway.set_table, RouteTable(
         models=(route("chat", load_timeout=60, **IDLE),), created=1, keys=(alice,)))
     client = openai.OpenAI(base_url=rig.url, api_key=secret, max_retries=0)
-    ask = lambda text: client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}])  # noqa: E731
+
+    def ask(text: str):
+        return client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}])
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(ask, "first")
         assert wait_until(lambda: demand(rig).queued == 1)
