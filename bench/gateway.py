@@ -166,7 +166,7 @@ def main() -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from reconciler import localcluster
+    from reconciler.adapter import localcluster
     from reconciler.adapter import connect
     from reconciler.adapter import gateway as gateways
     from reconciler.cli import main as cli

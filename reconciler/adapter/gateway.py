@@ -3,6 +3,9 @@
 ``publish(cluster, table)`` stores the route table in Ray's internal KV (a gateway that restarts reads it back),
 starts the gateways that are missing and hands each the table; it returns their base URLs. Inside a gateway,
 replica endpoints are found through Serve handles (``Replica.endpoint``): the only Ray calls the gateway makes.
+
+For on-demand models the controller asks the gateways for their ``demand`` (merged across gateways) and waits in
+``wait_wake`` for the first request held for a model with no replica, which ends its poll interval at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from reconciler.demand import ModelDemand, from_json, merge, to_json
 from reconciler.settings import DEFAULTS, GatewaySettings
 from reconciler.gateway.table import RouteTable
 
@@ -23,9 +27,13 @@ START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 10.0
 RESOLVE_TIMEOUT_S = 5.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+DEMAND_TIMEOUT_S = 2.0  # a gateway slower than this to say its demand is left out of this round
+# Calls at once on one gateway actor: a controller's wait_wake stays pending while tables and demand go through.
+MAX_CONCURRENCY = 16
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+COLD_START_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # an engine loads in seconds to minutes
 
 
 class RayMetrics:
@@ -50,6 +58,15 @@ class RayMetrics:
         self._in_flight = metrics.Gauge(
             "reconciler_gateway_in_flight", "Requests this gateway has in flight to each replica",
             tag_keys=("model", "replica"))
+        self._queued = metrics.Gauge(
+            "reconciler_gateway_queued", "Requests this gateway holds for a model until it has a replica",
+            tag_keys=("model",))
+        self._cold_start = metrics.Histogram(
+            "reconciler_gateway_cold_start_seconds", "Time a request was held before a replica took it, by model",
+            boundaries=list(COLD_START_BUCKETS), tag_keys=("model",))
+        self._refused = metrics.Counter(
+            "reconciler_gateway_held_refused", "Requests refused instead of held, by model and reason "
+            "(queue_full, load_timeout)", tag_keys=("model", "reason"))
 
     def request(self, *, model: str, key: str, status: int, seconds: float) -> None:
         tags = {"model": model, "key": key}
@@ -68,16 +85,29 @@ class RayMetrics:
     def in_flight(self, *, model: str, replica: str, count: int) -> None:
         self._in_flight.set(count, {"model": model, "replica": replica})
 
+    def queued(self, *, model: str, count: int) -> None:
+        self._queued.set(count, {"model": model})
+
+    def cold_start(self, *, model: str, seconds: float) -> None:
+        self._cold_start.observe(seconds, {"model": model})
+
+    def refused(self, *, model: str, reason: str) -> None:
+        self._refused.inc(1, {"model": model, "reason": reason})
+
 
 class GatewayActor:
-    """Runs the gateway on its own thread and event loop (uvloop), apart from the actor's method calls."""
+    """Runs the gateway on its own thread and event loop (uvloop), apart from the actor's method calls.
 
-    def __init__(self, host: str, port: int, advertise: str) -> None:
+    Ray runs the methods on the actor's own event loop (the class has async methods), concurrently; whatever reads
+    or changes the gateway's state runs on the gateway's loop, so the two threads never share it."""
+
+    def __init__(self, host: str, port: int, advertise: str,
+                 queue_limit: int = DEFAULTS.apply.gateway.queue_limit) -> None:
         from reconciler.gateway.server import Gateway
 
         self._handles: dict[str, Any] = {}
         self._listen = (host, port)
-        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics())
+        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics(), queue_limit=queue_limit)
         self._loop = _new_loop()
         started = threading.Event()
         failure: list[BaseException] = []
@@ -112,8 +142,27 @@ class GatewayActor:
         self._loop.call_soon_threadsafe(self._gateway.set_table, table)
         return len(table.models)
 
-    def in_flight(self) -> dict[str, int]:
-        return {app: n for app, n in self._gateway.in_flight.items() if n}
+    def set_queue_limit(self, limit: int) -> int:
+        self._loop.call_soon_threadsafe(setattr, self._gateway, "queue_limit", limit)
+        return limit
+
+    async def in_flight(self) -> dict[str, int]:
+        return await self._on_loop(lambda: {app: n for app, n in self._gateway.in_flight.items() if n})
+
+    async def demand(self) -> list[dict[str, Any]]:
+        """Every model's demand on this gateway, as ``reconciler.demand.to_json`` writes it."""
+        return await self._on_loop(lambda: [to_json(d) for d in self._gateway.demand()])
+
+    async def wait_wake(self, timeout: float) -> list[str]:
+        """The models with held requests once one more model has some; [] after ``timeout``."""
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._gateway.wait_wake(timeout), self._loop))
+
+    async def _on_loop(self, read: Any) -> Any:
+        async def call() -> Any:
+            return read()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
 
     async def _resolve(self, app: str) -> str:
         return await asyncio.to_thread(self._endpoint_of, app)
@@ -176,6 +225,7 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
             existing = None
         if existing is not None:
             if tuple(ray.get(existing.listen.remote(), timeout=CALL_TIMEOUT_S)) == (host or "0.0.0.0", port):
+                ray.get(existing.set_queue_limit.remote(settings.queue_limit), timeout=CALL_TIMEOUT_S)
                 actors[address] = existing
                 continue
             ray.kill(existing)  # the Gateway spec moved it: a new one listens where asked
@@ -190,9 +240,10 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
                 get_if_exists=True,
                 num_cpus=0,
                 max_restarts=-1,
+                max_concurrency=MAX_CONCURRENCY,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             )
-            .remote(host or "0.0.0.0", port, advertise)
+            .remote(host or "0.0.0.0", port, advertise, settings.queue_limit)
         )
     return actors
 
@@ -275,3 +326,56 @@ def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
                 raise TimeoutError(f"no gateway answered within {timeout:.0f}s")
             return found[0]
         time.sleep(0.2)
+
+
+def _running(ray: Any) -> list[Any]:
+    """Handles of the gateway actors that exist now."""
+    found = []
+    for address in _gateway_nodes(ray):
+        try:
+            found.append(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
+        except ValueError:
+            continue
+    return found
+
+
+def demand(cluster: Any) -> tuple[ModelDemand, ...]:
+    """Every model's demand over all gateways, merged (sorted by model); a gateway that does not answer within
+    ``DEMAND_TIMEOUT_S`` is left out."""
+    ray = cluster._driver()
+    refs = [actor.demand.remote() for actor in _running(ray)]
+    if not refs:
+        return ()
+    ready, late = ray.wait(refs, num_returns=len(refs), timeout=DEMAND_TIMEOUT_S)
+    for ref in late:
+        ray.cancel(ref)
+    parts: list[ModelDemand] = []
+    for ref in ready:
+        try:
+            parts.extend(from_json(d) for d in ray.get(ref))
+        except Exception:  # noqa: BLE001 - the gateway died or is restarting: its demand is back with it
+            continue
+    return merge(parts)
+
+
+def wait_wake(cluster: Any, timeout: float) -> list[str]:
+    """Wait until some gateway holds requests for a model that had none (its models with held requests), or
+    ``timeout`` seconds ([]). The waits left pending are cancelled, so their gateways report on the next call."""
+    ray = cluster._driver()
+    pending = [actor.wait_wake.remote(timeout) for actor in _running(ray)]
+    if not pending:
+        time.sleep(timeout)
+        return []
+    deadline = time.monotonic() + timeout + DEMAND_TIMEOUT_S
+    woken: set[str] = set()
+    while pending and not woken:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        try:
+            woken.update(ray.get(ready[0]))
+        except Exception:  # noqa: BLE001 - a gateway that died while waiting says nothing
+            continue
+    for ref in pending:
+        ray.cancel(ref)
+    return sorted(woken)

@@ -54,6 +54,18 @@ def replicas_failed(name: str, reasons: list[str], retry_after: int) -> GatewayE
                         type="service_unavailable", code="replicas_unavailable", retry_after=retry_after)
 
 
+def queue_full(name: str, limit: int, retry_after: int) -> GatewayError:
+    return GatewayError(503, f"the model {name!r} is loading and {limit} requests already wait for it (the most this "
+                        f"gateway holds); retry in {retry_after}s", type="service_unavailable", code="queue_full",
+                        retry_after=retry_after)
+
+
+def load_timeout(name: str, seconds: int, why: str | None = None) -> GatewayError:
+    reason = f" ({why})" if why else ""
+    return GatewayError(504, f"the model {name!r} could not be loaded within its loadTimeout of {seconds}s{reason}; "
+                        "retry later, or raise its scaling.loadTimeout", type="timeout", code="load_timeout")
+
+
 def bad_body(why: str) -> GatewayError:
     return GatewayError(400, f"the request body must be a JSON object: {why}", code="invalid_body")
 

@@ -1,8 +1,9 @@
 """What the gateway reports about its traffic, as an interface: the server calls it, an exporter implements it.
 
 The server stays free of any metrics system; ``reconciler.adapter.gateway`` plugs in Ray's metrics (one Prometheus
-scrape per node covers every gateway). Labels carry model, key *name* (or ``-`` on an open gateway), status code and
-replica application; never a key.
+scrape per node covers every gateway). Labels carry model, key *name* (or ``-`` on an open gateway), status code,
+replica application and the reason a held request was refused (``queue_full``, ``load_timeout``); never a key.
+Gauges (in flight, queued) are sampled about once a second, not set per request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ class Observer(Protocol):
     def first_token(self, *, model: str, key: str, seconds: float) -> None: ...
     def tokens(self, *, model: str, key: str, prompt: int, completion: int) -> None: ...
     def in_flight(self, *, model: str, replica: str, count: int) -> None: ...
+    def queued(self, *, model: str, count: int) -> None: ...
+    def cold_start(self, *, model: str, seconds: float) -> None: ...
+    def refused(self, *, model: str, reason: str) -> None: ...
 
 
 class Silent:
@@ -32,6 +36,15 @@ class Silent:
     def in_flight(self, *, model: str, replica: str, count: int) -> None:
         return None
 
+    def queued(self, *, model: str, count: int) -> None:
+        return None
+
+    def cold_start(self, *, model: str, seconds: float) -> None:
+        return None
+
+    def refused(self, *, model: str, reason: str) -> None:
+        return None
+
 
 class Recorder(Silent):
     """Keeps what it is told, in order: for tests and for a look at what the gateway saw."""
@@ -47,3 +60,9 @@ class Recorder(Silent):
 
     def tokens(self, *, model: str, key: str, prompt: int, completion: int) -> None:
         self.events.append(("tokens", model, key, prompt, completion))
+
+    def cold_start(self, *, model: str, seconds: float) -> None:
+        self.events.append(("cold_start", model, seconds))
+
+    def refused(self, *, model: str, reason: str) -> None:
+        self.events.append(("refused", model, reason))

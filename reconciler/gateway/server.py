@@ -10,6 +10,11 @@ the engine aborts the request.
 It knows replicas by their Serve application names (from the route table) and asks ``resolve(app)`` for each one's
 endpoint URL when it first needs it, and again after the endpoint stopped answering (Serve may have restarted the
 replica on another port). ``resolve`` is injected: the Ray side lives in the adapter.
+
+On-demand models (a route with ``load_timeout``) that have no replica hold their requests instead of refusing them:
+up to ``queue_limit`` per model wait (``hold.HoldQueue``) until a route table with replicas arrives, then go on as
+any request, oldest first; past their loadTimeout they get 504. The first request held for a model wakes whoever
+waits in ``wait_wake`` (the controller), and ``demand()`` reports each model's load (``demand.Meter``).
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import aiohttp
 from aiohttp import web
 
 from reconciler.desired import ApiKey
+from reconciler.demand import ModelDemand
 from reconciler.gateway import errors, keys, routing
+from reconciler.gateway.demand import HISTORY_S, Meter
 from reconciler.gateway.errors import GatewayError
+from reconciler.gateway.hold import HoldQueue
 from reconciler.gateway.limits import Limiter
 from reconciler.gateway.observer import Observer, Silent
 from reconciler.gateway.table import RUNNING, ModelRoute, RouteTable
+from reconciler.settings import DEFAULTS
 
 Resolver = Callable[[str], Awaitable[str]]
 
@@ -43,6 +52,13 @@ POST_ENDPOINTS = ("chat/completions", "completions", "embeddings")
 # Answer headers worth passing on; hop-by-hop ones (length, encoding, connection) are aiohttp's to set.
 PASS_HEADERS = ("Content-Type", "X-Request-Id")
 EVENT_STREAM = "text/event-stream"
+# Why a held request's model got no replica in time, by the model's state in the latest table.
+NOT_LOADED = {
+    "idle": "no replica was placed for it",
+    "starting": "its replica was still starting",
+    "unplaced": "no GPU has room for it at its priority",
+    "stopped": "it is stopped",
+}
 
 
 @dataclass
@@ -63,7 +79,8 @@ class _Retry(Exception):
 
 
 class Gateway:
-    def __init__(self, resolve: Resolver, table: RouteTable | None = None, observer: Observer | None = None) -> None:
+    def __init__(self, resolve: Resolver, table: RouteTable | None = None, observer: Observer | None = None, *,
+                 queue_limit: int = DEFAULTS.apply.gateway.queue_limit, history_s: int = HISTORY_S) -> None:
         self._resolve = resolve
         self.observer: Observer = observer or Silent()
         self.table = RouteTable()
@@ -78,6 +95,12 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self._reporter: asyncio.Future | None = None
+        self.queue_limit = queue_limit
+        self._history_s = history_s
+        self.holds: dict[str, HoldQueue] = {}
+        self.meters: dict[str, Meter] = {}
+        self._woken: set[str] = set()  # models whose first request was held since wait_wake last answered
+        self._wake = asyncio.Event()
         self.set_table(table or RouteTable())
 
     # ------------------------------------------------------------------------------------------------- lifecycle
@@ -115,6 +138,8 @@ class Gateway:
             for model in self.table.models:
                 for app in model.backends:
                     self.observer.in_flight(model=model.name, replica=app, count=self.in_flight.get(app, 0))
+                if model.holds:
+                    self.observer.queued(model=model.name, count=len(self.holds.get(model.name, ())))
             await asyncio.sleep(IN_FLIGHT_REPORT_S)
 
     async def stop(self) -> None:
@@ -131,6 +156,60 @@ class Gateway:
         known = {b for m in table.models for b in m.backends}
         for app in [a for a in self.urls if a not in known]:
             del self.urls[app]  # a replica that left the table: its port may be someone else's soon
+        now = time.time()
+        for model in table.models:  # a model's history starts when the gateway first hears of it
+            if model.name not in self.meters:
+                self.meters[model.name] = Meter(model.name, now=now, keep_s=self._history_s)
+        for name in [n for n, m in self.meters.items() if m.idle and table.model(n) is None]:
+            del self.meters[name]
+        for name, queue in self.holds.items():
+            if queue:
+                outcome = self._held_outcome(name, table)
+                if outcome is not None:
+                    queue.release(outcome)
+
+    @staticmethod
+    def _held_outcome(name: str, table: RouteTable) -> ModelRoute | GatewayError | None:
+        """What requests held for ``name`` do under a new table: go to its replicas, fail, or (None) keep waiting."""
+        route = table.model(name)
+        if route is None:
+            return errors.unknown_model(name, table.names)
+        if route.backends:
+            return route
+        if not route.holds:  # no longer on demand: answered as any model without a replica
+            return errors.no_replica(name, route.state if route.state != RUNNING else "starting", RETRY_AFTER_S)
+        return None
+
+    # ---------------------------------------------------------------------------------------------------- demand
+
+    def demand(self) -> list[ModelDemand]:
+        """Every known model's demand on this gateway, by name."""
+        now = time.time()
+        return [meter.report(now=now, oldest_queued=self.holds[name].oldest if name in self.holds else None)
+                for name, meter in sorted(self.meters.items())]
+
+    async def wait_wake(self, timeout: float) -> list[str]:
+        """The models with requests held, once a model's first request is held (at once if one was since the last
+        answer); [] when ``timeout`` passes first. A cancelled wait reports nothing, so the next one still sees it."""
+        deadline = time.monotonic() + timeout
+        while not self._woken:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            except TimeoutError:
+                return []
+        woken, self._woken = self._woken, set()
+        return sorted(woken | {name for name, queue in self.holds.items() if queue})
+
+    def _meter(self, name: str) -> Meter:
+        meter = self.meters.get(name)
+        if meter is None:
+            meter = self.meters[name] = Meter(name, now=time.time(), keep_s=self._history_s)
+        return meter
 
     # ---------------------------------------------------------------------------------------------------- models
 
@@ -229,27 +308,70 @@ class Gateway:
 
     async def _send(self, request: web.Request, model: ModelRoute, path: str, raw: bytes,
                     call: "_Call") -> web.StreamResponse:
+        meter = self._meter(model.name)
+        began = time.time()
+        meter.arrived(began)
         if not model.backends:
-            state = model.state if model.state != RUNNING else "starting"
-            return _error(errors.no_replica(model.name, state, RETRY_AFTER_S))
-        tried: set[str] = set()
-        reasons: list[str] = []
-        turn = next(self._turn)
-        while True:
-            now = time.monotonic()
-            gone = {b for b in model.backends if self.gone_until.get(b, 0) > now}
-            app = routing.choose(model.backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
-            if app is None:
-                return _error(errors.replicas_failed(model.name, reasons, RETRY_AFTER_S))
-            tried.add(app)
-            self.in_flight[app] = self.in_flight.get(app, 0) + 1
-            try:
-                url = await self._url(app)
-                return await self._exchange(request, app, url + path, raw, call)
-            except _Retry as why:
-                reasons.append(f"{app}: {why}")
-            finally:
-                self.in_flight[app] -= 1
+            if not model.holds:
+                state = model.state if model.state != RUNNING else "starting"
+                return _error(errors.no_replica(model.name, state, RETRY_AFTER_S))
+            held = await self._hold(model, meter)
+            if isinstance(held, GatewayError):
+                return _error(held)
+            model, began = held, time.time()
+        meter.step(now=began, in_flight=1)
+        try:
+            tried: set[str] = set()
+            reasons: list[str] = []
+            turn = next(self._turn)
+            while True:
+                now = time.monotonic()
+                gone = {b for b in model.backends if self.gone_until.get(b, 0) > now}
+                app = routing.choose(model.backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
+                if app is None:
+                    return _error(errors.replicas_failed(model.name, reasons, RETRY_AFTER_S))
+                tried.add(app)
+                self.in_flight[app] = self.in_flight.get(app, 0) + 1
+                try:
+                    url = await self._url(app)
+                    return await self._exchange(request, app, url + path, raw, call)
+                except _Retry as why:
+                    reasons.append(f"{app}: {why}")
+                finally:
+                    self.in_flight[app] -= 1
+        finally:
+            meter.step(now=time.time(), in_flight=-1)
+
+    async def _hold(self, model: ModelRoute, meter: Meter) -> ModelRoute | GatewayError:
+        """Wait for ``model`` to get a replica: its route with replicas, or why the request is refused."""
+        assert model.load_timeout is not None
+        queue = self.holds.get(model.name)
+        if queue is None:
+            queue = self.holds[model.name] = HoldQueue()
+        if len(queue) >= self.queue_limit:
+            self.observer.refused(model=model.name, reason="queue_full")
+            return errors.queue_full(model.name, self.queue_limit, RETRY_AFTER_S)
+        if not queue:
+            self._woken.add(model.name)
+            self._wake.set()
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        now = time.time()
+        queue.add(future, now)
+        meter.step(now=now, queued=1)
+        held_at = time.monotonic()
+        try:
+            async with asyncio.timeout(model.load_timeout):
+                outcome = await future
+        except TimeoutError:
+            self.observer.refused(model=model.name, reason="load_timeout")
+            latest = self.table.model(model.name) or model
+            return errors.load_timeout(model.name, model.load_timeout, NOT_LOADED.get(latest.state, latest.state))
+        finally:
+            queue.discard(future)  # released, timed out or its client left: no longer waiting
+            meter.step(now=time.time(), queued=-1)
+        if isinstance(outcome, ModelRoute):
+            self.observer.cold_start(model=model.name, seconds=time.monotonic() - held_at)
+        return outcome
 
     async def _exchange(self, request: web.Request, app: str, url: str, raw: bytes,
                         call: "_Call") -> web.StreamResponse:

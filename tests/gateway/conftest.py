@@ -58,9 +58,10 @@ class Rig:
         self.call(stop())
 
 
-def route(name: str, *backends: str, state: str = "running", desired: int | None = None) -> ModelRoute:
+def route(name: str, *backends: str, state: str = "running", desired: int | None = None,
+          load_timeout: int | None = None) -> ModelRoute:
     return ModelRoute(name=name, state=state, desired=len(backends) if desired is None else desired,
-                      backends=tuple(backends), route=f"/{name}", engine="echo")
+                      backends=tuple(backends), route=f"/{name}", engine="echo", load_timeout=load_timeout)
 
 
 @pytest.fixture()

@@ -163,3 +163,34 @@ def test_keys_and_limits_change_without_restarting_a_replica(gateway):
         assert cli(["apply", str(gateway["specs"]), "--yes"]) == 0
     assert sdk(gateway).embeddings.create(model="emb", input="x").data  # open again
     assert actors() == before  # no replica restarted for any of it
+
+
+def test_a_request_held_for_an_idle_model_wakes_the_controller_shows_in_demand_and_is_answered(gateway):
+    """The gateway actor end to end for on-demand models: a table with a model that holds and has no replica, a
+    request for it, the controller's wake-up and demand read through the adapter, then a table with a replica."""
+    import dataclasses
+
+    from reconciler.adapter import gateway as gateways
+    from reconciler.gateway.table import ModelRoute
+
+    cluster = gateway["cluster"]
+    before = gateways.stored_table(cluster)
+    later = ModelRoute(name="later", state="idle", desired=0, backends=(), route="/later", engine="echo",
+                       load_timeout=120)
+    gateways.publish(cluster, dataclasses.replace(before, models=before.models + (later,)))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            woken = pool.submit(gateways.wait_wake, cluster, 60)
+            answer = pool.submit(lambda: sdk(gateway).embeddings.create(model="later", input="x"))
+            assert woken.result(90) == ["later"]
+            seen = {d.model: d for d in gateways.demand(cluster)}
+            assert {"chat", "emb", "idle", "later"} <= set(seen)
+            assert (seen["later"].queued, seen["later"].in_flight) == (1, 0)
+            assert seen["later"].oldest_queued is not None and seen["later"].last_request is not None
+            assert seen["emb"].queued == 0
+            replica = dataclasses.replace(later, state="running", desired=1, backends=before.model("emb").backends)
+            gateways.publish(cluster, dataclasses.replace(before, models=before.models + (replica,)))
+            assert len(answer.result(60).data[0].embedding) == 8
+        assert {d.model: d.queued for d in gateways.demand(cluster)}["later"] == 0
+    finally:
+        gateways.publish(cluster, before)

@@ -1,0 +1,71 @@
+"""One model's load as one gateway sees it: requests in flight and held, the last request, and the load's history.
+
+The history is what lets the controller tell sustained load from a burst (``scaleUpAfter``, ``scaleDownAfter``): the
+time-weighted mean of the load (requests in flight plus held) over each whole epoch second, kept as change points.
+The level is integrated on every change, so the cost per request is a few float operations whatever the traffic, and
+a second is closed when the first change (or report) after it comes. Pure: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from reconciler.demand import ModelDemand
+
+HISTORY_S = 3600  # covers the longest window a scaling rule looks back over (idleAfter's default is 15 minutes)
+
+
+class Meter:
+    __slots__ = ("_area", "_at", "_keep", "_samples", "_second", "in_flight", "last_request", "model", "queued")
+
+    def __init__(self, model: str, *, now: float, keep_s: int = HISTORY_S) -> None:
+        self.model = model
+        self.in_flight = 0
+        self.queued = 0
+        self.last_request: float | None = None
+        self._second = int(now)  # the second being integrated (not complete yet)
+        self._area = 0.0  # load x seconds within it so far
+        self._at = now
+        self._samples: deque[tuple[int, float]] = deque()
+        self._keep = keep_s
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.queued
+
+    def arrived(self, now: float) -> None:
+        self.last_request = now
+
+    def step(self, *, now: float, in_flight: int = 0, queued: int = 0) -> None:
+        """Requests began (+1) or ended (-1) being in flight or held at ``now``."""
+        self._advance(now)
+        self.in_flight += in_flight
+        self.queued += queued
+
+    def report(self, *, now: float, oldest_queued: float | None = None) -> ModelDemand:
+        self._advance(now)
+        return ModelDemand(model=self.model, in_flight=self.in_flight, queued=self.queued,
+                           last_request=self.last_request, oldest_queued=oldest_queued,
+                           samples=tuple(self._samples), until=self._second)
+
+    def _advance(self, now: float) -> None:
+        level = self.in_flight + self.queued
+        second = int(now)
+        if second > self._second:
+            self._close(self._second, self._area + level * (self._second + 1 - self._at))
+            if second > self._second + 1:
+                self._close(self._second + 1, float(level))  # whole seconds at one level: one change point
+            self._second, self._area, self._at = second, 0.0, float(second)
+        if now > self._at:  # a clock set back integrates nothing rather than a negative area
+            self._area += level * (now - self._at)
+            self._at = now
+
+    def _close(self, second: int, value: float) -> None:
+        value = round(value, 3)
+        samples = self._samples
+        if not samples or samples[-1][1] != value:
+            samples.append((second, value))
+        # Older points go, but the last one at or before the cutoff stays: it gives the level from the cutoff on.
+        cutoff = second + 1 - self._keep
+        while len(samples) > 1 and samples[1][0] <= cutoff:
+            samples.popleft()
