@@ -18,7 +18,7 @@ class ModelDemand:
     model: str
     in_flight: int = 0  # requests its replicas are answering now
     queued: int = 0  # requests held by a gateway until a replica can take them
-    last_request: float | None = None  # epoch seconds the last request arrived; None: none seen
+    last_request: float | None = None  # epoch seconds the last request arrived or was answered; None: none seen
     oldest_queued: float | None = None  # epoch seconds the longest-held request arrived; None: none held
     samples: tuple[tuple[int, float], ...] = ()  # (epoch second, mean load from then on), ascending, change points
     until: int = 0  # epoch second the history ends at (exclusive)

@@ -39,6 +39,9 @@ class Meter:
     def step(self, *, now: float, in_flight: int = 0, queued: int = 0) -> None:
         """Requests began (+1) or ended (-1) being in flight or held at ``now``."""
         self._advance(now)
+        if in_flight < 0:
+            # A model is idle from its last answer, not from the arrival of a request that waited for a cold start.
+            self.last_request = now
         self.in_flight += in_flight
         self.queued += queued
 

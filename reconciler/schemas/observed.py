@@ -150,7 +150,7 @@ def _demand() -> dict[str, Any]:
         {
             "inFlight": {**count, "description": "requests its replicas are answering"},
             "queued": {**count, "description": "requests held by a gateway until a replica can take them"},
-            "lastRequest": {**seconds, "description": "epoch seconds the last request arrived; null: none seen"},
+            "lastRequest": {**seconds, "description": "epoch seconds the last request arrived or was answered; null: none seen"},
             "oldestQueued": {**seconds, "description": "epoch seconds the longest-held request arrived"},
             "samples": {
                 "type": "array",
