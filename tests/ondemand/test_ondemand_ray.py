@@ -113,6 +113,8 @@ def test_higher_priority_is_served_and_the_lower_one_gives_way_as_the_plan_says(
     try:
         assert ask(url, "low", log=w.log) == "hello there"  # cold start of the lower one: there is room
         assert ask(url, "high", log=w.log) == "hello there"  # the higher one evicts it
+        # The answer may come before the apply that placed it ends: its actions are logged when it does.
+        w.wait_for(lambda e: e.get("event") == "action" and e.get("model") == "high", timeout=120)
         evictions = [e for e in w.of("action") if e.get("action") == "evict"]
         assert [(e["model"], e["replica"]) for e in evictions] == [("low", 0)], w.log()
         assert evictions[0]["reason"].startswith("evict low[0] (priority 10, ") and \
