@@ -217,3 +217,44 @@ def test_the_idle_replica_gives_way_before_the_busy_one(idle_on) -> None:
            steady(0, model_name=idle_on, last_request=NOW - 300), steady(0, model_name=busy_on, last_request=NOW - 30)]
     p = plan(desired, _observed_with(desired, lru, base=base), FAST)
     assert kinds(p) == [("evict", idle_on, 0), ("create", "chat", 0)]
+
+
+def test_plan_observed_snapshot_reproduces_the_decision_byte_for_byte(tmp_path, capsys) -> None:
+    """`reconciler plan DIR --observed snapshot.json`, twice, from the files alone: the same plan JSON."""
+    from reconciler.cli import main as cli
+    from reconciler.spec import load_specs
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "all.yaml").write_text("""\
+apiVersion: reconciler/v1
+kind: ResourcePool
+metadata: {name: desk}
+spec:
+  inventory: [{node: node-a, gpus: [{name: sim, memory: 24Gi}]}]
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {name: chat}
+spec:
+  engine: echo
+  source: stand-in/chat
+  vram: 4Gi
+  replicas: {min: 0, max: 4}
+  scaling: {targetInFlight: 4, scaleUpAfter: 10s}
+""")
+    desired = load_specs(specs).desired
+    running = _running(desired, chat=2)
+    snapshot = replace(running, at=NOW, demand=(steady(19, in_flight=19, last_request=NOW),))
+    path = tmp_path / "observed.json"
+    path.write_text(json.dumps(observed_to_json(snapshot)))
+    outputs = []
+    for _ in range(2):
+        assert cli(["plan", str(specs), "--observed", str(path), "--format", "json"]) in (0, 2)
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    document = json.loads(outputs[0])
+    assert document["scaling"] == [{"model": "chat", "running": 2, "wanted": 4, "rule": "up",
+                                    "reason": "scale up: 19 in flight over 2 replicas, target 4 per replica for 10s",
+                                    "inFlight": 19, "queued": 0, "lastRequest": NOW}]
+    assert [(a["action"], a["replica"]) for a in document["actions"]] == [("create", 2), ("create", 3)]
