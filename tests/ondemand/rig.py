@@ -5,17 +5,14 @@ Assertions are on the cluster (what observation reports), the answers the client
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+
+from tests.watch.test_watch_ray import Watcher as WatchProcess
 
 ALL_NODES = """\
 apiVersion: reconciler/v1
@@ -67,43 +64,14 @@ def write_specs(directory: Path, *documents: str) -> None:
     temp.rename(directory / "specs.yaml")
 
 
-class Watcher:
+class Watcher(WatchProcess):
     """`reconciler watch DIR` as a process, polling the cluster every half second, its events in a JSON lines file."""
 
     def __init__(self, specs: Path, events: Path) -> None:
-        self.events_path = events
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "watch", str(specs), "--yes", "--interval", "5", "--poll", "0.5",
-             "--debounce", "0.2", "--lease-ttl", "5", "--events", str(events)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-
-    def events(self) -> list[dict]:
-        if not self.events_path.exists():
-            return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line.endswith("}")]
+        super().__init__(specs, events, "--poll", "0.5")
 
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events() if e.get("event") == kind]
-
-    def wait_for(self, predicate: Callable[[dict], bool], *, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if predicate(event):
-                    return event
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        out = self.stop() if self.process.poll() is None else self.process.stdout.read()
-        raise AssertionError(f"no such event (exit {self.process.returncode}); output:\n{out}")
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=120)
-        return out
 
     def log(self) -> str:
         """The human lines of the run's scale and action events, for a failing assertion's message."""
