@@ -165,3 +165,35 @@ def test_min_two_never_goes_below_two(specs, watcher):
         time.sleep(0.5)
     assert len(w.of("cycle")) > cycles  # the watcher kept deciding all along
     assert all(e["wanted"] >= 2 for e in w.of("scale") if e["model"] == "steady"), w.log()
+
+
+def test_a_replica_drains_before_it_stops(specs, watcher):
+    """Requests in flight on a replica that scaling removes are answered: the gateway stops sending it new ones and
+    the executor waits for those it has before the replica goes."""
+    slow = {"answer_delay_s": 8}
+    write_specs(specs, ALL_NODES, model("slow", replicas={"min": 2, "max": 2}, scaling={"idleAfter": "10m"},
+                                        engineArgs=slow))
+    w = watcher()
+    wait_count(specs, "slow", 2)
+    url = gateway_url()
+    answers, errors = [], []
+
+    def one() -> None:
+        try:
+            answers.append(ask(url, "slow", timeout=120))
+        except Exception as exc:  # noqa: BLE001 - the test asserts there are none
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]  # fewest in flight first: two on each replica
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # every request is in flight, none answered yet
+    seen = len(w.events())
+    write_specs(specs, ALL_NODES, model("slow", replicas={"min": 1, "max": 1}, scaling={"idleAfter": "10m"},
+                                        engineArgs=slow))
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and answers == ["hello there"] * 4, w.log()
+    w.wait_for(lambda e: e in w.events()[seen:] and e.get("event") == "action" and e.get("action") == "delete",
+               timeout=120)
+    wait_count(specs, "slow", 1)
