@@ -18,7 +18,8 @@ so three replicas of priority 0 go before one of priority 50.
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, islice
+from math import comb
 
 from reconciler.desired import Spread
 from reconciler.packer.objective import may_move, may_preempt
@@ -205,17 +206,19 @@ class _Search:
             self.failed, self.failed_version = [], state.version
         if any(item.priority <= p and item.vram >= v and item.gpus >= g for p, v, g in self.failed):
             return []
-        # First the highest level each GPU would have to give up (cheap); only the nodes where that is lowest get
-        # the full search for the least disruptive set: a higher level lost outweighs everything else.
+        # First the highest level each GPU would have to give up (cheap: from the state's per-level totals); only
+        # the nodes where that is lowest get the full search for the least disruptive set: a higher level lost
+        # outweighs everything else.
         plans: dict[str, list[tuple[tuple, int, object]]] = {}
+        level_to_evict, allowed, caps = state.level_to_evict, state.allowed, state.caps
         for node in state.nodes:
             options = []
             for b in state.node_bins[node]:
-                if state.caps[b] < item.vram or not state.allowed(item, b):
+                if caps[b] < item.vram:
                     continue
-                plan = self._victim_plan(item_index=i, b=b)
-                if plan is not None:
-                    options.append((plan[0], b, plan))
+                level = level_to_evict(b, item)
+                if level is not None and allowed(item, b):
+                    options.append((level, b, None))
             if len(options) >= item.gpus:
                 options.sort(key=lambda o: (o[0], o[1]))
                 plans[node] = options[: item.gpus]
@@ -229,7 +232,8 @@ class _Search:
         for node, options in plans.items():
             if max(o[0] for o in options) != lowest:
                 continue
-            victims = tuple(sorted({j for _, _, plan in options for j in self._victims_of(plan)}))
+            plans_here = [self._victim_plan(item_index=i, b=b) for _, b, _ in options]
+            victims = tuple(sorted({j for plan in plans_here for j in self._victims_of(plan)}))
             bins = tuple(sorted(b for _, b, _ in options))
             key = (_cost(self.items, victims), bins)
             if best is None or key < best[0]:
@@ -290,20 +294,32 @@ def _least_covering(group: list[int], want: int, items) -> list[int]:
     """Replicas of one level whose VRAM sums to at least `want` with the least total: fewest replicas first among
     small sets (a bounded enumeration), else largest first with what is not needed handed back."""
     ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].key))
-    best: tuple[int, int, list[int]] | None = None
+    sizes = [items[j].vram for j in ordered]
+    best: tuple[int, int, tuple[int, ...]] | None = None
     tried = 0
     for r in range(1, len(ordered) + 1):
-        for combo in combinations(ordered, r):
-            tried += 1
-            size = sum(items[j].vram for j in combo)
-            if size >= want and (best is None or (size, r) < best[:2]):
-                best = (size, r, list(combo))
+        if sum(sizes[:r]) < want:
+            # No r replicas cover it (the r largest do not): skip the enumeration, but count it as tried.
+            tried += comb(len(ordered), r)
             if tried >= _EVICT_COMBINATIONS:
                 break
+            continue
+        left = _EVICT_COMBINATIONS - tried
+        found = None  # (size, position among the r-combinations)
+        for at, combo in enumerate(islice(combinations(sizes, r), left)):
+            size = sum(combo)
+            if size >= want and (found is None or size < found[0]):
+                found = (size, at)
+                if size == want:
+                    break  # nothing smaller can cover it
+        tried += min(left, comb(len(ordered), r))
+        if found is not None and (best is None or (found[0], r) < best[:2]):
+            chosen = next(islice(combinations(range(len(ordered)), r), found[1], None))
+            best = (found[0], r, chosen)
         if tried >= _EVICT_COMBINATIONS or (best is not None and best[0] == want):
             break
     if best is not None:
-        return best[2]
+        return [ordered[k] for k in best[2]]
     picked, size = [], 0
     for j in ordered:
         if size >= want:
