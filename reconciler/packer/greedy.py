@@ -110,6 +110,9 @@ class _Search:
         # one with no higher priority, no less VRAM and no fewer GPUs finds nothing either.
         self.failed: list[tuple[int, int, int]] = []
         self.failed_version = -1
+        # (sizes of a group, largest first; VRAM wanted) -> positions `_least_covering` picks: the answer depends on
+        # nothing else, and a fleet's GPUs hold the same few mixes of sizes over and over.
+        self.covering: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -284,23 +287,32 @@ class _Search:
             want = need - below[k]  # what this level must give when every level below gives all it has
             if want <= 0:
                 continue
-            picked = _least_covering(levels[order[k]], want, self.items)
+            picked = _least_covering(levels[order[k]], want, self.items, self.covering)
             chosen += picked
             need -= sum(self.items[j].vram for j in picked)
         return chosen
 
 
-def _least_covering(group: list[int], want: int, items) -> list[int]:
+def _least_covering(group: list[int], want: int, items, cache: dict) -> list[int]:
     """Replicas of one level whose VRAM sums to at least `want` with the least total: fewest replicas first among
     small sets (a bounded enumeration), else largest first with what is not needed handed back."""
     ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].key))
     sizes = [items[j].vram for j in ordered]
+    key = (tuple(sizes), want)
+    if key not in cache:
+        cache[key] = _least_covering_positions(sizes, want)
+    return [ordered[k] for k in cache[key]]
+
+
+def _least_covering_positions(sizes: list[int], want: int) -> tuple[int, ...]:
+    """`_least_covering` on the sizes alone (largest first): the positions it picks."""
+    n = len(sizes)
     best: tuple[int, int, tuple[int, ...]] | None = None
     tried = 0
-    for r in range(1, len(ordered) + 1):
+    for r in range(1, n + 1):
         if sum(sizes[:r]) < want:
             # No r replicas cover it (the r largest do not): skip the enumeration, but count it as tried.
-            tried += comb(len(ordered), r)
+            tried += comb(n, r)
             if tried >= _EVICT_COMBINATIONS:
                 break
             continue
@@ -312,25 +324,25 @@ def _least_covering(group: list[int], want: int, items) -> list[int]:
                 found = (size, at)
                 if size == want:
                     break  # nothing smaller can cover it
-        tried += min(left, comb(len(ordered), r))
+        tried += min(left, comb(n, r))
         if found is not None and (best is None or (found[0], r) < best[:2]):
-            chosen = next(islice(combinations(range(len(ordered)), r), found[1], None))
+            chosen = next(islice(combinations(range(n), r), found[1], None))
             best = (found[0], r, chosen)
         if tried >= _EVICT_COMBINATIONS or (best is not None and best[0] == want):
             break
     if best is not None:
-        return [ordered[k] for k in best[2]]
+        return tuple(best[2])
     picked, size = [], 0
-    for j in ordered:
+    for k in range(n):
         if size >= want:
             break
-        picked.append(j)
-        size += items[j].vram
-    for j in sorted(picked, key=lambda j: items[j].vram):
-        if size - items[j].vram >= want:
-            picked.remove(j)
-            size -= items[j].vram
-    return picked
+        picked.append(k)
+        size += sizes[k]
+    for k in sorted(picked, key=lambda k: sizes[k]):
+        if size - sizes[k] >= want:
+            picked.remove(k)
+            size -= sizes[k]
+    return tuple(picked)
 
 
 def _cost(items, victims) -> tuple:
