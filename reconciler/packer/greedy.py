@@ -41,9 +41,10 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
         cur = items[i].current
         assert cur is not None
         if state.fits(items[i], cur):
-            state.place(i, cur)
+            state.place(i, cur, indexed=False)  # a fleet's running replicas: indexed once, after the loop
         else:
             displaced.add(i)
+    state.reindex()
     search = _Search(state, problem, repair_budget)
     pending = [i for i, it in enumerate(items) if it.current is None] + sorted(displaced)
     search.run_levels(pending)

@@ -64,16 +64,20 @@ class State:
             insort(self.empty, (self.caps[b], b))
         insort(self.rel, (self._rel(b), b))
 
-    def place(self, i: int, bins: tuple[int, ...]) -> None:
+    def place(self, i: int, bins: tuple[int, ...], *, indexed: bool = True) -> None:
+        """Put item i on `bins`. With `indexed` false the sorted indices are left stale, for a batch of placements
+        that ends with `reindex()` (one sort instead of a sorted insertion per placement)."""
         item = self.items[i]
         on_bin = self.on_bin.get(item.model)
         if on_bin is None:
             on_bin = self.on_bin[item.model] = Counter()
         for b in bins:
-            self._unindex(b)
+            if indexed:
+                self._unindex(b)
             self.free[b] -= item.vram
             self.occupants[b][i] = None
-            self._index(b)
+            if indexed:
+                self._index(b)
             on_bin[b] += 1
             if item.preemptible:
                 self.preemptible[b][self.rank[(item.priority, not item.elastic)]] += item.vram
@@ -83,6 +87,11 @@ class State:
         on_node[self.node_of[bins[0]]] += 1
         self.where[i] = bins
         self.version += 1
+
+    def reindex(self) -> None:
+        self.used = sorted((self.free[b], b) for b in range(len(self.caps)) if self.occupants[b])
+        self.empty = sorted((self.caps[b], b) for b in range(len(self.caps)) if not self.occupants[b])
+        self.rel = sorted((self._rel(b), b) for b in range(len(self.caps)))
 
     def remove(self, i: int) -> tuple[int, ...]:
         bins = self.where[i]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reconciler.desired import DesiredState, Model
-from reconciler.observed import ObservedNode, ObservedReplica, ObservedState
+from reconciler.observed import ObservedReplica, ObservedState
 from reconciler.plan import Action, AssumedGpu, Location, ModelRuntime, PlacedReplica, Plan
 
 
@@ -36,10 +36,9 @@ def assumed_gpus(desired: DesiredState) -> tuple[AssumedGpu, ...]:
     return tuple(sorted((g for gpus in seen.values() for g in gpus), key=lambda g: (g.node, g.index)))
 
 
-def _gpu_memory(nodes: dict[str, ObservedNode], placed: PlacedReplica) -> int:
+def _gpu_memory(memory: dict[tuple[str, int], int], placed: PlacedReplica) -> int:
     try:
-        node = nodes[placed.node]
-        return min(node.gpu(i).memory for i in placed.gpus)
+        return min(memory[(placed.node, i)] for i in placed.gpus)
     except KeyError:
         return 0
 
@@ -60,11 +59,17 @@ def self_contained(plan: Plan, *, desired: DesiredState, observed: ObservedState
     for r in observed.replicas:
         if r.app:
             replicas.setdefault((r.model, r.replica), []).append(r)
-    nodes = {node.name: node for node in observed.nodes}
+    memory: dict[tuple[str, int], int] = {}
+    seen: set[str] = set()
+    for node in observed.nodes:
+        if node.name not in seen:  # the first node of a name, and its first GPU of an index, as lookups find them
+            seen.add(node.name)
+            for gpu in node.gpus:
+                memory.setdefault((node.name, gpu.index), gpu.memory)
     return replace(
         plan,
         actions=tuple(replace(a, source_app=_source_app(replicas, a)) for a in plan.actions),
-        placement=tuple(replace(p, gpu_memory=_gpu_memory(nodes, p)) for p in plan.placement),
+        placement=tuple(replace(p, gpu_memory=_gpu_memory(memory, p)) for p in plan.placement),
         models=tuple(model_runtime(m) for m in sorted(desired.models, key=lambda m: m.name)),
         assumed=assumed_gpus(desired),
         gateway=desired.gateway,
