@@ -173,6 +173,8 @@ class _Search:
             if state.caps[b] < item.vram or not state.allowed(item, b):
                 continue
             short = item.vram - state.free[b]
+            if self.moves_left <= 0 and not state.loose[b]:
+                continue  # only replicas running where they are here, and none may move
             for j in state.occupants[b]:
                 other = self.items[j]
                 if other.gpus != 1 or other.vram < short:

@@ -44,6 +44,8 @@ class State:
         self.levels = sorted({(item.priority, not item.elastic) for item in problem.items})
         self.rank = {key: k for k, key in enumerate(self.levels)}
         self.preemptible: list[list[int]] = [[0] * len(self.levels) for _ in problem.bins]
+        # Per GPU, single-GPU replicas on it that do not run there now (new, or moved): the ones free to relocate.
+        self.loose: list[int] = [0] * len(problem.bins)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _rel(self, b: int) -> int:
@@ -81,6 +83,8 @@ class State:
             on_bin[b] += 1
             if item.preemptible:
                 self.preemptible[b][self.rank[(item.priority, not item.elastic)]] += item.vram
+            if item.gpus == 1 and item.current != bins:
+                self.loose[b] += 1
         on_node = self.on_node.get(item.model)
         if on_node is None:
             on_node = self.on_node[item.model] = Counter()
@@ -105,6 +109,8 @@ class State:
             self.on_bin[item.model][b] -= 1
             if item.preemptible:
                 self.preemptible[b][self.rank[(item.priority, not item.elastic)]] -= item.vram
+            if item.gpus == 1 and item.current != bins:
+                self.loose[b] -= 1
         self.on_node[item.model][self.node_of[bins[0]]] -= 1
         self.where[i] = None
         self.version += 1
