@@ -281,9 +281,9 @@ class _Found:
 
 class _Search:
     """Large neighbourhood search around a placement: everything outside two nodes (two GPUs, in a pool of fewer
-    than three nodes) is held as it is, and the model, that small, is solved to its optimum; a better placement
-    becomes the one searched around. Rounds over every pair, in a fixed order, until one brings nothing or the
-    budget (deterministic time) is spent."""
+    than three nodes), then outside three nodes (in a pool of more than three), is held as it is, and the model,
+    that small, is solved to its optimum; a better placement becomes the one searched around. Rounds over every
+    such part, in a fixed order, until one brings nothing or the budget (deterministic time) is spent."""
 
     def __init__(self, built: _Model, *, seed: int) -> None:
         self.built = built
@@ -293,7 +293,9 @@ class _Search:
         nodes = [members for _, members in sorted(built.nodes.items())]
         if len(nodes) < 3:
             nodes = [[b] for b in range(len(built.problem.bins))]
-        self.pairs = [a + b for a, b in combinations(nodes, 2)]
+        self.parts = [a + b for a, b in combinations(nodes, 2)]
+        if len(nodes) > 3:  # then three nodes are still a part of the pool: measured, they find more than pairs
+            self.parts += [a + b + c for a, b, c in combinations(nodes, 3)]
 
     def run(self, first: cp_model.CpSolver, *, budget: float) -> _Found:
         built = self.built
@@ -302,11 +304,11 @@ class _Search:
         spent, improved = 0.0, True
         while improved and spent < budget:
             improved = False
-            for pair in self.pairs:
+            for part in self.parts:
                 if spent >= budget:
                     break
                 sub = built.model.clone()
-                inside = set(pair)
+                inside = set(part)
                 for b, values in held.items():
                     if b not in inside:
                         for index, value in values:
