@@ -215,7 +215,7 @@ class _Search:
         # First the highest level each GPU would have to give up (cheap: from the state's per-level totals); only
         # the nodes where that is lowest get the full search for the least disruptive set: a higher level lost
         # outweighs everything else.
-        plans: dict[str, list[tuple[tuple, int, object]]] = {}
+        plans: dict[str, list[tuple[tuple, int]]] = {}  # node -> (level to give up, GPU) of its best GPUs
         level_to_evict, allowed, caps = state.level_to_evict, state.allowed, state.caps
         for node in state.nodes:
             options = []
@@ -224,9 +224,9 @@ class _Search:
                     continue
                 level = level_to_evict(b, item)
                 if level is not None and allowed(item, b):
-                    options.append((level, b, None))
+                    options.append((level, b))
             if len(options) >= item.gpus:
-                options.sort(key=lambda o: (o[0], o[1]))
+                options.sort()
                 plans[node] = options[: item.gpus]
         if not plans:
             self.no_victims[item.model] = state.version
@@ -238,9 +238,9 @@ class _Search:
         for node, options in plans.items():
             if max(o[0] for o in options) != lowest:
                 continue
-            plans_here = [self._victim_plan(item_index=i, b=b) for _, b, _ in options]
+            plans_here = [self._victim_plan(item_index=i, b=b) for _, b in options]
             victims = tuple(sorted({j for plan in plans_here for j in self._victims_of(plan)}))
-            bins = tuple(sorted(b for _, b, _ in options))
+            bins = tuple(sorted(b for _, b in options))
             key = (_cost(self.items, victims), bins)
             if best is None or key < best[0]:
                 best = (key, bins, victims)
