@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import StrEnum
 from typing import Any
 
@@ -145,20 +146,32 @@ class Model:
     @property
     def restart_hash(self) -> str:
         """Hash of everything whose change needs the replica restarted (a ``replace``)."""
-        return short_hash(
-            {
-                "engine": str(self.engine),
-                "source": self.source,
-                "vram": self.vram,
-                "tensorParallel": self.tensor_parallel,
-                "engineArgs": json.loads(self.engine_args_json),
-            }
-        )
+        return _restart_hash(str(self.engine), self.source, self.vram, self.tensor_parallel, self.engine_args_json)
 
     @property
     def config_hash(self) -> str:
         """Hash of what can change on a running replica without a restart (an ``update``)."""
-        return short_hash({"route": self.route, "labels": dict(self.labels)})
+        return _config_hash(self.route, self.labels)
+
+
+# The planner asks for a model's hashes once per replica: remembered, since a fleet has 100,000 replicas of a few
+# thousand specs.
+@lru_cache(maxsize=4096)
+def _restart_hash(engine: str, source: str, vram: int, tensor_parallel: int, engine_args_json: str) -> str:
+    return short_hash(
+        {
+            "engine": engine,
+            "source": source,
+            "vram": vram,
+            "tensorParallel": tensor_parallel,
+            "engineArgs": json.loads(engine_args_json),
+        }
+    )
+
+
+@lru_cache(maxsize=4096)
+def _config_hash(route: str, labels: tuple[tuple[str, str], ...]) -> str:
+    return short_hash({"route": route, "labels": dict(labels)})
 
 
 @dataclass(frozen=True, slots=True)

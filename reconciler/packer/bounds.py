@@ -6,6 +6,7 @@ cluster (GPUs of different sizes, replicas already pinned).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 
@@ -15,18 +16,21 @@ def l1(capacity: int, sizes: Sequence[int]) -> int:
 
 def l2(capacity: int, sizes: Sequence[int]) -> int:
     """Martello-Toth L2: for every threshold k, items above capacity-k each need their own bin, items above half
-    each need their own bin too, and what the mid-sized items can't fit into the slack of those bins needs more."""
+    each need their own bin too, and what the mid-sized items can't fit into the slack of those bins needs more.
+    Computed over the distinct sizes with their counts: a fleet has 100,000 replicas of a few sizes."""
     if capacity <= 0 or not sizes:
         return 0
     best = l1(capacity, sizes)
-    ordered = sorted(sizes, reverse=True)
+    counts = Counter(sizes)
+    distinct = sorted(counts, reverse=True)
     half = capacity / 2
-    for k in sorted({s for s in ordered if s <= half} | {0}):
-        big = [s for s in ordered if s > capacity - k]
-        mid = [s for s in ordered if capacity - k >= s > half]
-        small = sum(s for s in ordered if half >= s >= k)
-        spill = small - (len(mid) * capacity - sum(mid))
-        best = max(best, len(big) + len(mid) + max(0, -(-spill // capacity)))
+    for k in sorted({s for s in distinct if s <= half} | {0}):
+        big = sum(counts[s] for s in distinct if s > capacity - k)
+        mid_count = sum(counts[s] for s in distinct if capacity - k >= s > half)
+        mid_total = sum(s * counts[s] for s in distinct if capacity - k >= s > half)
+        small = sum(s * counts[s] for s in distinct if half >= s >= k)
+        spill = small - (mid_count * capacity - mid_total)
+        best = max(best, big + mid_count + max(0, -(-spill // capacity)))
     return best
 
 

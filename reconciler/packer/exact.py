@@ -5,6 +5,12 @@ pool's policy. Running replicas, displaced ones, preemption, moves and `maxMoves
 `objective.py`, so a proven optimum here is the optimum of the objective. Deterministic: one worker, a fixed seed
 and a budget of CP-SAT's deterministic time (never the wall clock), so the same problem gives the same answer on
 every machine. When a stage runs out of budget, the gap to its bound is kept for the plan to report.
+
+Three things make a level's optimum found and proven sooner: replicas alike in all the rules mention are counted
+together (`_twins`), a subset-sum bound the relaxation does not see caps each level (`_LevelBound`), and a level not
+proven in half its budget is improved by a neighbourhood search (`_Search`) before the rest goes to the proof.
+(Symmetry breaking between identical GPUs was measured too: ordering their loads slowed the search for good
+placements more than it pruned, so the model has none.)
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import reduce
+from itertools import combinations
 
 from ortools.sat.python import cp_model
 
@@ -67,17 +74,19 @@ class _Model:
         node_use: dict[tuple[str, str], list] = {}  # (model, node) -> replicas of the model on the node
         self.placed_terms: list[tuple[tuple[int, bool], int, object]] = []  # (level, size, count or 0/1)
         self.groups: list[list[int]] = []
-        grouped: dict[str, int] = {}
+        grouped: dict[tuple, int] = {}
         individual = []
         for i, item in enumerate(items):
             if item.current is None:
-                if item.model not in grouped:
-                    grouped[item.model] = len(self.groups)
+                key = _twins(item)
+                if key not in grouped:
+                    grouped[key] = len(self.groups)
                     self.groups.append([])
-                self.groups[grouped[item.model]].append(i)
+                self.groups[grouped[key]].append(i)
             else:
                 individual.append(i)
         self.placed: dict[int, object] = {}
+        self.copies: list[tuple[tuple[int, bool], int, int]] = []  # (level, size in units, replicas that may fit)
         self.top: dict[int, int] = {}  # upper bounds of the count variables, by id
         for i in individual:
             item = items[i]
@@ -103,6 +112,8 @@ class _Model:
             m.add(sum(choices) == p)
             self.placed[i] = p
             self.placed_terms.append((item.level, item.size, p))
+            if choices:
+                self.copies.append((item.level, item.size // unit, 1))
         for g, members in enumerate(self.groups):
             item = items[members[0]]
             count = len(members)
@@ -133,7 +144,10 @@ class _Model:
             placed = m.new_int_var(0, count, f"P{g}")
             m.add(sum(total) == placed)
             self.placed_terms.append((item.level, item.size, placed))
+            if total:
+                self.copies.append((item.level, item.size // unit, count))
         self.used: dict[int, cp_model.IntVar] = {}
+        self.room = 0  # units all GPUs together can hold
         binpack = problem.policy == Placement.BINPACK
         for b, gpu in enumerate(bins):
             terms = on_bin[b]
@@ -141,6 +155,7 @@ class _Model:
                 continue
             sizes = [vram // unit for vram, v, _ in terms for _ in range(self.top.get(id(v), 1))]
             room = _reachable_load(sizes, gpu.capacity // unit)
+            self.room += room
             load = sum(vram // unit * v for vram, v, _ in terms)
             if binpack:
                 # A GPU is in use when anything is on it: its load times the flag bounds both (a tighter bound on
@@ -249,6 +264,109 @@ class _Model:
         return tuple(chosen)
 
 
+def _twins(item) -> tuple:
+    """New replicas with one key are interchangeable: those of one model, and, without spread (the only rule that
+    names the model), those of any models alike in size, gang, level and preemption."""
+    if item.spread != Spread.NONE:
+        return ("model", item.model)
+    return ("alike", item.vram, item.gpus, item.level, item.preempts, item.preemptible)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    value: int
+    assignment: tuple[tuple[int, ...] | None, ...] | None
+    spent: float
+
+
+class _Search:
+    """Large neighbourhood search around a placement: everything outside two nodes (two GPUs, in a pool of fewer
+    than three nodes), then outside three nodes (in a pool of more than three), is held as it is, and the model,
+    that small, is solved to its optimum; a better placement becomes the one searched around. Rounds over every
+    such part, in a fixed order, until one brings nothing or the budget (deterministic time) is spent."""
+
+    def __init__(self, built: _Model, *, seed: int) -> None:
+        self.built = built
+        self.solver = cp_model.CpSolver()
+        self.solver.parameters.num_workers = 1
+        self.solver.parameters.random_seed = seed
+        nodes = [members for _, members in sorted(built.nodes.items())]
+        if len(nodes) < 3:
+            nodes = [[b] for b in range(len(built.problem.bins))]
+        self.parts = [a + b for a, b in combinations(nodes, 2)]
+        if len(nodes) > 3:  # then three nodes are still a part of the pool: measured, they find more than pairs
+            self.parts += [a + b + c for a, b, c in combinations(nodes, 3)]
+
+    def run(self, first: cp_model.CpSolver, *, budget: float) -> _Found:
+        built = self.built
+        held = self._values(first)
+        best = _Found(round(first.objective_value), None, 0.0)
+        spent, improved = 0.0, True
+        while improved and spent < budget:
+            improved = False
+            for part in self.parts:
+                if spent >= budget:
+                    break
+                sub = built.model.clone()
+                inside = set(part)
+                for b, values in held.items():
+                    if b not in inside:
+                        for index, value in values:
+                            sub.add(sub.get_int_var_from_proto_index(index) == value)
+                self.solver.parameters.max_deterministic_time = min(budget - spent, budget / 8)
+                status = self.solver.solve(sub)
+                spent += self.solver.deterministic_time
+                if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and round(self.solver.objective_value) > best.value:
+                    best = _Found(round(self.solver.objective_value), built.read(self.solver), spent)
+                    held = self._values(self.solver)
+                    built.hint(best.assignment)
+                    improved = True
+        return _Found(best.value, best.assignment, spent)
+
+    def _values(self, solver: cp_model.CpSolver) -> dict[int, list[tuple[int, int]]]:
+        """Per GPU, (variable index, value) of every variable of the GPU: what holding it as it is fixes."""
+        built = self.built
+        out: dict[int, list[tuple[int, int]]] = {}
+        for b, terms in enumerate(built.on_bin):
+            variables = [v for _, v, _ in terms if not isinstance(v, int)]
+            if b in built.used:
+                variables.append(built.used[b])
+            out[b] = [(v.index, solver.value(v)) for v in variables]
+        return out
+
+
+class _LevelBound:
+    """An upper bound on each level's placed VRAM beyond what the model's relaxation sees: a level places a subset
+    sum of its replicas' sizes, into the room the GPUs hold less a subset sum of the levels above that is at least
+    what those were held to. Subset sums are bitsets (bit k: k units reachable), kept while the room is small enough."""
+
+    def __init__(self, built: _Model) -> None:
+        self.room = built.room
+        self.usable = built.room <= _SUBSET_SUM_LIMIT * 4
+        self.sizes: dict[tuple[int, bool], list[int]] = {}
+        for level, size, count in built.copies:
+            self.sizes.setdefault(level, []).extend([size] * count)
+        self.above = 1  # subset sums of the levels solved so far
+
+    def next(self, level: tuple[int, bool], held: int) -> int | None:
+        """The bound for `level`, when the levels above hold at least `held` units; None when not computed."""
+        if not self.usable:
+            return None
+        mask = (1 << (self.room + 1)) - 1
+        here = _subset_sums(self.sizes.get(level, []), mask)
+        reachable = self.above >> held
+        lowest = held + (reachable & -reachable).bit_length() - 1 if reachable else self.room
+        self.above = _subset_sums(self.sizes.get(level, []), mask, start=self.above)
+        return (here & ((1 << max(0, self.room - lowest + 1)) - 1)).bit_length() - 1
+
+
+def _subset_sums(sizes: list[int], mask: int, start: int = 1) -> int:
+    reachable = start
+    for size in sizes:
+        reachable = (reachable | (reachable << size)) & mask
+    return reachable
+
+
 def _reachable_load(sizes: list[int], capacity: int) -> int:
     """The largest load at most `capacity` that some subset of `sizes` sums to: no GPU can hold more, and using it
     as the capacity tightens the model's bound (subset sums by a bitset, when the capacity is small enough)."""
@@ -279,14 +397,14 @@ def solve_exact(
     model = built.model
     if hint is not None:
         built.hint(hint)
-    stages: list[tuple[str, object]] = []
+    stages: list[tuple[str, object, tuple[int, bool] | None]] = []
     for key in level_keys(problem):
         terms = [size // built.unit * v for level, size, v in built.placed_terms if level == key]
-        stages.append(("level", sum(terms)))
+        stages.append(("level", sum(terms), key))
     if built.stay:
-        stages.append(("stays", sum(built.stay.values())))
+        stages.append(("stays", sum(built.stay.values()), None))
     if problem.policy == Placement.BINPACK:
-        stages.append(("gpus", -sum(built.used.values()) if built.used else 0))
+        stages.append(("gpus", -sum(built.used.values()) if built.used else 0, None))
     else:
         top = model.new_int_var(0, PER_MILLE, "fullest")
         for b, members in enumerate(built.on_bin):
@@ -294,25 +412,36 @@ def solve_exact(
             if members and cap > 0:
                 load = sum(vram // built.unit * v for vram, v, _ in members)
                 model.add(PER_MILLE * built.unit * load <= top * cap)
-        stages.append(("fill", -top))
+        stages.append(("fill", -top, None))
     kept = [problem.items[i].keep * v for i, v in built.stay.items() if problem.items[i].keep]
     if kept:  # a tie-break beyond the objective: replicas worth keeping (recently used) stay first
-        stages.append(("keep", sum(kept)))
+        stages.append(("keep", sum(kept), None))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     left = budget
+    bounds = _LevelBound(built)
+    held = 0  # units the levels above hold at least
     optimal = levels_optimal = True
     gap_bytes = gap_gpus = gap_stays = 0
     assignment = None
     finished = True
-    for n, (kind, expr) in enumerate(stages):
+    for n, (kind, expr, level) in enumerate(stages):
         if isinstance(expr, int):
+            if kind == "level":
+                bounds.next(level, held)  # a level with nothing to place still counts among those above
             continue  # nothing to decide at this stage
         # Most stages are proven at once; the hard one may use all but a tenth of the budget per stage still to come.
         later = len(stages) - n - 1
-        solver.parameters.max_deterministic_time = max(left - budget * later / 10, budget / 20, 1e-3)
+        if kind == "level":
+            cap = bounds.next(level, held)
+            if cap is not None:
+                model.add(expr <= cap)
         model.maximize(expr)
+        allowance = max(left - budget * later / 10, budget / 20, 1e-3)
+        # A level the first half of its allowance does not prove is searched around its best placement (`_Search`),
+        # which finds better ones far sooner than the tree search; what is left then goes to the proof.
+        solver.parameters.max_deterministic_time = allowance / 2 if kind == "level" else allowance
         status = solver.solve(model)
         left -= solver.deterministic_time
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -323,11 +452,23 @@ def solve_exact(
             optimal = finished = False
             levels_optimal = levels_optimal and kind != "level"
             break
-        value = round(solver.objective_value)
-        assignment = built.read(solver)
+        value, bound, assignment = round(solver.objective_value), solver.best_objective_bound, built.read(solver)
+        if kind == "level" and status == cp_model.FEASIBLE:
+            found = _Search(built, seed=seed).run(solver, budget=allowance / 4)
+            left -= found.spent
+            if found.value > value and found.assignment is not None:
+                value, assignment = found.value, found.assignment
+            model.add(expr >= value)
+            built.hint(assignment)
+            solver.parameters.max_deterministic_time = max(allowance / 2 - found.spent, 1e-3)
+            again = solver.solve(model)
+            left -= solver.deterministic_time
+            if again in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                status, value, assignment = again, round(solver.objective_value), built.read(solver)
+                bound = min(bound, solver.best_objective_bound)
         if status != cp_model.OPTIMAL and kind != "keep":
             optimal = False
-            slack = max(0, math.floor(solver.best_objective_bound + 1e-6) - value)
+            slack = max(0, math.floor(bound + 1e-6) - value)
             if kind == "level":
                 levels_optimal = False
                 gap_bytes += slack * built.unit
@@ -336,6 +477,8 @@ def solve_exact(
             elif kind == "stays":
                 gap_stays = slack
         model.add(expr >= value)
+        if kind == "level":
+            held += value
         built.hint(assignment)
     if assignment is None:
         assert hint is not None

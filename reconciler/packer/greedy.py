@@ -18,7 +18,8 @@ so three replicas of priority 0 go before one of priority 50.
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, islice
+from math import comb
 
 from reconciler.desired import Spread
 from reconciler.packer.objective import may_move, may_preempt
@@ -40,9 +41,10 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
         cur = items[i].current
         assert cur is not None
         if state.fits(items[i], cur):
-            state.place(i, cur)
+            state.place(i, cur, indexed=False)  # a fleet's running replicas: indexed once, after the loop
         else:
             displaced.add(i)
+    state.reindex()
     search = _Search(state, problem, repair_budget)
     pending = [i for i, it in enumerate(items) if it.current is None] + sorted(displaced)
     search.run_levels(pending)
@@ -110,6 +112,9 @@ class _Search:
         self.failed: list[tuple[int, int, int]] = []
         self.failed_version = -1
         self.any_keep = any(item.keep for item in problem.items)
+        # (sizes of a group, largest first; VRAM wanted) -> positions `_least_covering` picks: the answer depends on
+        # nothing else, and a fleet's GPUs hold the same few mixes of sizes over and over.
+        self.covering: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
 
     def run_levels(self, pending: list[int]) -> None:
         items = self.items
@@ -169,6 +174,8 @@ class _Search:
             if state.caps[b] < item.vram or not state.allowed(item, b):
                 continue
             short = item.vram - state.free[b]
+            if self.moves_left <= 0 and not state.loose[b]:
+                continue  # only replicas running where they are here, and none may move
             for j in state.occupants[b]:
                 other = self.items[j]
                 if other.gpus != 1 or other.vram < short:
@@ -206,19 +213,24 @@ class _Search:
             self.failed, self.failed_version = [], state.version
         if any(item.priority <= p and item.vram >= v and item.gpus >= g for p, v, g in self.failed):
             return []
-        # First the highest level each GPU would have to give up (cheap); only the nodes where that is lowest get
-        # the full search for the least disruptive set: a higher level lost outweighs everything else.
-        plans: dict[str, list[tuple[tuple, int, object]]] = {}
+        # First the highest level each GPU would have to give up (cheap: from the state's per-level totals); only
+        # the nodes where that is lowest get the full search for the least disruptive set: a higher level lost
+        # outweighs everything else.
+        plans: dict[str, list[tuple[tuple, int]]] = {}  # node -> (level to give up, GPU) of its best GPUs
+        level_to_evict, allowed, caps = state.level_to_evict, state.allowed, state.caps
         for node in state.nodes:
             options = []
             for b in state.node_bins[node]:
-                if state.caps[b] < item.vram or not state.allowed(item, b):
+                if caps[b] < item.vram:
                     continue
-                plan = self._victim_plan(item_index=i, b=b)
-                if plan is not None:
-                    options.append((plan[0], b, plan))
+                level = level_to_evict(b, item)
+                if level is not None and allowed(item, b):
+                    options.append((level, b))
             if len(options) >= item.gpus:
-                options.sort(key=lambda o: (o[0], self._keep_cost(o[2]), o[1]))
+                if self.any_keep:  # among GPUs as good, the one whose replicas were used least recently
+                    options.sort(key=lambda o: (o[0], self._keep_cost(i, o[1]), o[1]))
+                else:
+                    options.sort()
                 plans[node] = options[: item.gpus]
         if not plans:
             self.no_victims[item.model] = state.version
@@ -230,8 +242,9 @@ class _Search:
         for node, options in plans.items():
             if max(o[0] for o in options) != lowest:
                 continue
-            victims = tuple(sorted({j for _, _, plan in options for j in self._victims_of(plan)}))
-            bins = tuple(sorted(b for _, b, _ in options))
+            plans_here = [self._victim_plan(item_index=i, b=b) for _, b in options]
+            victims = tuple(sorted({j for plan in plans_here for j in self._victims_of(plan)}))
+            bins = tuple(sorted(b for _, b in options))
             key = (_cost(self.items, victims), bins)
             if best is None or key < best[0]:
                 best = (key, bins, victims)
@@ -244,11 +257,10 @@ class _Search:
         state.place(i, bins)
         return list(victims)
 
-    def _keep_cost(self, plan) -> int:
-        """What the replicas a GPU would give up were worth keeping (0 when no replica says: the common case)."""
-        if not self.any_keep:
-            return 0
-        return sum(self.items[j].keep for j in self._victims_of(plan))
+    def _keep_cost(self, i: int, b: int) -> int:
+        """What the replicas GPU b would give up for item i were worth keeping."""
+        plan = self._victim_plan(item_index=i, b=b)
+        return 0 if plan is None else sum(self.items[j].keep for j in self._victims_of(plan))
 
     def _victim_plan(self, *, item_index: int, b: int):
         """(the highest level GPU b must give up, what the full search needs) or None when evicting cannot make
@@ -287,41 +299,63 @@ class _Search:
             want = need - below[k]  # what this level must give when every level below gives all it has
             if want <= 0:
                 continue
-            picked = _least_covering(levels[order[k]], want, self.items)
+            picked = _least_covering(levels[order[k]], want, self.items, self.covering)
             chosen += picked
             need -= sum(self.items[j].vram for j in picked)
         return chosen
 
 
-def _least_covering(group: list[int], want: int, items) -> list[int]:
+def _least_covering(group: list[int], want: int, items, cache: dict) -> list[int]:
     """Replicas of one level whose VRAM sums to at least `want` with the least total: fewest replicas first among
     small sets (a bounded enumeration), else largest first with what is not needed handed back."""
-    ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].key))
-    best: tuple[int, int, list[int]] | None = None
+    # Among replicas of one size, those least worth keeping (idle, least recently used) come first and are picked.
+    ordered = sorted(group, key=lambda j: (-items[j].vram, items[j].keep, items[j].key))
+    sizes = [items[j].vram for j in ordered]
+    key = (tuple(sizes), want)
+    if key not in cache:
+        cache[key] = _least_covering_positions(sizes, want)
+    return [ordered[k] for k in cache[key]]
+
+
+def _least_covering_positions(sizes: list[int], want: int) -> tuple[int, ...]:
+    """`_least_covering` on the sizes alone (largest first): the positions it picks."""
+    n = len(sizes)
+    best: tuple[int, int, tuple[int, ...]] | None = None
     tried = 0
-    for r in range(1, len(ordered) + 1):
-        for combo in combinations(ordered, r):
-            tried += 1
-            size = sum(items[j].vram for j in combo)
-            if size >= want and (best is None or (size, r) < best[:2]):
-                best = (size, r, list(combo))
+    for r in range(1, n + 1):
+        if sum(sizes[:r]) < want:
+            # No r replicas cover it (the r largest do not): skip the enumeration, but count it as tried.
+            tried += comb(n, r)
             if tried >= _EVICT_COMBINATIONS:
                 break
+            continue
+        left = _EVICT_COMBINATIONS - tried
+        found = None  # (size, position among the r-combinations)
+        for at, combo in enumerate(islice(combinations(sizes, r), left)):
+            size = sum(combo)
+            if size >= want and (found is None or size < found[0]):
+                found = (size, at)
+                if size == want:
+                    break  # nothing smaller can cover it
+        tried += min(left, comb(n, r))
+        if found is not None and (best is None or (found[0], r) < best[:2]):
+            chosen = next(islice(combinations(range(n), r), found[1], None))
+            best = (found[0], r, chosen)
         if tried >= _EVICT_COMBINATIONS or (best is not None and best[0] == want):
             break
     if best is not None:
-        return best[2]
+        return tuple(best[2])
     picked, size = [], 0
-    for j in ordered:
+    for k in range(n):
         if size >= want:
             break
-        picked.append(j)
-        size += items[j].vram
-    for j in sorted(picked, key=lambda j: items[j].vram):
-        if size - items[j].vram >= want:
-            picked.remove(j)
-            size -= items[j].vram
-    return picked
+        picked.append(k)
+        size += sizes[k]
+    for k in sorted(picked, key=lambda k: sizes[k]):
+        if size - sizes[k] >= want:
+            picked.remove(k)
+            size -= sizes[k]
+    return tuple(picked)
 
 
 def _cost(items, victims) -> tuple:

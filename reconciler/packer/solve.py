@@ -29,16 +29,16 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
+    forced = displaced(problem)
     # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice.
     if problem.policy == Placement.BINPACK and not exactly:
         state, how, bound = _free_gpus(problem, state, settings, bound=bound)
         method = how or method
-        keep_rules(state, displaced(problem))
+        keep_rules(state, forced)
     assignment = state.assignment()
     quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
         return _solution(assignment, bound, method, quality)
-    forced = displaced(problem)
     if exactly:
         exact = solve_exact(problem, budget=settings.exact_time, seed=settings.seed, hint=assignment, forced=forced)
         assert exact is not None  # a hint is given

@@ -39,6 +39,13 @@ class State:
         self.empty: list[tuple[int, int]] = sorted((c, b) for b, c in enumerate(self.caps))
         self.rel: list[tuple[int, int]] = sorted((0, b) for b in range(len(self.caps)))
         self.version = 0  # bumped on every change, so searches can remember what failed on an unchanged state
+        # Per GPU and level (lowest first; a level is (priority, not elastic)): VRAM of the preemptible replicas of
+        # that level on it, so what evictions could free is known without walking the GPU's replicas.
+        self.levels = sorted({(item.priority, not item.elastic) for item in problem.items})
+        self.rank = {key: k for k, key in enumerate(self.levels)}
+        self.preemptible: list[list[int]] = [[0] * len(self.levels) for _ in problem.bins]
+        # Per GPU, single-GPU replicas on it that do not run there now (new, or moved): the ones free to relocate.
+        self.loose: list[int] = [0] * len(problem.bins)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _rel(self, b: int) -> int:
@@ -59,23 +66,36 @@ class State:
             insort(self.empty, (self.caps[b], b))
         insort(self.rel, (self._rel(b), b))
 
-    def place(self, i: int, bins: tuple[int, ...]) -> None:
+    def place(self, i: int, bins: tuple[int, ...], *, indexed: bool = True) -> None:
+        """Put item i on `bins`. With `indexed` false the sorted indices are left stale, for a batch of placements
+        that ends with `reindex()` (one sort instead of a sorted insertion per placement)."""
         item = self.items[i]
         on_bin = self.on_bin.get(item.model)
         if on_bin is None:
             on_bin = self.on_bin[item.model] = Counter()
         for b in bins:
-            self._unindex(b)
+            if indexed:
+                self._unindex(b)
             self.free[b] -= item.vram
             self.occupants[b][i] = None
-            self._index(b)
+            if indexed:
+                self._index(b)
             on_bin[b] += 1
+            if item.preemptible:
+                self.preemptible[b][self.rank[(item.priority, not item.elastic)]] += item.vram
+            if item.gpus == 1 and item.current != bins:
+                self.loose[b] += 1
         on_node = self.on_node.get(item.model)
         if on_node is None:
             on_node = self.on_node[item.model] = Counter()
         on_node[self.node_of[bins[0]]] += 1
         self.where[i] = bins
         self.version += 1
+
+    def reindex(self) -> None:
+        self.used = sorted((self.free[b], b) for b in range(len(self.caps)) if self.occupants[b])
+        self.empty = sorted((self.caps[b], b) for b in range(len(self.caps)) if not self.occupants[b])
+        self.rel = sorted((self._rel(b), b) for b in range(len(self.caps)))
 
     def remove(self, i: int) -> tuple[int, ...]:
         bins = self.where[i]
@@ -87,10 +107,29 @@ class State:
             del self.occupants[b][i]
             self._index(b)
             self.on_bin[item.model][b] -= 1
+            if item.preemptible:
+                self.preemptible[b][self.rank[(item.priority, not item.elastic)]] -= item.vram
+            if item.gpus == 1 and item.current != bins:
+                self.loose[b] -= 1
         self.on_node[item.model][self.node_of[bins[0]]] -= 1
         self.where[i] = None
         self.version += 1
         return bins
+
+    def level_to_evict(self, b: int, item: Item) -> tuple[int, bool] | tuple[()] | None:
+        """The highest level GPU b must give up for `item` when lower levels go first: () when it fits already,
+        None when evicting every preemptible replica of a lower priority is not enough."""
+        short = item.vram - self.free[b]
+        if short <= 0:
+            return ()
+        freed = 0
+        for key, vram in zip(self.levels, self.preemptible[b]):
+            if key[0] >= item.priority:
+                break
+            freed += vram
+            if freed >= short:
+                return key  # the first level that gets there, so one with VRAM to give
+        return None
 
     # -- constraints -------------------------------------------------------------------------------------------
     def allowed(self, item: Item, b: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reconciler.desired import DesiredState, Model
-from reconciler.observed import ObservedState
+from reconciler.observed import ObservedReplica, ObservedState
 from reconciler.plan import Action, AssumedGpu, Location, ModelRuntime, PlacedReplica, Plan
 
 
@@ -37,29 +37,40 @@ def assumed_gpus(desired: DesiredState) -> tuple[AssumedGpu, ...]:
     return tuple(sorted((g for gpus in seen.values() for g in gpus), key=lambda g: (g.node, g.index)))
 
 
-def _gpu_memory(observed: ObservedState, placed: PlacedReplica) -> int:
+def _gpu_memory(memory: dict[tuple[str, int], int], placed: PlacedReplica) -> int:
     try:
-        node = observed.node(placed.node)
-        return min(node.gpu(i).memory for i in placed.gpus)
+        return min(memory[(placed.node, i)] for i in placed.gpus)
     except KeyError:
         return 0
 
 
-def _source_app(observed: ObservedState, action: Action) -> str:
+def _source_app(replicas: dict[tuple[str, int], list[ObservedReplica]], action: Action) -> str:
     """The application of the replica an action stops: the one at the action's source, else any of that replica."""
     if action.source is None:
         return ""
-    candidates = [r for r in observed.replicas if (r.model, r.replica) == (action.model, action.replica) and r.app]
+    candidates = replicas.get((action.model, action.replica), [])
     exact = [r for r in candidates if Location(r.node, tuple(r.gpus)) == action.source]
     found = exact or candidates
     return found[0].app if found else ""
 
 
 def self_contained(plan: Plan, *, desired: DesiredState, observed: ObservedState) -> Plan:
+    # Indexed once: a fleet's plan has as many actions and placements as there are replicas.
+    replicas: dict[tuple[str, int], list[ObservedReplica]] = {}
+    for r in observed.replicas:
+        if r.app:
+            replicas.setdefault((r.model, r.replica), []).append(r)
+    memory: dict[tuple[str, int], int] = {}
+    seen: set[str] = set()
+    for node in observed.nodes:
+        if node.name not in seen:  # the first node of a name, and its first GPU of an index, as lookups find them
+            seen.add(node.name)
+            for gpu in node.gpus:
+                memory.setdefault((node.name, gpu.index), gpu.memory)
     return replace(
         plan,
-        actions=tuple(replace(a, source_app=_source_app(observed, a)) for a in plan.actions),
-        placement=tuple(replace(p, gpu_memory=_gpu_memory(observed, p)) for p in plan.placement),
+        actions=tuple(replace(a, source_app=_source_app(replicas, a)) for a in plan.actions),
+        placement=tuple(replace(p, gpu_memory=_gpu_memory(memory, p)) for p in plan.placement),
         models=tuple(model_runtime(m) for m in sorted(desired.models, key=lambda m: m.name)),
         assumed=assumed_gpus(desired),
         gateway=desired.gateway,
