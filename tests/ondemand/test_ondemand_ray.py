@@ -3,6 +3,9 @@ Ray cluster, `reconciler watch` acting, clients through the gateway with the `op
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -27,6 +30,19 @@ def ask(url: str, name: str, *, timeout: float = 180, log=None) -> str:
             exc.add_note("watcher events:\n" + log())
         raise
     return answer.choices[0].message.content
+
+
+def status_reason(specs, model_name: str, *, deadline: float) -> str:
+    """What `reconciler status --format json` (its own process) says of the model's unplaced replica, once it does."""
+    while True:
+        done = subprocess.run([sys.executable, "-m", "reconciler", "status", str(specs), "--format", "json"],
+                              capture_output=True, text=True, timeout=120)
+        document = json.loads(done.stdout) if done.returncode == 0 else {}
+        reasons = [u["reason"] for u in document.get("unplaced", []) if u["model"] == model_name]
+        if reasons or time.monotonic() > deadline:
+            assert reasons, f"status never said why {model_name} waits: {done.stdout or done.stderr}"
+            return reasons[0]
+        time.sleep(0.5)
 
 
 def test_load_scales_to_max_then_back_to_min_and_every_request_is_answered(specs, watcher):
@@ -119,11 +135,23 @@ def test_higher_priority_is_served_and_the_lower_one_gives_way_as_the_plan_says(
         assert [(e["model"], e["replica"]) for e in evictions] == [("low", 0)], w.log()
         assert evictions[0]["reason"].startswith("evict low[0] (priority 10, ") and \
             "to load high[0] (priority 50) for 1 waiting request" in evictions[0]["reason"], w.log()
-        # The lower one asks again while the higher one is loaded and not idle: it waits, the plan says why, and
-        # after its loadTimeout the client gets a 504 in OpenAI's envelope.
-        with pytest.raises(openai.APIStatusError) as refused:
-            ask(url, "low", timeout=90)
-        assert refused.value.status_code == 504, refused.value
+        # The lower one asks again while the higher one is loaded and not idle: it waits, the plan and `status` say
+        # why, and after its loadTimeout the client gets a 504 in OpenAI's envelope.
+        outcome: list[BaseException] = []
+
+        def wait_low() -> None:
+            try:
+                ask(url, "low", timeout=90)
+            except BaseException as exc:  # noqa: BLE001 - the 504 the test expects
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=wait_low)
+        waiting.start()
+        why = status_reason(specs, "low", deadline=time.monotonic() + 25)
+        waiting.join(timeout=120)
+        assert len(outcome) == 1 and isinstance(outcome[0], openai.APIStatusError), outcome
+        assert outcome[0].status_code == 504, outcome[0]
+        assert "1 request waiting for it, held until it fits or for at most loadTimeout 30s" in why
         unplaced = [e for e in w.of("plan") if any(u["model"] == "low" for u in e.get("unplaced", []))]
         assert unplaced and "waiting for it, held until it fits" in unplaced[-1]["unplaced"][0]["reason"], w.log()
     finally:
