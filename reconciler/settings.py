@@ -21,6 +21,8 @@ class GatewaySettings:
     port: int | None = None  # None: Serve's HTTP port + port_after_serve
     port_after_serve: int = 1  # so the two endpoints sit side by side
     queue_limit: int = 256  # requests one gateway holds per model while the model has no replica: more get 503
+    # Seconds of each model's load history a gateway keeps: the longest window a scaling rule may look back over.
+    demand_history: int = 3600
 
     def listen(self, *, serve_host: str | None, serve_port: int | None) -> tuple[str, int]:
         host = self.host or serve_host or "127.0.0.1"

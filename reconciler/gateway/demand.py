@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import deque
 
 from reconciler.demand import ModelDemand
+from reconciler.settings import DEFAULTS
 
-HISTORY_S = 3600  # covers the longest window a scaling rule looks back over (idleAfter's default is 15 minutes)
+HISTORY_S = DEFAULTS.apply.gateway.demand_history
 
 
 class Meter:
