@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from enum import StrEnum
 
 from reconciler.demand import ModelDemand
 from reconciler.desired import DesiredState, Model, Scaling
@@ -26,7 +27,7 @@ from reconciler.observed import ObservedState, ReplicaState
 from reconciler.plan import Action, ActionKind, ScaleDecision, Unplaced
 
 
-class Rule:
+class Rule(StrEnum):
     STEADY = "steady"
     WAKE = "wake"
     IDLE = "idle"
@@ -50,7 +51,7 @@ def decide(model: Model, *, demand: ModelDemand | None, running: int, now: float
     d = demand or ModelDemand(model=model.name)
 
     def out(wanted: int, rule: str, reason: str) -> ScaleDecision:
-        return ScaleDecision(model=model.name, running=running, wanted=wanted, rule=rule, reason=reason,
+        return ScaleDecision(model=model.name, running=running, wanted=wanted, rule=str(rule), reason=reason,
                              in_flight=d.in_flight, queued=d.queued, last_request=d.last_request)
 
     current = min(max(running, s.min), s.max)

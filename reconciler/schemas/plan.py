@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.plan import APPLY_ORDER, PLAN_FORMAT, ActionKind
+from reconciler.planner.scaling import Rule
 
 FILENAME = "plan.schema.json"
 
@@ -205,7 +206,7 @@ def schema() -> dict[str, Any]:
                         "model": _NAME,
                         "running": {"type": "integer", "minimum": 0},
                         "wanted": {"type": "integer", "minimum": 0},
-                        "rule": {"enum": ["steady", "wake", "idle", "up", "down", "range"]},
+                        "rule": {"enum": [str(r) for r in Rule]},
                         "reason": {"type": "string"},
                         "inFlight": {"type": "integer", "minimum": 0},
                         "queued": {"type": "integer", "minimum": 0},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.observed import ReplicaState
+from reconciler.planner.scaling import Rule
 
 FILENAME = "status.schema.json"
 
@@ -101,7 +102,7 @@ def schema() -> dict[str, Any]:
         "description": "on-demand models: replicas running, what their demand asks for now, and why",
         "items": _obj("One on-demand model.", {
             "model": _NAME, "running": _COUNT, "wanted": _COUNT,
-            "rule": {"enum": ["steady", "wake", "idle", "up", "down", "range"]}, "reason": _TEXT,
+            "rule": {"enum": [str(r) for r in Rule]}, "reason": _TEXT,
             "inFlight": _COUNT, "queued": _COUNT, "lastRequest": {"type": ["number", "null"]},
         }),
     }
