@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from reconciler.settings import DEFAULTS
 from reconciler.desired import default_route
 from reconciler.quantity import format_bytes
 from reconciler.spec.diagnostics import Diagnostic, Position, error
@@ -227,13 +228,26 @@ def _zero_replicas(catalog: Catalog) -> Iterator[Diagnostic]:
 
 
 def _scaling(catalog: Catalog) -> Iterator[Diagnostic]:
+    kept = DEFAULTS.apply.gateway.demand_history
     for model in catalog.models:
-        if model.spec.scaling is not None and not isinstance(model.spec.replicas, ReplicaRange):
+        scaling = model.spec.scaling
+        if scaling is not None and not isinstance(model.spec.replicas, ReplicaRange):
             yield model.error(
                 model.key("spec", "scaling"),
                 "`scaling` needs a replicas range: write replicas: {min: 0, max: N} to let load decide, "
                 "or remove `scaling`",
             )
+            continue
+        if scaling is None:
+            continue
+        for key, seconds in (("scaleUpAfter", scaling.scale_up_after), ("scaleDownAfter", scaling.scale_down_after)):
+            # The gateways keep this much load history: a longer window is never seen whole, so its rule never acts.
+            if seconds > kept:
+                yield model.warning(
+                    model.at("spec", "scaling", key),
+                    f"{key} is {seconds} s, longer than the {kept} s of load history a gateway keeps: this rule "
+                    f"would never act; use at most {kept // 60}m",
+                )
 
 
 def route_of(model: Parsed) -> str:

@@ -190,6 +190,15 @@ def test_spread_warns_when_min_alone_cannot_be_placed():
     ]
 
 
+def test_a_window_longer_than_the_gateways_history_is_warned_about():
+    result = _load("  replicas: {min: 0, max: 2}\n  scaling: {scaleUpAfter: 30s, scaleDownAfter: 2h}\n")
+    assert result.ok
+    assert [(d.severity, str(d)) for d in result.diagnostics] == [
+        (Severity.WARNING, "m.yaml:8:48: warning: scaleDownAfter is 7200 s, longer than the 3600 s of load history a "
+                           "gateway keeps: this rule would never act; use at most 60m")
+    ]
+
+
 def test_min_zero_is_not_the_warning_for_zero_replicas():
     # replicas: 0 never runs and is warned about; a range from 0 runs when it is asked for.
     assert _load("  replicas: {min: 0, max: 1}\n").diagnostics == ()
