@@ -23,7 +23,6 @@ Starts a one-node local Ray cluster (one simulated 24 GiB GPU) and `reconciler w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -39,19 +37,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.spec import load_specs  # noqa: E402
+from gateway import POOL, PROMPT  # bench/gateway.py: the same one-node pool and prompt
+from watch import EventFile, parse_time  # bench/watch.py: the watcher's event log, read in order
+
+from reconciler.spec import load_specs
 
 IDLE_S = 4
-POOL = """\
-apiVersion: reconciler/v1
-kind: ResourcePool
-metadata: {name: bench}
-spec:
-  nodes: {selector: {pool: bench}}
-  inventory:
-    - {node: node-a, gpus: [{name: sim, memory: 24Gi}]}
-"""
-
 MODELS = """\
 ---
 apiVersion: reconciler/v1
@@ -77,30 +68,12 @@ spec:
   engineArgs: {{max_model_len: 512, kv_cache_memory_bytes: 268435456, dtype: float32}}
 """
 
-CHAT = [{"role": "user", "content": "Write a function that adds two numbers."}]
 
 
-def parse_time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-class Events:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def all(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.endswith("}")]
-
-    def wait_for(self, predicate, *, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.all():
-                if predicate(event):
-                    return event
-            time.sleep(0.05)
-        raise TimeoutError("the watcher never reported it")
+def skip_past(events: EventFile) -> None:
+    """Consume what the watcher has logged so far: the next wait sees only what comes after."""
+    events.read_new()
+    events.pending.clear()
 
 
 def replicas_running(address: str, model: str) -> int:
@@ -140,7 +113,7 @@ def engine_load_seconds(address: str, model: str) -> float:
 
 def first_byte(url: str, model: str) -> tuple[float, float]:
     """(sent, first byte) epoch seconds of one streamed chat completion through the gateway."""
-    body = {"model": model, "messages": CHAT, "max_tokens": 8, "stream": True}
+    body = {"model": model, "messages": PROMPT, "max_tokens": 8, "stream": True}
     sent = time.time()
     with requests.post(f"{url}/chat/completions", json=body, stream=True, timeout=900) as answer:
         answer.raise_for_status()
@@ -153,22 +126,18 @@ def first_byte(url: str, model: str) -> tuple[float, float]:
     return sent, first
 
 
-def cold_start(url: str, address: str, events: Events, model: str) -> dict[str, float]:
+def cold_start(url: str, address: str, events: EventFile, model: str) -> dict[str, float]:
     deadline = time.monotonic() + 300
     while replicas_running(address, model) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(1.0)  # the unload's apply has finished and the watcher is idle again
-    seen = len(events.all())
+    skip_past(events)
     sent, first = first_byte(url, model)
-    # The answer may come before the apply that placed the replica ends: its events are waited for.
-
-    def next_event(predicate) -> dict:
-        return events.wait_for(lambda e: e in events.all()[seen:] and predicate(e), timeout=600)
-
-    scale = next_event(lambda e: e["event"] == "scale" and e["model"] == model and e["rule"] == "wake")
-    apply = next_event(lambda e: e["event"] == "apply" and parse_time(e["time"]) >= parse_time(scale["time"]))
-    applied = next_event(lambda e: e["event"] == "applied" and parse_time(e["time"]) >= parse_time(apply["time"]))
-    cycle = next_event(lambda e: e["event"] == "cycle" and parse_time(e["time"]) >= parse_time(applied["time"]))
+    # In the order the watcher logs them; the answer may come before the apply that placed the replica ends.
+    events.wait_for(lambda e: e["event"] == "scale" and e["model"] == model and e["rule"] == "wake", timeout=600)
+    apply = events.wait_for(lambda e: e["event"] == "apply", timeout=600)
+    applied = events.wait_for(lambda e: e["event"] == "applied", timeout=600)
+    cycle = events.wait_for(lambda e: e["event"] == "cycle", timeout=600)
     stages = cycle["stagesMs"]
     cycle_start = parse_time(cycle["time"]) - cycle["seconds"]
     planning = (stages.get("load", 0) + stages.get("observe", 0) + stages.get("plan", 0)) / 1000
@@ -188,7 +157,7 @@ def cold_start(url: str, address: str, events: Events, model: str) -> dict[str, 
     return out
 
 
-def load_step(url: str, address: str, events: Events, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
+def load_step(url: str, address: str, events: EventFile, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
     """One client for a while, then `clients`: when the watcher decides, when replicas run, where it settles."""
     stop = threading.Event()
     errors: list[str] = []
@@ -197,7 +166,7 @@ def load_step(url: str, address: str, events: Events, *, clients: int = 32, hold
         session = requests.Session()
         while not stop.is_set():
             try:
-                session.post(f"{url}/chat/completions", json={"model": "echo", "messages": CHAT},
+                session.post(f"{url}/chat/completions", json={"model": "echo", "messages": PROMPT},
                              timeout=300).raise_for_status()
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors.append(repr(exc))
@@ -209,12 +178,12 @@ def load_step(url: str, address: str, events: Events, *, clients: int = 32, hold
     while replicas_running(address, "echo") < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(3)  # steady at one client
-    seen = len(events.all())
+    skip_past(events)
     step = time.time()
     many = [threading.Thread(target=client, daemon=True) for _ in range(clients - 1)]
     for t in many:
         t.start()
-    up = events.wait_for(lambda e: e in events.all()[seen:] and e["event"] == "scale" and e["rule"] == "up",
+    up = events.wait_for(lambda e: e["event"] == "scale" and e["rule"] == "up",
                          timeout=120)
     running_at = None
     most = 1
@@ -264,7 +233,7 @@ def main() -> int:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         try:
-            events = Events(events_path)
+            events = EventFile(events_path)
             events.wait_for(lambda e: e["event"] == "cycle", timeout=300)
             from reconciler import adapter
             from reconciler.adapter import gateway as gateways
