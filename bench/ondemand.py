@@ -38,7 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway import POOL, PROMPT  # bench/gateway.py: the same one-node pool and prompt
-from watch import EventFile, parse_time  # bench/watch.py: the watcher's event log, read in order
+from watch import (  # bench/watch.py: the watcher's event log, read in order
+    EventFile,
+    parse_time,
+)
 
 from reconciler.spec import load_specs
 

@@ -12,19 +12,8 @@ from typing import Any
 import openai
 import pytest
 
+from tests.gateway.test_gateway_ray import POOL as ALL_NODES  # the session cluster's every node, one pool
 from tests.watch.test_watch_ray import Watcher as WatchProcess
-
-ALL_NODES = """\
-apiVersion: reconciler/v1
-kind: ResourcePool
-metadata: {name: homelab}
-spec:
-  nodes: {selector: {pool: homelab}}
-  inventory:
-    - {node: node-a, gpus: [{name: sim, memory: 24Gi}, {name: sim, memory: 24Gi}]}
-    - {node: node-b, gpus: [{name: sim, memory: 12Gi}]}
-    - {node: node-c, gpus: [{name: sim, memory: 16Gi}]}
-"""
 
 # One 12 GiB GPU: two models of 8 GiB cannot both be loaded.
 ONE_GPU = """\
