@@ -278,15 +278,25 @@ def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = DEFAULT
     return sorted(ray.get([actor.url.remote() for actor in actors.values()], timeout=CALL_TIMEOUT_S))
 
 
+def _running(ray: Any) -> list[Any]:
+    """Handles of the gateway actors that exist now."""
+    found = []
+    for address in _gateway_nodes(ray):
+        try:
+            found.append(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
+        except ValueError:
+            continue
+    return found
+
+
 def urls(cluster: Any) -> list[str]:
     """The base URLs of the running gateways (empty when none was started yet)."""
     ray = cluster._driver()
     found = []
-    for address in _gateway_nodes(ray):
+    for actor in _running(ray):
         try:
-            actor = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
             found.append(ray.get(actor.url.remote(), timeout=CALL_TIMEOUT_S))
-        except Exception:  # not started, or its node is going away: not a URL to hand out
+        except Exception:  # noqa: BLE001 - its node is going away: not a URL to hand out
             continue
     return sorted(found)
 
@@ -295,11 +305,10 @@ def in_flight(cluster: Any) -> dict[str, int]:
     """Requests in flight per replica application, summed over the gateways that answer."""
     ray = cluster._driver()
     totals: dict[str, int] = {}
-    for address in _gateway_nodes(ray):
+    for actor in _running(ray):
         try:
-            actor = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
             counts = ray.get(actor.in_flight.remote(), timeout=CALL_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - not started, or its node is going away: it holds no request of ours
+        except Exception:  # noqa: BLE001 - its node is going away: it holds no request of ours
             continue
         for app, n in counts.items():
             totals[app] = totals.get(app, 0) + n
@@ -309,11 +318,8 @@ def in_flight(cluster: Any) -> dict[str, int]:
 def stop(cluster: Any) -> None:
     """Stop every gateway (the specs asked for no endpoint, or the cluster is being taken down)."""
     ray = cluster._driver()
-    for address in _gateway_nodes(ray):
-        try:
-            ray.kill(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
-        except ValueError:
-            continue
+    for actor in _running(ray):
+        ray.kill(actor)
 
 
 def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
@@ -326,17 +332,6 @@ def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
                 raise TimeoutError(f"no gateway answered within {timeout:.0f}s")
             return found[0]
         time.sleep(0.2)
-
-
-def _running(ray: Any) -> list[Any]:
-    """Handles of the gateway actors that exist now."""
-    found = []
-    for address in _gateway_nodes(ray):
-        try:
-            found.append(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
-        except ValueError:
-            continue
-    return found
 
 
 def demand(cluster: Any) -> tuple[ModelDemand, ...]:

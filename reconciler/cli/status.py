@@ -60,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
+        from reconciler.planner.scaling import resolve as resolve_scaling
         from reconciler.render.status_json import status_document
 
-        document = status_document(observed, desired=desired, gateway_urls=gateway_urls, http_url=http_url,
+        # On-demand models: the count their demand asks for now, not the spec's min.
+        wanted = resolve_scaling(desired, plan.scaling) if desired is not None else None
+        document = status_document(observed, desired=wanted, gateway_urls=gateway_urls, http_url=http_url,
                                    unplaced=unplaced, warnings=[w for w in (warning,) if w])
         document.update(status_json(plan, observed))
         if plan.scaling:

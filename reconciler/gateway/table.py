@@ -128,7 +128,7 @@ def build_table(
     for model in sorted(models, key=lambda m: m.name):
         mine = backends.get(model.name, ())
         max_len = model.engine_args.get("max_model_len", model.engine_args.get("max-model-len"))
-        scaling = getattr(model, "scaling", None)
+        scaling = model.scaling
         routes.append(ModelRoute(
             name=model.name,
             state=model_state(desired=model.replicas, backends=len(mine), unplaced=model.name in short,
