@@ -357,11 +357,9 @@ def wait_wake(cluster: Any, timeout: float) -> list[str]:
     """Wait until some gateway holds requests for a model that had none (its models with held requests), or
     ``timeout`` seconds ([]). The waits left pending are cancelled, so their gateways report on the next call."""
     ray = cluster._driver()
+    started = time.monotonic()
     pending = [actor.wait_wake.remote(timeout) for actor in _running(ray)]
-    if not pending:
-        time.sleep(timeout)
-        return []
-    deadline = time.monotonic() + timeout + DEMAND_TIMEOUT_S
+    deadline = started + timeout + DEMAND_TIMEOUT_S
     woken: set[str] = set()
     while pending and not woken:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -373,4 +371,7 @@ def wait_wake(cluster: Any, timeout: float) -> list[str]:
             continue
     for ref in pending:
         ray.cancel(ref)
+    if not woken:
+        # No gateway, or every one failed at once: still wait out the time, as callers loop on this.
+        time.sleep(max(0.0, started + timeout - time.monotonic()))
     return sorted(woken)

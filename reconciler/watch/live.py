@@ -100,7 +100,10 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             raise
 
     def wake(timeout: float) -> bool:
-        return demand.wanted() and bool(gateways.wait_wake(cluster, timeout))
+        if not demand.wanted():  # no model scales with demand: wait all the same, the caller loops on this
+            time.sleep(timeout)
+            return False
+        return bool(gateways.wait_wake(cluster, timeout))
 
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
                        close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append,

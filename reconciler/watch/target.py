@@ -23,5 +23,6 @@ class WatchTarget:
     probe: Callable[[], bool] | None = None  # cheap "changed since the last cycle?" between drift checks
     reachable: Callable[[], bool] = lambda: True  # does the cluster still answer at all?
     on_lost: Callable[[Callable[[str], None]], None] = lambda _: None  # register: called when it stops answering
-    # Blocks up to the given seconds; True when a gateway started holding requests for a model with no replica.
+    # Blocks for up to the given seconds (never returns at once with nothing to say: its caller loops on it); True
+    # when a gateway started holding requests for a model with no replica.
     wake: Callable[[float], bool] | None = None
