@@ -56,7 +56,7 @@ def test_a_clock_set_back_adds_nothing():
     assert got.samples == ((T0 + 5, 0.0),) and got.in_flight == 0
 
 
-@settings(derandomize=True, max_examples=60)
+@settings(derandomize=True, database=None, deadline=None, max_examples=60)
 @given(st.lists(st.tuples(st.floats(0, 3, allow_nan=False), st.sampled_from([1, -1])), min_size=1, max_size=40))
 def test_the_history_integrates_to_the_load_times_time(changes):
     """Whatever the traffic, the sum of the per-second means equals the area under the load (to the rounding)."""
