@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Every property test draws from a fixed seed, keeps no example database and has no per-example deadline: CI sees the
+# same examples on every run on any machine, so a failure is a bug (raise max_examples locally to search wider).
+settings.register_profile("reproducible", derandomize=True, database=None, deadline=None)
+settings.load_profile("reproducible")
 
 GIB = 1 << 30
 
