@@ -390,6 +390,73 @@ def realistic(settings: PlanSettings, count: int, reference_budget: float) -> bo
     return ok
 
 
+def day_two(settings: PlanSettings, count: int, reference_budget: float) -> bool:
+    """Realistic clusters on their second day: the plan of `realistic_instance` runs, then one change comes (a node
+    dies; a model of the top priority arrives; every model's VRAM grows by a tenth) and the pool allows 0, 1 or 2
+    moves. The problem the planner solved (running replicas, displaced ones, preemption, `maxMoves`) is taken from
+    the planner itself and solved again by CP-SAT without a hint for the reference."""
+    from reconciler.planner import core
+
+    print(f"\nDay two (the same clusters running, then one change; maxMoves 0-2), against CP-SAT "
+          f"({reference_budget:g} deterministic s, no hint):")
+    print(f"{'change':<14} {'n':>3} {'ref proven':>10} {'optimal':>8} {'worst ratio':>11} {'CPU mean':>8}"
+          f" {'CPU max':>7} {'plan says proven':>16} {'max gap':>9}")
+    seen: list[tuple[Problem, tuple]] = []
+    solve = core.jobplace.pack_pinned
+
+    def recorded(problem, pack_settings):
+        solution = solve(problem, pack_settings)
+        seen.append((problem, solution.assignment))
+        return solution
+
+    rng = random.Random(2028)
+    rows: dict[str, list[tuple[bool, bool, float, float, bool, int]]] = {}
+    core.jobplace.pack_pinned = recorded
+    try:
+        for n in range(count):
+            desired = realistic_instance(rng, priorities=True)
+            pool = replace(desired.pools[0], max_moves=n % 3)
+            desired = replace(desired, pools=(pool,))
+            observed = from_inventory(desired)
+            running = apply_to_observed(plan(desired, observed, settings), observed, desired)
+            change = ("node dies", "new top model", "VRAM +10%")[n % 3 if count >= 3 else 0]
+            if change == "node dies":
+                busiest = max(running.nodes, key=lambda x: sum(1 for r in running.replicas if r.node == x.name)).name
+                running = replace(running, nodes=tuple(replace(x, alive=x.name != busiest) for x in running.nodes))
+            elif change == "new top model":
+                top = max(m.priority for m in desired.models)
+                desired = replace(desired, models=(*desired.models, model("arrival", 14 * GiB, replicas=2,
+                                                                          priority=top)))
+            else:
+                desired = replace(desired, models=tuple(replace(m, vram=m.vram * 11 // 10 // MiB * MiB)
+                                                        for m in desired.models))
+            seen.clear()
+            cpu = time.process_time()
+            result = plan(desired, running, settings)
+            cpu = time.process_time() - cpu
+            ((problem, assignment),) = seen
+            mine = score(problem, assignment)
+            exact = solve_exact(problem, budget=reference_budget, seed=1)
+            assert exact is not None
+            (quality,) = result.quality
+            best = max(exact.score, mine)
+            rows.setdefault(change, []).append(
+                (exact.optimal, mine == best, _ratio(mine, best), cpu, quality.proven_optimal, quality.gap_bytes))
+    finally:
+        core.jobplace.pack_pinned = solve
+    ok = True
+    for change, group in rows.items():
+        proven = [r for r in group if r[0]]
+        hits = sum(r[1] for r in proven)
+        worst = min((r[2] for r in proven), default=1.0)
+        times = [r[3] for r in group]
+        ok = ok and hits == len(proven)
+        print(f"{change:<14} {len(group):>3} {len(proven):>10} {hits:>4}/{len(proven):<3} {worst:>11.3f}"
+              f" {statistics.mean(times):>8.2f} {max(times):>7.2f} {sum(r[4] for r in group):>12}/{len(group):<3}"
+              f" {max(r[5] for r in group) / GiB:>6.1f} GiB")
+    return ok
+
+
 def _ratio(mine: Score, best: Score) -> float:
     """How close a placement is to the optimum: at the first level where they differ, placed VRAM over the
     optimum's; with equal levels, the optimum's GPUs over ours (binpack); 1.0 when equal."""
@@ -404,7 +471,7 @@ def _ratio(mine: Score, best: Score) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three instances per published set, fewer random ones")
-    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic"),
+    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic", "day-two"),
                         help="run one part")
     args = parser.parse_args()
     settings = PlanSettings()
@@ -415,6 +482,7 @@ def main() -> int:
         "fleet": lambda: fleet((10_000, 50_000) if args.quick else (10_000, 50_000, 100_000)),
         "heterogeneous": lambda: heterogeneous(settings, 10 if args.quick else 50),
         "realistic": lambda: realistic(settings, 6 if args.quick else 12, 60.0),
+        "day-two": lambda: day_two(settings, 6 if args.quick else 12, 60.0),
     }
     ok = True
     for name, part in parts.items():
