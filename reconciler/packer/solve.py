@@ -19,6 +19,7 @@ from reconciler.packer.improve import consolidate
 from reconciler.packer.objective import displaced, level_keys, score, violations
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
+from reconciler.packer.squeeze import squeeze
 from reconciler.packer.state import State
 
 
@@ -85,6 +86,11 @@ def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound:
     if _used(state) > bound and len(problem.items) <= settings.improve_max_items:
         consolidate(state, budget=settings.improve_steps, seed=settings.seed, lower_bound=bound)
         method += "+search"
+    if _used(state) > bound and settings.squeeze_budget > 0:
+        before = _used(state)
+        squeeze(state, budget=settings.squeeze_budget, seed=settings.seed, lower_bound=bound,
+                max_cells=settings.squeeze_max_cells)
+        method += "+squeeze" if _used(state) < before else ""
     return state, method, bound
 
 
