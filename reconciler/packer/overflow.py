@@ -34,10 +34,7 @@ def place_left_out(problem: Problem, assignment: Assignment, *, improve: Improve
     smallest = min(b.capacity for b in bins)
     virtual = tuple(Bin(f"virtual-{k}", 0, smallest) for k in range(len(left)))
     wider = Problem(bins + virtual, items, problem.policy, problem.max_moves)
-    state = State(wider)
-    for i, where in enumerate(assignment):
-        if where:
-            state.place(i, where)
+    state = State.of(wider, assignment)
     for i in sorted(left, key=lambda i: (-items[i].size, items[i].key)):
         target = state.find(items[i])
         if target is None:

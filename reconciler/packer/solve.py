@@ -63,14 +63,14 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
         full = place_left_out(problem, assignment, improve=lambda wider, state: _free_gpus(wider, state, settings)[0])
         if full is not None and not violations(problem, full) and score(problem, full) > score(problem, assignment):
             assignment, method = full, method + "+overflow"
-            bound = max(bound, _bound(_state_of(problem, assignment)))
+            bound = max(bound, _bound(State.of(problem, assignment)))
             quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if not quality.unplaced_proven and _left_out(problem, assignment):
         found = window.complete(problem, assignment, settings=settings, forced=forced)
         if found.assignment != assignment:
             assignment, method = found.assignment, method + "+window"
             if problem.policy == Placement.BINPACK:
-                bound = max(bound, _bound(_state_of(problem, assignment)))
+                bound = max(bound, _bound(State.of(problem, assignment)))
         quality = bounds_quality(problem, assignment, gpu_bound=bound)
         if found.whole_pool and found.levels_optimal:
             quality = Quality(quality.proven_optimal, quality.gap_bytes, quality.gap_gpus, quality.gap_stays, True)
@@ -189,7 +189,7 @@ def _arcflow(problem: Problem, state: State, settings: PackSettings, *, bound: i
     )
     method = "greedy" if result.status != "time cap" else "greedy (arc-flow hit its time cap)"
     if result.gpus < _used(state):
-        state = _state_of(problem, result.assignment)
+        state = State.of(problem, result.assignment)
         method = "arc-flow"
     free_set = set(free)
     pinned_only = all(
@@ -198,14 +198,6 @@ def _arcflow(problem: Problem, state: State, settings: PackSettings, *, bound: i
     if pinned_only:
         bound = max(bound, result.lower_bound)
     return state, method, bound
-
-
-def _state_of(problem: Problem, assignment) -> State:
-    state = State(problem)
-    for i, bins in enumerate(assignment):
-        if bins:
-            state.place(i, bins)
-    return state
 
 
 def _exact_applies(problem: Problem, settings: PackSettings) -> bool:

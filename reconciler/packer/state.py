@@ -212,6 +212,15 @@ class State:
     def assignment(self) -> tuple[tuple[int, ...] | None, ...]:
         return tuple(self.where)
 
+    @classmethod
+    def of(cls, problem: Problem, assignment) -> State:
+        """A working copy holding `assignment` (per item, its bins or None)."""
+        state = cls(problem)
+        for i, bins in enumerate(assignment):
+            if bins:
+                state.place(i, bins)
+        return state
+
 
 def _remove(index: list[tuple[int, int]], entry: tuple[int, int]) -> None:
     at = bisect_left(index, entry)

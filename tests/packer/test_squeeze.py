@@ -54,14 +54,6 @@ def spread_out(draw) -> tuple[Problem, list]:
     return replace(problem, items=tuple(items)), list(assignment)
 
 
-def _state(problem: Problem, assignment) -> State:
-    state = State(problem)
-    for i, bins in enumerate(assignment):
-        if bins:
-            state.place(i, bins)
-    return state
-
-
 def test_the_last_gpu_of_a_tight_published_instance_is_found() -> None:
     """Scholl's HARD3: the ejection search ends on 56 GPUs, the optimum is 55 (its slack is 58,397 units over 55
     bins of 100,000)."""
@@ -83,7 +75,7 @@ def test_the_last_gpu_of_a_tight_published_instance_is_found() -> None:
 @given(spread_out())
 def test_squeezing_keeps_every_rule_and_never_uses_more_gpus(case) -> None:
     problem, before = case
-    state = _state(problem, before)
+    state = State.of(problem, before)
     used = len({b for bins in before if bins for b in bins})
     squeeze(state, budget=300_000, seed=0, lower_bound=0, max_cells=10_000)
     after = state.assignment()
@@ -93,7 +85,7 @@ def test_squeezing_keeps_every_rule_and_never_uses_more_gpus(case) -> None:
         assert (was is None) == (now is None), "nothing placed is lost, nothing new is placed"
         if was != now:  # only new single-GPU replicas without spread move
             assert item.current is None and item.gpus == 1 and item.spread == Spread.NONE
-    again = _state(problem, before)
+    again = State.of(problem, before)
     squeeze(again, budget=300_000, seed=0, lower_bound=0, max_cells=10_000)
     assert again.assignment() == after, "deterministic"
 
@@ -102,7 +94,7 @@ def test_a_worst_fit_pool_is_squeezed_onto_fewer_gpus() -> None:
     """Twelve 4 GiB replicas spread one per GPU over twelve 16 GiB GPUs fit on three."""
     problem = Problem(tuple(Bin(f"n{b // 4}", b % 4, 16) for b in range(12)),
                       tuple(Item("m", r, 4) for r in range(12)))
-    state = _state(problem, [(b,) for b in range(12)])
+    state = State.of(problem, [(b,) for b in range(12)])
     squeeze(state, budget=1_000_000, seed=0, lower_bound=3, max_cells=10_000)
     check_feasible(problem, state.assignment())
     assert len({b for bins in state.assignment() for b in bins}) == 3
