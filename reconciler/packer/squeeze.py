@@ -4,9 +4,9 @@ over the other GPUs in use even where they overfill them, then drive the total o
 A step takes the best of every move of one of these shapes that touches an overfilled GPU: a replica to another GPU,
 two replicas swapped, two of one GPU for one of another, and one for two. All of them are scored at once with numpy
 (the change in total overfill), the best one not tabu is made (or a tabu one that beats the best total seen), and
-the GPU a replica left is tabu for it for a while. Overfill zero means the replicas fit on one GPU fewer. This kind of
-search over a fixed number of bins is what finds the last GPU on the tightest published instances, where inserting
-and ejecting replicas into free room cannot, because every GPU is nearly full.
+the GPU a replica left is tabu for it for a while. Overfill zero means the replicas fit on one GPU fewer. Searching
+over a fixed number of GPUs this way found the last GPU of a tight published instance (Scholl's HARD3), where
+inserting and ejecting replicas into free room could not, because every GPU is nearly full.
 
 Only replicas this plan places new on one GPU without spread move; everything else on a GPU is a fixed load, and so
 are new replicas on a GPU that a running replica left (they are what justifies its leaving). Work is counted in
