@@ -251,13 +251,14 @@ class PlannedJob:
 class PoolQuality:
     """How good one pool's placement is: proven optimal for the planner's objective, or how far it may be from a
     bound no placement can beat (placed VRAM summed over the priority levels, GPUs in use for binpack, running
-    replicas kept where they run)."""
+    replicas kept where they run, the fullest GPU's fill for spread)."""
 
     pool: str
     proven_optimal: bool
     gap_bytes: int = 0
     gap_gpus: int = 0
     gap_stays: int = 0
+    gap_fill: int = 0  # spread: per mille of its memory the fullest GPU may be above the bound
 
     @property
     def summary(self) -> str:
@@ -267,6 +268,8 @@ class PoolQuality:
         text = f"within {format_bytes(self.gap_bytes)} / {gpus} of the bound"
         if self.gap_stays:
             text += f", {self.gap_stays} running replica{'' if self.gap_stays == 1 else 's'} that might stay"
+        if self.gap_fill:
+            text += f", the fullest GPU up to {self.gap_fill / 10:g}% of its memory fuller than it must be"
         return text
 
 
@@ -392,6 +395,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "gapBytes": q.gap_bytes,
                 "gapGpus": q.gap_gpus,
                 "gapStays": q.gap_stays,
+                **({"gapFill": q.gap_fill} if q.gap_fill else {}),  # spread only: plans keep their form otherwise
                 "summary": q.summary,
             }
             for q in plan.quality
@@ -497,7 +501,7 @@ def from_json(data: dict[str, Any]) -> Plan:
         gateway=None if data["gateway"] is None else gateway_from_json(data["gateway"]),
         assumed=tuple(AssumedGpu(g["node"], g["index"], g["name"], g["memory"]) for g in data["assumed"]),
         quality=tuple(
-            PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"])
+            PoolQuality(q["pool"], q["provenOptimal"], q["gapBytes"], q["gapGpus"], q["gapStays"], q.get("gapFill", 0))
             for q in data["quality"]
         ),
         jobs=tuple(_planned_job(j) for j in data.get("jobs", [])),

@@ -1,13 +1,15 @@
-"""Lower bounds on the number of GPUs a set of replicas needs: when a placement meets one, it is optimal.
+"""Lower bounds a placement is measured against: when it meets one, it is optimal.
 
-`l2` is Martello and Toth's L2 bound for one capacity; `gpus_needed` adapts the idea to the mixed pools of a real
-cluster (GPUs of different sizes, replicas already pinned).
+`l2` is Martello and Toth's L2 bound on GPUs for one capacity; `gpus_needed` adapts the idea to the mixed pools of a
+real cluster (GPUs of different sizes, replicas already pinned); `fullest_fill` bounds the spread policy's fullest GPU.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import reduce
+from math import gcd
 
 
 def l1(capacity: int, sizes: Sequence[int]) -> int:
@@ -46,3 +48,59 @@ def gpus_needed(capacities: Sequence[int], sizes: Sequence[int]) -> int:
         if total >= need:
             return count
     return len(capacities)
+
+
+_REACH_LIMIT = 4_000_000  # capacities above this many units are taken as they are (no subset sums)
+
+
+def fullest_fill(capacities: Sequence[int], sizes: Sequence[int]) -> int:
+    """Spread: the least per-mille fill the fullest GPU can have when all of `sizes` (one entry per GPU a replica
+    uses) are placed. Fill f is possible only if the largest load each GPU can hold under f, a subset sum of the
+    sizes, adds up to their total; the least such f is found by bisection (subset sums by bitset, per distinct
+    capacity, sizes of one value taken in binary-split chunks)."""
+    if not sizes or not capacities:
+        return 0
+    unit = reduce(gcd, sizes)
+    units = Counter(s // unit for s in sizes)
+    total = sum(s * n for s, n in units.items())
+    per_cap = Counter(capacities)
+
+    def holds(f: int) -> bool:
+        room = 0
+        for cap, count in per_cap.items():
+            limit = f * cap // 1000 // unit
+            room += count * _reachable(units, limit)
+            if room >= total:
+                return True
+        return False
+
+    lo, hi = 0, 1000
+    if not holds(hi):
+        return 1000
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _reachable(units: Counter, limit: int) -> int:
+    """The largest sum at most `limit` of some of the sizes (each value as often as it occurs)."""
+    if limit <= 0:
+        return 0
+    if sum(s * n for s, n in units.items()) <= limit:
+        return sum(s * n for s, n in units.items())
+    if limit > _REACH_LIMIT:
+        return limit
+    mask = (1 << (limit + 1)) - 1
+    reach = 1
+    for size, count in units.items():
+        chunk = 1
+        while count > 0:
+            take = min(chunk, count)
+            reach = (reach | (reach << (size * take))) & mask
+            count -= take
+            chunk *= 2
+    return reach.bit_length() - 1

@@ -40,6 +40,7 @@ class ExactResult:
     gap_bytes: int  # sum over level stages of (bound - found), bytes
     gap_gpus: int  # binpack: GPUs in use above the bound
     gap_stays: int  # running replicas that might stay beyond those that do
+    gap_fill: int = 0  # spread: per mille the fullest GPU may be above the bound of its stage
     finished: bool = True  # every stage ran; the gaps are only meaningful then
 
 
@@ -423,7 +424,7 @@ def solve_exact(
     bounds = _LevelBound(built)
     held = 0  # units the levels above hold at least
     optimal = levels_optimal = True
-    gap_bytes = gap_gpus = gap_stays = 0
+    gap_bytes = gap_gpus = gap_stays = gap_fill = 0
     assignment = None
     finished = True
     for n, (kind, expr, level) in enumerate(stages):
@@ -476,6 +477,8 @@ def solve_exact(
                 gap_gpus = slack
             elif kind == "stays":
                 gap_stays = slack
+            elif kind == "fill":
+                gap_fill = slack
         model.add(expr >= value)
         if kind == "level":
             held += value
@@ -492,5 +495,6 @@ def solve_exact(
         gap_bytes=gap_bytes,
         gap_gpus=gap_gpus,
         gap_stays=gap_stays,
+        gap_fill=gap_fill,
         finished=finished,
     )

@@ -87,6 +87,7 @@ class Quality:
     gap_bytes: int = 0  # placed VRAM below an upper bound, summed over the priority levels
     gap_gpus: int = 0  # binpack: GPUs in use above a lower bound
     gap_stays: int = 0  # running replicas that might stay beyond those that do
+    gap_fill: int = 0  # spread: per mille of its memory the fullest GPU may be above the least it can be
     unplaced_proven: bool = True  # no replica left out could be placed: every level holds all the VRAM it can
 
 

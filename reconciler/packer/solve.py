@@ -9,14 +9,16 @@ is run on the pool plus virtual GPUs (`overflow.py`), then an exact solve over a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from reconciler.desired import Placement
 from reconciler.packer import window
 from reconciler.packer.arcflow import eligible, repack
-from reconciler.packer.bounds import gpus_needed
+from reconciler.packer.bounds import fullest_fill, gpus_needed
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.greedy import construct, keep_rules
 from reconciler.packer.improve import consolidate
-from reconciler.packer.objective import displaced, level_keys, score, violations
+from reconciler.packer.objective import displaced, fill, level_keys, score, violations
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.squeeze import squeeze
@@ -56,6 +58,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
             gap_bytes=min(quality.gap_bytes, exact.gap_bytes + _shortfall(problem, assignment, exact.score)),
             gap_gpus=max(0, gap_gpus),
             gap_stays=min(quality.gap_stays, exact.gap_stays),
+            gap_fill=min(quality.gap_fill, exact.gap_fill + max(0, exact.score.policy - score(problem, assignment).policy)),
             unplaced_proven=exact.levels_optimal or quality.unplaced_proven,
         )
         return _solution(assignment, bound, method, quality)
@@ -73,7 +76,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
                 bound = max(bound, _bound(State.of(problem, assignment)))
         quality = bounds_quality(problem, assignment, gpu_bound=bound)
         if found.whole_pool and found.levels_optimal:
-            quality = Quality(quality.proven_optimal, quality.gap_bytes, quality.gap_gpus, quality.gap_stays, True)
+            quality = replace(quality, unplaced_proven=True)
     return _solution(assignment, bound, method, quality)
 
 
@@ -142,14 +145,35 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
         used = len({b for where in assignment if where for b in where})
         gap_gpus = max(0, used - gpu_bound)
     gap_stays = len(running) - stays
-    proven = problem.policy == Placement.BINPACK and gap_bytes == gap_gpus == gap_stays == 0
+    gap_fill = 0 if problem.policy == Placement.BINPACK else _fill_gap(problem, assignment)
+    proven = gap_bytes == gap_gpus == gap_stays == gap_fill == 0
     return Quality(
         proven_optimal=proven,
         gap_bytes=gap_bytes,
         gap_gpus=gap_gpus,
         gap_stays=gap_stays,
+        gap_fill=gap_fill,
         unplaced_proven=gap_bytes == 0,
     )
+
+
+def _fill_gap(problem: Problem, assignment) -> int:
+    """Spread: per mille the fullest GPU is above what it must reach in any placement that places as much VRAM of
+    every level: at least the average fill (placed VRAM over all memory) and, when every replica is placed (then
+    all such placements place the same ones), the least fill their sizes allow (`bounds.fullest_fill`)."""
+    bins = problem.bins
+    loads = [0] * len(bins)
+    for item, where in zip(problem.items, assignment):
+        for b in where or ():
+            loads[b] += item.vram
+    if not any(loads):
+        return 0
+    fullest = max(fill(load, gpu.capacity) for load, gpu in zip(loads, bins))
+    bound = fill(sum(loads), sum(gpu.capacity for gpu in bins))
+    if all(assignment):
+        sizes = [item.vram for item in problem.items for _ in range(item.gpus)]
+        bound = max(bound, fullest_fill([gpu.capacity for gpu in bins], sizes))
+    return max(0, fullest - bound)
 
 
 def _fits_somewhere(problem: Problem):

@@ -72,7 +72,7 @@ def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings 
         pp = jobplace.with_jobs(pp, desired, chosen)
         solution = jobplace.pack_pinned(pp.problem, settings.packing)
         q = solution.quality
-        quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays))
+        quality.append(PoolQuality(pool.name, q.proven_optimal, q.gap_bytes, q.gap_gpus, q.gap_stays, q.gap_fill))
         pool_outcomes = _outcomes(pp, solution.assignment, proven=q.unplaced_proven, notes=notes)
         job_outcomes.update({k: o for k, o in pool_outcomes.items() if is_job(k[0])})
         pool_outcomes = {k: o for k, o in pool_outcomes.items() if not is_job(k[0])}

@@ -275,7 +275,7 @@ def schema() -> dict[str, Any]:
             "quality": {
                 "type": "array",
                 "description": "how good each pool's placement is, sorted by pool",
-                "items": _obj(
+                "items": _with_optional(_obj(
                     "Proven optimal for the planner's objective (priority levels, then placed VRAM, then stability, "
                     "then the pool's placement policy), or how far the placement may be from bounds no placement "
                     "can beat.",
@@ -298,6 +298,13 @@ def schema() -> dict[str, Any]:
                             "description": '"proven optimal" or "within N MiB / N GPUs of the bound"',
                         },
                     },
+                ), gapFill={
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 1000,
+                    "description": "spread: per mille of its memory the fullest GPU may be above the least any "
+                    "placement gives it; written only when not zero",
+                },
                 ),
             },
         },
