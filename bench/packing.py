@@ -390,6 +390,29 @@ def realistic(settings: PlanSettings, count: int, reference_budget: float) -> bo
     return ok
 
 
+def spread_policy(settings: PlanSettings, count: int) -> bool:
+    """The realistic clusters under `placement: spread` (the fullest GPU as empty as it can be): how many plans prove
+    their optimum, plan CPU time, and the largest gaps they report (placed VRAM, the fullest GPU's fill)."""
+    print("\nRealistic mixed clusters under placement: spread (no reference; what the plans say):")
+    print(f"{'set':<14} {'n':>3} {'plan says proven':>16} {'CPU mean':>8} {'CPU max':>7} {'max gap':>9}"
+          f" {'max fill gap':>12}")
+    for label, priorities in (("priorities", True), ("no priorities", False)):
+        rng = random.Random(2026 if priorities else 2027)
+        rows = []
+        for _ in range(count):
+            desired = realistic_instance(rng, priorities=priorities)
+            desired = replace(desired, pools=(replace(desired.pools[0], placement=Placement.SPREAD),))
+            cpu = time.process_time()
+            result = plan(desired, from_inventory(desired), settings)
+            cpu = time.process_time() - cpu
+            (quality,) = result.quality
+            rows.append((quality.proven_optimal, cpu, quality.gap_bytes, quality.gap_fill))
+        times = [r[1] for r in rows]
+        print(f"{label:<14} {len(rows):>3} {sum(r[0] for r in rows):>12}/{len(rows):<3} {statistics.mean(times):>8.2f}"
+              f" {max(times):>7.2f} {max(r[2] for r in rows) / GiB:>6.1f} GiB {max(r[3] for r in rows) / 10:>11.1f}%")
+    return True
+
+
 def day_two(settings: PlanSettings, count: int, reference_budget: float) -> bool:
     """Realistic clusters on their second day: the plan of `realistic_instance` runs, then one change comes (a node
     dies; a model of the top priority arrives; every model's VRAM grows by a tenth) and the pool allows 0, 1 or 2
@@ -471,7 +494,7 @@ def _ratio(mine: Score, best: Score) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three instances per published set, fewer random ones")
-    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic", "day-two"),
+    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic", "day-two", "spread"),
                         help="run one part")
     args = parser.parse_args()
     settings = PlanSettings()
@@ -483,6 +506,7 @@ def main() -> int:
         "heterogeneous": lambda: heterogeneous(settings, 10 if args.quick else 50),
         "realistic": lambda: realistic(settings, 6 if args.quick else 12, 60.0),
         "day-two": lambda: day_two(settings, 6 if args.quick else 12, 60.0),
+        "spread": lambda: spread_policy(settings, 6 if args.quick else 12),
     }
     ok = True
     for name, part in parts.items():
