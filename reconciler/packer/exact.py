@@ -8,7 +8,8 @@ every machine. When a stage runs out of budget, the gap to its bound is kept for
 
 Three things make a level's optimum found and proven sooner: replicas alike in all the rules mention are counted
 together (`_twins`), a subset-sum bound the relaxation does not see caps each level (`_LevelBound`), and a level not
-proven in half its budget is improved by a neighbourhood search (`_Search`) before the rest goes to the proof.
+proven in half its budget is improved by a neighbourhood search (`_Search`) before the rest goes to the proof. The
+spread policy's stage (the fullest GPU's fill) gets the same search, around the fullest GPUs only.
 (Symmetry breaking between identical GPUs was measured too: ordering their loads slowed the search for good
 placements more than it pruned, so the model has none.)
 """
@@ -24,11 +25,14 @@ from itertools import combinations
 from ortools.sat.python import cp_model
 
 from reconciler.desired import Placement, Spread
-from reconciler.packer.objective import PER_MILLE, Assignment, Score, displaced, level_keys, may_move, may_preempt
+from reconciler.packer.objective import PER_MILLE, Assignment, Score, displaced, fill, level_keys, may_move, may_preempt
 from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
 
 _SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units keep their nominal value
+# Each solve of a neighbourhood costs setup work its deterministic time does not count (copying and presolving the
+# model); charged at this much, many small solves cannot take more of one core than the budget says.
+_PER_SOLVE = 0.015
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,16 +302,20 @@ class _Search:
         if len(nodes) > 3:  # then three nodes are still a part of the pool: measured, they find more than pairs
             self.parts += [a + b + c for a, b, c in combinations(nodes, 3)]
 
-    def run(self, first: cp_model.CpSolver, *, budget: float) -> _Found:
+    def run(self, first: cp_model.CpSolver, *, budget: float, fullest: bool = False) -> _Found:
+        """`fullest`: the objective is the fullest GPU's fill, so only parts holding a fullest GPU can lower it."""
         built = self.built
         held = self._values(first)
         best = _Found(round(first.objective_value), None, 0.0)
         spent, improved = 0.0, True
+        top = self._fullest(built.read(first)) if fullest else None
         while improved and spent < budget:
             improved = False
             for part in self.parts:
                 if spent >= budget:
                     break
+                if top is not None and top.isdisjoint(part):
+                    continue
                 sub = built.model.clone()
                 inside = set(part)
                 for b, values in held.items():
@@ -316,13 +324,23 @@ class _Search:
                             sub.add(sub.get_int_var_from_proto_index(index) == value)
                 self.solver.parameters.max_deterministic_time = min(budget - spent, budget / 8)
                 status = self.solver.solve(sub)
-                spent += self.solver.deterministic_time
+                spent += self.solver.deterministic_time + _PER_SOLVE
                 if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and round(self.solver.objective_value) > best.value:
                     best = _Found(round(self.solver.objective_value), built.read(self.solver), spent)
                     held = self._values(self.solver)
                     built.hint(best.assignment)
                     improved = True
+                    top = self._fullest(best.assignment) if fullest else None
         return _Found(best.value, best.assignment, spent)
+
+    def _fullest(self, assignment) -> set[int]:
+        problem = self.built.problem
+        loads = [0] * len(problem.bins)
+        for item, bins in zip(problem.items, assignment):
+            for b in bins or ():
+                loads[b] += item.vram
+        fills = [fill(load, gpu.capacity) for load, gpu in zip(loads, problem.bins)]
+        return {b for b, f in enumerate(fills) if f == max(fills)}
 
     def _values(self, solver: cp_model.CpSolver) -> dict[int, list[tuple[int, int]]]:
         """Per GPU, (variable index, value) of every variable of the GPU: what holding it as it is fixes."""
@@ -440,9 +458,11 @@ def solve_exact(
                 model.add(expr <= cap)
         model.maximize(expr)
         allowance = max(left - budget * later / 10, budget / 20, 1e-3)
-        # A level the first half of its allowance does not prove is searched around its best placement (`_Search`),
-        # which finds better ones far sooner than the tree search; what is left then goes to the proof.
-        solver.parameters.max_deterministic_time = allowance / 2 if kind == "level" else allowance
+        # A level (or the spread policy's fill) the first half of its allowance does not prove is searched around its
+        # best placement (`_Search`), which finds better ones far sooner than the tree search; what is left then goes
+        # to the proof.
+        searched = kind in ("level", "fill")
+        solver.parameters.max_deterministic_time = allowance / 2 if searched else allowance
         status = solver.solve(model)
         left -= solver.deterministic_time
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -454,8 +474,8 @@ def solve_exact(
             levels_optimal = levels_optimal and kind != "level"
             break
         value, bound, assignment = round(solver.objective_value), solver.best_objective_bound, built.read(solver)
-        if kind == "level" and status == cp_model.FEASIBLE:
-            found = _Search(built, seed=seed).run(solver, budget=allowance / 4)
+        if searched and status == cp_model.FEASIBLE:
+            found = _Search(built, seed=seed).run(solver, budget=allowance / 4, fullest=kind == "fill")
             left -= found.spent
             if found.value > value and found.assignment is not None:
                 value, assignment = found.value, found.assignment
