@@ -31,6 +31,8 @@ def squeeze(state: State, *, budget: int, seed: int, lower_bound: int, max_cells
     """Empty GPUs one at a time while the budget (scored moves) lasts and more than `lower_bound` are in use; a
     search that fails leaves the state as it was. Returns the budget left."""
     rng = random.Random(seed)
+    if len(state.items) > max_cells:  # more replicas than cells: no pool this size is searched, skip the scan
+        return budget
     while budget > 0:
         used = [b for b in range(len(state.caps)) if state.occupants[b]]
         if len(used) <= lower_bound:
