@@ -25,7 +25,17 @@ from itertools import combinations
 from ortools.sat.python import cp_model
 
 from reconciler.desired import Placement, Spread
-from reconciler.packer.objective import PER_MILLE, Assignment, Score, displaced, fill, level_keys, may_move, may_preempt
+from reconciler.packer.objective import (
+    PER_MILLE,
+    Assignment,
+    Score,
+    displaced,
+    fill,
+    gpu_loads,
+    level_keys,
+    may_move,
+    may_preempt,
+)
 from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
 
@@ -335,11 +345,7 @@ class _Search:
 
     def _fullest(self, assignment) -> set[int]:
         problem = self.built.problem
-        loads = [0] * len(problem.bins)
-        for item, bins in zip(problem.items, assignment):
-            for b in bins or ():
-                loads[b] += item.vram
-        fills = [fill(load, gpu.capacity) for load, gpu in zip(loads, problem.bins)]
+        fills = [fill(load, gpu.capacity) for load, gpu in zip(gpu_loads(problem, assignment), problem.bins)]
         return {b for b, f in enumerate(fills) if f == max(fills)}
 
     def _values(self, solver: cp_model.CpSolver) -> dict[int, list[tuple[int, int]]]:

@@ -53,15 +53,21 @@ def score(problem: Problem, assignment: Assignment) -> Score:
         for key in level_keys(problem)
     )
     stays = sum(1 for item, bins in zip(items, assignment) if item.current is not None and bins == item.current)
-    loads = [0] * len(problem.bins)
-    for item, bins in zip(items, assignment):
-        for b in bins or ():
-            loads[b] += item.vram
+    loads = gpu_loads(problem, assignment)
     if problem.policy == Placement.BINPACK:
         policy = -sum(1 for load in loads if load)
     else:
         policy = -max((fill(load, gpu.capacity) for load, gpu in zip(loads, problem.bins)), default=0)
     return Score(levels=levels, stays=stays, policy=policy)
+
+
+def gpu_loads(problem: Problem, assignment: Assignment) -> list[int]:
+    """Bytes placed on each GPU."""
+    loads = [0] * len(problem.bins)
+    for item, bins in zip(problem.items, assignment):
+        for b in bins or ():
+            loads[b] += item.vram
+    return loads
 
 
 def displaced(problem: Problem) -> frozenset[int]:

@@ -18,7 +18,7 @@ from reconciler.packer.bounds import fullest_fill, gpus_needed
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.greedy import construct, keep_rules
 from reconciler.packer.improve import consolidate
-from reconciler.packer.objective import displaced, fill, level_keys, score, violations
+from reconciler.packer.objective import displaced, fill, gpu_loads, level_keys, score, violations
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.squeeze import squeeze
@@ -50,15 +50,18 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
             assignment, method = exact.assignment, "cp-sat"
         if not exact.finished:
             return _solution(assignment, bound, method, bounds_quality(problem, assignment, gpu_bound=bound))
-        gap_gpus = quality.gap_gpus
+        final = score(problem, assignment)
+        gap_gpus, gap_fill = quality.gap_gpus, 0
         if problem.policy == Placement.BINPACK:
-            gap_gpus = min(gap_gpus, exact.gap_gpus + (-score(problem, assignment).policy + exact.score.policy))
+            gap_gpus = min(gap_gpus, exact.gap_gpus + (-final.policy + exact.score.policy))
+        else:  # the fill stage's own gap, or the bound's on the placement kept, whichever is smaller
+            gap_fill = min(_fill_gap(problem, assignment), exact.gap_fill + max(0, exact.score.policy - final.policy))
         quality = Quality(
-            proven_optimal=exact.optimal and score(problem, assignment) == exact.score,
+            proven_optimal=exact.optimal and final == exact.score,
             gap_bytes=min(quality.gap_bytes, exact.gap_bytes + _shortfall(problem, assignment, exact.score)),
             gap_gpus=max(0, gap_gpus),
             gap_stays=min(quality.gap_stays, exact.gap_stays),
-            gap_fill=min(quality.gap_fill, exact.gap_fill + max(0, exact.score.policy - score(problem, assignment).policy)),
+            gap_fill=gap_fill,
             unplaced_proven=exact.levels_optimal or quality.unplaced_proven,
         )
         return _solution(assignment, bound, method, quality)
@@ -162,10 +165,7 @@ def _fill_gap(problem: Problem, assignment) -> int:
     every level: at least the average fill (placed VRAM over all memory) and, when every replica is placed (then
     all such placements place the same ones), the least fill their sizes allow (`bounds.fullest_fill`)."""
     bins = problem.bins
-    loads = [0] * len(bins)
-    for item, where in zip(problem.items, assignment):
-        for b in where or ():
-            loads[b] += item.vram
+    loads = gpu_loads(problem, assignment)
     if not any(loads):
         return 0
     fullest = max(fill(load, gpu.capacity) for load, gpu in zip(loads, bins))
