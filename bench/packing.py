@@ -494,7 +494,8 @@ def _ratio(mine: Score, best: Score) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three instances per published set, fewer random ones")
-    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic", "day-two", "spread"),
+    parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic",
+                                           "day-two", "spread"),
                         help="run one part")
     args = parser.parse_args()
     settings = PlanSettings()

@@ -50,7 +50,7 @@ def gpus_needed(capacities: Sequence[int], sizes: Sequence[int]) -> int:
     return len(capacities)
 
 
-_REACH_LIMIT = 4_000_000  # capacities above this many units are taken as they are (no subset sums)
+SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units are taken as they are (no subset sums)
 
 
 def fullest_fill(capacities: Sequence[int], sizes: Sequence[int]) -> int:
@@ -69,7 +69,7 @@ def fullest_fill(capacities: Sequence[int], sizes: Sequence[int]) -> int:
         room = 0
         for cap, count in per_cap.items():
             limit = f * cap // 1000 // unit
-            room += count * _reachable(units, limit)
+            room += count * reachable(units, limit)
             if room >= total:
                 return True
         return False
@@ -86,13 +86,15 @@ def fullest_fill(capacities: Sequence[int], sizes: Sequence[int]) -> int:
     return lo
 
 
-def _reachable(units: Counter, limit: int) -> int:
-    """The largest sum at most `limit` of some of the sizes (each value as often as it occurs)."""
+def reachable(units: Counter, limit: int) -> int:
+    """The largest sum at most `limit` of some of the sizes (`units`: size -> how often it occurs); the limit itself
+    when it is above `SUBSET_SUM_LIMIT`."""
     if limit <= 0:
         return 0
-    if sum(s * n for s, n in units.items()) <= limit:
-        return sum(s * n for s, n in units.items())
-    if limit > _REACH_LIMIT:
+    total = sum(s * n for s, n in units.items())
+    if total <= limit:
+        return total
+    if limit > SUBSET_SUM_LIMIT:
         return limit
     mask = (1 << (limit + 1)) - 1
     reach = 1

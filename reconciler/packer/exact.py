@@ -17,6 +17,7 @@ placements more than it pruned, so the model has none.)
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import reduce
@@ -25,6 +26,7 @@ from itertools import combinations
 from ortools.sat.python import cp_model
 
 from reconciler.desired import Placement, Spread
+from reconciler.packer.bounds import SUBSET_SUM_LIMIT, reachable
 from reconciler.packer.objective import (
     PER_MILLE,
     Assignment,
@@ -39,7 +41,6 @@ from reconciler.packer.objective import (
 from reconciler.packer.objective import score as score_of
 from reconciler.packer.problem import Problem
 
-_SUBSET_SUM_LIMIT = 4_000_000  # capacities above this many units keep their nominal value
 # Each solve of a neighbourhood costs setup work its deterministic time does not count (copying and presolving the
 # model); charged at this much, many small solves cannot take more of one core than the budget says.
 _PER_SOLVE = 0.015
@@ -168,8 +169,12 @@ class _Model:
             terms = on_bin[b]
             if not terms:
                 continue
-            sizes = [vram // unit for vram, v, _ in terms for _ in range(self.top.get(id(v), 1))]
-            room = _reachable_load(sizes, gpu.capacity // unit)
+            # No GPU holds more than the largest subset sum of what may go on it: as its capacity, that tightens
+            # the model's bound.
+            sizes: Counter[int] = Counter()
+            for vram, v, _ in terms:
+                sizes[vram // unit] += self.top.get(id(v), 1)
+            room = reachable(sizes, gpu.capacity // unit)
             self.room += room
             load = sum(vram // unit * v for vram, v, _ in terms)
             if binpack:
@@ -367,7 +372,7 @@ class _LevelBound:
 
     def __init__(self, built: _Model) -> None:
         self.room = built.room
-        self.usable = built.room <= _SUBSET_SUM_LIMIT * 4
+        self.usable = built.room <= SUBSET_SUM_LIMIT * 4
         self.sizes: dict[tuple[int, bool], list[int]] = {}
         for level, size, count in built.copies:
             self.sizes.setdefault(level, []).extend([size] * count)
@@ -379,31 +384,17 @@ class _LevelBound:
             return None
         mask = (1 << (self.room + 1)) - 1
         here = _subset_sums(self.sizes.get(level, []), mask)
-        reachable = self.above >> held
-        lowest = held + (reachable & -reachable).bit_length() - 1 if reachable else self.room
+        above = self.above >> held
+        lowest = held + (above & -above).bit_length() - 1 if above else self.room
         self.above = _subset_sums(self.sizes.get(level, []), mask, start=self.above)
         return (here & ((1 << max(0, self.room - lowest + 1)) - 1)).bit_length() - 1
 
 
 def _subset_sums(sizes: list[int], mask: int, start: int = 1) -> int:
-    reachable = start
+    sums = start
     for size in sizes:
-        reachable = (reachable | (reachable << size)) & mask
-    return reachable
-
-
-def _reachable_load(sizes: list[int], capacity: int) -> int:
-    """The largest load at most `capacity` that some subset of `sizes` sums to: no GPU can hold more, and using it
-    as the capacity tightens the model's bound (subset sums by a bitset, when the capacity is small enough)."""
-    if sum(sizes) <= capacity:
-        return sum(sizes)
-    if capacity > _SUBSET_SUM_LIMIT:
-        return capacity
-    mask = (1 << (capacity + 1)) - 1
-    reachable = 1
-    for size in sizes:
-        reachable = (reachable | (reachable << size)) & mask
-    return reachable.bit_length() - 1
+        sums = (sums | (sums << size)) & mask
+    return sums
 
 
 def solve_exact(

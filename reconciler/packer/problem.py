@@ -73,7 +73,7 @@ class PackSettings:
     arcflow_safety_seconds: float = 60.0  # wall-clock cap against pathological solves; hitting it is reported
     improve_steps: int = 2_000_000  # local-search work (evaluated candidates) spent on freeing GPUs (binpack)
     improve_max_items: int = 2_000  # above this many replicas in a pool, best-fit decreasing alone (speed)
-    squeeze_budget: int = 20_000_000 # moves scored by the overfill search for one GPU fewer after the ejection search
+    squeeze_budget: int = 20_000_000  # moves scored by the overfill search for one GPU fewer after the ejection search
     squeeze_max_cells: int = 40_000  # replicas that move x GPUs in use: above this, no overfill search (speed)
     seed: int = 0
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from reconciler.desired import DesiredState, GpuSpec, InventoryNode, Placement, Pool
+from reconciler.desired import DesiredState, GpuSpec, InventoryNode, Placement, Pool, Spread
 from reconciler.observed import from_inventory
 from reconciler.packer import Bin, Item, PackSettings, Problem, pack
 from reconciler.packer.bounds import fullest_fill
@@ -75,8 +75,6 @@ def test_the_spread_search_gets_the_fullest_gpu_close_to_its_bound() -> None:
     """A realistic mixed pool (8 GPUs of 16-80 GiB, 17 models, TP pairs, spread): the exact model's first solve
     leaves the fullest GPU 8.8% of its memory above the bound; the neighbourhood search around the fullest GPUs, within
     the same budget, brings it within 1%."""
-    from reconciler.desired import Spread
-
     nodes = (("a", (80, 45)), ("b", (16, 16)), ("c", (80, 80)), ("d", (24, 24)))
     specs = ((9728, 1, 1, "none"), (922, 2, 1, "none"), (35840, 1, 1, "none"), (4608, 3, 1, "none"),
              (24576, 1, 1, "none"), (7987, 2, 1, "none"), (3174, 2, 1, "none"), (7680, 1, 2, "none"),
