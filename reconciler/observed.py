@@ -6,6 +6,7 @@ Produced by the Ray adapter (live), by ``from_inventory`` (``--offline``) or by 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -92,10 +93,44 @@ class ObservedReplica:
     state: ReplicaState = ReplicaState.RUNNING
     message: str = ""  # why it is pending or failed, as the cluster said it
     app: str = ""  # the Serve application that runs it
+    # Bytes its processes (the Serve replica actor and its engine's children) really use on each of its GPUs, to set
+    # beside `vram`: NVML's per-process used memory on a GPU node (the most on any one of its GPUs), resident memory
+    # on a simulated one (shared evenly over its GPUs); None when it could not be read.
+    measured: int | None = None
+    measured_source: str = ""  # "nvml" or "rss"; "" when not measured
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.model, self.replica)
+
+
+MEASURED_SOURCES = ("nvml", "rss")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPeak:
+    """The highest memory seen of replicas of one kind (``peak_key``), kept in the cluster across runs."""
+
+    key: str
+    peak_bytes: int  # per GPU
+    first_seen: float  # epoch seconds of the first sample
+    last_seen: float  # epoch seconds of the latest sample
+    samples: int  # observations folded in
+
+
+def peak_key(*, source: str, engine: str, engine_args_json: str, gpu_name: str, tensor_parallel: int) -> str:
+    """What makes two replicas use the same memory: the model, how its engine runs it, on which GPU model.
+
+    Engine args are compared by value, so their spelling (key order, spaces) does not split a kind in two.
+    """
+    try:
+        args: Any = json.loads(engine_args_json) if engine_args_json else {}
+    except ValueError:
+        args = engine_args_json
+    return short_hash(
+        {"source": source, "engine": engine, "engineArgs": args, "gpu": gpu_name, "tensorParallel": tensor_parallel},
+        16,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +166,14 @@ class ObservedState:
     # What the gateways saw of each model (requests in flight and held, the last one, the load's history): the
     # input of demand-driven replica counts. Sorted by model; empty when no gateway runs or none was asked.
     demand: tuple[ModelDemand, ...] = ()
+    # The memory peaks kept in the cluster, sorted by key: the measured basis of `vram: auto` and of right-sizing.
+    memory_peaks: tuple[MemoryPeak, ...] = ()
+
+    def peak(self, key: str) -> MemoryPeak | None:
+        for p in self.memory_peaks:
+            if p.key == key:
+                return p
+        return None
 
     def demand_of(self, model: str) -> ModelDemand | None:
         for d in self.demand:
@@ -158,6 +201,8 @@ class ObservedState:
         for replica in data["replicas"]:
             replica.pop("state")
             replica.pop("message")
+            replica.pop("measured", None)  # memory moves every observation; a plan is stale only if placement is
+            replica.pop("measuredSource", None)
         for run in data.get("jobs", []):
             for key in ("state", "message", "started", "ended"):
                 run.pop(key)
@@ -167,6 +212,7 @@ class ObservedState:
                 node.pop("deathReason")
         data.pop("source")
         data.pop("observedAt", None)
+        data.pop("memoryPeaks", None)
         data.pop("demand", None)  # demand changes every second; a plan made from it is stale only if placement is
         return short_hash(data, 16)
 
@@ -190,6 +236,7 @@ def normalised(state: ObservedState) -> ObservedState:
         at=state.at,
         recorded=tuple(sorted(state.recorded, key=lambda j: j.name)),
         demand=tuple(sorted(state.demand, key=lambda d: d.model)),
+        memory_peaks=tuple(sorted(state.memory_peaks, key=lambda p: p.key)),
     )
 
 
@@ -251,6 +298,37 @@ def to_json(state: ObservedState) -> dict[str, Any]:
         document["recordedJobs"] = [job_to_json(j) for j in state.recorded]
     if state.demand:
         document["demand"] = [demand_json.to_json(d) for d in state.demand]
+    if state.memory_peaks:
+        document["memoryPeaks"] = [memory_peak_to_json(p) for p in state.memory_peaks]
+    return document
+
+
+def memory_peak_to_json(p: MemoryPeak) -> dict[str, Any]:
+    return {"key": p.key, "peakBytes": p.peak_bytes, "firstSeen": p.first_seen, "lastSeen": p.last_seen,
+            "samples": p.samples}
+
+
+def memory_peak_from_json(p: dict[str, Any]) -> MemoryPeak:
+    return MemoryPeak(key=p["key"], peak_bytes=int(p["peakBytes"]), first_seen=float(p["firstSeen"]),
+                      last_seen=float(p["lastSeen"]), samples=int(p["samples"]))
+
+
+def _replica_to_json(r: ObservedReplica) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "model": r.model,
+        "replica": r.replica,
+        "node": r.node,
+        "gpus": list(r.gpus),
+        "vram": r.vram,
+        "restartHash": r.restart_hash,
+        "configHash": r.config_hash,
+        "state": str(r.state),
+        "message": r.message,
+        "app": r.app,
+    }
+    if r.measured is not None:  # only when read: snapshots from before it read and hash as they always did
+        document["measured"] = r.measured
+        document["measuredSource"] = r.measured_source
     return document
 
 
@@ -274,21 +352,7 @@ def _to_json(state: ObservedState) -> dict[str, Any]:
             }
             for n in state.nodes
         ],
-        "replicas": [
-            {
-                "model": r.model,
-                "replica": r.replica,
-                "node": r.node,
-                "gpus": list(r.gpus),
-                "vram": r.vram,
-                "restartHash": r.restart_hash,
-                "configHash": r.config_hash,
-                "state": str(r.state),
-                "message": r.message,
-                "app": r.app,
-            }
-            for r in state.replicas
-        ],
+        "replicas": [_replica_to_json(r) for r in state.replicas],
     }
 
 
@@ -339,6 +403,8 @@ def from_json(data: Any) -> ObservedState:
                 state=ReplicaState(r.get("state", "running")),
                 message=r.get("message", ""),
                 app=r.get("app", ""),
+                measured=r.get("measured"),
+                measured_source=r.get("measuredSource", "") if r.get("measured") is not None else "",
             )
             for r in data.get("replicas", [])
         )
@@ -346,9 +412,10 @@ def from_json(data: Any) -> ObservedState:
         at = data.get("observedAt")
         recorded = tuple(job_from_json(j) for j in data.get("recordedJobs", []))
         demand = tuple(demand_json.from_json(d) for d in data.get("demand", []))
+        peaks = tuple(memory_peak_from_json(p) for p in data.get("memoryPeaks", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
     return normalised(
         ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at,
-                      recorded=recorded, demand=demand)
+                      recorded=recorded, demand=demand, memory_peaks=peaks)
     )

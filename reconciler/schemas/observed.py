@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.observed import FORMAT_VERSION, JobRunState, ReplicaState, Source
+from reconciler.observed import FORMAT_VERSION, MEASURED_SOURCES, JobRunState, ReplicaState, Source
 
 FILENAME = "observed.schema.json"
 
@@ -98,7 +98,32 @@ def _replica() -> dict[str, Any]:
             "state": {"enum": [str(s) for s in ReplicaState], "default": str(ReplicaState.RUNNING)},
             "message": {"type": "string", "default": "", "description": "why it is pending or failed"},
             "app": {"type": "string", "default": "", "description": "the Serve application that runs it"},
+            "measured": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "default": None,
+                "description": "bytes its processes really use on each of its GPUs (NVML per process on a GPU node, "
+                "resident memory on a simulated one); null when not read",
+            },
+            "measuredSource": {"enum": ["", *MEASURED_SOURCES], "default": "",
+                               "description": "where `measured` came from"},
         },
+    )
+
+
+def _memory_peak() -> dict[str, Any]:
+    seconds = {"type": "number", "minimum": 0}
+    return _obj(
+        "The highest memory seen per GPU of replicas of one kind (model source, engine, engine args, GPU model, "
+        "tensorParallel), kept in the cluster.",
+        {
+            "key": {**_NAME, "description": "digest of what makes replicas the same kind"},
+            "peakBytes": {**_BYTES, "description": "the highest bytes per GPU seen"},
+            "firstSeen": {**seconds, "description": "epoch seconds of the first sample"},
+            "lastSeen": {**seconds, "description": "epoch seconds of the latest sample"},
+            "samples": {"type": "integer", "minimum": 1, "description": "observations folded in"},
+        },
+        {},
     )
 
 
@@ -193,6 +218,12 @@ def schema() -> dict[str, Any]:
                 "items": {"$ref": "#/$defs/demand"},
                 "default": [],
             },
+            "memoryPeaks": {
+                "type": "array",
+                "description": "memory peaks per kind of replica kept in the cluster",
+                "items": {"$ref": "#/$defs/memoryPeak"},
+                "default": [],
+            },
             "observedAt": {
                 "type": "number",
                 "minimum": 0,
@@ -205,5 +236,6 @@ def schema() -> dict[str, Any]:
         "title": "reconciler observed state",
         **root,
         "$defs": {"node": _node(), "gpu": _gpu(), "replica": _replica(), "jobRun": _job_run(),
-                   "recordedJob": _recorded_job(), "demand": _demand()},
+                   "recordedJob": _recorded_job(), "demand": _demand(),
+                   "memoryPeak": _memory_peak()},
     }
