@@ -6,6 +6,7 @@ resource that a node advertises is exactly the one a replica asks for.
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 
@@ -52,6 +53,22 @@ def vram_mib(memory: int) -> int:
 def capacity_mib(memory: int) -> int:
     """Whole MiB a GPU advertises: rounded down, so Ray never admits more than the GPU has."""
     return memory // MIB
+
+
+def node_resources(node: str, gpu_memory: list[int], reserve: int = 0) -> dict[str, float]:
+    """One VRAM resource per GPU, in MiB, named after the node: Ray then refuses over-commit GPU by GPU."""
+    return {vram_resource(node, i): float(capacity_mib(max(0, memory - reserve))) for i, memory in enumerate(gpu_memory)}
+
+
+def ray_start_args(node: str, gpu_memory: list[int], *, reserve: int = 0, labels: dict[str, str]) -> list[str]:
+    """The `ray start` flags that make a node advertise its GPUs as reconciler asks for them (``labels`` must hold
+    the node's name label). No argument contains a space, so the list can be joined into a shell command."""
+    resources = {k: int(v) for k, v in node_resources(node, gpu_memory, reserve).items()}
+    return [
+        f"--num-gpus={len(gpu_memory)}",
+        f"--resources={json.dumps(resources, separators=(',', ':'))}",
+        f"--labels={','.join(f'{k}={v}' for k, v in sorted(labels.items()))}",
+    ]
 
 
 def generation(restart_hash: str, location: Location) -> str:

@@ -75,6 +75,24 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DoctorSettings:
+    """`reconciler doctor`: how long its probes may take and where its judgements draw the line."""
+
+    probe_timeout: float = 30.0  # one node's probe task (versions, NVML, /dev/shm)
+    # Importing vLLM (torch first) in a fresh process: ~6 s on a warm 2-core machine, far more from a cold disk.
+    engine_timeout: float = 120.0
+    gateway_timeout: float = 5.0  # one GET of a gateway's /healthz
+    # Seconds of proven skew between a node and the controller: job runs' times come from the cluster's clock and
+    # are judged on the controller's, and the apply lock's expiry is wall-clock time written by one host, read by another.
+    clock_warn: float = 1.0
+    clock_fail: float = 15.0  # the apply lock's default ttl: a skew this large can hand the lock to two holders
+    # vLLM's multiprocess engine and tensor-parallel workers exchange through /dev/shm; Docker's default of 64 MiB
+    # fails them at start.
+    shm_warn: int = 1 << 30
+    shm_fail: int = 128 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class WatchSettings:
     """The watch loop."""
 
@@ -96,6 +114,7 @@ class Settings:
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    doctor: DoctorSettings = field(default_factory=DoctorSettings)
 
 
 DEFAULTS = Settings()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredState
-from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL, capacity_mib, vram_resource
+from reconciler.naming import GPU_SOURCE_INVENTORY, GPU_SOURCE_LABEL, node_resources
 from reconciler.observed import NODE_NAME_LABEL
 
 STATE_DIR_NAME = ".reconciler"
@@ -63,11 +63,6 @@ class ClusterSpec:
             auth=data.get("auth", True),
             env=data.get("env", {}),
         )
-
-
-def node_resources(node: str, gpu_memory: list[int], reserve: int = 0) -> dict[str, float]:
-    """One VRAM resource per GPU, in MiB, named after the node: Ray then refuses over-commit GPU by GPU."""
-    return {vram_resource(node, i): float(capacity_mib(max(0, memory - reserve))) for i, memory in enumerate(gpu_memory)}
 
 
 def spec_from_desired(desired: DesiredState) -> ClusterSpec:

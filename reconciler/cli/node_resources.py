@@ -73,8 +73,7 @@ def _from_inventory(directory: Path, node: str) -> tuple[list[int], int, dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.naming import vram_resource  # noqa: F401 - the naming the executor asks for
-    from reconciler.adapter.localcluster import node_resources
+    from reconciler.naming import node_resources, ray_start_args
     from reconciler.observed import NODE_NAME_LABEL
     from reconciler.quantity import parse_quantity
 
@@ -102,15 +101,9 @@ def run(args: argparse.Namespace) -> int:
                   indent=2)
         sys.stdout.write("\n")
         return 0
-    label_arg = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    parts = [
-        f"--num-gpus={len(memories)}",
-        f"--resources={json.dumps(resources, separators=(',', ':'))}",
-        f"--labels={label_arg}",
-    ]
     # Unquoted on purpose: meant for `ray start ... $(reconciler node-resources ...)`, where the shell splits the
     # output on spaces and none of the arguments contains one.
-    print(" ".join(parts))
+    print(" ".join(ray_start_args(node, memories, reserve=reserve, labels=labels)))
     return 0
 
 
