@@ -320,6 +320,42 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
     return out
 
 
+def desired_from_json(data: dict[str, Any]) -> DesiredState:
+    """The desired state back from ``desired_to_json`` (a recorded revision's, for `reconciler rollback`): the
+    fingerprint of the result is the fingerprint of what was written."""
+
+    def pool(p: dict[str, Any]) -> Pool:
+        return Pool(
+            name=p["name"], placement=Placement(p["placement"]), reserve=p["reserve"],
+            selector=None if p["selector"] is None else tuple(sorted(p["selector"].items())),
+            inventory=tuple(
+                InventoryNode(node=n["node"], gpus=tuple(GpuSpec(g["name"], g["memory"]) for g in n["gpus"]))
+                for n in p["inventory"]
+            ),
+            max_moves=p["maxMoves"],
+        )
+
+    def model(m: dict[str, Any]) -> Model:
+        return Model(
+            name=m["name"], pool=m["pool"], priority_class=m["priorityClass"], priority=m["priority"],
+            preemption=Preemption(m["preemption"]), preemptible=m["preemptible"], engine=Engine(m["engine"]),
+            source=m["source"], vram=m["vram"], replicas=None if m["replicas"] == "max" else m["replicas"],
+            tensor_parallel=m["tensorParallel"], spread=Spread(m["spread"]), route=m["route"],
+            labels=tuple(sorted(m["labels"].items())), engine_args_json=canonical_json(m["engineArgs"]),
+            scaling=scaling_from_json(m["scaling"]) if "scaling" in m else None,
+        )
+
+    return DesiredState(
+        pools=tuple(pool(p) for p in data["pools"]),
+        priority_classes=tuple(PriorityClass(name=c["name"], value=c["value"], preemption=Preemption(c["preemption"]),
+                                             preemptible=c["preemptible"], default=c["default"])
+                               for c in data["priorityClasses"]),
+        models=tuple(model(m) for m in data["models"]),
+        jobs=tuple(job_from_json(j) for j in data.get("jobs", ())),
+        gateway=gateway_from_json(data["gateway"]) if "gateway" in data else None,
+    )
+
+
 def scaling_to_json(s: Scaling) -> dict[str, Any]:
     return {"min": s.min, "max": s.max, "targetInFlight": s.target_in_flight, "scaleUpAfter": s.scale_up_after,
             "scaleDownAfter": s.scale_down_after, "idleAfter": s.idle_after, "loadTimeout": s.load_timeout}
@@ -409,6 +445,7 @@ __all__ = [
     "Scaling",
     "Spread",
     "canonical_json",
+    "desired_from_json",
     "desired_to_json",
     "job_from_json",
     "job_to_json",

@@ -108,12 +108,23 @@ class WatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RevisionSettings:
+    """The record of applies kept in the cluster (`reconciler history`, `rollback`)."""
+
+    keep: int = 50  # revisions kept in the cluster's GCS; the oldest go first
+    shown: int = 5  # revisions `status` and the status page list
+    page_refresh: int = 5  # seconds between reloads of watch's status page
+    git_timeout: float = 10.0  # seconds one `git` call may take to name the commit a spec directory is at
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     apply: ApplySettings = field(default_factory=ApplySettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    revisions: RevisionSettings = field(default_factory=RevisionSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
 
 

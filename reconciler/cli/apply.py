@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 import threading
+import time
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
@@ -60,18 +61,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, observed):
-    """Apply while holding the cluster's apply lock, so no watcher or second `apply` acts at the same time.
+def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, observed, desired=None,
+                       cause: str = "apply", command: str | None = None, refuse_watch: str | None = None):
+    """Apply while holding the cluster's apply lock, so no watcher or second `apply` acts at the same time, and
+    record it as a revision in the cluster (`reconciler history`).
 
     The plan was computed before the lock was taken; when the cluster changed in between (another reconciler applied
-    meanwhile), the plan is stale and nothing is applied.
+    meanwhile), the plan is stale and nothing is applied. ``refuse_watch``: the sentence to refuse with when a
+    `watch` holds the lock (a rollback it would undo), instead of the usual one.
     """
     from reconciler.adapter.keeper import LeaseKeeper
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import Holder, LeaseHeld, acquire, wait_acquire
 
     what = f"--plan {args.plan}" if args.plan is not None else str(args.directory)
-    holder = Holder.current(f"reconciler apply {what}")
+    holder = Holder.current(command or f"reconciler apply {what}")
     if args.wait_for_lock:
         # Ctrl-C or SIGTERM ends the wait like any other: nothing has been applied yet.
         lease = wait_acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl, stop=threading.Event(),
@@ -80,6 +84,8 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, obs
         try:
             lease = acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl)
         except LeaseHeld as held:
+            if refuse_watch is not None and held.record.holder.command.startswith("reconciler watch"):
+                raise UserError(f"{held.record.describe(time.time())}: {refuse_watch}") from held
             raise UserError(f"{held} (or pass --wait-for-lock to wait for it)") from held
     lost: list[Exception] = []
     keeper = LeaseKeeper(lease, on_lost=lost.append).start()
@@ -91,9 +97,39 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, obs
                 "Nothing was applied; run `reconciler apply` again to plan against what runs now."
             )
         keeper.confirm()
-        return executor.apply(plan)
+        return _recorded(args, lease.kv, executor=executor, plan=plan, desired=desired, cause=cause,
+                         command=holder.command, token=holder.token)
     finally:
         keeper.stop(release=True)
+
+
+def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: str, command: str, token: str):
+    """Apply the plan, recorded as a revision before it starts and again when it ends (however it ends)."""
+    from reconciler.executor.record import Recorder, directory_source
+    from reconciler.revision import Outcome, Source
+
+    if args.plan is not None and desired is None:
+        source = Source(plan_file=str(args.plan))
+    else:
+        source = directory_source(args.directory) if args.directory is not None else Source()
+    recorder = Recorder(kv, command=command, source=lambda: source)
+    revision = recorder.begin(plan, desired, cause=cause, token=token)
+    try:
+        report = executor.apply(plan)
+    except KeyboardInterrupt:
+        recorder.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (Ctrl-C or a signal)")
+        raise
+    except Exception as exc:
+        recorder.end(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    results = [(o.ok, o.message) for o in report.outcomes]
+    if report.ok or not report.router_errors:
+        done = recorder.end(revision, results=results)
+    else:  # every action ran, but a model's router does not serve
+        done = recorder.end(revision, results=results, outcome=Outcome.FAILED,
+                            reason="; ".join(report.router_errors)[:500])
+    report.revision = done.number
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     with cluster:
         observed = cluster.observe(desired)
         plan = _planning.plan_against(desired, observed)
-        return carry_out(args, cluster, plan=plan, observed=observed)
+        return carry_out(args, cluster, plan=plan, observed=observed, desired=desired)
 
 
 def run_saved(args: argparse.Namespace) -> int:
@@ -128,11 +164,12 @@ def run_saved(args: argparse.Namespace) -> int:
                 f"{observed.fingerprint}, the plan was computed from {plan.fingerprint}). Nothing was applied; "
                 "make a new plan with `reconciler plan --out`."
             )
-        return carry_out(args, cluster, plan=plan, observed=observed)
+        return carry_out(args, cluster, plan=plan, observed=observed, desired=desired)
 
 
-def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
-    """Show the plan, ask, apply it under the cluster's lock, and report what came of it."""
+def carry_out(args: argparse.Namespace, cluster, *, plan, observed, desired=None, **recording) -> int:
+    """Show the plan, ask, apply it under the cluster's lock, and report what came of it. ``recording``: how the
+    revision is recorded (``cause``, ``command``, ``refuse_watch``; see ``apply_holding_lock``)."""
     from reconciler.executor.progress import Progress
     from reconciler.executor.run import Executor
     from reconciler.render.status import render_report, render_status
@@ -157,9 +194,11 @@ def carry_out(args: argparse.Namespace, cluster, *, plan, observed) -> int:
         if not _cluster.confirm(f"Apply these {len(plan.actions)} action(s)?" if plan.actions else "Tidy up?"):
             print("Nothing was applied.")
             return 1
-    report = apply_holding_lock(args, cluster, executor=executor, plan=plan, observed=observed)
+    report = apply_holding_lock(args, cluster, executor=executor, plan=plan, observed=observed, desired=desired,
+                                **recording)
     after = cluster.observe(assumed=plan.assumed)
     sys.stdout.write(render_report(report, color=color))
+    print(f"Recorded as revision {report.revision} (`reconciler history {report.revision}`).")
     reserves = {(g.node, g.index): g.reserve for g in plan.gpus}
     sys.stdout.write(render_status(after, routes=[m.route for m in plan.models], color=color,
                                    http_url=cluster.http_url, reserves=reserves,

@@ -34,6 +34,7 @@ class Report:
     router_errors: list[str] = field(default_factory=list)
     gateway_urls: list[str] = field(default_factory=list)  # the OpenAI base URLs, one per gateway
     gateway_errors: list[str] = field(default_factory=list)
+    revision: int | None = None  # the revision this apply was recorded as (`reconciler history`)
 
     @property
     def ok(self) -> bool:
