@@ -17,18 +17,49 @@ class GatewaySettings:
     """Where the gateway (one OpenAI base URL for every model) listens."""
 
     enabled: bool = True
-    host: str | None = None  # None: the host Serve's HTTP proxy binds (loopback on a local cluster)
+    # None: loopback. Listening beyond this machine is asked for in words (a Gateway spec's `host`), never inherited
+    # from Serve's proxy, so a cluster whose proxy binds 0.0.0.0 does not open the base URL to its network by default.
+    host: str | None = None
     port: int | None = None  # None: Serve's HTTP port + port_after_serve
     port_after_serve: int = 1  # so the two endpoints sit side by side
     queue_limit: int = 256  # requests one gateway holds per model while the model has no replica: more get 503
     # Seconds of each model's load history a gateway keeps: the longest window a scaling rule may look back over.
     demand_history: int = 3600
+    limits: "GatewayLimits" = field(default_factory=lambda: GatewayLimits())
 
     def listen(self, *, serve_host: str | None, serve_port: int | None) -> tuple[str, int]:
-        host = self.host or serve_host or "127.0.0.1"
+        host = self.host or "127.0.0.1"
         if self.port is not None:
             return host, self.port
         return host, (serve_port or 8000) + self.port_after_serve
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """What one gateway gives any client before it is a client worth serving: sizes, times and counts.
+
+    Every wait of the request path is bounded by one of these, so a slow or hostile client, or a hung engine, holds a
+    connection or a slot for a known time at most."""
+
+    # A request body larger than this is refused (413) before it is read. 4 MiB holds a 128k-token prompt written
+    # as text (~0.5 MB) or as token ids (~1 MB) several times over, and a batch of embeddings inputs; it keeps a few
+    # hundred concurrent bodies within a few hundred MiB.
+    body_bytes: int = 4 << 20
+    # Bodies at least this large are parsed on a worker thread: json.loads of a few MiB takes tens of milliseconds,
+    # which would stall every other stream on the event loop.
+    parse_in_thread_bytes: int = 256 << 10
+    # Bytes of request bodies held at once for models with no replica yet, across models; more get 503.
+    held_bytes: int = 256 << 20
+    header_timeout: float = 10.0  # seconds from a connection's first byte (or its previous answer) to a whole header
+    body_timeout: float = 60.0  # seconds to receive a request body once its headers arrived
+    keepalive_timeout: float = 60.0  # an idle client connection is closed after this long
+    max_connections: int = 4096  # client connections at once; more are closed at once
+    upstream_connect: float = 5.0  # seconds to open a connection to a replica
+    answer_timeout: float = 600.0  # a non-streaming answer (generation on a CPU can take minutes)
+    stream_gap: float = 300.0  # the longest wait for the first chunk of a stream or between two chunks
+    # tokensPerMinute is reserved at admission from `max_tokens` (or this, when a request does not say) plus the
+    # prompt's bytes / 4 (an upper-side guess of its tokens), and settled from the answer's usage.
+    default_max_tokens: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +149,45 @@ class RevisionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """What replicas really use: reading it, keeping its peaks in the cluster, right-sizing fixed `vram` from them."""
+
+    # All nodes' readings of one observation together (a task per node that runs replicas): a node that does not
+    # answer in time leaves its replicas' figures unknown rather than holding up the observation.
+    measure_timeout: float = 10.0
+    # Kinds of replica (model source, engine, engine args, GPU model, tensorParallel) whose peaks the cluster keeps;
+    # the ones seen least recently go first. One kind is about 120 bytes of the cluster's KV store.
+    peaks_limit: int = 512
+    # Right-sizing adds this fraction to the measured peak. The peak is the highest of the figures read at each
+    # observation (a watch cycle, a status), not the high-water mark between them: vLLM allocates weights and KV
+    # cache up front, so most of the figure is flat, but activations, the sampler's buffers and the allocator's
+    # fragmentation rise and fall under load between readings. A tenth of the peak covers that; an overrun shows
+    # that it was not enough (watch logs it) and the suggestion then says by how much to raise.
+    margin: float = 0.10
+    step: int = 256 << 20  # suggestions round up to quarter-GiB figures, and change a figure by at least this much
+    # A figure is lowered only after its peak has been watched this long: a replica that has not served a busy hour
+    # has not shown its peak. Raising one needs no wait: a reading above the figure is proof enough.
+    min_span: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SizingSettings:
+    """How `vram: auto` sizes a replica (``reconciler.sizing``)."""
+
+    # Tokens vLLM runs in one forward pass when engineArgs don't say (max_num_batched_tokens); its activation peak
+    # grows with it. vLLM's own default is 2048 or 8192 depending on the GPU: the larger one, so an estimate errs high.
+    batched_tokens: int = 8192
+    max_num_seqs: int = 256  # vLLM's default: the sampler's logits buffer is this many rows of the vocabulary
+    # A measured peak is rounded up to this before it replaces the estimate's overhead terms, so a peak that moves
+    # by a few MiB does not resize (and so restart) a replica.
+    measured_step: int = 256 << 20
+    # Sequences of max_model_len tokens the KV cache holds when a model sets no kvCacheTokens. vLLM refuses to start
+    # with room for less than one; one is the smallest cache that always starts, and the tokens of one long sequence
+    # serve many short ones at once (a chat of 1k tokens in an 8k cache leaves room for seven more).
+    default_sequences: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     apply: ApplySettings = field(default_factory=ApplySettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -126,6 +196,9 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     revisions: RevisionSettings = field(default_factory=RevisionSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    sizing: SizingSettings = field(default_factory=SizingSettings)
 
 
 DEFAULTS = Settings()
+

@@ -58,11 +58,13 @@ class Replica:
 
     async def _start_endpoint(self) -> str:
         from reconciler.engines.endpoint import Endpoint, node_ip
+        from reconciler.engines.secret import cluster_secret
 
         app = self._engine.http_app()
         if inspect.isawaitable(app):
             app = await app
-        self._endpoint = Endpoint(app, node_ip())
+        secret = await asyncio.to_thread(cluster_secret)
+        self._endpoint = Endpoint(app, node_ip(), secret=secret)
         return await self._endpoint.start()
 
     async def endpoint(self) -> str:

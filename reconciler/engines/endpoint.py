@@ -5,7 +5,8 @@ that path spent more CPU per request than the model (see bench/gateway.py). Serv
 its health and stops it; this endpoint only lives as long as the replica does.
 
 The server runs on the event loop the replica's engine uses (vLLM's output handler must share it), on a port the
-operating system picks, bound to the node's IP so gateways on other nodes can reach it.
+operating system picks, bound to the node's IP so gateways on other nodes can reach it. It serves only requests that
+carry the cluster's secret (``engines.secret``), which only gateways hold.
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ class _QuietServer:
 
 
 class Endpoint:
-    """Serves one ASGI app on ``host`` at a free port; ``url`` is set once it listens."""
+    """Serves one ASGI app on ``host`` at a free port; ``url`` is set once it listens. With a ``secret``, only
+    requests that carry it are served (``secret.RequireSecret``): the gateway is the only way in."""
 
-    def __init__(self, app: Any, host: str) -> None:
+    def __init__(self, app: Any, host: str, *, secret: str | None = None) -> None:
         import uvicorn
 
+        from reconciler.engines.secret import RequireSecret
+
+        if secret is not None:
+            app = RequireSecret(app, secret)
         self.host = host
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,5 +1,9 @@
 """One model's load as one gateway sees it: requests in flight and held, the last request, and the load's history.
 
+A report gives every time as an age on this gateway's clock (seconds since the last request, how long the oldest
+held request has waited, the history counted back from the report), so the controller never compares its clock with
+the gateway's.
+
 The history is what lets the controller tell sustained load from a burst (``scaleUpAfter``, ``scaleDownAfter``): the
 time-weighted mean of the load (requests in flight plus held) over each whole epoch second, kept as change points.
 The level is integrated on every change, so the cost per request is a few float operations whatever the traffic, and
@@ -47,10 +51,14 @@ class Meter:
         self.queued += queued
 
     def report(self, *, now: float, oldest_queued: float | None = None) -> ModelDemand:
+        """The demand at ``now``; ``oldest_queued``: when the longest-held request arrived (this gateway's clock)."""
         self._advance(now)
-        return ModelDemand(model=self.model, in_flight=self.in_flight, queued=self.queued,
-                           last_request=self.last_request, oldest_queued=oldest_queued,
-                           samples=tuple(self._samples), until=self._second)
+        return ModelDemand(
+            model=self.model, in_flight=self.in_flight, queued=self.queued,
+            since_last=None if self.last_request is None else round(max(0.0, now - self.last_request), 3),
+            held_for=None if oldest_queued is None else round(max(0.0, now - oldest_queued), 3),
+            samples=tuple((self._second - second, value) for second, value in self._samples),
+        )
 
     def _advance(self, now: float) -> None:
         level = self.in_flight + self.queued

@@ -1,9 +1,11 @@
 """Per-key limits: requests per minute, requests at once, tokens per minute. Pure: the caller passes the time.
 
 Requests and tokens per minute are token buckets that hold a minute's allowance and refill continuously, so a key
-may burst up to its limit and then goes at the limit's pace. Tokens are charged after the answer (from its usage),
-so a key may overdraw by one request; it then waits until the bucket is back above zero. Limits are per gateway:
-with a gateway on each of N nodes, a key could get up to N times its limit.
+may burst up to its limit and then goes at the limit's pace. Tokens are reserved before a request goes upstream (its
+prompt's guess plus what it may generate, ``usage.reservation``) and settled from the answer's usage: a request is
+admitted only while the bucket is above zero, so however requests interleave, the tokens admitted never exceed the
+allowance plus one reservation. Limits are per gateway: with a gateway on each of N nodes, a key could get up to N
+times its limit.
 
 Limits are read from the key on every call, so a changed limit takes effect on the next request; the state (what
 was spent) is kept by key name.
@@ -67,6 +69,26 @@ class Limiter:
 
     def release(self, key: ApiKey) -> None:
         self.active[key.name] = max(0, self.active.get(key.name, 0) - 1)
+
+    def reserve(self, key: ApiKey, tokens: int, now: float) -> GatewayError | None:
+        """Set ``tokens`` aside for one admitted request of ``key`` (429 when its bucket is spent); ``settle`` later."""
+        if key.tokens_per_minute is None:
+            return None
+        tpm = key.tokens_per_minute
+        bucket = self._tokens.setdefault(key.name, _Bucket(float(tpm), now))
+        bucket.refill(capacity=tpm, now=now)
+        if bucket.level <= 0:
+            return _too_many(key, f"{tpm} tokens per minute", bucket.wait(capacity=tpm, need=1))
+        bucket.level -= tokens
+        return None
+
+    def settle(self, key: ApiKey, *, reserved: int, used: int, now: float) -> None:
+        """Replace a request's reservation with what its answer used (the reservation stands when usage is unknown)."""
+        if key.tokens_per_minute is None:
+            return
+        bucket = self._tokens.setdefault(key.name, _Bucket(float(key.tokens_per_minute), now))
+        bucket.refill(capacity=key.tokens_per_minute, now=now)
+        bucket.level = min(float(key.tokens_per_minute), bucket.level + reserved - used)
 
     def charge(self, key: ApiKey, tokens: int, now: float) -> None:
         """Count the tokens an answer used against the key's tokens per minute."""

@@ -131,7 +131,7 @@ def test_a_replica_that_is_gone_is_skipped_before_the_first_byte(rig):
     answers = [chat(sdk, text=f"n{i}").choices[0].message.content for i in range(6)]
     assert answers == [f"n{i}" for i in range(6)]
     rig.stop_replica("chat-0")
-    with pytest.raises(openai.InternalServerError, match="no replica of the model 'chat' answered"):
+    with pytest.raises(openai.InternalServerError, match="no replica of the model 'chat' could take the request"):
         chat(sdk)
 
 
@@ -172,5 +172,5 @@ def test_a_stream_that_breaks_after_the_first_byte_ends_with_an_error_event(rig)
                       json={"model": "chat", "stream": True, "messages": []}) as raw:
         lines = [line for line in raw.iter_lines() if line]
     assert lines[0] == 'data: {"choices": []}'
-    assert lines[1].startswith('data: {"error": {"message": "the replica stopped answering mid-response')
+    assert lines[1].startswith('data: {"error": {"message": "the replica of the model \'chat\' stopped answering mid-response')
     assert lines[-1] == "data: [DONE]"

@@ -131,6 +131,6 @@ def test_envelopes_are_openais_and_carry_retry_after():
     ],
 )
 def test_usage_is_read_from_answers_and_stream_chunks(payload, want):
-    from reconciler.gateway.server import _usage
+    from reconciler.gateway.usage import counts as _usage
 
     assert _usage(payload) == want

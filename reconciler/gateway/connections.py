@@ -1,0 +1,93 @@
+"""Client connections to the gateway: at most so many at once, and headers within a time.
+
+aiohttp's server bounds an idle keep-alive connection, but not one that trickles a request header a byte at a time
+(slowloris): such a client would hold its connection, and with enough of them every connection, forever. Here a
+connection whose request header is not complete ``header_timeout`` seconds after its first byte (or after it was
+opened) is closed, and connections beyond ``max_connections`` are answered 503 and closed at once.
+
+This leans on two attributes of aiohttp's request handler (the parsed-message queue and the request-in-progress flag,
+aiohttp 3.9 to 3.14); the hostile-client tests fail if a release changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from reconciler.gateway.errors import too_many_connections
+
+
+def _overloaded_answer() -> bytes:
+    error = too_many_connections()
+    body = error.body()
+    head = (f"HTTP/1.1 {error.status} Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {error.retry_after}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _Handler(RequestHandler):
+    """aiohttp's per-connection protocol with a deadline on request headers."""
+
+    header_timeout: float = 10.0
+    max_connections: int = 4096
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        if len(self._manager.connections) > self.max_connections:  # type: ignore[union-attr]
+            transport.write(_overloaded_answer())  # type: ignore[attr-defined]
+            self.force_close()
+            transport.close()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages or self._request_in_progress:
+            self._disarm()  # a whole header arrived: the body and the answer have their own limits
+        elif self._deadline is None:
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self._loop.call_later(self.header_timeout, self._late)
+
+    def _disarm(self) -> None:
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        if not self._messages and not self._request_in_progress:
+            self.force_close()
+            if self.transport is not None:
+                self.transport.close()
+
+
+class _Server(web.Server):
+    handler_class: type[_Handler] = _Handler
+
+    def __call__(self) -> RequestHandler:
+        return self.handler_class(self, loop=self._loop, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose connections have a header deadline and a cap on their number."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._handler_class = type("Handler", (_Handler,), {"header_timeout": header_timeout,
+                                                             "max_connections": max_connections})
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = type("Server", (_Server,), {"handler_class": self._handler_class})
+        return server

@@ -1,0 +1,278 @@
+"""The exchange with replicas: resolving where each listens, sending a request, relaying its answer.
+
+A request goes to the replica with the fewest requests in flight (``routing.choose``). How a failure ends is decided by
+``retry.decide`` from where it happened: before the request was written it goes to the next replica; after, the
+client gets an error in OpenAI's envelope (or an SSE error event once bytes went out), and nothing is retried.
+A replica that failed is ejected (skipped while others answer) for ``EJECT_FOR_S``.
+
+The gateway proves itself to replicas with the cluster's secret (``Authorization: Bearer``); replicas refuse anyone
+else. It asks for an uncompressed answer and passes a ``Content-Encoding`` on if a replica compresses anyway. Each
+request gets an id of the gateway's own: a client's ``X-Request-Id`` is echoed back to it, never used as the engine's
+request id (an engine refuses or confuses duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from reconciler.desired import ApiKey
+from reconciler.gateway import errors, routing
+from reconciler.gateway.errors import GatewayError
+from reconciler.gateway.observer import Observer
+from reconciler.gateway.retry import Decision, Failure, Outcome, Stage, decide
+from reconciler.gateway.usage import StreamTap, counts
+from reconciler.settings import GatewayLimits
+
+Resolver = Callable[[str], Awaitable[str]]
+
+RESOLVE_TIMEOUT_S = 5.0  # a replica still starting may take a moment to say where it listens
+EJECT_FOR_S = 2.0  # after a failure, other replicas go first for this long
+RETRY_AFTER_S = 5
+EVENT_STREAM = "text/event-stream"
+ENGINE_STATE_HEADER = "X-Engine-State"  # "dead" on a replica's 503 when its engine is gone: safe to retry elsewhere
+COUNT_LIMIT = 16 << 20  # bytes of a compressed answer decompressed to read its usage, at most
+
+
+@dataclass
+class Call:
+    """One request's bookkeeping: for the metrics and the key's token bucket."""
+
+    started: float
+    model: str = "-"
+    key_name: str = "-"
+    key: ApiKey | None = None
+    status: int = 500
+    prompt: int = 0
+    completion: int = 0
+    client_request_id: str | None = None
+
+
+class _Failed(Exception):
+    def __init__(self, stage: Stage, failure: Failure) -> None:
+        super().__init__(f"{stage}: {failure}")
+        self.stage = stage
+        self.failure = failure
+
+
+def _failure(exc: BaseException) -> Failure:
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return Failure.TIMEOUT
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Failure.TRUNCATED
+    return Failure.RESET
+
+
+def _count_from(payload: bytes, encoding: str) -> tuple[int, int]:
+    if not encoding or encoding == "identity":
+        return counts(payload)
+    try:
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        return counts(zlib.decompressobj(wbits).decompress(payload, COUNT_LIMIT))
+    except zlib.error:
+        return 0, 0
+
+
+class Upstream:
+    def __init__(self, resolve: Resolver, *, limits: GatewayLimits, secret: str | None, observer: Observer) -> None:
+        self._resolve = resolve
+        self.limits = limits
+        self._secret = secret
+        self.observer = observer
+        self.urls: dict[str, str] = {}
+        self._resolving: dict[str, asyncio.Future] = {}
+        self.gone_until: dict[str, float] = {}
+        self.in_flight: dict[str, int] = {}
+        self._turn = itertools.count()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.upstream_connect),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def forget_apps(self, known: set[str]) -> list[str]:
+        """Drop what is known of replicas that left the table; the ones dropped."""
+        left = [a for a in set(self.urls) | set(self.in_flight) | set(self.gone_until) if a not in known]
+        for app in left:
+            self.urls.pop(app, None)  # its port may be someone else's soon
+            self.gone_until.pop(app, None)
+            if not self.in_flight.get(app):
+                self.in_flight.pop(app, None)
+        return left
+
+    # ----------------------------------------------------------------------------------------------------- send
+
+    async def send(self, request: web.Request, *, model: str, backends: tuple[str, ...], path: str, raw: bytes,
+                   stream: bool, strip_usage: bool, call: Call) -> web.StreamResponse | GatewayError:
+        tried: set[str] = set()
+        turn = next(self._turn)
+        while True:
+            now = time.monotonic()
+            gone = {b for b in backends if self.gone_until.get(b, 0) > now}
+            app = routing.choose(backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
+            if app is None:
+                return errors.replicas_failed(model, RETRY_AFTER_S)
+            tried.add(app)
+            self.in_flight[app] = self.in_flight.get(app, 0) + 1
+            try:
+                return await self._try(request, app=app, model=model, path=path, raw=raw, stream=stream,
+                                       strip_usage=strip_usage, call=call)
+            except _Failed as failed:
+                decision = decide(failed.stage, failed.failure)
+                if decision.eject:
+                    self._eject(app)
+                if decision.outcome is not Outcome.NEXT_REPLICA:
+                    return self._error(decision, model)
+            except _Opaque as opaque:
+                self._eject(app)
+                return errors.upstream_status(model, opaque.status)
+            finally:
+                self.in_flight[app] -= 1
+
+    def _error(self, decision: Decision, model: str) -> GatewayError:
+        if decision.outcome is Outcome.GATEWAY_TIMEOUT:
+            return errors.gateway_timeout(model, self.limits.answer_timeout)
+        return errors.bad_gateway(model)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
+                   "X-Request-Id": uuid.uuid4().hex}
+        if self._secret:
+            headers["Authorization"] = f"Bearer {self._secret}"
+        return headers
+
+    async def _try(self, request: web.Request, *, app: str, model: str, path: str, raw: bytes, stream: bool,
+                   strip_usage: bool, call: Call) -> web.StreamResponse:
+        assert self.session is not None
+        url = await self._url(app)
+        limits = self.limits
+        # Streams: the first chunk and each next one within stream_gap. Whole answers: within answer_timeout.
+        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=limits.upstream_connect, sock_read=limits.stream_gap)
+                   if stream else
+                   aiohttp.ClientTimeout(total=limits.answer_timeout, sock_connect=limits.upstream_connect))
+        try:
+            upstream = await self.session.post(url + path, data=raw, headers=self._headers(), timeout=timeout)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            raise _Failed(Stage.CONNECTING, Failure.REFUSED) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _Failed(Stage.WAITING, _failure(exc)) from None
+        try:
+            if upstream.status == 503 and upstream.headers.get(ENGINE_STATE_HEADER) == "dead":
+                raise _Failed(Stage.WAITING, Failure.ENGINE_DEAD)
+            headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json")}
+            encoding = upstream.headers.get("Content-Encoding", "")
+            if encoding:
+                headers["Content-Encoding"] = encoding
+            if call.client_request_id:
+                headers["X-Request-Id"] = call.client_request_id
+            if upstream.headers.get("Content-Type", "").startswith(EVENT_STREAM):
+                answer = await self._relay(request, upstream, headers, call,
+                                           strip_usage=strip_usage and not encoding)
+            else:
+                try:
+                    payload = await upstream.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise _Failed(Stage.READING, _failure(exc)) from None
+                if upstream.status >= 500 and not _is_envelope(payload, encoding):
+                    raise _Opaque(upstream.status)
+                answer = web.Response(body=payload, status=upstream.status, headers=headers)
+                if upstream.status == 200:
+                    call.prompt, call.completion = _count_from(payload, encoding)
+        except BaseException:
+            # Cancelled (the client left) or failed: drop the connection, so the replica sees the request end and
+            # the engine aborts it rather than generating for nobody.
+            upstream.close()
+            raise
+        upstream.release()
+        return answer
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
+                     call: Call, *, strip_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers={**headers, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        tap = StreamTap(strip=strip_usage)
+        first = True
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = tap.feed(chunk)
+                if out:
+                    await response.write(out)
+                    if first:
+                        first = False
+                        self.observer.first_token(model=call.model, key=call.key_name,
+                                                  seconds=time.monotonic() - call.started)
+            rest = tap.rest()
+            if rest:
+                await response.write(rest)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # Bytes may have gone out already: the client gets the failure in the stream, as vLLM reports its own.
+            decision = decide(Stage.STREAMING, _failure(exc))
+            if decision.eject:
+                self._eject_url(upstream)
+            await response.write(errors.upstream_broke(call.model).sse())
+            await response.write(b"data: [DONE]\n\n")
+        call.prompt, call.completion = tap.prompt, tap.completion
+        await response.write_eof()
+        return response
+
+    # ----------------------------------------------------------------------------------------------- resolution
+
+    async def _url(self, app: str) -> str:
+        url = self.urls.get(app)
+        if url is not None:
+            return url
+        pending = self._resolving.get(app)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.wait_for(self._resolve(app), RESOLVE_TIMEOUT_S))
+            self._resolving[app] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(app, None))
+        try:
+            url = (await asyncio.shield(pending)).rstrip("/")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - any failure to learn the address means the request was not sent
+            raise _Failed(Stage.RESOLVING, Failure.UNKNOWN_ENDPOINT) from None
+        self.urls[app] = url
+        self.gone_until.pop(app, None)
+        return url
+
+    def _eject(self, app: str) -> None:
+        self.urls.pop(app, None)  # Serve may have restarted it on another port: ask again next time
+        self.gone_until[app] = time.monotonic() + EJECT_FOR_S
+
+    def _eject_url(self, upstream: aiohttp.ClientResponse) -> None:
+        base = f"{upstream.url.scheme}://{upstream.url.host}:{upstream.url.port}"
+        for app, url in list(self.urls.items()):
+            if url == base:
+                self._eject(app)
+
+
+class _Opaque(Exception):
+    """A replica's 5xx whose body is not OpenAI's envelope (a traceback, a framework's text)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _is_envelope(payload: bytes, encoding: str) -> bool:
+    if encoding and encoding != "identity":
+        return False
+    head = payload[:64].lstrip()
+    return head.startswith(b"{") and b'"error"' in head
