@@ -62,13 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, observed, desired=None,
-                       cause: str = "apply", command: str | None = None, refuse_watch: str | None = None):
+                       cause: str = "apply", command: str | None = None, refuse_watch: str | None = None,
+                       source=None):
     """Apply while holding the cluster's apply lock, so no watcher or second `apply` acts at the same time, and
     record it as a revision in the cluster (`reconciler history`).
 
     The plan was computed before the lock was taken; when the cluster changed in between (another reconciler applied
     meanwhile), the plan is stale and nothing is applied. ``refuse_watch``: the sentence to refuse with when a
-    `watch` holds the lock (a rollback it would undo), instead of the usual one.
+    `watch` holds the lock (a rollback it would undo), instead of the usual one. ``source``: where the specs came
+    from (by default: the spec directory and its git commit, or the saved plan).
     """
     from reconciler.adapter.keeper import LeaseKeeper
     from reconciler.adapter.kv import RayKV
@@ -98,19 +100,20 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, obs
             )
         keeper.confirm()
         return _recorded(args, lease.kv, executor=executor, plan=plan, desired=desired, cause=cause,
-                         command=holder.command, token=holder.token)
+                         command=holder.command, token=holder.token, source=source)
     finally:
         keeper.stop(release=True)
 
 
-def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: str, command: str, token: str):
+def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: str, command: str, token: str,
+              source=None):
     """Apply the plan, recorded as a revision before it starts and again when it ends (however it ends)."""
     from reconciler.executor.record import Recorder, directory_source
     from reconciler.revision import Outcome, Source
 
-    if args.plan is not None and desired is None:
+    if source is None and args.plan is not None and desired is None:
         source = Source(plan_file=str(args.plan))
-    else:
+    elif source is None:
         source = directory_source(args.directory) if args.directory is not None else Source()
     recorder = Recorder(kv, command=command, source=lambda: source)
     revision = recorder.begin(plan, desired, cause=cause, token=token)

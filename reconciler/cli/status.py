@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
 from reconciler.cli.observe import load_optional
+from reconciler.settings import DEFAULTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.adapter.kv import RayKV
     from reconciler.adapter.lease import describe
     from reconciler.desired import DesiredState
-    from reconciler.render.jobs import job_lines, status_json
-    from reconciler.plan import scale_decision_to_json
+    from reconciler.adapter import revisions
+    from reconciler.render.history import current_line
+    from reconciler.render.jobs import job_lines
     from reconciler.render.scaling import scaling_lines
     from reconciler.render.status import lock_lines, render_status
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         gateway_urls = gateways.urls(cluster)
         # Who holds the apply lock, and the crash-looping replicas a watcher is backing off (it publishes them there).
         lock = lock_lines(describe(RayKV()), time.time())
+        recent = revisions.history(RayKV(), now=time.time(), last=DEFAULTS.revisions.shown)
     unplaced, reserves = (), {}
     # Jobs' states come from the plan (their runs, retries and schedules are decided there); ad-hoc jobs recorded in
     # the cluster are part of it even without a spec directory.
@@ -60,21 +63,16 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
-        from reconciler.planner.scaling import resolve as resolve_scaling
-        from reconciler.render.status_json import status_document
+        from reconciler.render.overview import status_report
 
-        # On-demand models: the count their demand asks for now, not the spec's min.
-        wanted = resolve_scaling(desired, plan.scaling) if desired is not None else None
-        document = status_document(observed, desired=wanted, gateway_urls=gateway_urls, http_url=http_url,
-                                   unplaced=unplaced, warnings=[w for w in (warning,) if w])
-        document.update(status_json(plan, observed))
-        if plan.scaling:
-            document["scaling"] = [scale_decision_to_json(d) for d in plan.scaling]
+        document = status_report(observed=observed, plan=plan, desired=desired, gateway_urls=gateway_urls,
+                                 http_url=http_url, warnings=[w for w in (warning,) if w], revisions=recent)
         print(json.dumps(document, indent=2))
         return 0
     sys.stdout.write(render_status(observed, routes=routes, color=_planning.use_color(sys.stdout),
                                    http_url=http_url, unplaced=unplaced, reserves=reserves,
                                    gateway_url=gateway_urls[0] if gateway_urls else None))
+    print(current_line(recent[-1] if recent else None))
     for line in lock:
         print(line)
     for line in job_lines(plan):

@@ -47,11 +47,7 @@ _BYTE_FIELDS = frozenset({"vram", "reserve"})
 
 def render_text(diff: Diff, *, color: bool = False) -> str:
     lines: list[Text] = [Text(f"Spec changes in {diff.directory} from {diff.base} to {diff.head}:", "bold"), Text()]
-    if diff.specs:
-        for change in diff.specs:
-            lines += _spec_lines(change)
-    else:
-        lines.append(Text("  none: the specs are the same."))
+    lines += spec_lines(diff.specs)
     lines += [Text(), Text("What they change in the placement (base's plan → head's plan):", "bold"), Text()]
     lines += _placement_lines(diff.placement)
     lines += [Text(), Text(f"The head's plan against {diff.observed}:", "bold"), Text()]
@@ -99,6 +95,13 @@ def render_markdown(diff: Diff) -> str:
 
 def render_json(diff: Diff) -> str:
     return json.dumps(diff_to_json(diff), indent=2, ensure_ascii=False) + "\n"
+
+
+def spec_lines(changes: tuple[SpecChange, ...]) -> list[Text]:
+    """The spec changes as `reconciler diff` lists them (for `reconciler history N` too)."""
+    if not changes:
+        return [Text("  none: the specs are the same.")]
+    return [line for change in changes for line in _spec_lines(change)]
 
 
 def _spec_lines(change: SpecChange) -> list[Text]:

@@ -44,6 +44,36 @@ def _jobs() -> dict[str, Any]:
     })}
 
 
+def _revisions() -> dict[str, dict[str, Any]]:
+    """`revision` and `revisions`: present when the cluster's history was read (`reconciler history` has the rest)."""
+    nullable_text = {"anyOf": [_TEXT, {"type": "null"}]}
+    row = {
+        "revision": {"type": "integer", "minimum": 1},
+        "at": {**_TEXT, "description": "when the apply started, ISO 8601 UTC"},
+        "by": _obj("Who applied it.", {"host": _TEXT, "user": _TEXT, "pid": _COUNT, "command": _TEXT}),
+        "source": {**_TEXT, "description": "where its specs came from, in words"},
+        "commit": {**nullable_text, "description": "the git commit of its specs; null when not in git"},
+        "subject": nullable_text,
+        "cause": {**_TEXT, "description": 'why it was applied: "apply", "watch: spec-change", "rollback to 3", ...'},
+        "actions": {**_COUNT, "description": "actions in its plan"},
+        "outcome": {"enum": ["applying", "converged", "failed", "interrupted"]},
+        "reason": {**_TEXT, "description": "why it failed or was interrupted; empty when it converged"},
+        "desiredFingerprint": _TEXT,
+        "planDigest": _TEXT,
+    }
+    current = _obj("The current revision with its plan's actions and what each came to.", {
+        **row,
+        "ended": nullable_text,
+        "plan": {"type": "array", "items": {"type": "object", "description": "an action as the plan file writes "
+                                            "it, with `ok` (null while applying) and `message`"}},
+    })
+    return {
+        "revision": {"anyOf": [current, {"type": "null"}]},
+        "revisions": {"type": "array", "description": "the last few revisions, newest first",
+                      "items": _obj("A revision, as a row of `reconciler history --format json`.", row)},
+    }
+
+
 def schema() -> dict[str, Any]:
     gpu = _obj("One GPU: sizes in bytes.", {
         "index": {**_COUNT, "description": "the GPU's index on its node"},
@@ -96,6 +126,7 @@ def schema() -> dict[str, Any]:
         }),
     }
     document["properties"]["jobs"] = _jobs()  # optional: only a status with jobs carries it
+    document["properties"].update(_revisions())  # optional: only a status that read the cluster's history
     # optional: only a status with `replicas: {min, max}` models carries it
     document["properties"]["scaling"] = {
         "type": "array",

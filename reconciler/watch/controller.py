@@ -25,6 +25,7 @@ from reconciler.errors import TransientError, UserError
 from reconciler.watch.metrics import Metrics, snapshot
 from reconciler.observed import ObservedState
 from reconciler.plan import Action, ActionKind, Plan, action_to_json, replica_id, scale_decision_to_json
+from reconciler.revision import Outcome
 from reconciler.settings import WatchSettings
 from reconciler.watch.backoff import Backoff, Held
 from reconciler.watch.decision import decide
@@ -48,6 +49,14 @@ class ActionResult:
     action: Action
     ok: bool
     error: str = ""
+
+
+class Recording(Protocol):
+    """Where each apply is recorded as a revision (``executor.record``): before it starts, and when it ends."""
+
+    def begin(self, plan: Plan, desired: DesiredState, *, cause: str) -> Any: ...
+    def end(self, revision: Any, *, results: Sequence[tuple[bool, str]] = (), outcome: Any = None,
+            reason: str = "") -> Any: ...
 
 
 class Guard(Protocol):
@@ -92,6 +101,7 @@ class Controller:
         guard: Guard | None = None,
         confirm_first: Callable[[Plan], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        recording: Recording | None = None,
     ) -> None:
         self.load = load
         self.observe = observe
@@ -104,6 +114,11 @@ class Controller:
         self.guard = guard
         self.confirm_first = confirm_first
         self.clock = clock
+        self.recording = recording
+        # The last cycle's picture (desired, observed, plan), and the last plan that had actions with when it was
+        # made: what watch's status page shows. Replaced whole, so another thread reads a consistent one.
+        self.last_state: tuple[DesiredState, ObservedState, Plan] | None = None
+        self.last_actions: tuple[float, Plan] | None = None
         self.last_good: DesiredState | None = None
         self.applied: str | None = None  # desired fingerprint of the last apply (or the --no-heal baseline)
         self.spec_errors: tuple[str, ...] = ()
@@ -128,6 +143,9 @@ class Controller:
             stage = "plan"
             plan = self._timed("plan", lambda: self.plan(desired, observed))
             now = self.clock()
+            self.last_state = (desired, observed, plan)
+            if not plan.empty:
+                self.last_actions = (now, plan)
             self.backoff.observe(desired=desired, observed=observed, plan=plan, now=now)
             held = self.backoff.held(now)
             if self.metrics is not None:
@@ -225,7 +243,8 @@ class Controller:
                 model = _model(desired, action.model)
                 if model is not None:
                     self.backoff.note_started((action.model, action.replica), restart_hash=model.restart_hash)
-        results = tuple(self._timed("apply", lambda: self.apply(to_apply, desired, observed)))
+        results = self._recorded(cause, to_apply, desired,
+                                 lambda: tuple(self._timed("apply", lambda: self.apply(to_apply, desired, observed))))
         # Only after apply returned: an apply that raised is retried as the spec change it was, even with --no-heal.
         self.applied = desired.fingerprint
         now = self.clock()
@@ -244,6 +263,25 @@ class Controller:
                          f"in {time.perf_counter() - t0:.1f} s", ok=len(results) - failed, failed=failed,
                          seconds=round(time.perf_counter() - t0, 3))
         return CycleResult(cause=cause, plan=plan, acted=True, drift=drift, failed=failed > 0, results=results)
+
+    def _recorded(self, cause: Cause, plan: Plan, desired: DesiredState,
+                  apply: Callable[[], tuple[ActionResult, ...]]) -> tuple[ActionResult, ...]:
+        """Apply, recorded as a revision (when a recording is given) however the apply ends."""
+        if self.recording is None:
+            return apply()
+        revision = self.recording.begin(plan, desired, cause=f"watch: {cause}")
+        if self.metrics is not None:
+            self.metrics.revision.set(revision.number)
+        try:
+            results = apply()
+        except KeyboardInterrupt:
+            self.recording.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (a second signal)")
+            raise
+        except Exception as exc:
+            self.recording.end(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        self.recording.end(revision, results=[(r.ok, r.error) for r in results])
+        return results
 
     def _emit_scaling(self, plan: Plan) -> None:
         """One event per on-demand model whose count this apply changes: the decision and its reason."""

@@ -54,20 +54,43 @@ def judge(*, phase: Phase, now: float, since: float, last_cycle: float | None,
     return Health(True, phase, "cycles finish")
 
 
+def _page(page: Any, path: str, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``page`` has ``html()`` and ``document()``; a failure is a 503 with one line, never a traceback or an
+    internal address."""
+    if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+        start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+        return [b"read-only\n"]
+    try:
+        if path == "/":
+            body, kind = page.html().encode(), "text/html; charset=utf-8"
+        else:
+            body, kind = json.dumps(page.document(), indent=2).encode(), "application/json"
+    except Exception as exc:  # noqa: BLE001 - the page must not take the metrics server down
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"the status is not available right now ({type(exc).__name__})\n".encode()]
+    start_response("200 OK", [("Content-Type", kind), ("Cache-Control", "no-store"),
+                              ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")])
+    return [body]
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass  # scrapes and probes every few seconds would drown the watcher's own log
 
 
 class HealthServer:
-    """``/healthz`` (200 or 503, the verdict as JSON) and the Prometheus metrics on every other path."""
+    """``/healthz`` (200 or 503, the verdict as JSON), the status page on ``/`` and its data on ``/status.json``
+    when ``page`` is given (read-only: only GET), and the Prometheus metrics on every other path."""
 
     def __init__(self, registry: CollectorRegistry, health: Callable[[], Health], *, port: int,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", page: Any = None) -> None:
         metrics = make_wsgi_app(registry)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") != "/healthz":
+            path = environ.get("PATH_INFO")
+            if page is not None and path in ("/", "/status.json"):
+                return _page(page, path, environ, start_response)
+            if path != "/healthz":
                 return metrics(environ, start_response)
             verdict = health()
             start_response("200 OK" if verdict.ok else "503 Service Unavailable",

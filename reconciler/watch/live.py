@@ -105,9 +105,12 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             return False
         return bool(gateways.wait_wake(cluster, timeout))
 
+    def endpoints() -> tuple[str | None, list[str]]:
+        return cluster.http_url, gateways.urls(cluster)
+
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
                        close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append,
-                       wake=wake)
+                       wake=wake, endpoints=endpoints)
 
 
 class DemandProbe:

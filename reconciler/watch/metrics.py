@@ -187,6 +187,10 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.revision = Gauge(
+            "reconciler_revision", "The number of the cluster's current revision (`reconciler history`): the last "
+            "apply recorded", registry=self.registry,
+        )
         self.scaling_actions = Counter(
             "reconciler_scaling_actions", "On-demand count changes applied, by model and rule (wake, idle, up, "
             "down, range)", ("model", "rule"), registry=self.registry,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from reconciler.adapter import revisions
 from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
 from reconciler.adapter.lease import Holder, Lease, LeaseHeld, LeaseLost, acquire, wait_acquire
@@ -27,12 +28,15 @@ from reconciler.watch.metrics import Metrics
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.watch.backoff import Backoff
+from reconciler.executor.record import Recorder, directory_source
+from reconciler.revision import Revision, Source
 from reconciler.settings import DEFAULTS, ApplySettings, WatchSettings
 from reconciler.watch.controller import Controller, Loop
 from reconciler.watch.debounce import SpecWatcher
 from reconciler.watch.events import EventLog, Kind
 from reconciler.watch.gitfollow import GitOptions, GitSpecs
 from reconciler.watch.health import Health, HealthServer, Phase, judge
+from reconciler.watch.page import StatusPage
 from reconciler.watch.specload import SpecLoader
 from reconciler.watch.target import WatchTarget
 
@@ -110,10 +114,12 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
     with ExitStack() as stack:
         events = _sinks(options, stack)
         liveness = Liveness()
-        metrics = _metrics(options, stack, liveness)
+        page = StatusPage(title=f"reconciler watch {options.git.url if options.git else options.directory}")
+        metrics = _metrics(options, stack, liveness, page)
         git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
         watching = git.describe if git is not None else str(options.directory)
-        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching)
+        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching,
+                      page=page)
         why = _watch_connected(connect(options), **around, confirm=confirm, ready=ready)
         while why == CLUSTER_LOST:  # the cluster stopped answering: connect again, and carry on as before
             target = _reconnect(options, events)
@@ -129,7 +135,7 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
 
 
 def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: EventLog, liveness: Liveness,
-                     metrics: Metrics | None, git: GitSpecs | None, watching: str,
+                     metrics: Metrics | None, git: GitSpecs | None, watching: str, page: StatusPage,
                      confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None) -> str:
     """Watch through one connection to the cluster; returns why it ended: a signal, the lease lost, the lock waited
     for in vain, or the cluster lost (then the caller connects again)."""
@@ -148,9 +154,13 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             load=git if git is not None else SpecLoader(options.directory), observe=target.observe, plan=_plan,
             apply=target.apply or _never_apply, events=events,
             settings=settings, metrics=metrics, backoff=Backoff(), confirm_first=confirm,
+            recording=_recording(options, target, lease, git) if lease is not None else None,
         )
         loop = Loop(controller, settings, probe=target.probe)
         liveness.watch(loop, controller)
+        page.bind(controller, target)
+        if metrics is not None and lease is not None:
+            metrics.revision.set(revisions.latest_number(target.kv) or 0)
 
         def cluster_lost(why: str) -> None:
             events.emit(Kind.FAILURE, f"lost the cluster: {why}; connecting again", stage="connect",
@@ -179,7 +189,8 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             f"watching {watching} against {target.describe}: drift check every {settings.interval:g} s, "
             + ("plan only" if settings.plan_only else "self-heal off (--no-heal)" if not settings.heal
                else "self-heal on")
-            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics and /healthz"
+            + (f", metrics on http://{options.metrics_host}:{options.metrics_port}/metrics, /healthz and a status "
+               "page on /"
                if options.metrics_port is not None else ""),
             directory=None if git is not None else str(options.directory), git=git.status()["git"] if git else None,
             cluster=target.describe, interval=settings.interval, heal=settings.heal,
@@ -193,6 +204,32 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             events.emit(Kind.LEASE_LOST, str(exc))
             loop.why_stopped = "lease lost"
         return loop.why_stopped
+
+
+class _Recording:
+    """The controller's revisions: every apply recorded in the cluster, with this watcher's lock token, so an apply
+    this process does not live to finish reads as interrupted."""
+
+    def __init__(self, recorder: Recorder, token: str) -> None:
+        self.recorder, self.token = recorder, token
+
+    def begin(self, plan: Plan, desired: DesiredState, *, cause: str) -> Revision:
+        return self.recorder.begin(plan, desired, cause=cause, token=self.token)
+
+    def end(self, revision: Revision, **ended: Any) -> Revision:
+        return self.recorder.end(revision, **ended)
+
+
+def _recording(options: WatchOptions, target: WatchTarget, lease: Lease, git: GitSpecs | None) -> _Recording:
+    def source() -> Source:
+        if git is None:
+            return directory_source(options.directory)
+        assert options.git is not None
+        applied = git.state.applied
+        return Source(directory=options.git.path, repository=options.git.url,
+                      commit=applied.commit if applied else None, subject=applied.subject if applied else None)
+
+    return _Recording(Recorder(target.kv, command=options.command, source=source), lease.record.holder.token)
 
 
 def _wake_on_demand(wake: Callable[[float], bool], loop: Loop, wait: float) -> None:
@@ -245,13 +282,16 @@ class Liveness:
                      last_cycle=last)
 
 
-def _metrics(options: WatchOptions, stack: ExitStack, health: Callable[[], Health]) -> Metrics | None:
-    """Prometheus metrics on /metrics and the health check on /healthz, when a port is given."""
+def _metrics(options: WatchOptions, stack: ExitStack, health: Callable[[], Health],
+             page: StatusPage) -> Metrics | None:
+    """Prometheus metrics on /metrics, the health check on /healthz and the status page on /, when a port is
+    given."""
     if options.metrics_port is None:
         return None
     metrics = Metrics()
     try:
-        server = HealthServer(metrics.registry, health, port=options.metrics_port, host=options.metrics_host)
+        server = HealthServer(metrics.registry, health, port=options.metrics_port, host=options.metrics_host,
+                              page=page)
     except OSError as exc:
         raise UserError(f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
                         f"{exc.strerror or exc}") from exc

@@ -26,3 +26,5 @@ class WatchTarget:
     # Blocks for up to the given seconds (never returns at once with nothing to say: its caller loops on it); True
     # when a gateway started holding requests for a model with no replica.
     wake: Callable[[float], bool] | None = None
+    # Serve's HTTP URL and the gateways' base URLs, for the status page: (None, []) without a cluster.
+    endpoints: Callable[[], tuple[str | None, list[str]]] = lambda: (None, [])
