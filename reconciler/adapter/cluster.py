@@ -21,10 +21,17 @@ from reconciler.plan import AssumedGpu
 from reconciler.planner.runtime import assumed_gpus
 from reconciler.settings import DEFAULTS
 from reconciler.adapter import localcluster, reach
-from reconciler.adapter.observation import RayNode, build_observed, replica_pids_by_node
+from reconciler.adapter.observation import (
+    RayNode,
+    build_observed,
+    replica_pids_by_node,
+    replica_roots_by_node,
+    with_measured,
+)
 
 if TYPE_CHECKING:
     from reconciler.adapter.jobs import Jobs
+    from reconciler.adapter.peaks import PeakStore
 
 SERVE_API = "/api/serve/applications/"
 
@@ -109,6 +116,7 @@ class Cluster:
         self.dashboard_url = endpoint.dashboard_url
         self._http_url = endpoint.http_url
         self._probe_fn = None
+        self._measure_fn = None
         self._owns_driver = False
         self._jobs: Any = None
 
@@ -306,7 +314,57 @@ class Cluster:
         # Job runs, and the time of the observation: the planner's clock for schedules and backoff.
         observed = replace(observed, jobs=self.jobs.runs(), at=time.time(), recorded=self.jobs.recorded(),
                            demand=self._demand())
-        return observed, serve
+        observed, samples = with_measured(observed, serve, self._measure(nodes, serve))
+        # Every observation's readings go into the peaks kept in the cluster: a reading nobody records is lost, and
+        # the peak a later `vram: auto` or right-sizing needs is the most any observer saw.
+        assert observed.at is not None
+        peaks = self.peaks.record(samples, now=observed.at)
+        return replace(observed, memory_peaks=peaks), serve
+
+    @property
+    def peaks(self) -> "PeakStore":
+        """The memory peaks per kind of replica, in the cluster's KV store."""
+        from reconciler.adapter.kv import RayKV
+        from reconciler.adapter.peaks import PeakStore
+
+        self._driver()
+        return PeakStore(RayKV(), limit=DEFAULTS.memory.peaks_limit)
+
+    def _measure(self, nodes: list[RayNode], serve: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """What each replica application's processes use, read on their nodes (``adapter.memory``) within
+        ``memory.measure_timeout`` for all nodes together; an application whose node did not answer is left out."""
+        roots = replica_roots_by_node(serve)
+        alive = {n.node_id: n for n in nodes if n.alive}
+        if not any(node_id in alive for node_id in roots):
+            return {}
+        ray = self._driver()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from reconciler.adapter.memory import measure_node
+
+        if self._measure_fn is None:
+            self._measure_fn = ray.remote(num_cpus=0, max_retries=0)(measure_node)
+        refs = []
+        for node_id, apps in sorted(roots.items()):
+            node = alive.get(node_id)
+            if node is None:
+                continue
+            simulated = node.labels.get(GPU_SOURCE_LABEL) == GPU_SOURCE_INVENTORY
+            strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+            refs.append(self._measure_fn.options(scheduling_strategy=strategy).remote(apps, not simulated))
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=DEFAULTS.memory.measure_timeout)
+        for ref in late:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished or its node gone: nothing left to stop
+                pass
+        found: dict[str, dict[str, Any]] = {}
+        for ref in ready:
+            try:
+                found.update(ray.get(ref, timeout=0))
+            except Exception:  # the task failed on its node (the node is dying): its replicas' figures stay unknown
+                pass
+        return found
 
     def _demand(self) -> tuple:
         """What the gateways saw of each model; nothing when none runs. A gateway that does not answer is left

@@ -4,11 +4,12 @@ the tests of the interpretation need no cluster."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.desired import short_hash
+from reconciler.adapter.memory import SOURCE_NVML
+from reconciler.desired import canonical_json, short_hash
 from reconciler.naming import MANAGED_BY, MIB, REPLICA_DEPLOYMENT, AppKind, sanitise
 from reconciler.plan import AssumedGpu
 from reconciler.observed import (
@@ -20,6 +21,7 @@ from reconciler.observed import (
     ReplicaState,
     Source,
     normalised,
+    peak_key,
 )
 
 HIDDEN_LABELS = ("ray.io/node-id",)  # Ray's own per-process label: it is node_id, and would churn fingerprints
@@ -283,3 +285,58 @@ def build_observed(
     nodes_by_id = {n.node_id: n.name for n in observed_nodes if n.node_id}
     replicas = build_replicas(serve, nodes_by_id, pending_apps(serve, list(demands)))
     return normalised(ObservedState(nodes=observed_nodes, replicas=replicas, source=Source.LIVE))
+
+
+def replica_roots_by_node(serve: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per Ray node id, each replica application's worker PID (a running one first): the root of the processes whose
+    memory is the replica's."""
+    roots: dict[str, dict[str, int]] = {}
+    for name, app in sorted((serve.get("applications") or {}).items()):
+        if our_kind(app) != AppKind.REPLICA:
+            continue
+        found = [r for d in (app.get("deployments") or {}).values() for r in d.get("replicas") or []
+                 if r.get("node_id") and r.get("pid")]
+        found.sort(key=lambda r: r.get("state") != "RUNNING")
+        if found:
+            roots.setdefault(found[0]["node_id"], {})[name] = int(found[0]["pid"])
+    return roots
+
+
+def replica_peak_key(engine: dict[str, Any], gpu_name: str) -> str:
+    """The kind of replica an application runs (``peak_key``), from its engine config as deployed."""
+    return peak_key(source=str(engine.get("source", "")), engine=str(engine.get("engine", "")),
+                    engine_args_json=canonical_json(engine.get("engine_args") or {}), gpu_name=gpu_name,
+                    tensor_parallel=int(engine.get("tensor_parallel", 1)))
+
+
+def with_measured(
+    observed: ObservedState, serve: dict[str, Any], measured: dict[str, dict[str, Any]]
+) -> tuple[ObservedState, list[tuple[str, int]]]:
+    """Each replica with the memory its processes use per GPU (``measured``: what ``memory.measure_node`` said, by
+    application), and the samples (peak key, bytes) of the replicas running or starting, for the peak store.
+
+    RSS is one figure for the whole replica: on several GPUs it is shared evenly, as tensor parallelism shards it."""
+    apps = serve.get("applications") or {}
+    replicas, samples = [], []
+    for replica in observed.replicas:
+        reading = measured.get(replica.app) or {}
+        used = reading.get("bytes")
+        if used is None:
+            replicas.append(replica)
+            continue
+        per_gpu = int(used) if reading.get("source") == SOURCE_NVML else -(-int(used) // max(1, len(replica.gpus)))
+        replicas.append(replace(replica, measured=per_gpu, measured_source=str(reading.get("source", ""))))
+        app = apps.get(replica.app) or {}
+        engine = ((app.get("deployed_app_config") or {}).get("args") or {}).get("engine_config")
+        gpu_name = _gpu_name(observed, replica)
+        # A GPU of unknown model (no NVML, no inventory given) keys nothing the planner could ask for.
+        if engine and gpu_name and replica.state in (ReplicaState.RUNNING, ReplicaState.STARTING):
+            samples.append((replica_peak_key(engine, gpu_name), per_gpu))
+    return replace(observed, replicas=tuple(replicas)), samples
+
+
+def _gpu_name(observed: ObservedState, replica: ObservedReplica) -> str:
+    try:
+        return observed.node(replica.node).gpu(replica.gpus[0]).name
+    except (KeyError, IndexError):
+        return ""

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from reconciler.cli import _cluster, _planning
 
 if TYPE_CHECKING:
+    from reconciler.desired import DesiredState
+    from reconciler.observed import ObservedState
     from reconciler.plan import Plan
 
 DESCRIPTION = """\
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     color = _planning.use_color(sys.stdout)
     sys.stdout.write(render(plan, fmt=args.format, color=color))
     _planning.report_dead_nodes(observed, fmt=args.format, color=color)
+    report_rightsize(desired, observed, fmt=args.format)
     if args.out is not None:
         _planning.write_plan(args.out, plan)
         print(f"Saved the plan to {args.out}; `reconciler apply --plan {args.out}` applies exactly it.",
@@ -73,6 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if args.detailed_exitcode and not plan.empty:
         return _planning.EXIT_CHANGES
     return 0
+
+
+def report_rightsize(desired: DesiredState, observed: ObservedState, *, fmt: str) -> None:
+    """Fixed `vram` figures against the peaks measured in the cluster: after the text plan, on stderr where stdout
+    is JSON or Markdown for machines."""
+    from reconciler.planner.memory import suggest
+    from reconciler.render.memory import rightsize_lines
+    from reconciler.settings import DEFAULTS
+
+    lines = rightsize_lines(suggest(desired, observed, settings=DEFAULTS.memory))
+    if lines:
+        print("\n".join(lines), file=sys.stdout if fmt == "text" else sys.stderr)
 
 
 def render(plan: Plan, *, fmt: str, color: bool) -> str:

@@ -13,7 +13,9 @@ Engine args (all optional, for drills):
 - ``dimensions``: the embedding size (default 8);
 - ``stream_delay_s``: seconds between streamed chunks (default 0), to hold a stream open long enough to watch it;
 - ``answer_delay_s``: seconds every completion, chat or embedding request takes before it is answered (default 0),
-  to stand in for generation time, so that concurrent clients build up requests in flight as a real engine's do.
+  to stand in for generation time, so that concurrent clients build up requests in flight as a real engine's do;
+- ``allocate_bytes``: bytes the replica fills and holds for its lifetime, to stand in for a model's weights and
+  cache (its measured memory grows by that much; a figure beyond its `vram` rehearses an overrun).
 
 With ``stream: true`` completions and chat stream one chunk per word, in vLLM's chunk format (``include_usage``
 honoured); ``running_requests()`` counts the streams in progress, so a test can see a cancelled one go.
@@ -47,6 +49,8 @@ class EchoEngine:
         fixed = args.get("startup_error_while_exists") and not os.path.exists(str(args["startup_error_while_exists"]))
         if args.get("startup_error") and not fixed:
             raise EchoStartupError(str(args["startup_error"]))
+        # Written, not just reserved: untouched pages are not resident and would not show in what is measured.
+        self.ballast = b"\x5a" * int(args.get("allocate_bytes", 0))
         self.dimensions = int(args.get("dimensions", 8))
         self.stream_delay_s = float(args.get("stream_delay_s", 0))
         self.answer_delay_s = float(args.get("answer_delay_s", 0))

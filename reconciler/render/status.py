@@ -8,8 +8,10 @@ from typing import Any
 
 from reconciler.observed import ObservedNode, ObservedReplica, ObservedState, ReplicaState, dead_nodes, replicas_on
 from reconciler.plan import GpuUse, GpuView, replica_id
+from reconciler.planner.memory import overruns
 from reconciler.quantity import format_bytes
 from reconciler.render._common import CellKind, free, segments, used
+from reconciler.render.memory import measured_text, overrun_line
 
 BAR_WIDTH = 40
 MARKS = "█▓■◆●▲▼◼"  # one per replica on a GPU; the other cells are as in plans (free, foreign, reserve)
@@ -91,7 +93,9 @@ def render_status(
             for replica in replicas:
                 mark = MARKS[held.index(replica) % len(MARKS)] if replica in held else " "
                 label = replica_id(replica.model, replica.replica)
-                lines.append(f"    {mark} {label:<28} {format_bytes(replica.vram):>9}  {_state(replica, color)}")
+                measured = measured_text(replica)
+                lines.append(f"    {mark} {label:<28} {format_bytes(replica.vram):>9}  {_state(replica, color)}"
+                             + (f"  {measured}" if measured else ""))
         lines.append("")
     known = {(n.name) for n in observed.nodes}
     elsewhere = [r for r in observed.replicas if r.node not in known]
@@ -102,6 +106,11 @@ def render_status(
             where = f"{replica.node}/" + "+".join(f"gpu{g}" for g in replica.gpus)
             why = f": {replica.message}" if replica.message else ""
             lines.append(f"  {replica_id(replica.model, replica.replica)} on {where} {_state(replica, color)}{why}")
+        lines.append("")
+    over = overruns(observed)
+    if over:
+        lines.append(_c("Replicas using more memory than planned:", "bold", color))
+        lines.extend("  " + _c(overrun_line(o), "bad", color) for o in over)
         lines.append("")
     unplaced = list(unplaced)
     if unplaced:

@@ -11,6 +11,8 @@ from typing import Any
 from reconciler.desired import DesiredState
 from reconciler.gateway.table import model_state
 from reconciler.observed import ObservedState, ReplicaState
+from reconciler.planner.memory import overruns
+from reconciler.render.memory import overrun_line
 
 
 def status_document(
@@ -56,7 +58,8 @@ def status_document(
         "models": models,
         "replicas": [
             {"model": r.model, "replica": r.replica, "node": r.node, "gpus": list(r.gpus), "vram": r.vram,
-             "state": str(r.state), "message": r.message}
+             "state": str(r.state), "message": r.message, "measured": r.measured,
+             "measuredSource": r.measured_source or None}
             for r in observed.replicas
         ],
         "nodes": [
@@ -74,5 +77,5 @@ def status_document(
             for n in observed.nodes
         ],
         "unplaced": [{"model": u.model, "replica": u.replica, "reason": u.reason} for u in short],
-        "warnings": list(warnings),
+        "warnings": list(warnings) + [overrun_line(o) for o in overruns(observed)],
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.observed import ReplicaState
+from reconciler.observed import MEASURED_SOURCES, ReplicaState
 from reconciler.planner.scaling import Rule
 
 FILENAME = "status.schema.json"
@@ -110,6 +110,10 @@ def schema() -> dict[str, Any]:
                 "vram": {**_BYTES, "description": "bytes reserved on each of its GPUs"},
                 "state": {"enum": [str(s) for s in ReplicaState]},
                 "message": _TEXT,
+                "measured": {"anyOf": [_BYTES, {"type": "null"}],
+                             "description": "bytes its processes really use on each of its GPUs (NVML per process "
+                             "on a GPU node, resident memory on a simulated one); null when not read"},
+                "measuredSource": {"enum": [*MEASURED_SOURCES, None], "description": "where `measured` came from"},
             })},
             "nodes": {"type": "array", "items": _obj("A node and its GPUs.", {
                 "name": _NAME,

@@ -31,6 +31,8 @@ from reconciler.watch.backoff import Backoff, Held
 from reconciler.watch.decision import decide
 from reconciler.watch.debounce import Cause, Debouncer, Schedule
 from reconciler.watch.events import EventLog, Kind, action_line
+from reconciler.planner.memory import overruns
+from reconciler.render.memory import overrun_line
 
 
 class LoadResult(Protocol):
@@ -127,6 +129,7 @@ class Controller:
         self._last_plan: Any = None
         self._was_in_sync = False
         self._stages: dict[str, float] = {}
+        self._overrunning: frozenset[tuple[str, int, str]] = frozenset()  # replicas an overrun event was logged for
 
     # -- one cycle -------------------------------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Controller:
             self.last_state = (desired, observed, plan)
             if not plan.empty:
                 self.last_actions = (now, plan)
+            self._emit_overruns(observed)
             self.backoff.observe(desired=desired, observed=observed, plan=plan, now=now)
             held = self.backoff.held(now)
             if self.metrics is not None:
@@ -282,6 +286,16 @@ class Controller:
             raise
         self.recording.end(revision, results=[(r.ok, r.error) for r in results])
         return results
+
+    def _emit_overruns(self, observed: ObservedState) -> None:
+        """One event when a replica is first measured above its planned VRAM; again only after it was back within."""
+        found = overruns(observed)
+        for o in found:
+            if o.key not in self._overrunning:
+                self.events.emit(Kind.OVERRUN, overrun_line(o), model=o.model, replica=o.replica, app=o.app,
+                                 node=o.node, gpus=list(o.gpus), planned=o.planned, measured=o.measured,
+                                 source=o.source, neighbours=list(o.neighbours))
+        self._overrunning = frozenset(o.key for o in found)
 
     def _emit_scaling(self, plan: Plan) -> None:
         """One event per on-demand model whose count this apply changes: the decision and its reason."""

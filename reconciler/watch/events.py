@@ -28,6 +28,9 @@ class Kind(StrEnum):
     REVISION_INVALID = "revision-invalid"  # commit, subject, ..., keeping, diagnostics: a commit that is not applied
     PLAN = "plan"  # cause, summary, actions, unplaced, fingerprint, desiredFingerprint
     DRIFT = "drift"  # actions: the cluster moved away from the applied desired state
+    # model, replica, app, node, gpus, planned, measured, source, neighbours: a replica measured above its planned VRAM
+    # (once per replica until it is back within it)
+    OVERRUN = "overrun"
     SKIPPED = "skipped"  # why: plan-only | no-heal | backoff | stopping; actions
     BACKOFF = "backoff"  # model, replica, failures, retryAt, reason
     SCALE = "scale"  # model, running, wanted, rule, reason, inFlight, queued: an on-demand model's count changes

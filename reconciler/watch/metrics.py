@@ -40,6 +40,8 @@ class Snapshot:
     jobs: tuple[tuple[str, str, int, int], ...] = ()  # (job, state, runs, preemptions), from the plan
     nodes: tuple[tuple[str, int], ...] = ()  # "alive"|"dead" -> nodes
     dead: tuple[tuple[str, float], ...] = ()  # dead node -> unix seconds it died (0 when Ray did not say)
+    # (model, replica index, "planned"|"measured") -> bytes per GPU; measured only for replicas that were measured
+    memory: tuple[tuple[tuple[str, str, str], int], ...] = ()
 
 
 def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
@@ -83,7 +85,19 @@ def snapshot(*, desired: DesiredState, observed: ObservedState, plan: Plan,
         nodes=(("alive", sum(1 for n in observed.nodes if n.alive)), ("dead", sum(1 for n in observed.nodes
                                                                                   if not n.alive))),
         dead=tuple(sorted((n.name, n.dead_since or 0.0) for n in observed.nodes if not n.alive)),
+        memory=_memory(observed),
     )
+
+
+def _memory(observed: ObservedState) -> tuple[tuple[tuple[str, str, str], int], ...]:
+    """Planned and measured bytes per GPU of each replica; the highest where a replica runs twice (a restart)."""
+    found: dict[tuple[str, str, str], int] = {}
+    for r in observed.replicas:
+        figures = [("planned", r.vram)] + ([("measured", r.measured)] if r.measured is not None else [])
+        for kind, value in figures:
+            key = (r.model, str(r.replica), kind)
+            found[key] = max(found.get(key, 0), value)
+    return tuple(sorted(found.items()))
 
 
 class _StateCollector(Collector):
@@ -136,6 +150,13 @@ class _StateCollector(Collector):
                                    "When each dead node died (0: Ray did not say)", labels=("node",))
         for node, since in snap.dead:
             family.add_metric((node,), since)
+        yield family
+        family = GaugeMetricFamily("reconciler_replica_memory_bytes",
+                                   "Memory per GPU of each replica: planned (its VRAM) and measured (NVML per "
+                                   "process, or resident memory where GPUs are simulated)",
+                                   labels=("model", "replica", "kind"))
+        for labels, value in snap.memory:
+            family.add_metric(labels, value)
         yield family
         yield from _job_families(snap)
 
