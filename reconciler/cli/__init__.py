@@ -31,7 +31,7 @@ typical session:
 
 # The order commands are listed in `--help`; modules not named here follow alphabetically.
 ORDER = (
-    "validate", "plan", "diff", "apply", "watch", "observe", "status", "probe",
+    "validate", "plan", "diff", "apply", "watch", "observe", "status", "probe", "doctor",
     "up", "down", "node_resources", "schema",
 )
 
