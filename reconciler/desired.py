@@ -6,6 +6,8 @@ integer number of bytes and every default is filled in, so nothing downstream re
 
 from __future__ import annotations
 
+import ipaddress
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from functools import lru_cache
 from enum import StrEnum
 from typing import Any
 
+from reconciler.sizing.estimate import Estimate, estimate_to_json
 
 class Placement(StrEnum):
     BINPACK = "binpack"  # fewest GPUs in use: keeps whole GPUs free for large models
@@ -125,6 +128,13 @@ class Model:
     # Set for `replicas: {min, max}`: the count follows demand. `replicas` then holds the count the planner decided
     # (the loader writes `min`); the planner replaces it from the observed demand before packing.
     scaling: Scaling | None = None
+    # `vram: auto`: `vram` then holds the figure sized from the model (`sizing`); the planner may replace it with one
+    # from a measured peak (planner.sizes).
+    vram_auto: bool = False
+    kv_cache_tokens: int | None = None  # as written; None: the default (SizingSettings.default_sequences)
+    # The estimate from the model's files, term by term; also for a fixed `vram` when the files could be read, so the
+    # engine knows the weights and overheads inside its figure. None when they could not be read.
+    sizing: Estimate | None = None
 
     @property
     def on_demand(self) -> bool:
@@ -226,6 +236,24 @@ class Gateway:
     host: str | None = None
     port: int | None = None
     keys: tuple[ApiKey, ...] = ()  # sorted by name
+    allow_anonymous: bool = False  # said in words: no keys on an address beyond loopback is what is wanted
+
+    def anonymous_exposure(self, host: str | None) -> bool:
+        """Whether listening on ``host`` (None: loopback) would take requests from other machines without a key
+        when the spec did not ask for exactly that."""
+        return not self.keys and not self.allow_anonymous and not is_loopback(host or "127.0.0.1")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is reachable from this machine only (a hostname other than localhost counts as not)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +334,9 @@ def desired_to_json(desired: DesiredState) -> dict[str, Any]:
             "engineArgs": m.engine_args,
             # Only when written, so models without a range keep the fingerprints they always had.
             **({"scaling": scaling_to_json(m.scaling)} if m.scaling is not None else {}),
+            # Only for `vram: auto`, so models with a figure keep the fingerprints they always had.
+            **({"vramAuto": True, "kvCacheTokens": m.kv_cache_tokens,
+                "sizing": None if m.sizing is None else estimate_to_json(m.sizing)} if m.vram_auto else {}),
         }
 
     out: dict[str, Any] = {
@@ -376,6 +407,8 @@ def gateway_to_json(g: Gateway) -> dict[str, Any]:
         "keys": [{"name": k.name, "sha256": k.sha256, "models": list(k.models),
                   "requestsPerMinute": k.requests_per_minute, "concurrentRequests": k.concurrent_requests,
                   "tokensPerMinute": k.tokens_per_minute} for k in g.keys],
+        # Only when said: Gateways written before the field keep their fingerprints.
+        **({"allowAnonymous": True} if g.allow_anonymous else {}),
     }
 
 
@@ -387,6 +420,7 @@ def gateway_from_json(data: dict[str, Any]) -> Gateway:
         keys=tuple(ApiKey(name=k["name"], sha256=k["sha256"], models=tuple(k["models"]),
                           requests_per_minute=k["requestsPerMinute"], concurrent_requests=k["concurrentRequests"],
                           tokens_per_minute=k["tokensPerMinute"]) for k in data["keys"]),
+        allow_anonymous=bool(data.get("allowAnonymous", False)),
     )
 
 

@@ -18,6 +18,8 @@ MANAGED_BY = "reconciler"  # the `managed_by` marker in the args of every applic
 IMPORT_PATH = "reconciler.engines.app:build"
 REPLICA_DEPLOYMENT = "Replica"
 ROUTER_DEPLOYMENT = "Router"
+KV_NAMESPACE = "reconciler"  # reconciler's namespace in Ray's internal KV
+ROUTE_TABLE_KEY = b"gateway/route-table"  # the gateways' route table (keys as hashes): gateways and routers read it
 
 
 class AppKind(StrEnum):

@@ -6,6 +6,11 @@ replica endpoints are found through Serve handles (``Replica.endpoint``): the on
 
 For on-demand models the controller asks the gateways for their ``demand`` (merged across gateways) and waits in
 ``wait_wake`` for the first request held for a model with no replica, which ends its poll interval at once.
+
+A gateway that does not answer in time (paused, overloaded, its node in trouble) is never read as having nothing: its
+demand makes the merged report ``partial`` and its requests in flight are unknown (``InFlight.silent``), so neither
+an idle rule nor a drain stops a replica under it. Calls left pending are not cancelled where their effect is still
+wanted (a route table lands when the gateway resumes).
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ import asyncio
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.demand import ModelDemand, from_json, merge, to_json
-from reconciler.settings import DEFAULTS, GatewaySettings
+from reconciler.naming import KV_NAMESPACE, ROUTE_TABLE_KEY
+from reconciler.settings import DEFAULTS, GatewayLimits, GatewaySettings
 from reconciler.gateway.table import RouteTable
 
-NAMESPACE = "reconciler"
-TABLE_KEY = b"gateway/route-table"
+NAMESPACE = KV_NAMESPACE
+TABLE_KEY = ROUTE_TABLE_KEY
 ACTOR_PREFIX = "gateway-"
 START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 10.0
 RESOLVE_TIMEOUT_S = 5.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-DEMAND_TIMEOUT_S = 2.0  # a gateway slower than this to say its demand is left out of this round
+DEMAND_TIMEOUT_S = 2.0  # a gateway slower than this to say its demand or in-flight count is silent this round
 # Calls at once on one gateway actor: a controller's wait_wake stays pending while tables and demand go through.
 MAX_CONCURRENCY = 16
 
@@ -102,12 +109,16 @@ class GatewayActor:
     or changes the gateway's state runs on the gateway's loop, so the two threads never share it."""
 
     def __init__(self, host: str, port: int, advertise: str,
-                 queue_limit: int = DEFAULTS.apply.gateway.queue_limit) -> None:
+                 queue_limit: int = DEFAULTS.apply.gateway.queue_limit,
+                 limits: GatewayLimits = DEFAULTS.apply.gateway.limits) -> None:
         from reconciler.gateway.server import Gateway
 
         self._handles: dict[str, Any] = {}
         self._listen = (host, port)
-        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics(), queue_limit=queue_limit)
+        from reconciler.engines.secret import cluster_secret
+
+        self._gateway = Gateway(self._resolve, _stored_table(), RayMetrics(), queue_limit=queue_limit,
+                                limits=limits, secret=cluster_secret())
         self._loop = _new_loop()
         started = threading.Event()
         failure: list[BaseException] = []
@@ -209,26 +220,38 @@ def _actor_name(address: str) -> str:
     return ACTOR_PREFIX + address.replace(":", "_")
 
 
-def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> dict[str, Any]:
-    """The gateway actors, one per node address, started where missing (address -> actor handle)."""
+def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> tuple[dict[str, Any], frozenset[str]]:
+    """The gateway actors, one per node address, started where missing (address -> actor handle), and the addresses
+    of those that exist but did not answer within ``CALL_TIMEOUT_S`` (kept: they may hold requests in flight)."""
     ray = cluster._driver()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     http = cluster.serve_details().get("http_options") or {}
     host, port = settings.listen(serve_host=http.get("host"), serve_port=http.get("port"))
     actors: dict[str, Any] = {}
-    for address, node_id in _gateway_nodes(ray).items():
-        name = _actor_name(address)
+    silent: set[str] = set()
+    nodes = _gateway_nodes(ray)
+    existing: dict[str, Any] = {}
+    for address in nodes:
         try:
-            existing = ray.get_actor(name, namespace=NAMESPACE)
+            existing[address] = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
         except ValueError:
-            existing = None
-        if existing is not None:
-            if tuple(ray.get(existing.listen.remote(), timeout=CALL_TIMEOUT_S)) == (host or "0.0.0.0", port):
-                ray.get(existing.set_queue_limit.remote(settings.queue_limit), timeout=CALL_TIMEOUT_S)
-                actors[address] = existing
+            continue
+    listening = _answers(ray, {address: actor.listen.remote() for address, actor in existing.items()},
+                         timeout=CALL_TIMEOUT_S)
+    for address, node_id in nodes.items():
+        name = _actor_name(address)
+        if address in existing:
+            if address not in listening:
+                # Silent (paused, busy): it may hold requests in flight, so it is kept as it is, never replaced.
+                actors[address] = existing[address]
+                silent.add(address)
                 continue
-            ray.kill(existing)  # the Gateway spec moved it: a new one listens where asked
+            if tuple(listening[address]) == (host or "0.0.0.0", port):
+                existing[address].set_queue_limit.remote(settings.queue_limit)
+                actors[address] = existing[address]
+                continue
+            ray.kill(existing[address])  # the Gateway spec moved it: a new one listens where asked
             _wait_gone(ray, name)
         advertise = address if host in WILDCARD_HOSTS else host
         actors[address] = (
@@ -243,9 +266,9 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
                 max_concurrency=MAX_CONCURRENCY,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             )
-            .remote(host or "0.0.0.0", port, advertise, settings.queue_limit)
+            .remote(host or "0.0.0.0", port, advertise, settings.queue_limit, settings.limits)
         )
-    return actors
+    return actors, frozenset(silent)
 
 
 def stored_table(cluster: Any) -> RouteTable:
@@ -273,9 +296,36 @@ def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = DEFAULT
     internal_kv._internal_kv_put(TABLE_KEY, json.dumps(data), overwrite=True, namespace=NAMESPACE)
     if not settings.enabled:
         return []
-    actors = ensure(cluster, settings)
-    ray.get([actor.set_table.remote(data) for actor in actors.values()], timeout=START_TIMEOUT_S)
-    return sorted(ray.get([actor.url.remote() for actor in actors.values()], timeout=CALL_TIMEOUT_S))
+    actors, silent = ensure(cluster, settings)
+    # A silent gateway is not waited for: the call stays queued and lands when it answers again (a drain meanwhile
+    # counts it as busy, see ``in_flight``).
+    refs = {address: actor.set_table.remote(data) for address, actor in actors.items()}
+    taken = _answers(ray, {a: ref for a, ref in refs.items() if a not in silent}, timeout=START_TIMEOUT_S,
+                     cancel=False)
+    if not taken and actors:
+        raise TimeoutError("no gateway answered in time to take the route table (it is queued for when they do)")
+    found = _answers(ray, {address: actors[address].url.remote() for address in taken}, timeout=CALL_TIMEOUT_S)
+    return sorted(found.values())
+
+
+def _answers(ray: Any, refs: dict[str, Any], *, timeout: float, cancel: bool = True) -> dict[str, Any]:
+    """The results of the calls that answered within ``timeout`` (key -> result); the others are cancelled unless
+    their effect is still wanted when they land, and calls that failed are left out."""
+    if not refs:
+        return {}
+    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    if cancel:
+        for ref in late:
+            ray.cancel(ref)
+    done = {ref.hex() for ref in ready}
+    out = {}
+    for key, ref in refs.items():
+        if ref.hex() in done:
+            try:
+                out[key] = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a gateway that failed the call says nothing this round
+                continue
+    return out
 
 
 def _running(ray: Any) -> list[Any]:
@@ -301,18 +351,26 @@ def urls(cluster: Any) -> list[str]:
     return sorted(found)
 
 
-def in_flight(cluster: Any) -> dict[str, int]:
-    """Requests in flight per replica application, summed over the gateways that answer."""
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Requests in flight per replica application over the gateways that answered, and how many did not."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    silent: int = 0  # gateways that did not answer in time: what they have in flight is unknown
+
+
+def in_flight(cluster: Any) -> InFlight:
+    """Requests in flight per replica application, summed over the gateways; those that do not answer within
+    ``DEMAND_TIMEOUT_S`` are counted as silent, not as idle."""
     ray = cluster._driver()
+    actors = _running(ray)
+    answered = _answers(ray, {str(n): actor.in_flight.remote() for n, actor in enumerate(actors)},
+                        timeout=DEMAND_TIMEOUT_S)
     totals: dict[str, int] = {}
-    for actor in _running(ray):
-        try:
-            counts = ray.get(actor.in_flight.remote(), timeout=CALL_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - its node is going away: it holds no request of ours
-            continue
+    for counts in answered.values():
         for app, n in counts.items():
             totals[app] = totals.get(app, 0) + n
-    return totals
+    return InFlight(counts=totals, silent=len(actors) - len(answered))
 
 
 def stop(cluster: Any) -> None:
@@ -335,22 +393,14 @@ def wait_url(cluster: Any, timeout: float = START_TIMEOUT_S) -> str:
 
 
 def demand(cluster: Any) -> tuple[ModelDemand, ...]:
-    """Every model's demand over all gateways, merged (sorted by model); a gateway that does not answer within
-    ``DEMAND_TIMEOUT_S`` is left out."""
+    """Every model's demand over all gateways, merged (sorted by model). A gateway that does not answer within
+    ``DEMAND_TIMEOUT_S`` (or fails) makes it partial: what the others saw is a lower bound."""
     ray = cluster._driver()
-    refs = [actor.demand.remote() for actor in _running(ray)]
-    if not refs:
-        return ()
-    ready, late = ray.wait(refs, num_returns=len(refs), timeout=DEMAND_TIMEOUT_S)
-    for ref in late:
-        ray.cancel(ref)
-    parts: list[ModelDemand] = []
-    for ref in ready:
-        try:
-            parts.extend(from_json(d) for d in ray.get(ref))
-        except Exception:  # noqa: BLE001 - the gateway died or is restarting: its demand is back with it
-            continue
-    return merge(parts)
+    actors = _running(ray)
+    answered = _answers(ray, {str(n): actor.demand.remote() for n, actor in enumerate(actors)},
+                        timeout=DEMAND_TIMEOUT_S)
+    parts = [from_json(d) for report in answered.values() for d in report]
+    return merge(parts, partial=len(answered) < len(actors))
 
 
 def wait_wake(cluster: Any, timeout: float) -> list[str]:

@@ -13,7 +13,8 @@ import json
 import secrets
 from typing import Any, Awaitable, Callable
 
-NAMESPACE = "reconciler"
+from reconciler.naming import KV_NAMESPACE as NAMESPACE
+
 SECRET_KEY = b"gateway/upstream-secret"
 ENGINE_STATE_HEADER = b"x-engine-state"
 

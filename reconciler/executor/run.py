@@ -9,11 +9,12 @@ from typing import Any
 
 from reconciler.adapter import gateway as gateways
 from reconciler.adapter.observation import foreign_configs, our_configs, pending_apps, replica_state
-from reconciler.errors import TransientError
+from reconciler.errors import PermanentError, TransientError
 from reconciler.executor import jobs as job_steps
 from reconciler.executor import serveconfig, steps, waiting
 from reconciler.executor.progress import Progress
 from reconciler.executor.waiting import AppResult
+from reconciler.gateway.exposure import refusal
 from reconciler.gateway.table import RouteTable, build_table
 from reconciler.desired import Gateway
 from reconciler.plan import Action, ActionKind, ModelRuntime, Plan, is_job
@@ -172,23 +173,25 @@ class Executor:
 
     def _drain(self, leaving: list[str], apps: dict[str, dict[str, Any]]) -> None:
         """Before replicas stop: the gateways stop sending them requests, and those in flight finish (up to
-        ``drain_timeout``), so scaling down or making room loses no request the gateway took."""
+        ``drain_timeout``), so scaling down or making room loses no request the gateway took. A gateway that does
+        not answer may be using them: it counts as busy until it answers or the time is up."""
         if not leaving or self._plan is None or not self.settings.gateway.enabled:
             return
         self._publish(apps)
-        if self._gateway_errors:
-            return  # no gateway took the table: nothing to wait for that would end
         deadline = time.monotonic() + self.settings.drain_timeout
         while True:
             try:
-                busy = {app: n for app, n in gateways.in_flight(self.cluster).items() if app in leaving and n}
-            except Exception:  # noqa: BLE001 - a gateway that cannot say is not waited for
+                seen = gateways.in_flight(self.cluster)
+            except Exception:  # noqa: BLE001 - the cluster itself did not answer: the stop below will say so
                 return
-            if not busy or time.monotonic() >= deadline:
-                if busy:
-                    self.progress.note(f"stopping with requests still in flight after "
-                                       f"{self.settings.drain_timeout:.0f} s: "
-                                       + ", ".join(f"{app} ({n})" for app, n in sorted(busy.items())))
+            if self._gateway_errors and not seen.silent:
+                return  # the gateways answer but did not take the table: their requests would not end
+            busy = {app: n for app, n in seen.counts.items() if app in leaving and n}
+            if not (busy or seen.silent) or time.monotonic() >= deadline:
+                if busy or seen.silent:
+                    self.progress.note(f"stopping after {self.settings.drain_timeout:.0f} s with "
+                                       + ", ".join([f"{app} ({n} in flight)" for app, n in sorted(busy.items())]
+                                                   + [_silent(seen.silent)] * bool(seen.silent)))
                 return
             time.sleep(self.settings.poll)
 
@@ -293,6 +296,10 @@ class Executor:
         return outcomes
 
 
+def _silent(n: int) -> str:
+    return f"{n} gateway{'' if n == 1 else 's'} not answering"
+
+
 def route_table(plan: Plan, apps: dict[str, dict[str, Any]]) -> RouteTable:
     """The gateways' table for a plan, given our Serve application configs at this point of its apply."""
     return build_table(models=plan.models, apps=apps, unplaced=[u.model for u in plan.unplaced],
@@ -300,10 +307,13 @@ def route_table(plan: Plan, apps: dict[str, dict[str, Any]]) -> RouteTable:
 
 
 def gateway_settings(spec: Gateway | None, settings: GatewaySettings) -> GatewaySettings:
-    """The Gateway spec's listen address wins over the defaults."""
-    if spec is None:
-        return settings
-    return replace(settings, host=spec.host or settings.host, port=spec.port or settings.port)
+    """The Gateway spec's listen address wins over the defaults; an address beyond loopback without keys (and
+    without ``allowAnonymous``) is refused here too, for plans made elsewhere (`apply --plan`)."""
+    if spec is not None:
+        settings = replace(settings, host=spec.host or settings.host, port=spec.port or settings.port)
+    if (why := refusal(settings.host, spec)) is not None:
+        raise PermanentError(why)
+    return settings
 
 
 def sync_gateway(cluster: Any, *, models: Sequence[ModelRuntime], gateway: Gateway | None,

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlparse
 
-from reconciler.desired import Gateway
+from reconciler.desired import Gateway, is_loopback
+
+__all__ = ["is_loopback", "open_endpoint_warning", "refusal"]
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host or host == "localhost":
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def refusal(host: str | None, gateway: Gateway | None) -> str | None:
+    """Why the gateway must not listen on ``host`` (None: loopback) under this Gateway spec, or None when it may.
+
+    Beyond loopback, no keys means refused unless the spec says ``allowAnonymous: true``; without a Gateway spec the
+    gateway listens on loopback only, so there is nothing to refuse."""
+    if gateway is None:
+        return None if is_loopback(host or "127.0.0.1") else (
+            f"the gateway would listen on {host} without a Gateway spec, so without keys: add a Gateway spec with "
+            "keys, or listen on 127.0.0.1")
+    if not gateway.anonymous_exposure(host):
+        return None
+    return (f"the gateway would listen on {host}, beyond this machine, and take requests without an API key: add "
+            "keys to the Gateway spec (`reconciler keys new NAME`), listen on 127.0.0.1, or write "
+            "`allowAnonymous: true` in it if anyone who reaches it may use every model")
 
 
 def open_endpoint_warning(urls: list[str], gateway: Gateway | None) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.plan import APPLY_ORDER, PLAN_FORMAT, ActionKind
 from reconciler.planner.scaling import Rule
+from reconciler.sizing.estimate import Basis
 
 FILENAME = "plan.schema.json"
 
@@ -33,6 +34,21 @@ def _obj(description: str, properties: dict[str, Any], **extra: Any) -> dict[str
 def _with_optional(obj: dict[str, Any], **optional: Any) -> dict[str, Any]:
     """``obj`` with properties that are written only when they apply."""
     return {**obj, "properties": {**obj["properties"], **optional}}
+
+
+def _sizing() -> dict[str, Any]:
+    return _obj(
+        "How the model's memory was reached, term by term (reconciler.sizing): weights and KV figures for the whole "
+        "model, activations and overhead per GPU; perGpuBytes is what each GPU of a replica needs.",
+        {
+            "basis": {"enum": [str(b) for b in Basis]},
+            **{k: _BYTES for k in ("weightsBytes", "kvBytesPerToken", "kvCacheBytes", "activationBytes",
+                                   "overheadBytes", "perGpuBytes", "sequenceKvBytes")},
+            "kvCacheTokens": {"type": "integer", "minimum": 0},
+            "tensorParallel": {"type": "integer", "minimum": 1},
+            "maxModelLen": {"type": "integer", "minimum": 1},
+        },
+    )
 
 
 def _location() -> dict[str, Any]:
@@ -159,7 +175,8 @@ def schema() -> dict[str, Any]:
                     "`replicas: {min, max}`: the range and the scaling settings, times in seconds.",
                     {k: {"type": "integer", "minimum": 0} for k in (
                         "min", "max", "targetInFlight", "scaleUpAfter", "scaleDownAfter", "idleAfter", "loadTimeout")},
-                )),
+                ), vramAuto={"const": True, "description": "`vram: auto`: vram_bytes was sized from the model"},
+                sizing=_sizing()),
             },
             "assumed": {
                 "type": "array",
@@ -238,7 +255,9 @@ def schema() -> dict[str, Any]:
                                     },
                                 ),
                             },
+                            "allowAnonymous": {"type": "boolean"},
                         },
+                        required=["host", "keys", "name", "port"],
                     ),
                 ],
             },

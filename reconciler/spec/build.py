@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.sizing.estimate import Estimate
+
 from reconciler.desired import (
     IMPLICIT_PRIORITY,
     ApiKey,
@@ -81,15 +83,19 @@ def _scaling(bounds: ReplicaRange, spec: ScalingSpec | None) -> Scaling:
     )
 
 
-def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass) -> Model:
+def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fallback: PriorityClass,
+           sizing: Estimate | None) -> Model:
     spec = doc.spec
+    auto = isinstance(spec.vram, str)
+    if auto and sizing is None:
+        raise ValueError(f"model {doc.name} has vram: auto and no estimate: sizing should have reported it")
     # A range starts at its min; the planner replaces the count with the one the observed demand asks for.
     scaling = _scaling(spec.replicas, spec.scaling) if isinstance(spec.replicas, ReplicaRange) else None
     return Model(
         **_placed_by(doc, catalog, classes, fallback),
         engine=Engine(spec.engine),
         source=spec.source,
-        vram=spec.vram,
+        vram=sizing.per_gpu_bytes if auto and sizing is not None else spec.vram,
         replicas=scaling.min if scaling is not None else spec.replicas,
         tensor_parallel=spec.tensor_parallel,
         spread=Spread(spec.spread),
@@ -97,6 +103,9 @@ def _model(doc: Parsed, catalog: Catalog, classes: dict[str, PriorityClass], fal
         labels=tuple(sorted(doc.document.metadata.labels.items())),
         engine_args_json=canonical_json(spec.engine_args),
         scaling=scaling,
+        vram_auto=auto,
+        kv_cache_tokens=spec.kv_cache_tokens,
+        sizing=sizing,
     )
 
 
@@ -128,17 +137,21 @@ def _gateway(doc: Parsed) -> Gateway:
         )
         for key in spec.keys
     )
-    return Gateway(name=doc.name, host=spec.host, port=spec.port, keys=tuple(sorted(keys, key=lambda k: k.name)))
+    return Gateway(name=doc.name, host=spec.host, port=spec.port, keys=tuple(sorted(keys, key=lambda k: k.name)),
+                   allow_anonymous=spec.allow_anonymous)
 
 
-def build(catalog: Catalog) -> DesiredState:
+def build(catalog: Catalog, sizes: dict[str, Estimate] | None = None) -> DesiredState:
+    """The desired state; ``sizes`` holds the estimate of each model whose files could be read (spec.sizes)."""
+    sizes = sizes or {}
     classes = {doc.name: _class(doc) for doc in catalog.classes}
     default = default_class(catalog)
     fallback = classes[default.name] if default is not None else IMPLICIT_PRIORITY
     return DesiredState(
         pools=tuple(sorted((_pool(d) for d in catalog.pools), key=lambda p: p.name)),
         priority_classes=tuple(sorted(classes.values(), key=lambda c: c.name)),
-        models=tuple(sorted((_model(d, catalog, classes, fallback) for d in catalog.models), key=lambda m: m.name)),
+        models=tuple(sorted((_model(d, catalog, classes, fallback, sizes.get(d.name)) for d in catalog.models),
+                            key=lambda m: m.name)),
         jobs=tuple(sorted((_job(d, catalog, classes, fallback) for d in catalog.jobs), key=lambda j: j.name)),
         gateway=_gateway(catalog.gateways[0]) if catalog.gateways else None,
     )

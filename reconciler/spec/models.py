@@ -24,6 +24,7 @@ from reconciler.spec.fields import (
     Route,
     Sha256,
     StringMap,
+    Vram,
     choice,
     integer,
 )
@@ -154,7 +155,14 @@ class ModelSpec(_Spec):
     priority_class: Name | None = Field(default=None, description="The PriorityClass; default: the default class.")
     engine: EngineName = "vllm"
     source: NonEmptyText = Field(description="Model id or local path, handed to the engine.")
-    vram: Quantity = Field(description="Per replica and per GPU: weights + KV cache + overhead.")
+    vram: Vram = Field(
+        description="Per replica and per GPU: weights + KV cache + overhead; auto: sized from the model's files."
+    )
+    kv_cache_tokens: PositiveInteger | None = Field(
+        default=None,
+        description="Tokens the KV cache holds across all sequences, for `vram: auto`; default: one max_model_len "
+        "sequence, the least vLLM starts with.",
+    )
     replicas: ReplicasOrRange = Field(
         default=1,
         description='A whole number >= 0; "max": as many as fit; or a range {min, max}: load decides within it.',
@@ -219,11 +227,18 @@ class ApiKey(_Spec):
 class GatewaySpec(_Spec):
     label: ClassVar[str] = "a Gateway spec"
     host: NonEmptyText | None = Field(
-        default=None, description="Address the gateway listens on; default: the one Serve's HTTP proxy uses."
+        default=None,
+        description="Address the gateway listens on; default 127.0.0.1 (this machine only). An address beyond "
+        "loopback needs `keys`, or `allowAnonymous: true`.",
     )
     port: PositiveInteger | None = Field(default=None, description="Port; default: Serve's HTTP port + 1.")
     keys: list[ApiKey] = Field(
         default_factory=list, description="API keys; with at least one, every request needs one of them."
+    )
+    allow_anonymous: Boolean = Field(
+        default=False,
+        description="true: serve without keys on an address beyond loopback (anyone who reaches it may use every "
+        "model). Without it, such a Gateway is refused.",
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from reconciler.settings import DEFAULTS
-from reconciler.desired import default_route
+from reconciler.desired import default_route, is_loopback
 from reconciler.quantity import format_bytes
 from reconciler.spec.diagnostics import Diagnostic, Position, error
 from reconciler.spec.fields import suggestion
@@ -177,6 +177,8 @@ def _fit(catalog: Catalog) -> Iterator[Diagnostic]:
                 f"tensorParallel {spec.tensor_parallel} needs {spec.tensor_parallel} GPUs on one node, but the "
                 f"largest node of pool `{pool.name}` has {most_gpus}",
             )
+        elif isinstance(spec.vram, str):
+            pass  # `auto`: sized, and checked against the pool, once the model's files are read (spec.sizes)
         elif spec.vram > largest:
             yield model.error(
                 model.at("spec", "vram"),
@@ -297,6 +299,16 @@ def _gateway(catalog: Catalog) -> Iterator[Diagnostic]:
     if not catalog.gateways:
         return
     gateway = catalog.gateways[0]
+    spec = gateway.spec
+    if spec.host is not None and not spec.keys and not spec.allow_anonymous and not is_loopback(spec.host):
+        yield gateway.error(gateway.at("spec", "host"),
+                            f"the gateway would listen on {spec.host}, beyond this machine, and take requests without "
+                            "an API key: add `keys` (`reconciler keys new NAME`), listen on 127.0.0.1, or write "
+                            "`allowAnonymous: true` if anyone who reaches it may use every model")
+    elif spec.host is not None and not spec.keys and not is_loopback(spec.host):
+        yield gateway.warning(gateway.at("spec", "allowAnonymous"),
+                              f"the gateway listens on {spec.host} without API keys (allowAnonymous): anyone who "
+                              "reaches that address may use every model")
     known = sorted(catalog.names.get("Model", frozenset()))
     names: dict[str, int] = {}
     hashes: dict[str, int] = {}
