@@ -25,6 +25,7 @@ from reconciler.desired import (
     scaling_to_json,
 )
 from reconciler.quantity import format_bytes
+from reconciler.sizing.estimate import Estimate, estimate_from_json, estimate_to_json
 
 PLAN_FORMAT = "reconciler/plan-v1"
 
@@ -128,6 +129,9 @@ class ModelRuntime:
     config_hash: str  # changes on what a running replica takes without a restart
     replicas: int | None = None  # what the spec asks for (None: "max"), for the gateway's model list
     scaling: Scaling | None = None  # `replicas: {min, max}`: `replicas` is then what demand asked for at planning
+    vram_auto: bool = False  # `vram: auto`: `vram` was sized from the model (`sizing` says how)
+    # The estimate behind `vram` (auto), or inside it (a fixed figure): the engine sizes its KV cache from its terms.
+    sizing: Estimate | None = None
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -383,6 +387,8 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "configHash": m.config_hash,
                 "replicas": m.replicas,
                 **({"scaling": scaling_to_json(m.scaling)} if m.scaling is not None else {}),
+                **({"vramAuto": True} if m.vram_auto else {}),
+                **({"sizing": estimate_to_json(m.sizing)} if m.sizing is not None else {}),
             }
             for m in plan.models
         ],
@@ -495,6 +501,8 @@ def from_json(data: dict[str, Any]) -> Plan:
                 config_hash=m["configHash"],
                 replicas=m["replicas"],
                 scaling=scaling_from_json(m["scaling"]) if "scaling" in m else None,
+                vram_auto=m.get("vramAuto", False),
+                sizing=estimate_from_json(m["sizing"]) if "sizing" in m else None,
             )
             for m in data["models"]
         ),

@@ -34,6 +34,7 @@ class EngineConfig:
     node: str
     gpus: tuple[int, ...]
     engine_args: dict[str, Any] = field(default_factory=dict)
+    sizing: dict[str, Any] | None = None  # the plan's estimate (sizing.estimate_to_json): the terms inside vram_bytes
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

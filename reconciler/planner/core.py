@@ -25,10 +25,11 @@ from reconciler.plan import (
     is_job,
     job_item,
 )
-from reconciler.planner import jobplace, reasons, runtime, scaling
+from reconciler.planner import jobplace, reasons, runtime, scaling, sizes
 from reconciler.planner.jobs import JobSettings
 from reconciler.planner.pools import HOLDS_VRAM, PoolProblem, build, healthy_current, pool_nodes, primary_replicas
 from reconciler.quantity import format_bytes
+from reconciler.settings import SizingSettings
 
 _ORDER = {kind: n for n, kind in enumerate(APPLY_ORDER)}
 
@@ -39,6 +40,7 @@ class PlanSettings:
 
     packing: PackSettings = field(default_factory=PackSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    sizing: SizingSettings = field(default_factory=SizingSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +56,9 @@ class _Outcome:
 
 def plan(desired: DesiredState, observed: ObservedState, settings: PlanSettings = PlanSettings()) -> Plan:
     observed = normalised(observed)
+    specs, desired = desired, sizes.resolve(desired, observed, settings.sizing)  # sizes from the models
     scaled = scaling.decisions(desired, observed)
-    specs, desired = desired, jobplace.with_recorded(scaling.resolve(desired, scaled), observed)
+    desired = jobplace.with_recorded(scaling.resolve(desired, scaled), observed)
     notes = scaling.notes(scaled, now=observed.at)
     keep = scaling.keep_ranks(scaled)
     primary = primary_replicas(observed)
@@ -105,8 +108,9 @@ def apply_to_observed(plan: Plan, observed: ObservedState, desired: DesiredState
     what-if chains (plan, apply, plan again)."""
     apps = {r.key: r.app for r in observed.replicas if r.state != ReplicaState.STOPPING}
     replicas = []
+    runtimes = {m.name: m for m in plan.models}  # as the plan sized them (a measured `vram: auto` differs from the spec)
     for p in plan.placement:
-        model = desired.model(p.model)
+        model = runtimes[p.model]
         replicas.append(
             ObservedReplica(
                 model=p.model,
@@ -122,7 +126,7 @@ def apply_to_observed(plan: Plan, observed: ObservedState, desired: DesiredState
         )
     return normalised(ObservedState(nodes=observed.nodes, replicas=tuple(replicas), source=observed.source,
                                     jobs=jobplace.runs_after(plan.jobs, plan.actions, observed), at=observed.at,
-                                    recorded=observed.recorded))
+                                    recorded=observed.recorded, memory_peaks=observed.memory_peaks))
 
 
 # -- packing results -------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ def model_runtime(model: Model) -> ModelRuntime:
         config_hash=model.config_hash,
         replicas=model.replicas,
         scaling=model.scaling,
+        vram_auto=model.vram_auto,
+        sizing=model.sizing,
     )
 
 

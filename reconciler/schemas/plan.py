@@ -195,7 +195,7 @@ def schema() -> dict[str, Any]:
                     "One job.",
                     {
                         "name": _NAME,
-                        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed"]},
+                        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed", "error"]},
                         "run": {"type": "integer", "minimum": 1},
                         "runs": {"type": "integer", "minimum": 0},
                         "failures": {"type": "integer", "minimum": 0},

@@ -197,6 +197,34 @@ Quantity = Annotated[
         }
     ),
 ]
+AUTO = "auto"
+
+
+def _vram(value: Any) -> int | str:
+    if value == AUTO and isinstance(value, str):
+        return AUTO
+    if value is None:
+        raise ValueError("no value given: write a quantity like 24Gi or 512Mi, or auto to size it from the model")
+    return _quantity(value)
+
+
+# A model's memory: a figure, or `auto` (sized from the model's files, reconciler.sizing).
+Vram = Annotated[
+    int | str,
+    PlainValidator(_vram),
+    WithJsonSchema(
+        {
+            "description": "Memory per GPU: 24Gi, 512Mi, 1.5Gi (powers of 1024) or 24G, 24GB (powers of 1000); or "
+            "auto: sized from the model's weights, KV cache and measured overheads",
+            "anyOf": [
+                {"type": "string", "pattern": JSON_PATTERN},
+                {"type": "string", "pattern": ZERO_PATTERN},
+                {"type": "number", "const": 0},
+                {"type": "string", "const": AUTO},
+            ],
+        }
+    ),
+]
 Replicas = Annotated[
     int | None,
     PlainValidator(_replicas),

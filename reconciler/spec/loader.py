@@ -18,6 +18,7 @@ from reconciler.spec.messages import translate
 from reconciler.spec.models import API_VERSION, DOCUMENTS
 from reconciler.spec.parsed import Parsed
 from reconciler.spec.rules import KINDS, Catalog, Reference, check
+from reconciler.spec.sizes import size_models
 from reconciler.spec.source import SourceDocument, read_documents, too_large
 
 SUFFIXES = (".yaml", ".yml")
@@ -112,7 +113,8 @@ def _validate(doc: SourceDocument, kind: str) -> tuple[Parsed | None, list[Diagn
     return Parsed(kind=kind, name=document.metadata.name, document=document, source=doc), []
 
 
-def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -> LoadResult:
+def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
+          base_dir: Path | None = None) -> LoadResult:
     diagnostics: list[Diagnostic] = list(unreadable)
     parsed: list[Parsed] = []
     names: dict[str, set[str]] = {kind: set() for kind in KINDS}
@@ -160,19 +162,24 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -
         references=tuple(references),
     )
     diagnostics.extend(check(catalog))
+    # Sizing reads the models' files: only for specs that are otherwise right.
+    sizes = None
+    if not any(d.severity is Severity.ERROR for d in diagnostics):
+        sizes = size_models(catalog.models, base_dir=base_dir)
+        diagnostics.extend(sizes.diagnostics)
     ordered = tuple(sorted(set(diagnostics), key=lambda d: d.sort_key))
     has_errors = any(d.severity is Severity.ERROR for d in ordered)
     return LoadResult(
-        desired=None if has_errors else build(catalog),
+        desired=None if has_errors or sizes is None else build(catalog, sizes.estimates),
         diagnostics=ordered,
         files=tuple(sorted({*files, *(d.path for d in unreadable)})),
         documents=documents,
     )
 
 
-def load_spec_files(files: Mapping[str, bytes]) -> LoadResult:
+def load_spec_files(files: Mapping[str, bytes], base_dir: Path | None = None) -> LoadResult:
     """Specs from contents by relative path (e.g. read from a git revision); only .yaml/.yml paths are loaded."""
-    return _load({path: content for path, content in files.items() if path.endswith(SUFFIXES)})
+    return _load({path: content for path, content in files.items() if path.endswith(SUFFIXES)}, base_dir=base_dir)
 
 
 def _walk(directory: Path) -> dict[str, Path]:
@@ -196,7 +203,7 @@ def load_specs(directory: Path) -> LoadResult:
             diagnostics=(error(str(directory), NOWHERE, f"the spec directory {problem}"),),
         )
     contents, unreadable = read_specs(directory)
-    return load_contents(contents, unreadable)
+    return load_contents(contents, unreadable, base_dir=directory)
 
 
 def read_specs(directory: Path) -> tuple[dict[str, bytes], tuple[Diagnostic, ...]]:
@@ -219,6 +226,8 @@ def read_specs(directory: Path) -> tuple[dict[str, bytes], tuple[Diagnostic, ...
     return contents, tuple(unreadable)
 
 
-def load_contents(contents: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = ()) -> LoadResult:
-    """Specs from what ``read_specs`` returned."""
-    return _load(contents, unreadable)
+def load_contents(contents: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
+                  base_dir: Path | None = None) -> LoadResult:
+    """Specs from what ``read_specs`` returned; model sources that are relative paths are read from ``base_dir``
+    (the spec directory)."""
+    return _load(contents, unreadable, base_dir)

@@ -28,6 +28,6 @@ class SpecLoader:
         key = (sorted((path, hashlib.blake2b(data, digest_size=16).digest()) for path, data in contents.items()),
                unreadable)
         if self._result is None or key != self._key:
-            self._result = load_contents(contents, unreadable)
+            self._result = load_contents(contents, unreadable, base_dir=self.directory)
             self._key = key
         return self._result

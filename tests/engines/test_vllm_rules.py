@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from reconciler.engines.vllm_rules import (
-    CPU_MAX_KV_BYTES,
-    CPU_MIN_KV_BYTES,
     CPU_OVERHEAD_BYTES,
     EngineArgsError,
     MemoryBudgetError,
@@ -18,73 +16,103 @@ from reconciler.engines.vllm_rules import (
     resolve_source,
     weights_size,
 )
+from reconciler.sizing.estimate import Basis, Estimate
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 
+def _sizing(*, weights: int = 2 * GiB, sequence: int = 256 * MiB, activation: int = GiB, overhead: int = 2 * GiB,
+            tp: int = 1) -> Estimate:
+    """An estimate with round terms: 2 GiB of weights, 1 GiB of activations, 2 GiB of overhead per GPU."""
+    return Estimate(basis=Basis.SAFETENSORS, weights_bytes=weights, kv_bytes_per_token=MiB // 4, kv_cache_tokens=1024,
+                    kv_cache_bytes=sequence, activation_bytes=activation, overhead_bytes=overhead,
+                    tensor_parallel=tp, max_model_len=1024, sequence_kv_bytes=sequence)
+
+
 class TestCudaMemory:
-    def test_fraction_is_the_planned_share_of_the_gpu(self):
-        budget = derive_memory(device="cuda", vram_bytes=6 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=GiB)
+    def test_kv_cache_is_what_the_plan_leaves_after_the_other_terms(self):
+        budget = derive_memory(device="cuda", vram_bytes=8 * GiB, gpu_memory_bytes=24 * GiB, sizing=_sizing())
+        assert budget.kv_cache_memory_bytes == 8 * GiB - 2 * GiB - GiB - 2 * GiB
+        assert "vram 8192 MiB - weights 2048 MiB - activations 1024 MiB - overhead 2048 MiB" in budget.rule
+
+    def test_startup_check_asks_for_the_plan_beyond_the_context(self):
+        # vLLM compares fraction * total with the free memory after its own CUDA context: (vram - overhead) / total.
+        budget = derive_memory(device="cuda", vram_bytes=8 * GiB, gpu_memory_bytes=24 * GiB, sizing=_sizing())
         assert budget.gpu_memory_utilization == 0.25
-        assert budget.kv_cache_memory_bytes is None  # vLLM profiles and sizes the KV cache inside the fraction
-        assert budget.engine_kwargs() == {"gpu_memory_utilization": 0.25}
+        assert budget.engine_kwargs() == {"gpu_memory_utilization": 0.25, "kv_cache_memory_bytes": 3 * GiB}
 
     def test_fraction_rounds_down_never_up(self):
-        budget = derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=0)
+        budget = derive_memory(device="cuda", vram_bytes=12 * GiB, gpu_memory_bytes=24 * GiB, sizing=_sizing())
         assert budget.gpu_memory_utilization == 0.4166
         assert budget.gpu_memory_utilization * 24 * GiB <= 10 * GiB
 
-    def test_two_replicas_sharing_a_gpu_never_sum_past_it(self):
-        total = 80 * GiB
-        shares = [derive_memory(device="cuda", vram_bytes=v, gpu_memory_bytes=total, weights_bytes=0)
-                  for v in (total // 3, total - total // 3)]
-        assert sum(s.gpu_memory_utilization for s in shares) <= 1.0
+    def test_replicas_filling_a_gpu_each_pass_the_check_with_the_others_running(self):
+        # Each replica's check: free memory after its own context >= fraction * total. With the others at their plans
+        # (the worst case, as their KV caches are bytes) the free memory is total - their vram - its own overhead.
+        total, plans = 80 * GiB, (30 * GiB, 20 * GiB, 30 * GiB)
+        for i, vram in enumerate(plans):
+            budget = derive_memory(device="cuda", vram_bytes=vram, gpu_memory_bytes=total, sizing=_sizing())
+            free = total - sum(p for j, p in enumerate(plans) if j != i) - _sizing().overhead_bytes
+            assert free >= budget.gpu_memory_utilization * total
 
-    def test_explicit_kv_cache_is_kept_with_the_fraction(self):
-        budget = derive_memory(device="cuda", vram_bytes=8 * GiB, gpu_memory_bytes=16 * GiB, weights_bytes=2 * GiB,
-                               kv_cache_memory_bytes=4 * GiB)
-        assert budget.engine_kwargs() == {"gpu_memory_utilization": 0.5, "kv_cache_memory_bytes": 4 * GiB}
+    def test_explicit_kv_cache_is_kept_when_it_fits(self):
+        budget = derive_memory(device="cuda", vram_bytes=8 * GiB, gpu_memory_bytes=16 * GiB, sizing=_sizing(),
+                               kv_cache_memory_bytes=2 * GiB)
+        assert budget.kv_cache_memory_bytes == 2 * GiB
+        with pytest.raises(MemoryBudgetError, match="does not fit in the plan"):
+            derive_memory(device="cuda", vram_bytes=8 * GiB, gpu_memory_bytes=16 * GiB, sizing=_sizing(),
+                          kv_cache_memory_bytes=4 * GiB)
 
     def test_tensor_parallel_splits_the_weights(self):
-        # 30 GiB over 4 GPUs is 7.5 GiB of weights per GPU: it fits a 10 GiB share; over 2 it does not.
-        budget = derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=30 * GiB,
-                               tensor_parallel=4)
-        assert budget.gpu_memory_utilization == 0.4166
-        with pytest.raises(MemoryBudgetError, match="weights per GPU"):
-            derive_memory(device="cuda", vram_bytes=10 * GiB, gpu_memory_bytes=24 * GiB, weights_bytes=30 * GiB,
-                          tensor_parallel=2)
+        # 30 GiB over 4 GPUs is 7.5 GiB of weights per GPU: it fits a 12 GiB share; over 2 it does not.
+        four = derive_memory(device="cuda", vram_bytes=12 * GiB, gpu_memory_bytes=24 * GiB,
+                             sizing=_sizing(weights=30 * GiB, tp=4))
+        assert four.kv_cache_memory_bytes == 12 * GiB - 7.5 * GiB - 3 * GiB
+        with pytest.raises(MemoryBudgetError, match="less than one max_model_len sequence"):
+            derive_memory(device="cuda", vram_bytes=12 * GiB, gpu_memory_bytes=24 * GiB,
+                          sizing=_sizing(weights=30 * GiB, tp=2))
+
+    def test_a_plan_without_room_for_one_sequence_is_refused_with_the_numbers(self):
+        with pytest.raises(MemoryBudgetError) as refused:
+            derive_memory(device="cuda", vram_bytes=5 * GiB + 100 * MiB, gpu_memory_bytes=24 * GiB, sizing=_sizing())
+        assert str(refused.value) == (
+            "the plan leaves 100 MiB of KV cache per GPU (vram 5220 MiB - weights 2048 MiB - activations 1024 MiB - "
+            "overhead 2048 MiB), less than one max_model_len sequence of 1024 tokens needs (256 MiB): raise vram by "
+            "156 MiB or lower engineArgs.max_model_len")
 
     @pytest.mark.parametrize(
-        ("vram", "gpu", "kv", "message"),
+        ("vram", "gpu", "message"),
         [
-            (30 * GiB, 24 * GiB, None, "larger than the GPU"),
-            (8 * GiB, 24 * GiB, 7 * GiB, "exceed the planned vram"),
-            (0, 24 * GiB, None, "must be positive"),
-            (GiB, 0, None, "total memory is unknown"),
+            (30 * GiB, 24 * GiB, "larger than the GPU"),
+            (0, 24 * GiB, "must be positive"),
+            (8 * GiB, 0, "total memory is unknown"),
         ],
     )
-    def test_impossible_budgets_are_refused(self, vram, gpu, kv, message):
+    def test_impossible_budgets_are_refused(self, vram, gpu, message):
         with pytest.raises(MemoryBudgetError, match=message):
-            derive_memory(device="cuda", vram_bytes=vram, gpu_memory_bytes=gpu, weights_bytes=2 * GiB,
-                          kv_cache_memory_bytes=kv)
+            derive_memory(device="cuda", vram_bytes=vram, gpu_memory_bytes=gpu, sizing=_sizing())
 
 
 class TestCpuMemory:
-    def test_kv_cache_is_what_the_plan_leaves_after_weights_and_overhead(self):
-        budget = derive_memory(device="cpu", vram_bytes=512 * MiB, gpu_memory_bytes=24 * GiB, weights_bytes=100 * MiB)
+    def test_kv_cache_is_what_the_plan_leaves_after_weights_and_the_cpu_overhead(self):
+        sizing = _sizing(weights=100 * MiB, sequence=MiB)
+        budget = derive_memory(device="cpu", vram_bytes=512 * MiB, gpu_memory_bytes=24 * GiB, sizing=sizing)
         assert budget.kv_cache_memory_bytes == 512 * MiB - 100 * MiB - CPU_OVERHEAD_BYTES
         assert budget.gpu_memory_utilization is None
+        assert budget.engine_kwargs() == {"kv_cache_memory_bytes": budget.kv_cache_memory_bytes}
         assert "vram 512 MiB - weights 100 MiB" in budget.rule
 
-    def test_kv_cache_is_clamped(self):
-        small = derive_memory(device="cpu", vram_bytes=300 * MiB, gpu_memory_bytes=0, weights_bytes=200 * MiB)
-        large = derive_memory(device="cpu", vram_bytes=40 * GiB, gpu_memory_bytes=0, weights_bytes=GiB)
-        assert small.kv_cache_memory_bytes == CPU_MIN_KV_BYTES
-        assert large.kv_cache_memory_bytes == CPU_MAX_KV_BYTES
+    def test_planned_is_enforced_without_a_cap(self):
+        large = derive_memory(device="cpu", vram_bytes=40 * GiB, gpu_memory_bytes=0, sizing=_sizing(weights=GiB))
+        assert large.kv_cache_memory_bytes == 39 * GiB - CPU_OVERHEAD_BYTES
+
+    def test_too_small_for_one_sequence_is_refused(self):
+        with pytest.raises(MemoryBudgetError, match="less than one max_model_len sequence"):
+            derive_memory(device="cpu", vram_bytes=300 * MiB, gpu_memory_bytes=0, sizing=_sizing(weights=200 * MiB))
 
     def test_explicit_kv_cache_wins(self):
-        budget = derive_memory(device="cpu", vram_bytes=GiB, gpu_memory_bytes=0, weights_bytes=0,
+        budget = derive_memory(device="cpu", vram_bytes=GiB, gpu_memory_bytes=0, sizing=_sizing(weights=0, sequence=0),
                                kv_cache_memory_bytes=64 * MiB)
         assert budget.engine_kwargs() == {"kv_cache_memory_bytes": 64 * MiB}
 
