@@ -4,9 +4,10 @@ app served by the same `Endpoint` a replica uses, and the gateway finds them thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -15,6 +16,7 @@ from reconciler.engines.echo import EchoEngine
 from reconciler.engines.endpoint import Endpoint
 from reconciler.gateway.server import Gateway
 from reconciler.gateway.table import ModelRoute, RouteTable
+from reconciler.settings import DEFAULTS, GatewayLimits
 
 
 def echo(model: str, replica: int = 0, **engine_args: Any) -> EchoEngine:
@@ -31,6 +33,7 @@ class Rig:
     engines: dict[str, EchoEngine] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
+    secret: str | None = None
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -40,7 +43,7 @@ class Rig:
 
     def add_replica(self, app: str, engine: EchoEngine) -> str:
         async def start() -> str:
-            endpoint = Endpoint(engine.http_app(), "127.0.0.1")
+            endpoint = Endpoint(engine.http_app(), "127.0.0.1", secret=self.secret)
             self.endpoints[app] = endpoint
             return await endpoint.start()
 
@@ -64,8 +67,10 @@ def route(name: str, *backends: str, state: str = "running", desired: int | None
                       backends=tuple(backends), route=f"/{name}", engine="echo", load_timeout=load_timeout)
 
 
-@pytest.fixture()
-def rig():
+@contextlib.contextmanager
+def running_rig(*, limits: GatewayLimits | None = None, secret: str | None = None) -> Iterator[Rig]:
+    """A gateway on its own loop and thread, with replicas added as real endpoints (``secret``: replicas and gateway
+    share it, as on a cluster)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -78,9 +83,9 @@ def rig():
             raise LookupError(f"no application {app}")
         return endpoint.url
 
-    gateway = Gateway(resolve)
+    gateway = Gateway(resolve, limits=limits or DEFAULTS.apply.gateway.limits, secret=secret)
     url = asyncio.run_coroutine_threadsafe(gateway.start("127.0.0.1", 0), loop).result(10)
-    holder["rig"] = Rig(loop=loop, gateway=gateway, url=url)
+    holder["rig"] = Rig(loop=loop, gateway=gateway, url=url, secret=secret)
     try:
         yield holder["rig"]
     finally:
@@ -89,3 +94,9 @@ def rig():
         asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@pytest.fixture()
+def rig():
+    with running_rig() as started:
+        yield started

@@ -1,0 +1,379 @@
+"""The gateway against hostile clients and failing replicas, over real sockets (no Ray): slow headers, huge and
+malformed bodies, clients that leave, replicas that die after reading a request, compress, hang or leak internal
+text. Each test checks what a client sees and that the gateway still serves everyone else afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import gzip
+import hashlib
+import json
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from reconciler.desired import ApiKey
+from reconciler.gateway.table import RouteTable
+from reconciler.settings import DEFAULTS
+from tests.gateway.conftest import echo, route, running_rig
+
+TIGHT = dataclasses.replace(DEFAULTS.apply.gateway.limits, header_timeout=1.0, body_timeout=2.0, answer_timeout=1.5,
+                            stream_gap=1.0, body_bytes=1 << 20, max_connections=64)
+ALICE = "sk-rc-alice-secret"
+
+
+@pytest.fixture()
+def tight():
+    with running_rig(limits=TIGHT, secret="cluster-secret") as rig:
+        yield rig
+
+
+def ok_chat(rig, text: str = "still here") -> str:
+    client = openai.OpenAI(base_url=rig.url, api_key="unused", max_retries=0, timeout=10)
+    return client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}]) \
+        .choices[0].message.content
+
+
+def host_port(rig) -> tuple[str, int]:
+    url = httpx.URL(rig.url)
+    return url.host, url.port
+
+
+class RawReplica:
+    """A replica that speaks raw TCP: it reads one request (headers and body) and then does what ``behave`` says."""
+
+    def __init__(self, rig, behave) -> None:
+        self.arrivals = 0
+        self.request_ids: list[str] = []
+        self._behave = behave
+
+        async def start():
+            return await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+        self._server = rig.call(start())
+        self._rig = rig
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._task = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), rig.loop)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            if name.lower() == b"x-request-id":
+                self.request_ids.append(value.strip().decode())
+        await reader.readexactly(length)
+        self.arrivals += 1
+        await self._behave(writer)
+
+    def stop(self) -> None:
+        self._rig.loop.call_soon_threadsafe(self._server.close)
+
+
+def raw_answer(status: str, body: bytes, **headers: str) -> bytes:
+    lines = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}"] + [f"{k.replace('_', '-')}: {v}"
+                                                                      for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def add_raw(rig, app: str, behave) -> RawReplica:
+    replica = RawReplica(rig, behave)
+    rig.endpoints[app] = replica
+    return replica
+
+
+# ------------------------------------------------------------------------------------------------- connections
+
+def test_slow_headers_are_closed_at_the_header_timeout_while_others_are_served(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    loris = socket.create_connection(host_port(tight))
+    loris.settimeout(10)
+    loris.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    closed = None
+    for i in range(40):
+        assert ok_chat(tight, f"n{i}") == f"n{i}"  # a normal client meanwhile
+        try:
+            loris.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            closed = time.monotonic() - started
+            break
+        time.sleep(0.1)
+    if closed is None:
+        closed = time.monotonic() - started if loris.recv(1) == b"" else None
+    assert closed is not None and closed < TIGHT.header_timeout + 2.5
+    loris.close()
+
+
+def test_connections_beyond_the_cap_are_answered_503_and_closed():
+    limits = dataclasses.replace(TIGHT, max_connections=3)
+    with running_rig(limits=limits) as rig:
+        rig.add_replica("chat-0", echo("chat"))
+        rig.publish(route("chat", "chat-0"))
+        held = [socket.create_connection(host_port(rig)) for _ in range(3)]
+        extra = socket.create_connection(host_port(rig))
+        extra.settimeout(5)
+        answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer
+        for s in held + [extra]:
+            s.close()
+        time.sleep(0.2)
+        assert ok_chat(rig) == "still here"
+
+
+# ------------------------------------------------------------------------------------------------------ bodies
+
+def test_a_20_mib_body_is_refused_413_without_being_read(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    big = b'{"model": "chat", "messages": [{"role": "user", "content": "' + b"x" * (20 << 20) + b'"}]}'
+    answer = httpx.post(f"{tight.url}/chat/completions", content=big, headers={"Content-Type": "application/json"},
+                        timeout=30)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the limit is counted as it arrives
+        for _ in range(20):
+            yield b"x" * (1 << 20)
+
+    answer = httpx.post(f"{tight.url}/chat/completions", content=chunks(), timeout=30)
+    assert answer.status_code == 413 and answer.json()["error"]["type"] == "invalid_request_error"
+    assert ok_chat(tight) == "still here"
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"{not json", "not valid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b'["a list"]', "got a JSON list"),
+])
+def test_malformed_and_deeply_nested_bodies_are_400_in_the_envelope(tight, body, why):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    answer = httpx.post(f"{tight.url}/chat/completions", content=body, timeout=30)
+    assert answer.status_code == 400
+    assert why in answer.json()["error"]["message"]
+    assert ok_chat(tight) == "still here"
+
+
+def test_a_client_that_leaves_mid_body_frees_its_slot(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    key = ApiKey("alice", hashlib.sha256(ALICE.encode()).hexdigest(), ("*",), concurrent_requests=1)
+    tight.loop.call_soon_threadsafe(tight.gateway.set_table,
+                                    RouteTable(models=(route("chat", "chat-0"),), created=1, keys=(key,)))
+    for _ in range(5):
+        s = socket.create_connection(host_port(tight))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + ALICE.encode()
+                  + b"\r\nContent-Length: 1000\r\n\r\n{\"model\":")
+        time.sleep(0.05)
+        s.close()
+    client = openai.OpenAI(base_url=tight.url, api_key=ALICE, max_retries=0)
+    deadline = time.monotonic() + 5
+    while tight.gateway.limiter.active.get("alice") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "free"}]) \
+        .choices[0].message.content == "free"
+
+
+def test_1000_cancelled_requests_leave_a_concurrency_limit_admitting_exactly_its_number(tight):
+    tight.add_replica("chat-0", echo("chat", stream_delay_s=0.2))
+    key = ApiKey("alice", hashlib.sha256(ALICE.encode()).hexdigest(), ("*",), concurrent_requests=2)
+    tight.loop.call_soon_threadsafe(tight.gateway.set_table,
+                                    RouteTable(models=(route("chat", "chat-0"),), created=1, keys=(key,)))
+    body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "a b c d e f"}]}
+    headers = {"Authorization": f"Bearer {ALICE}"}
+
+    async def cancelled() -> None:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as client:
+            async def one() -> None:
+                try:
+                    await asyncio.wait_for(client.post(f"{tight.url}/chat/completions", json=body, headers=headers),
+                                           timeout=0.01)
+                except (asyncio.TimeoutError, httpx.HTTPError):
+                    pass
+            for _ in range(20):
+                await asyncio.gather(*(one() for _ in range(50)))
+
+    asyncio.run(cancelled())
+    deadline = time.monotonic() + 10
+    while tight.gateway.limiter.active.get("alice") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not tight.gateway.limiter.active.get("alice")
+
+    def stream() -> int:
+        with httpx.stream("POST", f"{tight.url}/chat/completions", json=body, headers=headers, timeout=10) as r:
+            r.read()
+            return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        statuses = sorted(pool.map(lambda _: stream(), range(5)))
+    assert statuses == [200, 200, 429, 429, 429]
+
+
+# ---------------------------------------------------------------------------------------------------- replicas
+
+def test_a_replica_that_reads_the_body_and_dies_is_not_retried_elsewhere(tight):
+    async def die(writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    replicas = [add_raw(tight, f"chat-{i}", die) for i in range(3)]
+    tight.publish(route("chat", "chat-0", "chat-1", "chat-2"))
+    answer = httpx.post(f"{tight.url}/chat/completions", json={"model": "chat", "messages": []}, timeout=10)
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_error"
+    assert sum(r.arrivals for r in replicas) == 1  # the request that may have crashed its engine went nowhere else
+    assert "127.0.0.1" not in answer.text
+
+
+def test_a_refused_connection_goes_to_the_next_replica(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.add_replica("chat-1", echo("chat"))
+    tight.publish(route("chat", "chat-0", "chat-1"))
+    ok_chat(tight)
+    ok_chat(tight)
+    tight.stop_replica("chat-1")
+    assert [ok_chat(tight, f"n{i}") for i in range(4)] == [f"n{i}" for i in range(4)]
+
+
+def test_an_internal_error_text_never_reaches_the_client(tight):
+    async def traceback(writer: asyncio.StreamWriter) -> None:
+        writer.write(raw_answer("500 Internal Server Error",
+                                b"Traceback: 'State' object has no attribute 'server' at 10.1.2.3:41234",
+                                Content_Type="text/plain"))
+        await writer.drain()
+        writer.close()
+
+    add_raw(tight, "chat-0", traceback)
+    tight.publish(route("chat", "chat-0"))
+    answer = httpx.post(f"{tight.url}/chat/completions", json={"model": "chat", "messages": []}, timeout=10)
+    assert answer.status_code == 502
+    assert "State" not in answer.text and "10.1.2.3" not in answer.text
+    assert answer.json()["error"]["code"] == "engine_error"
+
+
+def test_a_replica_that_answers_gzip_reaches_the_client_decoded(tight):
+    payload = {"id": "x", "object": "chat.completion", "created": 1, "model": "chat",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "zipped"},
+                            "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+    async def zipped(writer: asyncio.StreamWriter) -> None:
+        writer.write(raw_answer("200 OK", gzip.compress(json.dumps(payload).encode()),
+                                Content_Type="application/json", Content_Encoding="gzip"))
+        await writer.drain()
+        writer.close()
+
+    add_raw(tight, "chat-0", zipped)
+    tight.publish(route("chat", "chat-0"))
+    client = openai.OpenAI(base_url=tight.url, api_key="unused", max_retries=0)
+    assert client.chat.completions.create(model="chat", messages=[]).choices[0].message.content == "zipped"
+
+
+def test_a_hung_replica_answers_504_within_the_timeout_and_frees_its_slot(tight):
+    async def hang(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    add_raw(tight, "chat-0", hang)
+    tight.publish(route("chat", "chat-0"))
+    started = time.monotonic()
+    answer = httpx.post(f"{tight.url}/chat/completions", json={"model": "chat", "messages": []}, timeout=20)
+    assert answer.status_code == 504 and answer.json()["error"]["type"] == "timeout"
+    assert time.monotonic() - started < TIGHT.answer_timeout + 2
+    assert tight.gateway.in_flight.get("chat-0", 0) == 0
+
+
+def test_a_stream_whose_replica_goes_silent_ends_with_an_error_event_after_the_gap(tight):
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+        writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    add_raw(tight, "chat-0", silent)
+    tight.publish(route("chat", "chat-0"))
+    started = time.monotonic()
+    with httpx.stream("POST", f"{tight.url}/chat/completions",
+                      json={"model": "chat", "stream": True, "messages": []}, timeout=20) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert time.monotonic() - started < TIGHT.stream_gap + 3
+    assert lines[0].startswith("data: {\"choices\"") and '"upstream_error"' in lines[1] and lines[-1] == "data: [DONE]"
+
+
+def test_a_clients_request_id_is_echoed_but_never_the_engines(tight):
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(raw_answer("200 OK", b'{"object": "list", "data": []}', Content_Type="application/json"))
+        await writer.drain()
+        writer.close()
+
+    replica = add_raw(tight, "emb-0", answer)
+    tight.loop.call_soon_threadsafe(tight.gateway.set_table, RouteTable(models=(route("emb", "emb-0"),), created=1))
+    got = [httpx.post(f"{tight.url}/embeddings", json={"model": "emb", "input": "x"},
+                      headers={"X-Request-Id": "same-id"}, timeout=10) for _ in range(2)]
+    assert [g.headers["X-Request-Id"] for g in got] == ["same-id", "same-id"]
+    assert len(set(replica.request_ids)) == 2 and "same-id" not in replica.request_ids
+
+
+def test_replica_endpoints_refuse_requests_without_the_cluster_secret(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    url = tight.endpoints["chat-0"].url
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        answer = httpx.get(f"{url}/v1/models", headers=headers, timeout=5)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "gateway_only"
+    assert ok_chat(tight) == "still here"  # the gateway holds the secret
+
+
+# ---------------------------------------------------------------------------------------------------- surface
+
+def test_unknown_paths_and_methods_answer_in_the_envelope(tight):
+    root = tight.url.removesuffix("/v1")
+    for missing in (httpx.get(f"{root}/nothing", timeout=5), httpx.post(f"{tight.url}/nothing", json={}, timeout=5)):
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+    wrong = httpx.get(f"{tight.url}/chat/completions", timeout=5)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    wrong = httpx.delete(f"{tight.url}/models", timeout=5)
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_a_scoped_key_sees_only_its_models_in_lists_and_404s_and_401_says_bearer(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.add_replica("emb-0", echo("emb"))
+    key = ApiKey("alice", hashlib.sha256(ALICE.encode()).hexdigest(), ("emb",))
+    tight.loop.call_soon_threadsafe(tight.gateway.set_table, RouteTable(
+        models=(route("chat", "chat-0"), route("emb", "emb-0"), route("secret-model", "chat-0")), created=1,
+        keys=(key,)))
+    time.sleep(0.1)
+    client = openai.OpenAI(base_url=tight.url, api_key=ALICE, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["emb"]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[])
+    assert "secret-model" not in str(missing.value) and "chat" not in str(missing.value.body)
+    anonymous = httpx.get(f"{tight.url}/models", timeout=5)
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_tokens_per_minute_are_reserved_at_admission_and_usage_is_stripped_when_not_asked(tight):
+    tight.add_replica("chat-0", echo("chat", stream_delay_s=0.3))
+    key = ApiKey("alice", hashlib.sha256(ALICE.encode()).hexdigest(), ("*",), tokens_per_minute=100)
+    tight.loop.call_soon_threadsafe(tight.gateway.set_table,
+                                    RouteTable(models=(route("chat", "chat-0"),), created=1, keys=(key,)))
+    time.sleep(0.1)
+    body = {"model": "chat", "stream": True, "max_tokens": 80, "messages": [{"role": "user", "content": "a b c"}]}
+    headers = {"Authorization": f"Bearer {ALICE}"}
+
+    def stream() -> tuple[int, str]:
+        with httpx.stream("POST", f"{tight.url}/chat/completions", json=body, headers=headers, timeout=10) as r:
+            return r.status_code, r.read().decode()
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = sorted(pool.map(lambda _: stream(), range(3)))
+    assert [status for status, _ in results] == [200, 429, 429]  # one reservation of ~100 spends the minute
+    assert '"usage"' not in results[0][1]  # the client did not ask for usage: it was read, then taken out
