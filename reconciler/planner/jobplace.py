@@ -9,7 +9,7 @@ from reconciler.desired import DesiredState, Job, Preemption, canonical_json
 from reconciler.observed import JobRunState, ObservedJobRun, ObservedState
 from reconciler.packer import Item, PackSettings, Problem, Solution, pack
 from reconciler.plan import Action, ActionKind, Location, PlannedJob, is_job, job_item, job_name
-from reconciler.planner.jobs import JobDecision, JobSettings, decide
+from reconciler.planner.jobs import JobDecision, JobSettings, decide, undecided
 from reconciler.planner.pools import PoolProblem
 from reconciler.quantity import format_bytes
 
@@ -24,7 +24,17 @@ def with_recorded(desired: DesiredState, observed: ObservedState) -> DesiredStat
 
 
 def decisions(desired: DesiredState, observed: ObservedState, settings: JobSettings) -> dict[str, JobDecision]:
-    return {job.name: decide(job, observed.runs_of(job.name), observed.at, settings) for job in desired.jobs}
+    """Each job's decision. One that fails (a schedule a recorded job or an old spec carries that never fires, a
+    history the rules did not foresee) is contained to its job: it is reported as such, and every other job and
+    every model are still planned."""
+    out = {}
+    for job in desired.jobs:
+        runs = observed.runs_of(job.name)
+        try:
+            out[job.name] = decide(job, runs, observed.at, settings)
+        except Exception as exc:  # noqa: BLE001 - contained and reported in the plan, never hiding the others
+            out[job.name] = undecided(job, runs, exc)
+    return out
 
 
 def _item(job: Job, run: int, current: tuple[int, ...] | None) -> Item:

@@ -33,6 +33,7 @@ class JobState(StrEnum):
     PREEMPTED = "preempted"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    ERROR = "error"  # its decision failed: nothing is started or stopped for it until it can be decided
 
 
 FAILURES = (JobRunState.FAILED, JobRunState.STOPPED)
@@ -53,6 +54,20 @@ class JobDecision:
     preemptions: int
     reason: str  # why it is waiting, when it runs next, how its last run ended
     last: ObservedJobRun | None  # the latest run
+
+
+def undecided(job: Job, runs: tuple[ObservedJobRun, ...], error: Exception) -> JobDecision:
+    """A job whose decision failed, contained to it: an active run keeps its place, nothing new starts or stops,
+    and the reason says what failed (the other jobs and every model are planned as usual)."""
+    runs = tuple(sorted(runs, key=lambda r: r.run))
+    active = next((r for r in reversed(runs) if r.active), None)
+    return JobDecision(
+        name=job.name, state=JobState.ERROR, wants_run=False, next_run=(runs[-1].run + 1) if runs else 1, slot=None,
+        active=active, stop=(), prune=(), runs=len(runs), failures=0,
+        preemptions=sum(r.state is JobRunState.PREEMPTED for r in runs),
+        reason=f"cannot be decided, so nothing starts or stops for it: {type(error).__name__}: {error}"[:500],
+        last=runs[-1] if runs else None,
+    )
 
 
 def due_slot(schedule: str, now: float) -> float:

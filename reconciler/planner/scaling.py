@@ -13,6 +13,10 @@ The rules, in the order they are tried (the first that applies decides):
 Windows are read from the demand's history (``ModelDemand.window``); where the history does not reach back far enough
 (a gateway that just started) the count stays. Sustained windows are what keeps the count from flapping: a burst
 shorter than ``scaleUpAfter`` adds nothing, a lull shorter than ``scaleDownAfter`` removes nothing.
+
+Idleness and windows are ages the gateways measured on their own clocks; the observation's time only turns the last
+request's age back into a time for people. A partial demand (a gateway did not answer) may wake a model or scale it up,
+never scale it down or unload it: the silent gateway may be the busy one.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ def decide(model: Model, *, demand: ModelDemand | None, running: int, now: float
     assert s is not None, "only models with replicas: {min, max} scale with demand"
     d = demand or ModelDemand(model=model.name)
 
+    last = None if d.since_last is None or now is None else round(now - d.since_last, 3)
+
     def out(wanted: int, rule: str, reason: str) -> ScaleDecision:
         return ScaleDecision(model=model.name, running=running, wanted=wanted, rule=str(rule), reason=reason,
-                             in_flight=d.in_flight, queued=d.queued, last_request=d.last_request)
+                             in_flight=d.in_flight, queued=d.queued, last_request=last)
 
     current = min(max(running, s.min), s.max)
     if running == 0 and d.queued and s.max > 0:
@@ -60,18 +66,23 @@ def decide(model: Model, *, demand: ModelDemand | None, running: int, now: float
         return out(wanted, Rule.WAKE, f"wake: {_requests(d.queued)} waiting for {model.name}")
     if now is None:  # no clock (an offline plan): what runs stays, within the range
         return _ranged(out, current, running, s)
-    if d.load == 0 and current > s.min and _idle_for(d, now=now, seconds=s.idle_after):
+    if d.load == 0 and current > s.min and _idle_for(d, seconds=s.idle_after):
         what = "unload" if s.min == 0 else f"scale to min {s.min}"
+        if d.partial:
+            return out(current, Rule.STEADY, f"idle {_duration(s.idle_after)} as far as known, but {PARTIAL}: not "
+                                             f"{'unloaded' if s.min == 0 else 'scaled down'}")
         return out(s.min, Rule.IDLE, f"idle {_duration(s.idle_after)}: {what}")
-    up = d.window(now=now, seconds=s.scale_up_after)
+    up = d.window(seconds=s.scale_up_after)
     if up is not None and current < s.max:
         need = min(s.max, _replicas_for(up[0], s))
         if need > current:
             return out(need, Rule.UP, f"scale up: {_in_flight(d.load)} over {_replicas(running)}, target "
                                       f"{s.target_in_flight} per replica for {_duration(s.scale_up_after)}")
-    down = d.window(now=now, seconds=s.scale_down_after)
+    down = d.window(seconds=s.scale_down_after)
     if down is not None and current > max(s.min, 1):
         need = max(s.min, 1, _replicas_for(down[1], s))
+        if need < current and d.partial:
+            return out(current, Rule.STEADY, f"{PARTIAL}: not scaled down")
         if need < current:
             return out(need, Rule.DOWN, f"scale down: at most {_number(down[1])} in flight over "
                                         f"{_replicas(running)} for {_duration(s.scale_down_after)}, target "
@@ -85,12 +96,15 @@ def _ranged(out, current: int, running: int, s: Scaling) -> ScaleDecision:
     return out(current, Rule.STEADY, "")
 
 
-def _idle_for(d: ModelDemand, *, now: float, seconds: int) -> bool:
-    """No request for ``seconds``: by the last request's time, or, when no request was seen (a gateway restarted),
+PARTIAL = "a gateway did not report its demand in time"
+
+
+def _idle_for(d: ModelDemand, *, seconds: int) -> bool:
+    """No request for ``seconds``: by the last request's age, or, when no request was seen (a gateway restarted),
     by a history that reaches back that far and shows no load."""
-    if d.last_request is not None:
-        return now - d.last_request >= seconds
-    window = d.window(now=now, seconds=seconds)
+    if d.since_last is not None:
+        return d.since_last >= seconds
+    window = d.window(seconds=seconds)
     return window is not None and window[1] == 0
 
 

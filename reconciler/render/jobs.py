@@ -10,7 +10,7 @@ from reconciler.observed import ObservedState
 from reconciler.plan import Location, Plan, PlannedJob
 from reconciler.quantity import format_bytes
 
-MARKS = {"waiting": "…", "running": "▶", "preempted": "⏸", "succeeded": "✓", "failed": "✗"}
+MARKS = {"waiting": "…", "running": "▶", "preempted": "⏸", "succeeded": "✓", "failed": "✗", "error": "!"}
 
 
 def _where(job: PlannedJob) -> str:

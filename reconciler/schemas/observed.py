@@ -175,19 +175,21 @@ def _demand() -> dict[str, Any]:
         {
             "inFlight": {**count, "description": "requests its replicas are answering"},
             "queued": {**count, "description": "requests held by a gateway until a replica can take them"},
-            "lastRequest": {**seconds, "description": "epoch seconds the last request arrived or was answered; null: none seen"},
-            "oldestQueued": {**seconds, "description": "epoch seconds the longest-held request arrived"},
+            "sinceLastRequest": {**seconds, "description": "seconds since the last request arrived or was "
+                                 "answered, measured by the gateway on its own clock; null: none seen"},
+            "heldFor": {**seconds, "description": "seconds the longest-held request has waited (the gateway's clock)"},
             "samples": {
                 "type": "array",
                 "default": [],
-                "description": "the load's history as [epoch second, mean requests in flight or held] where it "
-                "changed, ascending",
+                "description": "the load's history as [seconds before the report, mean requests in flight or held "
+                "from then on] where it changed, oldest first",
                 "items": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 0},
                                                              {"type": "number", "minimum": 0}],
                           "minItems": 2, "maxItems": 2},
             },
-            "until": {"type": "integer", "minimum": 0, "default": 0,
-                      "description": "epoch second the history ends at (exclusive)"},
+            "partial": {"type": "boolean", "default": False,
+                        "description": "a gateway did not answer in time: counts are a lower bound and idleness is "
+                        "unknown (never scales down)"},
         },
     )
 

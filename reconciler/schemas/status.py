@@ -27,7 +27,7 @@ def _jobs() -> dict[str, Any]:
     seconds = {"anyOf": [{"type": "number"}, {"type": "null"}]}
     return {"type": "array", "items": _obj("A job: its state, where its run is, and its history.", {
         "name": _NAME,
-        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed"]},
+        "state": {"enum": ["waiting", "running", "preempted", "succeeded", "failed", "error"]},
         "node": {"anyOf": [_NAME, {"type": "null"}], "description": "where its run is or will be; null: no place"},
         "gpus": {"type": "array", "items": _COUNT},
         "runs": {**_COUNT, "description": "runs so far"},

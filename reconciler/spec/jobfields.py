@@ -22,7 +22,42 @@ def _schedule(value: Any) -> str:
             f"`{value}` is not a cron schedule: write five fields (minute hour day-of-month month day-of-week), "
             'such as "0 2 * * *" for every night at 02:00'
         )
+    never = _never_fires(value)
+    if never:
+        raise ValueError(f"`{value}` never fires: {never}")
     return value
+
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+LONGEST = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February has a 29th in leap years
+# Searching from a fixed moment, not the clock: whether a schedule ever fires does not depend on when it is read.
+SEARCH_FROM = 946_684_800.0  # 2000-01-01 UTC
+
+
+def _never_fires(value: str) -> str:
+    """Why a well-formed schedule never fires ("February has no 30th"), or "" when it does."""
+    from croniter import CroniterError
+
+    _, _, days, months, weekdays = croniter(value).expanded
+    if weekdays == ["*"] and all(isinstance(d, int) for d in days):
+        chosen = list(range(1, 13)) if months == ["*"] else [m for m in months if isinstance(m, int)]
+        if chosen and all(d > LONGEST[m - 1] for d in days for m in chosen):
+            names = [MONTHS[m - 1] for m in chosen]
+            which = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+            longest = max(LONGEST[m - 1] for m in chosen)
+            return (f"{which} {'have' if len(names) > 1 else 'has'} no " + " or ".join(_ordinal(d) for d in days)
+                    + f"; choose a day up to the {_ordinal(longest)}, or other months")
+    try:
+        croniter(value, SEARCH_FROM).get_next(float)
+    except (CroniterError, ValueError, OverflowError):
+        return "no date matches all its fields; check the day-of-month and month fields together"
+    return ""
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _working_dir(value: Any) -> str:

@@ -186,7 +186,7 @@ def test_a_request_held_for_an_idle_model_wakes_the_controller_shows_in_demand_a
             seen = {d.model: d for d in gateways.demand(cluster)}
             assert {"chat", "emb", "idle", "later"} <= set(seen)
             assert (seen["later"].queued, seen["later"].in_flight) == (1, 0)
-            assert seen["later"].oldest_queued is not None and seen["later"].last_request is not None
+            assert seen["later"].held_for is not None and seen["later"].since_last is not None
             assert seen["emb"].queued == 0
             replica = dataclasses.replace(later, state="running", desired=1, backends=before.model("emb").backends)
             gateways.publish(cluster, dataclasses.replace(before, models=before.models + (replica,)))

@@ -262,3 +262,59 @@ def test_an_observed_snapshot_with_jobs_round_trips():
     desired = lab(job("embed", 4))
     state = replace(observed(desired, run(1, F, message="boom")), recorded=(job("train", 2),))
     assert observed_from_json(observed_to_json(state)) == state
+
+
+# -- a job can never wedge a plan --------------------------------------------------------------------------------
+NEVER = "0 0 30 2 *"  # validation refuses it; a job recorded by an older version or a saved snapshot may carry it
+
+
+def test_a_schedule_that_never_fires_is_contained_to_its_job():
+    desired = lab(model("chat", 8, 1, priority=90), job("broken", 4, schedule=NEVER), job("fine", 4))
+    p = plan(desired, observed(desired), FAST)
+    assert ("create", "chat", 0) in kinds(p) and ("create", "job/fine", 1) in kinds(p)
+    broken = next(j for j in p.jobs if j.name == "broken")
+    assert broken.state == "error"
+    assert broken.reason.startswith("cannot be decided, so nothing starts or stops for it: CroniterBadDateError")
+    assert not [a for a in p.actions if a.model == "job/broken"]
+    assert from_json(to_json(p)) == p
+
+
+def test_an_undecidable_job_keeps_its_active_run_where_it_runs():
+    broken = job("broken", 4, schedule=NEVER)
+    desired = lab(broken)
+    p = plan(desired, observed(desired, run(3, R, broken, gpus=(1,))), FAST)
+    assert p.empty
+    (planned,) = p.jobs
+    assert (planned.state, planned.run, planned.node, planned.gpus) == ("error", 3, "node-a", (1,))
+
+
+_FIELD = st.one_of(st.just("*"), st.integers(0, 59).map(str), st.sampled_from(["*/7", "1-5", "0,30"]))
+_DAY = st.one_of(st.just("*"), st.integers(1, 31).map(str), st.sampled_from(["L", "29-31", "*/10"]))
+_MONTH = st.one_of(st.just("*"), st.integers(1, 12).map(str), st.sampled_from(["2", "4,6", "2-3"]))
+_WEEKDAY = st.one_of(st.just("*"), st.integers(0, 6).map(str), st.sampled_from(["1-5", "sun"]))
+SCHEDULES = st.one_of(
+    st.none(), st.just(NEVER),
+    st.builds(lambda m, h, d, mo, w: f"{m} {h} {d} {mo} {w}", _FIELD, st.integers(0, 23).map(str), _DAY, _MONTH,
+              _WEEKDAY),
+)
+TIMES = st.one_of(st.none(), st.floats(T0 - 10 * 86400, T0 + 10 * 86400, allow_nan=False))
+RUNS = st.lists(st.tuples(st.sampled_from(list(JobRunState)), TIMES, TIMES, TIMES, st.booleans()), max_size=5)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(schedules=st.lists(st.tuples(SCHEDULES, st.one_of(st.none(), st.integers(1, 86400)), RUNS), min_size=1,
+                          max_size=3),
+       now=TIMES)
+def test_random_schedules_deadlines_and_histories_never_make_plan_raise(schedules, now):
+    jobs = [job(f"j{i}", 4, schedule=s, active_deadline=d) for i, (s, d, _) in enumerate(schedules)]
+    runs = [run(n + 1, state, j, started=started, ended=ended, slot=slot,
+                revision=j.revision if same else "older")
+            for j, (_, _, history) in zip(jobs, schedules, strict=True)
+            for n, (state, started, ended, slot, same) in enumerate(history)]
+    desired = lab(model("chat", 8, 1, priority=90), *jobs)
+    p = plan(desired, observed(desired, *runs, at=now), FAST)
+    assert ("chat", 0) in {(u.model, u.replica) for u in p.placement}  # the models are planned whatever the jobs do
+    assert {j.name for j in p.jobs} == {j.name for j in jobs}
+    for gpu in p.gpus:
+        assert sum(u.vram for u in gpu.after) <= gpu.capacity

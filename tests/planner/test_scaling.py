@@ -31,40 +31,40 @@ def ranged(name: str, vram_gib: float, *, scaling: Scaling = SCALING, priority: 
 
 def steady(load: float, *, since: float = NOW - 3600, model_name: str = "chat", **kw) -> ModelDemand:
     """A history with `load` held since `since` up to now."""
-    return ModelDemand(model=model_name, samples=((int(since), load),), until=int(NOW), **kw)
+    return ModelDemand(model=model_name, samples=((int(NOW) - int(since), load),), **kw)
 
 
 @pytest.mark.parametrize(
     ("running", "demand", "wanted", "rule", "reason"),
     [
         # wake: held requests and no replica load one at once, whatever the history says
-        (0, ModelDemand("chat", queued=3, last_request=NOW), 1, "wake", "wake: 3 requests waiting for chat"),
+        (0, ModelDemand("chat", queued=3, since_last=0), 1, "wake", "wake: 3 requests waiting for chat"),
         # idle for idleAfter: unload
-        (2, steady(0, last_request=NOW - 901), 0, "idle", "idle 15m: unload"),
+        (2, steady(0, since_last=901), 0, "idle", "idle 15m: unload"),
         # not idle yet: a lull shorter than scaleDownAfter changes nothing
-        (2, replace(steady(0, since=NOW - 100, last_request=NOW - 100), samples=((int(NOW) - 3600, 8.0),
-                                                                                 (int(NOW) - 100, 0.0))),
+        (2, replace(steady(0, since=NOW - 100, since_last=100), samples=((3600, 8.0),
+                                                                                 (100, 0.0))),
          2, "steady", ""),
         # sustained load over the target for scaleUpAfter: as many as the lowest load of the window needs
-        (2, steady(19, in_flight=19, last_request=NOW), 4, "up",
+        (2, steady(19, in_flight=19, since_last=0), 4, "up",
          "scale up: 19 in flight over 2 replicas, target 4 per replica for 10s"),
-        (1, steady(9, in_flight=9, last_request=NOW), 3, "up",
+        (1, steady(9, in_flight=9, since_last=0), 3, "up",
          "scale up: 9 in flight over 1 replica, target 4 per replica for 10s"),
         # max is never exceeded
-        (4, steady(100, in_flight=100, last_request=NOW), 4, "steady", ""),
+        (4, steady(100, in_flight=100, since_last=0), 4, "steady", ""),
         # a burst shorter than scaleUpAfter adds nothing
-        (1, replace(steady(1, in_flight=30, last_request=NOW), samples=((int(NOW) - 3600, 1.0),
-                                                                        (int(NOW) - 3, 30.0))),
+        (1, replace(steady(1, in_flight=30, since_last=0), samples=((3600, 1.0),
+                                                                        (3, 30.0))),
          1, "steady", ""),
         # sustained low load for scaleDownAfter: as many as the highest load of the window needs, never below one
-        (4, steady(5, in_flight=5, last_request=NOW), 2, "down",
+        (4, steady(5, in_flight=5, since_last=0), 2, "down",
          "scale down: at most 5 in flight over 4 replicas for 5m, target 4 per replica"),
-        (3, steady(0.4, last_request=NOW - 10), 1, "down",
+        (3, steady(0.4, since_last=10), 1, "down",
          "scale down: at most 0.4 in flight over 3 replicas for 5m, target 4 per replica"),
         # a history too short to tell sustained load: the count stays
-        (1, steady(30, since=NOW - 5, in_flight=30, last_request=NOW), 1, "steady", ""),
+        (1, steady(30, since=NOW - 5, in_flight=30, since_last=0), 1, "steady", ""),
         # the spec's range moved past what runs
-        (6, steady(100, in_flight=100, last_request=NOW), 4, "range", "replicas: {min: 0, max: 4} (was 6)"),
+        (6, steady(100, in_flight=100, since_last=0), 4, "range", "replicas: {min: 0, max: 4} (was 6)"),
     ],
 )
 def test_decide(running, demand, wanted, rule, reason) -> None:
@@ -74,7 +74,7 @@ def test_decide(running, demand, wanted, rule, reason) -> None:
 
 def test_min_is_kept_when_idle_and_without_clock() -> None:
     two = replace(SCALING, min=2)
-    assert decide(ranged("chat", 4, scaling=two), demand=steady(0, last_request=NOW - 5000), running=3,
+    assert decide(ranged("chat", 4, scaling=two), demand=steady(0, since_last=5000), running=3,
                   now=NOW).wanted == 2
     assert decide(ranged("chat", 4, scaling=two), demand=None, running=0, now=None).wanted == 2
     # offline (no clock): what runs stays, within the range
@@ -89,10 +89,10 @@ def test_min_is_kept_when_idle_and_without_clock() -> None:
 )
 def test_count_always_within_range(lo, span, running, queued, in_flight, idle, loads) -> None:
     s = replace(SCALING, min=lo, max=max(1, lo + span))
-    samples = tuple((int(NOW) - 3600 + 600 * i, round(v, 3)) for i, v in enumerate(loads))
+    samples = tuple((3600 - 600 * i, round(v, 3)) for i, v in enumerate(loads))
     d = decide(ranged("chat", 4, scaling=s), running=running, now=NOW,
-               demand=ModelDemand("chat", in_flight=in_flight, queued=queued, last_request=NOW - idle,
-                                  samples=samples, until=int(NOW)))
+               demand=ModelDemand("chat", in_flight=in_flight, queued=queued, since_last=idle,
+                                  samples=samples))
     assert s.min <= d.wanted <= s.max
     if queued and running == 0:
         assert d.wanted >= 1
@@ -105,7 +105,7 @@ def _observed_with(desired, demand, *, at=NOW, base=None):
 
 def test_wake_plans_a_replica_and_a_snapshot_reproduces_the_plan_byte_for_byte() -> None:
     desired = homelab(ranged("chat", 8))
-    observed = _observed_with(desired, [ModelDemand("chat", queued=2, last_request=NOW - 1, oldest_queued=NOW - 1)])
+    observed = _observed_with(desired, [ModelDemand("chat", queued=2, since_last=1, held_for=1)])
     first = plan(desired, observed, FAST)
     assert kinds(first) == [("create", "chat", 0)]
     assert first.actions[0].reason.startswith("wake: 2 requests waiting for chat; new replica: 8 GiB on node-a/gpu")
@@ -127,7 +127,7 @@ def test_without_demand_an_unloaded_model_stays_unloaded() -> None:
 def test_idle_unloads_with_the_reason() -> None:
     desired = homelab(ranged("chat", 8))
     running = applied(homelab(model("chat", 8, 1)))
-    p = plan(desired, _observed_with(desired, [steady(0, last_request=NOW - 1000)], base=running), FAST)
+    p = plan(desired, _observed_with(desired, [steady(0, since_last=1000)], base=running), FAST)
     assert kinds(p) == [("delete", "chat", 0)]
     assert p.actions[0].reason == "idle 15m: unload"
 
@@ -145,8 +145,8 @@ def _running(desired, **counts) -> ObservedState:
 def test_higher_priority_waiting_evicts_the_idle_lower_one() -> None:
     desired = _one_gpu(ranged("chat", 10, priority=50), ranged("coder", 10, priority=20))
     base = _running(desired, coder=1)
-    demand = [ModelDemand("chat", queued=3, last_request=NOW, oldest_queued=NOW - 2),
-              steady(0, model_name="coder", last_request=NOW - 600)]
+    demand = [ModelDemand("chat", queued=3, since_last=0, held_for=2),
+              steady(0, model_name="coder", since_last=600)]
     p = plan(desired, _observed_with(desired, demand, base=base), FAST)
     assert kinds(p) == [("evict", "coder", 0), ("create", "chat", 0)]
     assert p.actions[0].reason == ("evict coder[0] (priority 20, idle 10m) to load chat[0] (priority 50) for "
@@ -156,8 +156,8 @@ def test_higher_priority_waiting_evicts_the_idle_lower_one() -> None:
 def test_lower_priority_waiting_stays_unplaced_and_says_why() -> None:
     desired = _one_gpu(ranged("chat", 10, priority=50), ranged("coder", 10, priority=20))
     base = _running(desired, chat=1)
-    demand = [steady(2, model_name="chat", in_flight=2, last_request=NOW),
-              ModelDemand("coder", queued=1, last_request=NOW, oldest_queued=NOW)]
+    demand = [steady(2, model_name="chat", in_flight=2, since_last=0),
+              ModelDemand("coder", queued=1, since_last=0, held_for=0)]
     p = plan(desired, _observed_with(desired, demand, base=base), FAST)
     assert p.empty
     assert [(u.model, u.replica) for u in p.unplaced] == [("coder", 0)]
@@ -172,13 +172,13 @@ def test_equal_priorities_never_evict_each_other_and_take_turns_by_idleness() ->
                                                                              priority=20))
     base = _running(desired, chat=1)
     # coder waits while chat was used 10 s ago: no eviction of an equal
-    waiting = [steady(0, model_name="chat", last_request=NOW - 10),
-               ModelDemand("coder", queued=1, last_request=NOW, oldest_queued=NOW)]
+    waiting = [steady(0, model_name="chat", since_last=10),
+               ModelDemand("coder", queued=1, since_last=0, held_for=0)]
     p = plan(desired, _observed_with(desired, waiting, base=base), FAST)
     assert p.empty and [u.model for u in p.unplaced] == ["coder"]
     # chat idle for idleAfter: it unloads, and coder is placed in the same plan
-    later = [steady(0, model_name="chat", last_request=NOW - 31),
-             ModelDemand("coder", queued=1, last_request=NOW - 21, oldest_queued=NOW - 21)]
+    later = [steady(0, model_name="chat", since_last=31),
+             ModelDemand("coder", queued=1, since_last=21, held_for=21)]
     p = plan(desired, _observed_with(desired, later, base=base), FAST)
     assert kinds(p) == [("delete", "chat", 0), ("create", "coder", 0)]
     assert p.actions[0].reason == "idle 30s: unload"
@@ -187,13 +187,13 @@ def test_equal_priorities_never_evict_each_other_and_take_turns_by_idleness() ->
 def test_min_two_never_goes_below_two_and_vram_is_never_overcommitted() -> None:
     two = replace(SCALING, min=2, max=3)
     desired = homelab(ranged("chat", 10, scaling=two), gpus=1, memory_gib=24)
-    p = plan(desired, _observed_with(desired, [steady(0, last_request=NOW - 5000)]), FAST)
+    p = plan(desired, _observed_with(desired, [steady(0, since_last=5000)]), FAST)
     assert p.model("chat").replicas == 2
     # only two replicas of 10 GiB fit on 24 GiB: the second is placed, none beyond capacity
     assert len(p.placement) == 2
     for gpu in p.gpus:
         assert sum(u.vram for u in gpu.after) <= gpu.capacity
-    busy = plan(desired, _observed_with(desired, [steady(40, in_flight=40, last_request=NOW)],
+    busy = plan(desired, _observed_with(desired, [steady(40, in_flight=40, since_last=0)],
                                         base=_running(desired, chat=2)), FAST)
     assert busy.model("chat").replicas == 3 and len(busy.placement) == 2
     assert [(u.model, u.replica) for u in busy.unplaced] == [("chat", 2)]
@@ -207,14 +207,14 @@ def test_the_idle_replica_gives_way_before_the_busy_one(idle_on) -> None:
     desired = homelab(ranged("chat", 16, priority=50), ranged("a", 16, priority=20), ranged("b", 16, priority=20),
                       gpus=2, memory_gib=24)
     base = _running(desired, a=1, b=1)
-    demand = [ModelDemand("chat", queued=1, last_request=NOW, oldest_queued=NOW),
-              steady(0, model_name=idle_on, last_request=NOW - 60),
-              steady(2, model_name=busy_on, in_flight=2, last_request=NOW)]
+    demand = [ModelDemand("chat", queued=1, since_last=0, held_for=0),
+              steady(0, model_name=idle_on, since_last=60),
+              steady(2, model_name=busy_on, in_flight=2, since_last=0)]
     p = plan(desired, _observed_with(desired, demand, base=base), FAST)
     assert kinds(p) == [("evict", idle_on, 0), ("create", "chat", 0)]
     # two idle ones: the least recently used goes first
-    lru = [ModelDemand("chat", queued=1, last_request=NOW, oldest_queued=NOW),
-           steady(0, model_name=idle_on, last_request=NOW - 300), steady(0, model_name=busy_on, last_request=NOW - 30)]
+    lru = [ModelDemand("chat", queued=1, since_last=0, held_for=0),
+           steady(0, model_name=idle_on, since_last=300), steady(0, model_name=busy_on, since_last=30)]
     p = plan(desired, _observed_with(desired, lru, base=base), FAST)
     assert kinds(p) == [("evict", idle_on, 0), ("create", "chat", 0)]
 
@@ -245,7 +245,7 @@ spec:
 """)
     desired = load_specs(specs).desired
     running = _running(desired, chat=2)
-    snapshot = replace(running, at=NOW, demand=(steady(19, in_flight=19, last_request=NOW),))
+    snapshot = replace(running, at=NOW, demand=(steady(19, in_flight=19, since_last=0),))
     path = tmp_path / "observed.json"
     path.write_text(json.dumps(observed_to_json(snapshot)))
     outputs = []
@@ -258,3 +258,34 @@ spec:
                                     "reason": "scale up: 19 in flight over 2 replicas, target 4 per replica for 10s",
                                     "inFlight": 19, "queued": 0, "lastRequest": NOW}]
     assert [(a["action"], a["replica"]) for a in document["actions"]] == [("create", 2), ("create", 3)]
+
+
+@pytest.mark.parametrize(
+    ("running", "demand", "wanted", "rule", "reason"),
+    [
+        # a gateway with requests in flight did not answer: the others' "idle 58 min" is not the whole story
+        (1, steady(0, since_last=3480, partial=True), 1, "steady",
+         "idle 15m as far as known, but a gateway did not report its demand in time: not unloaded"),
+        (4, steady(5, in_flight=5, since_last=0, partial=True), 4, "steady",
+         "a gateway did not report its demand in time: not scaled down"),
+        # what partial demand does show is at least that much: it may wake a model or scale it up
+        (0, ModelDemand("chat", queued=2, since_last=0, held_for=1, partial=True), 1, "wake",
+         "wake: 2 requests waiting for chat"),
+        (2, steady(19, in_flight=19, since_last=0, partial=True), 4, "up",
+         "scale up: 19 in flight over 2 replicas, target 4 per replica for 10s"),
+    ],
+)
+def test_partial_demand_never_scales_down(running, demand, wanted, rule, reason) -> None:
+    d = decide(ranged("chat", 4), demand=demand, running=running, now=NOW)
+    assert (d.wanted, d.rule, d.reason) == (wanted, rule, reason)
+
+
+def test_ages_are_read_with_the_observations_time_only() -> None:
+    """A model used 4 s ago stays whatever the clocks say: the planner never compares a gateway's time of day with
+    its own, and the time of the last request it reports is the observation's time less the age."""
+    desired = homelab(ranged("chat", 8))
+    running = applied(homelab(model("chat", 8, 1)))
+    for at in (NOW, NOW - 660, NOW + 660):  # the controller's clock anywhere
+        p = plan(desired, _observed_with(desired, [steady(0, since_last=4)], base=running, at=at), FAST)
+        assert p.empty
+        assert [(d.rule, d.last_request) for d in p.scaling] == [("steady", at - 4)]

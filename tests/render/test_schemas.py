@@ -52,8 +52,8 @@ def _observed() -> ObservedState:
         recorded=(Job(name="train", pool="homelab", priority_class="batch", priority=10,
                       preemption=Preemption.LOWER_PRIORITY, preemptible=True, vram=4 * GiB,
                       entrypoint="python train.py", working_dir="/home/me/train"),),
-        demand=(ModelDemand("chat", in_flight=3, queued=2, last_request=1.0e9 + 99.5, oldest_queued=1.0e9 + 98.0,
-                            samples=((1_000_000_000, 0.0), (1_000_000_090, 4.5)), until=1_000_000_100),),
+        demand=(ModelDemand("chat", in_flight=3, queued=2, since_last=0.5, held_for=2.0,
+                            samples=((100, 0.0), (10, 4.5)), partial=True),),
     )
 
 

@@ -120,6 +120,32 @@ def test_capacity():
     ]
 
 
+def test_a_schedule_that_never_fires_is_refused_where_it_is_written_saying_why():
+    text = ("apiVersion: reconciler/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  vram: 4Gi\n  entrypoint: run\n"
+            '  schedule: "0 0 30 2 *"\n')
+    assert messages(load({"j.yaml": text, "p.yaml": [pool()]})) == [
+        "j.yaml:7:13: error: `schedule`: `0 0 30 2 *` never fires: February has no 30th; choose a day up to the "
+        "29th, or other months",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "why"),
+    [
+        ("0 0 31 4,6 *", "April and June have no 31st"),
+        ("0 0 30,31 2 *", "February has no 30th or 31st"),
+    ],
+)
+def test_schedules_that_never_fire(schedule, why):
+    (error,) = load({"a.yaml": [pool(), job("j", schedule=schedule)]}).errors
+    assert error.message.startswith(f"`schedule`: `{schedule}` never fires: {why}"), error.message
+
+
+@pytest.mark.parametrize("schedule", ["0 0 29 2 *", "0 0 30 2 1", "0 0 31 2-4 *", "0 0 L 2 *"])
+def test_schedules_that_fire_rarely_or_on_weekdays_pass(schedule):
+    assert load({"a.yaml": [pool(), job("j", schedule=schedule)]}).errors == ()
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("1d2s", 86402)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
