@@ -30,6 +30,7 @@ class LoadResult:
     diagnostics: tuple[Diagnostic, ...]  # sorted by path, line, column
     files: tuple[str, ...] = ()  # the spec files read, relative to the directory
     documents: int = 0  # non-empty YAML documents found
+    unsized: tuple[tuple[str, str], ...] = ()  # (model, what was tried) for vLLM models whose files can't be read
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -174,6 +175,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
         diagnostics=ordered,
         files=tuple(sorted({*files, *(d.path for d in unreadable)})),
         documents=documents,
+        unsized=tuple(sorted(sizes.unreadable.items())) if sizes is not None else (),
     )
 
 

@@ -4,7 +4,7 @@ The only module of sizing that touches files (and, for a hub id when asked to, t
 ``reconciler.sizing`` plain data. Where a model's files are found, by the form of its ``source``:
 
 - ``pypi:<distribution>``: the folder inside that installed Python package holding ``config.json`` (the shallowest);
-- a path, absolute or relative to the spec directory;
+- a path, absolute or relative to the spec directory (else to the working directory, as the engine reads it);
 - a hub id (``org/name``): the Hugging Face cache; then, only where ``hub`` is allowed and the hub is not switched
   off (``HF_HUB_OFFLINE``), the hub itself, whose safetensors headers ``huggingface_hub`` reads without downloading
   the weights.
@@ -211,11 +211,15 @@ def _locate(source: str, base_dir: Path | None) -> tuple[Path | None, str]:
         return found, f"the installed Python distribution {name!r}"
     path = Path(source).expanduser()
     if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
-        if not path.is_absolute():
-            if base_dir is None:
-                return None, f"{source} (a relative path, with no spec directory to resolve it against)"
-            path = base_dir / path
-        return (path.resolve() if path.is_dir() else None), str(path)
+        if path.is_absolute():
+            return (path.resolve() if path.is_dir() else None), str(path)
+        # Relative: to the spec directory, else to the working directory (where `reconciler up` started the cluster,
+        # which the engine resolves it against too).
+        places = [p for p in (base_dir, Path.cwd()) if p is not None]
+        for place in places:
+            if (place / path).is_dir():
+                return (place / path).resolve(), str(place / path)
+        return None, " and ".join(str(place / path) for place in places)
     if base_dir is not None and (base_dir / path).is_dir():
         return (base_dir / path).resolve(), str(base_dir / path)
     return _hf_cache(source), f"the Hugging Face cache for {source!r}"
