@@ -19,6 +19,7 @@ from reconciler.errors import TransientError, UserError
 from reconciler.naming import JOB_METADATA, cuda_visible_devices, job_submission_id, vram_mib, vram_resource
 from reconciler.observed import JobRunState, ObservedJobRun
 from reconciler.plan import PlannedJob
+from reconciler.spec.workdirs import escapes
 
 STOPPED_BY = "job-stopped/"  # KV key prefix: why reconciler stopped a run
 RECORDED = "job-recorded/"  # KV key prefix: ad-hoc jobs (`reconciler run`), desired state kept in the cluster
@@ -40,6 +41,12 @@ def submission(job: PlannedJob, *, spec_dir: Path | None) -> dict[str, Any]:
                 "directory to apply (reconciler apply DIR --plan FILE)"
             )
         folder = (Path(spec_dir or ".") / job.working_dir).resolve()
+        # Checked again here, not only at validate: a link may have changed since (a folder replaced by a link to /).
+        if spec_dir is not None and not Path(job.working_dir).is_absolute():
+            target = escapes(spec_dir, job.working_dir)
+            if target is not None:
+                raise UserError(f"job {job.name}: workingDir {job.working_dir} leads out of the spec directory once "
+                                f"its links are followed (to {target}): nothing was shipped")
         if not folder.is_dir():
             raise UserError(f"job {job.name}: workingDir {folder} is not a directory")
         runtime_env["working_dir"] = str(folder)

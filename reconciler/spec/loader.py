@@ -19,6 +19,7 @@ from reconciler.spec.models import API_VERSION, DOCUMENTS
 from reconciler.spec.parsed import Parsed
 from reconciler.spec.rules import KINDS, Catalog, Reference, check
 from reconciler.spec.sizes import size_models
+from reconciler.spec.workdirs import check_working_dirs
 from reconciler.spec.source import SourceDocument, read_documents, too_large
 
 SUFFIXES = (".yaml", ".yml")
@@ -163,6 +164,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
         references=tuple(references),
     )
     diagnostics.extend(check(catalog))
+    diagnostics.extend(check_working_dirs(catalog.jobs, base_dir=base_dir))
     # Sizing reads the models' files: only for specs that are otherwise right.
     sizes = None
     if not any(d.severity is Severity.ERROR for d in diagnostics):

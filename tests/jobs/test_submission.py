@@ -82,3 +82,18 @@ def test_adhoc_mistakes_are_one_sentence(kw, message):
     with pytest.raises(UserError) as error:
         adhoc_job(desired, **fields)
     assert str(error.value).startswith(message)
+
+
+def test_a_working_dir_linked_out_of_the_spec_directory_is_never_shipped(tmp_path):
+    specs, outside = tmp_path / "specs", tmp_path / "elsewhere"
+    (specs / "jobs").mkdir(parents=True)
+    outside.mkdir()
+    (specs / "jobs" / "embed").symlink_to(outside)  # as a commit could make it after validation
+    with pytest.raises(UserError, match=r"leads out of the spec directory once its links are followed .*nothing "
+                                        r"was shipped"):
+        submission(planned(), spec_dir=specs)
+    (specs / "jobs" / "embed").unlink()
+    (specs / "jobs" / "real").mkdir()
+    (specs / "jobs" / "embed").symlink_to(specs / "jobs" / "real")  # a link that stays inside is fine
+    assert submission(planned(), spec_dir=specs)["runtime_env"]["working_dir"] == str((specs / "jobs" / "real")
+                                                                                       .resolve())

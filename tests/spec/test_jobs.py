@@ -149,3 +149,24 @@ def test_schedules_that_fire_rarely_or_on_weekdays_pass(schedule):
 @pytest.mark.parametrize(("text", "seconds"), [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("1d2s", 86402)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_a_working_dir_that_links_out_of_the_spec_directory_is_refused_where_it_is_written(tmp_path):
+    from reconciler.spec import load_specs
+
+    specs = tmp_path / "specs"
+    (specs / "jobs").mkdir(parents=True)
+    (specs / "jobs" / "embed").symlink_to(tmp_path)  # jobs/embed -> the folder above the specs
+    (specs / "jobs" / "inside").mkdir()
+    (specs / "jobs" / "alias").symlink_to(specs / "jobs" / "inside")
+    (specs / "pool.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: ResourcePool\nmetadata: {name: lab}\nspec:\n"
+        "  inventory: [{node: n, gpus: [{name: sim, memory: 24Gi}]}]\n")
+    job_text = "apiVersion: reconciler/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  vram: 4Gi\n" \
+               "  entrypoint: run\n  workingDir: {folder}\n"
+    (specs / "a.yaml").write_text(job_text.format(name="out", folder="jobs/embed"))
+    (specs / "b.yaml").write_text(job_text.format(name="ok", folder="jobs/alias"))
+    assert messages(load_specs(specs)) == [
+        f"a.yaml:7:15: error: `workingDir`: `jobs/embed` leads out of the spec directory once its links are "
+        f"followed (to {tmp_path.resolve()}): put the folder itself inside the spec directory",
+    ]
