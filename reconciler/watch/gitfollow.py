@@ -76,6 +76,7 @@ class GitSpecs:
         self._fetch_error: str | None = None
         self._last_fetch: float | None = None
         self._lock = threading.Lock()
+        self._tree: tuple[str, Path, Path] | None = None  # (commit, its spec directory on disk, the folder to remove)
         if metrics is not None:
             metrics.registry.register(_RevisionCollector(self))
 
@@ -92,7 +93,29 @@ class GitSpecs:
     def describe(self) -> str:
         return f"{self.options.url} (branch {self.remote.branch}, {self.options.path or '.'})"
 
+    def spec_dir(self) -> Path | None:
+        """The spec directory of the revision being enforced, written out on disk once per commit: what a job's
+        workingDir ships from, so a run gets the files of the revision that planned it. None before a good one."""
+        applied = self.state.applied
+        if applied is None:
+            return None
+        if self._tree is not None and self._tree[0] == applied.commit:
+            return self._tree[1]
+        root = Path(tempfile.mkdtemp(prefix="reconciler-tree-"))
+        try:
+            folder = self.remote.export(applied.commit, self.options.path, root)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        previous, self._tree = self._tree, (applied.commit, folder, root)
+        if previous is not None:
+            shutil.rmtree(previous[2], ignore_errors=True)
+        return folder
+
     def close(self) -> None:
+        if self._tree is not None:
+            shutil.rmtree(self._tree[2], ignore_errors=True)
+            self._tree = None
         if self._temporary:
             shutil.rmtree(self.remote.cache, ignore_errors=True)
 

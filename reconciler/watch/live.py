@@ -81,8 +81,11 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
 
     def apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> Sequence[ActionResult]:
         # A fresh Progress per apply: it keeps per-apply rows; plain lines, never a live table, in a long-running log.
+        # Only a run that ships a folder needs the specs on disk (under --git, written out from the revision).
+        ships = any(j.working_dir and not j.working_dir.startswith("/") for j in plan.jobs)
+        directory = spec_dir() if callable(spec_dir) and ships else (None if callable(spec_dir) else spec_dir)
         executor = Executor(cluster, settings=apply_settings,
-                            progress=Progress(stream, live=False), spec_dir=spec_dir)
+                            progress=Progress(stream, live=False), spec_dir=directory)
         try:
             report = executor.apply(plan)
         except Exception as exc:

@@ -65,7 +65,9 @@ class WatchOptions:
     git: GitOptions | None = None  # follow a branch of a remote repository instead of watching ``directory``
 
 
-def connect(options: WatchOptions) -> WatchTarget:
+def connect(options: WatchOptions, *, spec_dir: Callable[[], Path | None] | None = None) -> WatchTarget:
+    """The target the controller observes and acts on. ``spec_dir``: where the enforced specs are on disk when a job
+    ships its workingDir (under --git, the checked-out revision); the watched directory by default."""
     if options.offline or options.observed is not None:
         from reconciler.observed import from_inventory
         from reconciler.schemas.read import read_snapshot
@@ -82,7 +84,7 @@ def connect(options: WatchOptions) -> WatchTarget:
     # The executor's progress lines join the human log; with JSON on stdout they go to stderr.
     return connect_live(options.address, connect_timeout=options.connect_timeout,
                         progress=sys.stderr if options.log_format == "json" else sys.stdout, apply_settings=options.apply,
-                        spec_dir=options.directory if options.git is None else None)
+                        spec_dir=spec_dir or (lambda: options.directory if options.git is None else None))
 
 
 def _sinks(options: WatchOptions, stack: ExitStack) -> EventLog:
@@ -120,9 +122,10 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         watching = git.describe if git is not None else str(options.directory)
         around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching,
                       page=page)
-        why = _watch_connected(connect(options), **around, confirm=confirm, ready=ready)
+        spec_dir = git.spec_dir if git is not None else None
+        why = _watch_connected(connect(options, spec_dir=spec_dir), **around, confirm=confirm, ready=ready)
         while why == CLUSTER_LOST:  # the cluster stopped answering: connect again, and carry on as before
-            target = _reconnect(options, events)
+            target = _reconnect(options, events, spec_dir=spec_dir)
             if target is None:
                 why = "signal received while reconnecting"
                 break
@@ -347,7 +350,8 @@ def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controlle
     return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
 
 
-def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
+def _reconnect(options: WatchOptions, events: EventLog, *,
+               spec_dir: Callable[[], Path | None] | None = None) -> WatchTarget | None:
     """Connect again, backing off from ``retry_base`` doubling up to the drift interval, until the cluster answers
     (a restarted local cluster is found at its new address) or a signal comes (None)."""
     stop = threading.Event()
@@ -356,7 +360,7 @@ def _reconnect(options: WatchOptions, events: EventLog) -> WatchTarget | None:
         delay = options.settings.retry_base
         while not stop.is_set():
             try:
-                target = connect(options)
+                target = connect(options, spec_dir=spec_dir)
             except UserError as exc:  # nothing answers yet, or no local cluster is running right now
                 events.emit(Kind.FAILURE, f"connecting again failed: {exc}; retrying in {delay:.0f} s",
                             stage="connect", error=str(exc), temporary=True, retryIn=delay)

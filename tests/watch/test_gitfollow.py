@@ -186,3 +186,44 @@ def _shape(cluster: FakeCluster, want):
 
     cluster.state = from_inventory(want)
     return cluster.state
+
+
+JOB = """\
+apiVersion: reconciler/v1
+kind: Job
+metadata: {name: embed}
+spec:
+  vram: 4Gi
+  entrypoint: python embed.py
+  workingDir: jobs/embed
+"""
+
+
+def test_a_jobs_working_dir_ships_from_the_revision_being_enforced(repo):
+    """Under --git nothing is checked out for the specs; a job's folder is written out per enforced commit, and a
+    link in it that leads away is never shipped."""
+    from pathlib import Path
+
+    from reconciler.adapter.jobs import submission
+    from reconciler.plan import PlannedJob
+
+    repo.push("embed v1", {"specs/pool.yaml": POOL, "specs/jobs.yaml": JOB, "specs/jobs/embed/embed.py": "v = 1\n"})
+    planned = PlannedJob(name="embed", state="waiting", run=1, runs=0, failures=0, preemptions=0, reason="",
+                         node="n", gpus=(0,), vram=1, entrypoint="python embed.py", working_dir="jobs/embed")
+    with GitSpecs(GitOptions(url=repo.url, path="specs", poll=3600), events=EventLog()) as specs:
+        assert specs.spec_dir() is None  # no revision enforced yet
+        assert specs().ok
+        first = submission(planned, spec_dir=specs.spec_dir())["runtime_env"]["working_dir"]
+        assert (Path(first) / "embed.py").read_text() == "v = 1\n"
+        repo.push("embed v2", {"specs/jobs/embed/embed.py": "v = 2\n"})
+        assert specs.fetch_once() and specs().ok
+        second = submission(planned, spec_dir=specs.spec_dir())["runtime_env"]["working_dir"]
+        assert (Path(second) / "embed.py").read_text() == "v = 2\n"
+        assert not Path(first).exists()  # the previous revision's copy is gone
+
+        (repo.work / "specs" / "jobs" / "embed" / "etc").symlink_to("/etc")
+        repo.push("a link out", {})
+        assert specs.fetch_once() and specs().ok
+        third = Path(submission(planned, spec_dir=specs.spec_dir())["runtime_env"]["working_dir"])
+        assert (third / "embed.py").exists() and not (third / "etc").exists()
+    assert not third.exists()  # removed with the watcher
