@@ -23,6 +23,9 @@ from reconciler.spec.workdirs import escapes
 
 STOPPED_BY = "job-stopped/"  # KV key prefix: why reconciler stopped a run
 RECORDED = "job-recorded/"  # KV key prefix: ad-hoc jobs (`reconciler run`), desired state kept in the cluster
+# Written before the stop is asked for, then replaced by PREEMPTED once the run is seen ended. A run that ended
+# stopped with only the first (the controller died between the two) was stopped by a preemption all the same.
+PREEMPTING = b"preempting"
 PREEMPTED = b"preempted"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
@@ -81,6 +84,7 @@ class Jobs:
         except Exception as exc:  # the dashboard is starting or busy
             raise TransientError(f"the Ray job API at {dashboard_url} did not answer: {exc}") from exc
         self._kv = kv
+        self._tails: dict[str, str] = {}  # a finished run's log tail: read once, its log no longer changes
 
     def runs(self) -> tuple[ObservedJobRun, ...]:
         """Every run reconciler submitted, active or finished; failed runs with the tail of their log."""
@@ -94,11 +98,12 @@ class Jobs:
             if JOB_METADATA not in meta or not d.submission_id:
                 continue
             state = _STATES.get(str(d.status.value if hasattr(d.status, "value") else d.status), JobRunState.PENDING)
-            if state is JobRunState.STOPPED and self._kv.get(STOPPED_BY + d.submission_id) == PREEMPTED:
+            if state is JobRunState.STOPPED and self._kv.get(STOPPED_BY + d.submission_id) in (PREEMPTED,
+                                                                                                 PREEMPTING):
                 state = JobRunState.PREEMPTED
             message = d.message or ""
             if state in (JobRunState.FAILED, JobRunState.STOPPED):
-                message = self.log_tail(d.submission_id) or message
+                message = self._finished_tail(d.submission_id) or message
             runs.append(
                 ObservedJobRun(
                     job=meta[JOB_METADATA],
@@ -129,6 +134,11 @@ class Jobs:
             if value is not None:
                 found.append(job_from_json(json.loads(value)))
         return tuple(found)
+
+    def _finished_tail(self, submission_id: str) -> str:
+        if submission_id not in self._tails:
+            self._tails[submission_id] = self.log_tail(submission_id)
+        return self._tails[submission_id]
 
     def log_tail(self, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -179,14 +189,22 @@ class Jobs:
         return True
 
     def stop(self, job: str, run: int, *, preempted: bool) -> None:
-        """Ray stops a run with SIGTERM, then kills it after its grace period."""
+        """Ray stops a run with SIGTERM, then kills it after its grace period. A preemption is marked as intended
+        first (so a run that ends before the controller sees it still reads as preempted) and confirmed with
+        ``preempted`` once the run is seen ended; a stop Ray refused takes the intent back."""
         sid = job_submission_id(job, run)
         if preempted:
-            self._kv.put(STOPPED_BY + sid, PREEMPTED)
+            self._kv.put(STOPPED_BY + sid, PREEMPTING)
         try:
             self._client.stop_job(sid)
         except Exception as exc:
+            if preempted:
+                self._kv.delete(STOPPED_BY + sid)
             raise TransientError(f"cannot stop {sid}: {exc}") from exc
+
+    def preempted(self, job: str, run: int) -> None:
+        """The run's stop is confirmed: mark it preempted for good (it is requeued, not counted as a failure)."""
+        self._kv.put(STOPPED_BY + job_submission_id(job, run), PREEMPTED)
 
     def forget(self, job: str, run: int) -> None:
         """A finished run leaves the history."""
@@ -197,13 +215,35 @@ class Jobs:
             raise TransientError(f"cannot delete {sid}: {exc}") from exc
         self._kv.delete(STOPPED_BY + sid)
 
-    def status(self, job: str, run: int) -> str:
-        return str(self._client.get_job_status(job_submission_id(job, run)).value)
+    def status(self, job: str, run: int) -> str | None:
+        """Ray's status of a run; None when Ray does not know the run. Any other failure to answer is temporary:
+        it says nothing about the run, which may still hold its GPUs."""
+        sid = job_submission_id(job, run)
+        try:
+            return str(self._client.get_job_status(sid).value)
+        except Exception as exc:
+            if _unknown(exc):
+                return None
+            raise TransientError(f"cannot read the status of {sid}: {exc}") from exc
 
-    def wait_ended(self, job: str, run: int, *, timeout: float, interval: float = 0.5) -> str:
+    def wait_ended(self, job: str, run: int, *, timeout: float, interval: float = 0.5) -> str | None:
+        """The run's status once it ended (None: Ray no longer knows it), or the last one seen when ``timeout``
+        passed first. A status Ray fails to give is asked again; still failing at the end, it raises
+        TransientError: the stop is then not confirmed."""
         deadline = time.monotonic() + timeout
         while True:
-            status = self.status(job, run)
-            if status in TERMINAL or time.monotonic() >= deadline:
-                return status
+            try:
+                status = self.status(job, run)
+            except TransientError:
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if status is None or status in TERMINAL or time.monotonic() >= deadline:
+                    return status
             time.sleep(interval)
+
+
+def _unknown(exc: Exception) -> bool:
+    """Whether the job client's error says the submission does not exist (its wording: "... does not exist")."""
+    text = str(exc).lower()
+    return "does not exist" in text or "404" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
     parser.add_argument("--specs", type=Path, default=Path("specs"), metavar="DIR",
                         help="the spec directory that defines the pools and classes (default: specs)")
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="when another reconciler holds the cluster's apply lock, wait for it instead of exiting")
     _cluster.add_address_argument(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     parser.set_defaults(handler=run)
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                     priority_class=args.priority_class, pool=args.pool, gpus=args.gpus,
                     working_dir=os.getcwd(), env=env, retries=args.retries)
     with _cluster.connect(args.address) as cluster:
-        done = submit(cluster, desired=desired, job=job)
+        done = submit(cluster, desired=desired, job=job, wait_for_lock=args.wait_for_lock,
+                      on_wait=lambda why: print(f"Waiting: {why}", file=sys.stderr, flush=True))
     if done.submitted:
         print(f"job {job.name} run {done.job.run} on {done.job.location}: {done.message}; "
               f"follow it with `reconciler logs job/{job.name} -f`")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,21 +32,54 @@ class Submitted:
     message: str
 
 
-def submit(cluster, *, desired: DesiredState, job: Job) -> Submitted:
+def submit(cluster, *, desired: DesiredState, job: Job, wait_for_lock: bool = False,
+           on_wait: Callable[[str], None] = lambda _: None) -> Submitted:
     """Record `job` in the cluster and submit its run when the plan places it now; otherwise it waits, recorded,
-    for `apply` or `watch`. Only this job's run is carried out: the rest of the plan is left to them."""
+    for `apply` or `watch`. Only this job's run is carried out: the rest of the plan is left to them.
+
+    Planned and submitted under the cluster's apply lock, as `apply` is, so no watcher or `apply` places something
+    on the same GPUs meanwhile; ``wait_for_lock`` waits for a holder instead of refusing (``on_wait`` hears why)."""
     if any(j.name == job.name for j in desired.jobs):
         raise UserError(f"job {job.name} is defined in the specs: give this run another name")
-    cluster.jobs.record(job)
-    found = plan(desired, cluster.observe(desired))
-    planned = found.job(job.name)
-    mine = tuple(a for a in found.actions if a.model == job_item(job.name) and a.kind is ActionKind.CREATE)
-    if not mine:
-        return Submitted(planned, False, f"recorded; {planned.state}: {planned.reason}")
-    (result,) = job_steps.submit_all(cluster.jobs, replace(found, actions=mine), spec_dir=None)
+    with holding_lock(cluster, command=f"reconciler run {job.name}", wait=wait_for_lock, on_wait=on_wait):
+        cluster.jobs.record(job)
+        found = plan(desired, cluster.observe(desired))
+        planned = found.job(job.name)
+        mine = tuple(a for a in found.actions if a.model == job_item(job.name) and a.kind is ActionKind.CREATE)
+        if not mine:
+            return Submitted(planned, False, f"recorded; {planned.state}: {planned.reason}")
+        (result,) = job_steps.submit_all(cluster.jobs, replace(found, actions=mine), spec_dir=None)
     if not result.ok:
         raise UserError(f"job {job.name}: {result.message}")
     return Submitted(planned, True, result.message)
+
+
+@contextmanager
+def holding_lock(cluster, *, command: str, wait: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """The cluster's apply lock, held (and renewed) for the duration; a holder makes it refuse, or wait."""
+    from reconciler.adapter.keeper import LeaseKeeper
+    from reconciler.adapter.kv import RayKV
+    from reconciler.adapter.lease import Holder, LeaseHeld, acquire, wait_acquire
+    from reconciler.settings import DEFAULTS
+
+    cluster.ray_nodes()  # connects the driver: the lock lives in this cluster's GCS
+    holder = Holder.current(command)
+    if wait:
+        lease = wait_acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl, stop=threading.Event(),
+                             on_wait=lambda held: on_wait(str(held)))
+        if lease is None:
+            raise UserError("stopped while waiting for the apply lock: nothing was submitted")
+    else:
+        try:
+            lease = acquire(RayKV(), holder=holder, ttl=DEFAULTS.lease.ttl)
+        except LeaseHeld as held:
+            raise UserError(f"{held} (or pass --wait-for-lock to wait for it)") from held
+    keeper = LeaseKeeper(lease, on_lost=lambda _: None).start()
+    try:
+        keeper.confirm()
+        yield
+    finally:
+        keeper.stop(release=True)
 
 
 def submit_task(

@@ -30,7 +30,11 @@ def submits(plan: Plan) -> list[int]:
 
 def stop_all(jobs: Any, plan: Plan, settings: ApplySettings) -> list[JobResult]:
     """Preempted and deleted runs stop (Ray: SIGTERM, then a kill after its grace); a finished run that leaves the
-    history is forgotten. Returns once every stopped run has ended, so their VRAM is free."""
+    history is forgotten. Returns once every stopped run has ended, so their VRAM is free.
+
+    A run whose status Ray fails to give is not taken for gone: it may still hold its GPUs (Ray's per-GPU resources
+    keep anything else off them), so its action fails as temporary and the next apply tries again. A preemption is
+    confirmed (``jobs.preempted``) only once the run is seen ended."""
     results = []
     waiting = []
     for i in stops(plan):
@@ -38,20 +42,27 @@ def stop_all(jobs: Any, plan: Plan, settings: ApplySettings) -> list[JobResult]:
         name = job_name(action.model)
         try:
             status = jobs.status(name, action.replica)
-        except Exception:
-            results.append(JobResult(i, True, "already gone"))
-            continue
-        if status in TERMINAL:
-            jobs.forget(name, action.replica)
-            results.append(JobResult(i, True, "removed from the history"))
-        else:
-            jobs.stop(name, action.replica, preempted=action.kind is ActionKind.EVICT)
-            waiting.append(i)
+            if status is None:
+                results.append(JobResult(i, True, "already gone"))
+            elif status in TERMINAL:
+                jobs.forget(name, action.replica)
+                results.append(JobResult(i, True, "removed from the history"))
+            else:
+                jobs.stop(name, action.replica, preempted=action.kind is ActionKind.EVICT)
+                waiting.append(i)
+        except TransientError as exc:
+            results.append(JobResult(i, False, f"{exc}; not stopped yet, tried again on the next apply"))
     for i in waiting:
         action = plan.actions[i]
-        status = jobs.wait_ended(job_name(action.model), action.replica, timeout=settings.stop_timeout,
-                                 interval=settings.poll)
-        ok = status in TERMINAL
+        name = job_name(action.model)
+        try:
+            status = jobs.wait_ended(name, action.replica, timeout=settings.stop_timeout, interval=settings.poll)
+        except TransientError as exc:
+            results.append(JobResult(i, False, f"its stop is not confirmed: {exc}; tried again on the next apply"))
+            continue
+        ok = status is None or status in TERMINAL
+        if ok and action.kind is ActionKind.EVICT:
+            jobs.preempted(name, action.replica)
         results.append(JobResult(i, ok, "stopped" if ok else f"still {status} after {settings.stop_timeout:.0f} s"))
     return results
 
