@@ -7,6 +7,18 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The status page is tested in a real browser: Debian's Chromium (headless). Installed when missing; a machine that
+# cannot install it fails here, loudly, instead of skipping the test.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: the tests need Chromium (the status page is rendered by it) and it could not be installed:" \
+      "run \`apt-get install -y chromium\` as root" >&2
+    exit 1
+  fi
+fi
 stamp=.venv/.reconciler-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
