@@ -67,7 +67,7 @@ def _probe_nodes(ray: Any, raw_nodes: list[Any], settings: DoctorSettings) -> li
         try:
             raw = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:  # a timeout, a dead node, a worker that cannot import reconciler: reported as such
-            ray.cancel(ref, force=True)
+            _cancel(ray, ref)
             found.append(NodeFacts(name=node.name, node_id=node_id, labels=tuple(sorted(node.labels.items())),
                                    resources=tuple(sorted(node.resources.items())), simulated=simulated,
                                    probe_error=_first_line(exc)))
@@ -95,7 +95,7 @@ def _with_engines(ray: Any, nodes: list[NodeFacts], wanted: set[str], settings: 
         try:
             result = EngineImport.from_probe(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
         except Exception as exc:
-            ray.cancel(ref, force=True)
+            _cancel(ray, ref)
             result = EngineImport(ok=False, error=f"the import task failed: {_first_line(exc)}")
         for member in groups[key]:
             results[member.node_id] = result
@@ -141,6 +141,14 @@ def _gateways(cluster: Cluster, settings: DoctorSettings) -> tuple[GatewayFacts,
             status, error = None, _first_line(exc)
         found.append(GatewayFacts(url=url, status=status, error=error))
     return tuple(found)
+
+
+def _cancel(ray: Any, ref: Any) -> None:
+    """Stop a probe that overran its time, so it holds nothing on the node; one already gone is fine."""
+    try:
+        ray.cancel(ref, force=True)
+    except Exception:  # noqa: BLE001 - the task finished or its node died meanwhile
+        pass
 
 
 def _first_line(exc: BaseException) -> str:

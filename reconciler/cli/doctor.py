@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("directory", nargs="?", default=Path("specs"), type=Path, metavar="DIR",
                         help="the spec directory: the pool inventory of simulated nodes, the engines each pool needs "
                         "(default: specs; optional)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="json: one document for scripts (address, ok, counts, checks)")
     parser.add_argument("--probe-timeout", type=float, default=DEFAULTS.doctor.probe_timeout, metavar="S",
                         help="seconds each node's probe task may take (default: %(default)g)")
     _cluster.add_address_argument(parser)
