@@ -7,6 +7,7 @@ Every instance goes through the real planner: specs (a DesiredState) planned aga
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -29,6 +30,7 @@ from reconciler.desired import (
 from reconciler.observed import from_inventory
 from reconciler.packer import Bin, Item, Problem
 from reconciler.packer.exact import solve_exact
+from reconciler.packer import firstfit
 from reconciler.packer.objective import Score, score
 from reconciler.planner import PlanSettings, apply_to_observed, plan
 
@@ -350,6 +352,127 @@ def realistic_instance(rng: random.Random, *, priorities: bool) -> DesiredState:
     return DesiredState(pools=(pool,), models=tuple(models))
 
 
+def middle_instance(rng: random.Random, *, gpus: int) -> DesiredState:
+    """A pool of `gpus` GPUs (17 to 64) built like `realistic_instance`, larger: nodes of 2, 4 or 8 GPUs of one card
+    (sometimes two kinds), models of 1 to 6 replicas at real sizes with TP pairs and `spread: gpu`, two or three
+    priority levels, a demand of 0.8 to 1.4 times the pool's VRAM, at most 300 replicas."""
+    nodes, left, n = [], gpus, 0
+    while left > 0:
+        count = min(left, rng.choice((2, 4, 4, 8)))
+        card = rng.choice(CARDS)
+        other = rng.choice(CARDS) if rng.random() < 0.25 else card
+        nodes.append(InventoryNode(f"node-{n:02d}", tuple(GpuSpec("gpu", (card if g % 2 == 0 else other) * GiB)
+                                                          for g in range(count))))
+        left -= count
+        n += 1
+    capacity = sum(g.memory for node in nodes for g in node.gpus)
+    levels = rng.choice(((0, 100), (0, 50, 100)))
+    target = rng.choice((0.8, 1.0, 1.2, 1.4)) * capacity
+    models, demand, replicas = [], 0, 0
+    while demand < target and replicas < 300:
+        size = round(rng.choice(MODEL_SIZES) * 1024) * MiB
+        tp = 2 if size >= 13 * GiB and rng.random() < 0.3 else 1
+        vram = -(-size // (tp * MiB)) * MiB
+        count = min(rng.randint(1, 6), 300 - replicas)
+        spread = Spread.GPU if count > 1 and rng.random() < 0.3 else Spread.NONE
+        demand += vram * tp * count
+        replicas += count
+        models.append(model(f"m{len(models):03d}", vram, replicas=count, priority=rng.choice(levels), tp=tp,
+                            spread=spread))
+    pool = Pool(name="bench", placement=Placement.BINPACK, inventory=tuple(nodes))
+    return DesiredState(pools=(pool,), models=tuple(models))
+
+
+MIDDLE_SIZES = (20, 32, 48, 64)
+MIDDLE_REFERENCES = HERE / "middle_references.json"
+
+
+def middle_instances(gpus: int, count: int) -> list[tuple[str, DesiredState]]:
+    return [(f"middle-{gpus}-{k}", middle_instance(random.Random(3000 + 10 * gpus + k), gpus=gpus))
+            for k in range(count)]
+
+
+def middle_references(instances: list[tuple[str, DesiredState]], budget: float) -> dict[str, dict]:
+    """CP-SAT's placed VRAM per level for each instance (`budget` deterministic s, seed 1, first-fit decreasing as
+    the hint), read from `middle_references.json` when it was computed for the same problem and budget, else solved
+    (minutes) and written there."""
+    known = json.loads(MIDDLE_REFERENCES.read_text()) if MIDDLE_REFERENCES.exists() else {}
+    changed = False
+    for name, desired in instances:
+        problem = problem_from(desired)
+        digest = desired.fingerprint
+        entry = known.get(name)
+        if entry and entry["fingerprint"] == digest and entry["budget"] == budget:
+            continue
+        cpu = time.process_time()
+        exact = solve_exact(problem, budget=budget, seed=1, hint=firstfit.first_fit_decreasing(problem))
+        assert exact is not None
+        known[name] = {"fingerprint": digest, "budget": budget, "levels": list(exact.score.levels),
+                       "levels_proven": exact.levels_optimal, "cpu_s": round(time.process_time() - cpu, 1)}
+        changed = True
+        print(f"  reference {name}: {len(problem.items)} replicas, {known[name]['cpu_s']} CPU s", flush=True)
+    if changed:
+        MIDDLE_REFERENCES.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return known
+
+
+def middle(settings: PlanSettings, count: int, reference_budget: float) -> bool:
+    """Pools of 20 to 64 GPUs (`middle_instance`) planned by plan(), against the best known placement per level
+    (CP-SAT's reference, first-fit decreasing, the plan itself): how many plans reach it on every level, the worst
+    ratio (placed VRAM at the first level below the best known), the ratio to first-fit decreasing, plan CPU s, and
+    the gap the plan reports as a share of the pool's VRAM."""
+    print(f"\nMiddle-scale pools (nodes of 2/4/8 GPUs of 12-80 GiB, 2-3 priority levels, demand 0.8-1.4 x VRAM, TP "
+          f"pairs, spread: gpu), against CP-SAT ({reference_budget:g} deterministic s, seed 1, cached in "
+          f"{MIDDLE_REFERENCES.name}):")
+    print(f"{'GPUs':>5} {'n':>3} {'replicas':>9} {'best known':>10} {'worst ratio':>11} {'vs FFD min':>10}"
+          f" {'CPU mean':>8} {'CPU max':>7} {'max gap':>8} {'gap ok':>7}")
+    ok = True
+    for gpus in MIDDLE_SIZES:
+        instances = middle_instances(gpus, count)
+        references = middle_references(instances, reference_budget)
+        rows = []
+        for name, desired in instances:
+            problem = problem_from(desired)
+            cpu = time.process_time()
+            result = plan(desired, from_inventory(desired), settings)
+            cpu = time.process_time() - cpu
+            _, assignment = problem_of(desired, result)
+            mine = score(problem, assignment)
+            ffd = score(problem, firstfit.first_fit_decreasing(problem))
+            best = max(mine.levels, ffd.levels, tuple(references[name]["levels"]))
+            ratio = _level_ratio(mine.levels, best)
+            (quality,) = result.quality
+            share = quality.gap_bytes / sum(b.capacity for b in problem.bins)
+            rows.append((mine.levels == best, ratio, _level_ratio(mine.levels, ffd.levels), cpu, share,
+                         ratio < 0.995 or share <= 0.01, len(problem.items)))
+        worst = min(r[1] for r in rows)
+        ok = ok and worst >= 0.995 and all(r[2] >= 1.0 for r in rows) and max(r[3] for r in rows) < 2.0
+        ok = ok and all(r[5] for r in rows)
+        print(f"{gpus:>5} {len(rows):>3} {min(r[6] for r in rows):>4}-{max(r[6] for r in rows):<4}"
+              f" {sum(r[0] for r in rows):>6}/{len(rows):<3} {worst:>11.4f} {min(r[2] for r in rows):>10.4f}"
+              f" {statistics.mean(r[3] for r in rows):>8.2f} {max(r[3] for r in rows):>7.2f}"
+              f" {max(r[4] for r in rows):>7.2%} {sum(r[5] for r in rows):>3}/{len(rows):<3}")
+    return ok
+
+
+def problem_from(desired: DesiredState) -> Problem:
+    """The packing problem of a fresh pool (nothing runs), as the planner builds it."""
+    pool = desired.pools[0]
+    bins = [Bin(inv.node, g, gpu.memory) for inv in pool.inventory for g, gpu in enumerate(inv.gpus)]
+    items = [Item(m.name, r, m.vram, m.tensor_parallel, m.priority, spread=m.spread)
+             for m in desired.models for r in range(m.replicas or 0)]
+    return Problem(tuple(bins), tuple(items), pool.placement)
+
+
+def _level_ratio(mine: tuple[int, ...], other: tuple[int, ...]) -> float:
+    """Placed VRAM over the other placement's at the first level where they differ (above 1.0 when `mine` places
+    more there); 1.0 when equal."""
+    for a, b in zip(mine, other):
+        if a != b:
+            return a / b if b else 1.0
+    return 1.0
+
+
 def realistic(settings: PlanSettings, count: int, reference_budget: float) -> bool:
     """The planner against references proven optimal by CP-SAT (`reference_budget` deterministic seconds, no hint;
     instances whose reference is not proven are counted apart), on realistic mixed clusters with and without
@@ -495,7 +618,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="three instances per published set, fewer random ones")
     parser.add_argument("--only", choices=("published", "tight", "speed", "fleet", "heterogeneous", "realistic",
-                                           "day-two", "spread"),
+                                           "day-two", "spread", "middle"),
                         help="run one part")
     args = parser.parse_args()
     settings = PlanSettings()
@@ -508,6 +631,7 @@ def main() -> int:
         "realistic": lambda: realistic(settings, 6 if args.quick else 12, 60.0),
         "day-two": lambda: day_two(settings, 6 if args.quick else 12, 60.0),
         "spread": lambda: spread_policy(settings, 6 if args.quick else 12),
+        "middle": lambda: middle(settings, 3, 20.0),
     }
     ok = True
     for name, part in parts.items():

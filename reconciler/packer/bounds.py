@@ -1,7 +1,8 @@
 """Lower bounds a placement is measured against: when it meets one, it is optimal.
 
 `l2` is Martello and Toth's L2 bound on GPUs for one capacity; `gpus_needed` adapts the idea to the mixed pools of a
-real cluster (GPUs of different sizes, replicas already pinned); `fullest_fill` bounds the spread policy's fullest GPU.
+real cluster (GPUs of different sizes, replicas already pinned); `fullest_fill` bounds the spread policy's fullest GPU;
+`level_rooms` bounds the VRAM the priority levels can place together.
 """
 
 from __future__ import annotations
@@ -106,3 +107,24 @@ def reachable(units: Counter, limit: int) -> int:
             count -= take
             chunk *= 2
     return reach.bit_length() - 1
+
+
+def level_rooms(capacities: Sequence[int], levels: Sequence[Sequence[tuple[int, int]]], unit: int) -> list[int]:
+    """Per level (highest first), the most VRAM, in units, that level and the levels above can hold together: the
+    sum over GPUs of the largest subset sum, within the GPU's capacity, of what may go on it. `levels` gives per
+    level (VRAM on one GPU in units, how many may share one GPU) of its replicas; a replica too large for a GPU is
+    left out of that GPU's sums."""
+    out: list[int] = []
+    sizes: Counter[int] = Counter()
+    per_cap = Counter(capacities)
+    for level in levels:
+        for size, count in level:
+            sizes[size] += count
+        room = 0
+        for cap, gpus in per_cap.items():
+            limit = cap // unit
+            fitting = Counter({s: n for s, n in sizes.items() if s <= limit})
+            room += gpus * reachable(fitting, limit)
+        out.append(room)
+    return out
+

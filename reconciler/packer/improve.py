@@ -112,6 +112,7 @@ def _descend(state: State, *, open_bins: list[int], budget: int) -> int:
             if state.free[a] == 0:
                 continue  # a full GPU has no free room to hand over
             for b in open_bins:
+                spent += 1  # looking at a pair is work too: with many GPUs and few replicas it is most of it
                 if state.free[b] == 0:
                     continue  # nothing fits into a full GPU, not even the difference of a swap
                 if a == b or state.free[b] > state.free[a] or (state.free[b] == state.free[a] and b > a):

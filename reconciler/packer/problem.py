@@ -75,6 +75,9 @@ class PackSettings:
     improve_max_items: int = 2_000  # above this many replicas in a pool, best-fit decreasing alone (speed)
     squeeze_budget: int = 20_000_000  # moves scored by the overfill search for one GPU fewer after the ejection search
     squeeze_max_cells: int = 40_000  # replicas that move x GPUs in use: above this, no overfill search (speed)
+    refill_budget: int = 20_000  # bitset operations of the refill search (`refill.py`) in a pool leaving replicas out
+    window_time: float = 0.5  # CP-SAT deterministic seconds for the window of a pool too large for the exact model
+    floor_max_items: int = 2_000  # up to this many replicas, first-fit decreasing is a floor (`firstfit.py`)
     seed: int = 0
 
 

@@ -9,18 +9,23 @@ is run on the pool plus virtual GPUs (`overflow.py`), then an exact solve over a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
+from functools import reduce
+from math import gcd
 
-from reconciler.desired import Placement
+from reconciler.desired import Placement, Spread
 from reconciler.packer import window
 from reconciler.packer.arcflow import eligible, repack
-from reconciler.packer.bounds import fullest_fill, gpus_needed
+from reconciler.packer.bounds import fullest_fill, gpus_needed, level_rooms, reachable
+from reconciler.packer.firstfit import first_fit_decreasing
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.greedy import construct, keep_rules
 from reconciler.packer.improve import consolidate
 from reconciler.packer.objective import displaced, fill, gpu_loads, level_keys, score, violations
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
+from reconciler.packer.refill import refill
 from reconciler.packer.squeeze import squeeze
 from reconciler.packer.state import State
 
@@ -28,17 +33,24 @@ from reconciler.packer.state import State
 def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     state = construct(problem)
     method = "greedy"
+    if len(problem.items) <= settings.floor_max_items:
+        floor = first_fit_decreasing(problem)
+        if score(problem, floor) > score(problem, state.assignment()):
+            state, method = State.of(problem, floor), "first-fit"
     bound = 0
     exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
     forced = displaced(problem)
-    # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice.
-    if problem.policy == Placement.BINPACK and not exactly:
+    # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice. A
+    # pool asked for more VRAM than it has uses every GPU it can fill: freeing one cannot improve the objective.
+    if problem.policy == Placement.BINPACK and not exactly and not _oversubscribed(problem):
         state, how, bound = _free_gpus(problem, state, settings, bound=bound)
-        method = how or method
+        method = how.replace("greedy", method, 1)
         keep_rules(state, forced)
     assignment = state.assignment()
+    if not exactly:
+        assignment, method = _refill(problem, assignment, settings, method)
     quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
         return _solution(assignment, bound, method, quality)
@@ -77,6 +89,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
             assignment, method = found.assignment, method + "+window"
             if problem.policy == Placement.BINPACK:
                 bound = max(bound, _bound(State.of(problem, assignment)))
+        assignment, method = _refill(problem, assignment, settings, method)
         quality = bounds_quality(problem, assignment, gpu_bound=bound)
         if found.whole_pool and found.levels_optimal:
             quality = replace(quality, unplaced_proven=True)
@@ -98,6 +111,18 @@ def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound:
                 max_cells=settings.squeeze_max_cells)
         method += "+squeeze" if _used(state) < before else ""
     return state, method, bound
+
+
+def _refill(problem: Problem, assignment, settings: PackSettings, method: str):
+    """The refill search (`refill.py`) where replicas are left out; kept when it scores better."""
+    if settings.refill_budget <= 0 or not _left_out(problem, assignment):
+        return assignment, method
+    state = State.of(problem, assignment)
+    refill(state, budget=settings.refill_budget, fits_somewhere=_fits_somewhere(problem))
+    found = state.assignment()
+    if score(problem, found) > score(problem, assignment) and not violations(problem, found):
+        return found, method + "+refill"
+    return assignment, method
 
 
 def _solution(assignment, bound: int, method: str, quality: Quality) -> Solution:
@@ -137,9 +162,14 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
         if where:
             placed[item.level] = placed.get(item.level, 0) + item.size
     gap_bytes, above = 0, 0
-    for key in level_keys(problem):
+    keys = level_keys(problem)
+    unit, rooms, sizes = _level_sums(problem, keys, fits_somewhere)
+    for key, room in zip(keys, rooms):
         got = placed.get(key, 0)
-        gap_bytes += max(0, min(demand.get(key, 0), total - above) - got)
+        # The levels above keep at least what they hold here; what is left of the room holds a subset sum of this
+        # level's sizes.
+        limit = min(demand.get(key, 0), total - above, room * unit - above)
+        gap_bytes += max(0, reachable(sizes[key], max(0, limit) // unit) * unit - got)
         above += got
     running = [i for i, item in enumerate(items) if item.current is not None]
     stays = sum(1 for i in running if assignment[i] == items[i].current)
@@ -158,6 +188,23 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
         gap_fill=gap_fill,
         unplaced_proven=gap_bytes == 0,
     )
+
+
+def _level_sums(problem: Problem, keys, fits_somewhere) -> tuple[int, list[int], dict[tuple[int, bool], Counter]]:
+    """The unit of VRAM (the sizes' common divisor); per level, the room it and the levels above have together
+    (`bounds.level_rooms`), in units; per level, the sizes of its replicas that fit some node, in units."""
+    unit = reduce(gcd, (item.vram for item in problem.items), 0) or 1
+    per_gpu: dict[tuple[int, bool], Counter] = {key: Counter() for key in keys}
+    sizes: dict[tuple[int, bool], Counter] = {key: Counter() for key in keys}
+    spread_seen: set[str] = set()
+    for item in problem.items:
+        if item.spread != Spread.GPU or item.model not in spread_seen:  # spread: gpu puts one of them on a GPU
+            per_gpu[item.level][item.vram // unit] += 1
+            spread_seen.add(item.model)
+        if fits_somewhere(item):
+            sizes[item.level][item.size // unit] += 1
+    rooms = level_rooms([b.capacity for b in problem.bins], [list(per_gpu[key].items()) for key in keys], unit)
+    return unit, rooms, sizes
 
 
 def _fill_gap(problem: Problem, assignment) -> int:
@@ -188,6 +235,13 @@ def _fits_somewhere(problem: Problem):
         for g in range(1, len(caps) + 1):
             best[g] = max(best.get(g, 0), caps[g - 1])
     return lambda item: item.vram <= best.get(item.gpus, -1)
+
+
+def _oversubscribed(problem: Problem) -> bool:
+    """More VRAM asked for (by replicas that fit some node, `replicas: max` apart) than the pool has."""
+    fits_somewhere = _fits_somewhere(problem)
+    asked = sum(item.size for item in problem.items if not item.elastic and fits_somewhere(item))
+    return asked > sum(b.capacity for b in problem.bins)
 
 
 def _arcflow_applies(problem: Problem, settings: PackSettings) -> bool:

@@ -25,6 +25,9 @@ from reconciler.packer.state import State
 
 _NEVER = np.int64(1 << 60)  # the score of a move that is not allowed
 _TENURE = (15, 30)  # steps a replica may not go back to the GPU it left (drawn per move, seeded)
+# Each step costs at least this many scored moves: a step's fixed work (building the move tables) does not shrink
+# with the moves it scores, and a pool with few replicas per GPU would otherwise take tens of thousands of steps.
+_PER_STEP = 40_000
 
 
 def squeeze(state: State, *, budget: int, seed: int, lower_bound: int, max_cells: int) -> int:
@@ -95,7 +98,7 @@ def _search(
     while total > 0 and budget > 0:
         step += 1
         move, score, cost = _best_move(size, where, load, cap, tabu, step=step, total=total, best=best)
-        budget -= cost
+        budget -= max(cost, _PER_STEP)
         if move is None:
             break
         for x, k in move:
