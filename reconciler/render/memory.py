@@ -45,7 +45,7 @@ def overrun_line(o: Overrun) -> str:
 
 def rightsize_line(s: RightSize) -> str:
     watched = f"measured peak {format_bytes(s.peak)} over {span_text(s.span)}"
-    each = f"on each of {s.gpus} GPU{'s' if s.gpus != 1 else ''}"
+    each = "on its GPU" if s.gpus == 1 else f"on each of {s.gpus} GPUs"
     if s.freed >= 0:
         advice = f"{spec_quantity(s.suggested)} would free {format_bytes(s.freed)} {each}"
     else:

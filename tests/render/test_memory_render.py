@@ -24,7 +24,7 @@ def test_a_suggestion_reads_as_the_figure_to_write_and_what_it_frees():
                        gpus=1, gpu_name="sim")
     assert rightsize_lines([raise_]) == [
         "Right-size (fixed vram against measured peaks):",
-        "  coder: vram 256Mi, measured peak 600 MiB over 42 s: raise it to 768Mi (512 MiB more on each of 1 GPU)",
+        "  coder: vram 256Mi, measured peak 600 MiB over 42 s: raise it to 768Mi (512 MiB more on its GPU)",
     ]
     assert rightsize_lines([]) == []
 
