@@ -46,10 +46,11 @@ def submission(job: PlannedJob, *, spec_dir: Path | None) -> dict[str, Any]:
         folder = (Path(spec_dir or ".") / job.working_dir).resolve()
         # Checked again here, not only at validate: a link may have changed since (a folder replaced by a link to /).
         if spec_dir is not None and not Path(job.working_dir).is_absolute():
-            target = escapes(spec_dir, job.working_dir)
-            if target is not None:
-                raise UserError(f"job {job.name}: workingDir {job.working_dir} leads out of the spec directory once "
-                                f"its links are followed (to {target}): nothing was shipped")
+            found = escapes(spec_dir, job.working_dir)
+            if found is not None:
+                what = job.working_dir if found[0] == job.working_dir else f"the link {found[0]} in {job.working_dir}"
+                raise UserError(f"job {job.name}: workingDir {what} leads out of the spec directory once links are "
+                                f"followed (to {found[1]}): nothing was shipped")
         if not folder.is_dir():
             raise UserError(f"job {job.name}: workingDir {folder} is not a directory")
         runtime_env["working_dir"] = str(folder)

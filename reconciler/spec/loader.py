@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ def _validate(doc: SourceDocument, kind: str) -> tuple[Parsed | None, list[Diagn
 
 
 def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
-          base_dir: Path | None = None) -> LoadResult:
+          base_dir: Path | None = None, tree: Callable[[], Path] | None = None) -> LoadResult:
     diagnostics: list[Diagnostic] = list(unreadable)
     parsed: list[Parsed] = []
     names: dict[str, set[str]] = {kind: set() for kind in KINDS}
@@ -164,7 +164,10 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
         references=tuple(references),
     )
     diagnostics.extend(check(catalog))
-    diagnostics.extend(check_working_dirs(catalog.jobs, base_dir=base_dir))
+    if tree is not None and base_dir is None and any(doc.spec.working_dir is not None for doc in catalog.jobs):
+        diagnostics.extend(check_working_dirs(catalog.jobs, base_dir=tree()))
+    else:
+        diagnostics.extend(check_working_dirs(catalog.jobs, base_dir=base_dir))
     # Sizing reads the models' files: only for specs that are otherwise right.
     sizes = None
     if not any(d.severity is Severity.ERROR for d in diagnostics):
@@ -181,9 +184,12 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
     )
 
 
-def load_spec_files(files: Mapping[str, bytes], base_dir: Path | None = None) -> LoadResult:
-    """Specs from contents by relative path (e.g. read from a git revision); only .yaml/.yml paths are loaded."""
-    return _load({path: content for path, content in files.items() if path.endswith(SUFFIXES)}, base_dir=base_dir)
+def load_spec_files(files: Mapping[str, bytes], base_dir: Path | None = None, *,
+                    tree: Callable[[], Path] | None = None) -> LoadResult:
+    """Specs from contents by relative path (e.g. read from a git revision); only .yaml/.yml paths are loaded.
+    ``tree``: the same files written out on disk, asked for only when a job has a workingDir to check."""
+    return _load({path: content for path, content in files.items() if path.endswith(SUFFIXES)}, base_dir=base_dir,
+                 tree=tree)
 
 
 def _walk(directory: Path) -> dict[str, Path]:

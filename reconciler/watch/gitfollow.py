@@ -76,7 +76,9 @@ class GitSpecs:
         self._fetch_error: str | None = None
         self._last_fetch: float | None = None
         self._lock = threading.Lock()
-        self._tree: tuple[str, Path, Path] | None = None  # (commit, its spec directory on disk, the folder to remove)
+        # Commits written out on disk (commit -> (its spec directory, the folder to remove)): the enforced one and
+        # the head at most.
+        self._trees: dict[str, tuple[Path, Path]] = {}
         if metrics is not None:
             metrics.registry.register(_RevisionCollector(self))
 
@@ -97,25 +99,26 @@ class GitSpecs:
         """The spec directory of the revision being enforced, written out on disk once per commit: what a job's
         workingDir ships from, so a run gets the files of the revision that planned it. None before a good one."""
         applied = self.state.applied
-        if applied is None:
-            return None
-        if self._tree is not None and self._tree[0] == applied.commit:
-            return self._tree[1]
-        root = Path(tempfile.mkdtemp(prefix="reconciler-tree-"))
-        try:
-            folder = self.remote.export(applied.commit, self.options.path, root)
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
-        previous, self._tree = self._tree, (applied.commit, folder, root)
-        if previous is not None:
-            shutil.rmtree(previous[2], ignore_errors=True)
-        return folder
+        return None if applied is None else self._tree(applied.commit)
+
+    def _tree(self, commit: str) -> Path:
+        if commit not in self._trees:
+            root = Path(tempfile.mkdtemp(prefix="reconciler-tree-"))
+            try:
+                self._trees[commit] = (self.remote.export(commit, self.options.path, root), root)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+        # Only the commit asked for and the one enforced stay on disk.
+        keep = {commit} | ({self.state.applied.commit} if self.state.applied is not None else set())
+        for old in [c for c in self._trees if c not in keep]:
+            shutil.rmtree(self._trees.pop(old)[1], ignore_errors=True)
+        return self._trees[commit][0]
 
     def close(self) -> None:
-        if self._tree is not None:
-            shutil.rmtree(self._tree[2], ignore_errors=True)
-            self._tree = None
+        for _, root in self._trees.values():
+            shutil.rmtree(root, ignore_errors=True)
+        self._trees.clear()
         if self._temporary:
             shutil.rmtree(self.remote.cache, ignore_errors=True)
 
@@ -155,7 +158,8 @@ class GitSpecs:
                 error(self.options.path, NOWHERE, f"no such directory at commit {head.short}: the specs are read "
                       f"from --path {self.options.path}"),))
         else:
-            result = load_spec_files(files)
+            # A job's workingDir is checked on the commit's files written out (links followed), as validate does.
+            result = load_spec_files(files, tree=lambda: self._tree(head.commit))
         self._loaded = (head.commit, result)
         return result
 

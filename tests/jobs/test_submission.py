@@ -89,7 +89,7 @@ def test_a_working_dir_linked_out_of_the_spec_directory_is_never_shipped(tmp_pat
     (specs / "jobs").mkdir(parents=True)
     outside.mkdir()
     (specs / "jobs" / "embed").symlink_to(outside)  # as a commit could make it after validation
-    with pytest.raises(UserError, match=r"leads out of the spec directory once its links are followed .*nothing "
+    with pytest.raises(UserError, match=r"leads out of the spec directory once links are followed .*nothing "
                                         r"was shipped"):
         submission(planned(), spec_dir=specs)
     (specs / "jobs" / "embed").unlink()

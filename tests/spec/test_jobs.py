@@ -167,6 +167,14 @@ def test_a_working_dir_that_links_out_of_the_spec_directory_is_refused_where_it_
     (specs / "a.yaml").write_text(job_text.format(name="out", folder="jobs/embed"))
     (specs / "b.yaml").write_text(job_text.format(name="ok", folder="jobs/alias"))
     assert messages(load_specs(specs)) == [
-        f"a.yaml:7:15: error: `workingDir`: `jobs/embed` leads out of the spec directory once its links are "
-        f"followed (to {tmp_path.resolve()}): put the folder itself inside the spec directory",
+        f"a.yaml:7:15: error: `workingDir`: `jobs/embed` leads out of the spec directory once links are "
+        f"followed (to {tmp_path.resolve()}): put the files themselves inside the spec directory",
+    ]
+    # A link inside the folder counts as well: packing the folder would follow it.
+    (specs / "jobs" / "embed").unlink()
+    (specs / "jobs" / "embed").mkdir()
+    (specs / "jobs" / "embed" / "data").symlink_to("/")
+    assert messages(load_specs(specs)) == [
+        "a.yaml:7:15: error: `workingDir`: the link data in `jobs/embed` leads out of the spec directory once links "
+        "are followed (to /): put the files themselves inside the spec directory",
     ]

@@ -221,9 +221,13 @@ def test_a_jobs_working_dir_ships_from_the_revision_being_enforced(repo):
         assert (Path(second) / "embed.py").read_text() == "v = 2\n"
         assert not Path(first).exists()  # the previous revision's copy is gone
 
+        # A commit that links out of the spec directory is invalid, as `validate` finds it on disk: never applied.
         (repo.work / "specs" / "jobs" / "embed" / "etc").symlink_to("/etc")
         repo.push("a link out", {})
-        assert specs.fetch_once() and specs().ok
-        third = Path(submission(planned, spec_dir=specs.spec_dir())["runtime_env"]["working_dir"])
-        assert (third / "embed.py").exists() and not (third / "etc").exists()
-    assert not third.exists()  # removed with the watcher
+        assert specs.fetch_once()
+        broken = specs()
+        assert not broken.ok and [d.message for d in broken.diagnostics] == [
+            "`workingDir`: the link etc in `jobs/embed` leads out of the spec directory once links are followed (to "
+            "/etc): put the files themselves inside the spec directory"]
+        assert specs.spec_dir() == Path(second).parent.parent  # still the last good revision's files
+    assert not Path(second).exists()  # removed with the watcher
