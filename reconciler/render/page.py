@@ -18,7 +18,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d232a;background:#f
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .5em}
 .sub{color:#5b6670}section{background:#fff;border:1px solid #dde2e7;border-radius:6px;padding:.6em 1em;margin:.8em 0}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eef0f3}
-.node h3{font-size:1em;margin:.6em 0 .3em}.gpu{margin:.4em 0 .8em}
+.nodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:0 1.5em}
+.node h3{font-size:1em;margin:.6em 0 .3em}.gpu{margin:.4em 0 .8em}.gpu ul{margin:.3em 0;padding-left:1.2em}
 .bar{position:relative;display:flex;height:22px;border:1px solid #9aa5b1;border-radius:3px;overflow:hidden;
 background:#fff}
 .seg{height:100%}.planned{background:#3f7fd9}.foreign{background:#d9534f}.free{background:#e9edf1}
@@ -72,7 +73,7 @@ def _gpus(doc: dict[str, Any]) -> str:
             by_gpu.setdefault((r["node"], gpu), []).append(r)
     out = ['<section id=gpus><h2>Nodes and GPUs</h2><div class=legend>'
            '<span class=planned></span>planned<span class=foreign></span>foreign<span class=free></span>free'
-           '<span class=measured style="position:static;width:3px"></span>measured</div>']
+           '<span class=measured style="position:static;width:3px"></span>measured</div><div class=nodes>']
     for node in doc.get("nodes", []):
         alive = "" if node["alive"] else ' <span class=dead>dead</span>'
         sim = " (simulated GPUs)" if node.get("simulated") else ""
@@ -81,7 +82,7 @@ def _gpus(doc: dict[str, Any]) -> str:
         for gpu in node["gpus"]:
             out.append(_gpu(node["name"], gpu, by_gpu.get((node["name"], gpu["index"]), [])))
         out.append("</div>")
-    out.append("</section>")
+    out.append("</div></section>")
     return "\n".join(out)
 
 
