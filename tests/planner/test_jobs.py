@@ -277,6 +277,11 @@ def test_a_schedule_that_never_fires_is_contained_to_its_job():
     assert broken.reason.startswith("cannot be decided, so nothing starts or stops for it: CroniterBadDateError")
     assert not [a for a in p.actions if a.model == "job/broken"]
     assert from_json(to_json(p)) == p
+    from reconciler.render.jobs import job_lines, jobs_json
+
+    (shown,) = [j for j in jobs_json(p) if j["name"] == "broken"]  # `status --format json`
+    assert (shown["state"], shown["reason"]) == ("error", broken.reason)
+    assert any(line.strip().startswith("! job/broken") for line in job_lines(p))
 
 
 def test_an_undecidable_job_keeps_its_active_run_where_it_runs():
