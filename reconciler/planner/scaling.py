@@ -69,8 +69,9 @@ def decide(model: Model, *, demand: ModelDemand | None, running: int, now: float
     if d.load == 0 and current > s.min and _idle_for(d, seconds=s.idle_after):
         what = "unload" if s.min == 0 else f"scale to min {s.min}"
         if d.partial:
-            return out(current, Rule.STEADY, f"idle {_duration(s.idle_after)} as far as known, but {PARTIAL}: not "
-                                             f"{'unloaded' if s.min == 0 else 'scaled down'}")
+            return out(current, Rule.STEADY if current == running else Rule.RANGE,
+                       f"idle {_duration(s.idle_after)} as far as known, but {PARTIAL}: not "
+                       f"{'unloaded' if s.min == 0 else 'scaled down'}")
         return out(s.min, Rule.IDLE, f"idle {_duration(s.idle_after)}: {what}")
     up = d.window(seconds=s.scale_up_after)
     if up is not None and current < s.max:
@@ -82,7 +83,7 @@ def decide(model: Model, *, demand: ModelDemand | None, running: int, now: float
     if down is not None and current > max(s.min, 1):
         need = max(s.min, 1, _replicas_for(down[1], s))
         if need < current and d.partial:
-            return out(current, Rule.STEADY, f"{PARTIAL}: not scaled down")
+            return out(current, Rule.STEADY if current == running else Rule.RANGE, f"{PARTIAL}: not scaled down")
         if need < current:
             return out(need, Rule.DOWN, f"scale down: at most {_number(down[1])} in flight over "
                                         f"{_replicas(running)} for {_duration(s.scale_down_after)}, target "
