@@ -404,9 +404,12 @@ def solve_exact(
     seed: int = 0,
     hint: Assignment | None = None,
     forced: Collection[int] | None = None,
+    first: float = 0.5,
+    search: float = 0.25,
 ) -> ExactResult | None:
     """Solve `problem` stage by stage within `budget` deterministic seconds in all; None when no solution was found
-    (only possible without a hint). `forced`: the displaced running replicas (computed when not given)."""
+    (only possible without a hint). `forced`: the displaced running replicas (computed when not given). `first` and
+    `search`: the shares of a level's allowance for the first solve and for the neighbourhood search after it."""
     if forced is None:
         forced = displaced(problem)
     built = _Model(problem, forced)
@@ -455,11 +458,11 @@ def solve_exact(
                 model.add(expr <= cap)
         model.maximize(expr)
         allowance = max(left - budget * later / 10, budget / 20, 1e-3)
-        # A level (or the spread policy's fill) the first half of its allowance does not prove is searched around its
+        # A level (or the spread policy's fill) the first share of its allowance does not prove is searched around its
         # best placement (`_Search`), which finds better ones far sooner than the tree search; what is left then goes
         # to the proof.
         searched = kind in ("level", "fill")
-        solver.parameters.max_deterministic_time = allowance / 2 if searched else allowance
+        solver.parameters.max_deterministic_time = allowance * first if searched else allowance
         status = solver.solve(model)
         left -= solver.deterministic_time
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -472,13 +475,13 @@ def solve_exact(
             break
         value, bound, assignment = round(solver.objective_value), solver.best_objective_bound, built.read(solver)
         if searched and status == cp_model.FEASIBLE:
-            found = _Search(built, seed=seed).run(solver, budget=allowance / 4, fullest=kind == "fill")
+            found = _Search(built, seed=seed).run(solver, budget=allowance * search, fullest=kind == "fill")
             left -= found.spent
             if found.value > value and found.assignment is not None:
                 value, assignment = found.value, found.assignment
             model.add(expr >= value)
             built.hint(assignment)
-            solver.parameters.max_deterministic_time = max(allowance / 2 - found.spent, 1e-3)
+            solver.parameters.max_deterministic_time = max(allowance * (1 - first) - found.spent, 1e-3)
             again = solver.solve(model)
             left -= solver.deterministic_time
             if again in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -7,7 +7,7 @@ equal sizes, then read back). A GPU whose best subset holds more than it does no
 for the next GPU. Rounds over the GPUs, emptiest first, until one brings nothing. Lower levels then take the free
 room that is left, in the objective's order.
 
-Only replicas this plan places new on one GPU without spread change place; GPUs a running replica left are not
+Only replicas this plan places new on one GPU (`spread: node` apart) change place; GPUs a running replica left are not
 touched (what came there justifies its leaving). Work is counted in bitset operations, so the result is the same on
 every machine.
 """
@@ -38,7 +38,7 @@ def refill(state: State, *, budget: int, fits_somewhere) -> int:
 
     def free_to_move(i: int) -> bool:
         item = items[i]
-        return item.current is None and item.gpus == 1 and item.spread == Spread.NONE
+        return item.current is None and item.gpus == 1 and item.spread != Spread.NODE
 
     improved = True
     while improved and budget > 0:
@@ -58,7 +58,7 @@ def refill(state: State, *, budget: int, fits_somewhere) -> int:
             now = sum(items[i].vram for i in mine)
             if room // unit > SUBSET_SUM_LIMIT or room == now:
                 continue
-            pool = mine + [i for i in waiting if items[i].vram <= room]
+            pool = _candidates(state, b, mine + [i for i in waiting if items[i].vram <= room], moving=mine + lower)
             chosen, spent = _best_subset(pool, [items[i].vram // unit for i in pool], room // unit)
             budget -= spent
             if sum(items[i].vram for i in chosen) <= now:
@@ -73,6 +73,22 @@ def refill(state: State, *, budget: int, fits_somewhere) -> int:
                 break
     settle(state)
     return budget
+
+
+def _candidates(state: State, b: int, pool: list[int], *, moving: list[int]) -> list[int]:
+    """What may go on GPU b together: of a `spread: gpu` model, one replica, and none where one stays on b."""
+    items = state.items
+    leaving = set(moving)
+    present = {items[j].model for j in state.occupants[b] if j not in leaving}
+    out, seen = [], set()
+    for i in pool:
+        item = items[i]
+        if item.spread == Spread.GPU:
+            if item.model in present or item.model in seen:
+                continue
+            seen.add(item.model)
+        out.append(i)
+    return out
 
 
 def _best_subset(pool: list[int], sizes: list[int], limit: int) -> tuple[list[int], int]:
