@@ -293,3 +293,38 @@ def test_watch_runs_a_job_once_and_keeps_an_adhoc_job(cluster, tmp_path, monkeyp
         cluster.jobs.unrecord("long")
         write(specs, jobs={})
         apply(cluster, specs)  # the ad-hoc run, no longer recorded, is stopped
+
+
+def test_reconciler_run_takes_the_apply_lock_or_waits_for_it(cluster, tmp_path, capsys, monkeypatch):
+    import threading
+
+    from reconciler.adapter.kv import RayKV
+    from reconciler.adapter.lease import Holder, acquire
+    from reconciler.cli import main as cli
+
+    specs = write(tmp_path / "specs", jobs={})
+    work = tmp_path / "here"
+    work.mkdir()
+    (work / "job.py").write_text(SCRIPT)
+    monkeypatch.chdir(work)
+    args = ["run", "--vram", "1Gi", "--name", "locked", "--specs", str(specs), "--env", f"STATE={tmp_path / 's'}",
+            "--env", f"REPORT={tmp_path / 'report'}", "--", sys.executable, "job.py"]
+    held = acquire(RayKV(), holder=Holder.current("reconciler apply elsewhere"), ttl=60)
+    try:
+        assert cli(args) == 1  # an apply holds the lock: nothing recorded, nothing submitted
+        assert "reconciler apply elsewhere" in capsys.readouterr().err
+        assert "locked" not in [j.name for j in cluster.jobs.recorded()] and runs_of(cluster, "locked") == []
+        done: list[int] = []
+        waiting = threading.Thread(target=lambda: done.append(cli([*args[:1], "--wait-for-lock", *args[1:]])))
+        waiting.start()
+        assert until(lambda: "Waiting: " in capsys.readouterr().err, timeout=30)
+        assert runs_of(cluster, "locked") == []  # still waiting: submitted only once the lock is free
+        held.release()
+        waiting.join(120)
+        assert done == [0]
+        assert until(lambda: [r for r in runs_of(cluster, "locked") if r.state is JobRunState.SUCCEEDED])
+    finally:
+        held.release()
+        cluster.jobs.unrecord("locked")
+        for r in runs_of(cluster, "locked"):
+            cluster.jobs.forget("locked", r.run)
