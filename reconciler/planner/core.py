@@ -308,13 +308,20 @@ def _delete_reason(replica: ObservedReplica, models: dict[str, Model], primary) 
     return f"scale down: no room for replica {replica.replica} of {model.name} (replicas: max)"
 
 
+def _size(model: Model) -> str:
+    """A replica's memory as a reason says it: with its basis when it was sized from the model."""
+    if model.vram_auto and model.sizing is not None:
+        return f"{format_bytes(model.vram)} (vram: auto, from {model.sizing.basis})"
+    return format_bytes(model.vram)
+
+
 def _replica_action(o: _Outcome, model: Model, seen: ObservedReplica | None) -> Action | None:
     target = o.target.location if o.target else None
     if seen is None:
         if target is None:
             return None
         return Action(ActionKind.CREATE, model.name, o.item.replica, None, target, model.vram,
-                      f"new replica: {format_bytes(model.vram)} on {target}")
+                      f"new replica: {_size(model)} on {target}")
     source = Location(seen.node, seen.gpus)
 
     def act(kind: ActionKind, reason: str) -> Action:

@@ -68,6 +68,7 @@ def test_auto_takes_the_estimate_and_the_plan_says_why(tmp_path, tiny_llama):
     assert tiny.sizing.kv_cache_tokens == 4096
     made = plan(desired, from_inventory(desired))
     assert [p.vram for p in made.placement] == [tiny.vram]
+    assert "(vram: auto, from safetensors)" in made.actions[0].reason
     saved = json.loads(json.dumps(to_json(made)))
     entry = next(m for m in saved["models"] if m["name"] == "tiny")
     assert entry["vramAuto"] is True and entry["sizing"]["basis"] == "safetensors"
@@ -106,6 +107,7 @@ def test_a_measured_peak_sizes_auto_models_in_the_plan(tmp_path, tiny_llama):
     assert sized.sizing.basis is Basis.MEASURED
     assert sized.sizing.overhead_bytes == 768 * (1 << 20) and sized.sizing.activation_bytes == 0
     assert made.placement[0].vram == sized.vram == sized.sizing.per_gpu_bytes < tiny.vram
+    assert "(vram: auto, from measured)" in made.actions[0].reason
     # Without the peak, the files' estimate stands.
     assert plan(desired, base).model("tiny").sizing.basis is Basis.SAFETENSORS
 
