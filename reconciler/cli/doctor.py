@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the spec directory: the pool inventory of simulated nodes, the engines each pool needs "
                         "(default: specs; optional)")
     parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="json: one document for scripts (address, ok, counts, checks)")
+                        help="json: one document for scripts (schema: schemas/doctor.schema.json)")
     parser.add_argument("--probe-timeout", type=float, default=DEFAULTS.doctor.probe_timeout, metavar="S",
                         help="seconds each node's probe task may take (default: %(default)g)")
     _cluster.add_address_argument(parser)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from reconciler.schemas import observed, plan, status
+from reconciler.schemas import doctor, observed, plan, status
 from reconciler.spec.models import (
     AnyDocument,
     GatewayDocument,
@@ -51,7 +51,7 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
 
 
 def other_schemas() -> dict[str, dict[str, Any]]:
-    return {module.FILENAME: module.schema() for module in (observed, plan, status)}
+    return {module.FILENAME: module.schema() for module in (doctor, observed, plan, status)}
 
 
 def render(schema: dict[str, Any]) -> str:

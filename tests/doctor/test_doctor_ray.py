@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from reconciler.adapter import localcluster
@@ -17,6 +18,7 @@ from tests.faults.support import reconciler
 pytestmark = pytest.mark.ray
 
 GIB = 1 << 30
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "doctor.schema.json").read_text())
 
 # The session cluster's inventory, with a vLLM model on its pool (so vLLM is imported on the nodes) and an echo one.
 SESSION_SPECS = """\
@@ -62,6 +64,7 @@ def test_doctor_passes_on_the_session_cluster(ray_cluster, tmp_path):
     result = reconciler("doctor", str(tmp_path), "--format", "json", timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
+    jsonschema.validate(report, SCHEMA)
     assert report["ok"] is True and report["address"] == ray_cluster.address
     checks = {(c["scope"], c["check"]): c for c in report["checks"]}
     for node, _ in ray_cluster.nodes:

