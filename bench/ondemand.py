@@ -15,7 +15,9 @@ Starts a one-node local Ray cluster (one simulated 24 GiB GPU) and `reconciler w
      scheduled and started, the route table reaching the gateway, the held request forwarded and answered);
    - engine load: the replica's engine constructor, as the replica measured it.
    The reconciler's own share is detection + planning + issuing. Target (issue 11): under 1 s.
-2. **Load step** on the echo model (targetInFlight 4, scaleUpAfter 2s, max 4, each answer takes 0.2 s): from 1 to
+2. **Woken together**: both echo models unloaded, one request to each at the same instant; each one's time to
+   its first byte against the cold start of one alone (target: within 1.3x).
+3. **Load step** on the echo model (targetInFlight 4, scaleUpAfter 2s, max 4, each answer takes 0.2 s): from 1 to
    32 concurrent clients; the time until the watcher decides to scale up (scaleUpAfter is part of it by design:
    sustained load), until the new replicas run, and the replicas it settles at.
 """
@@ -58,6 +60,16 @@ spec:
   replicas: {{min: 0, max: 4}}
   scaling: {{targetInFlight: 4, scaleUpAfter: 2s, scaleDownAfter: 10s, idleAfter: {idle}s, loadTimeout: 5m}}
   engineArgs: {{answer_delay_s: {delay}}}
+---
+apiVersion: reconciler/v1
+kind: Model
+metadata: {{name: echo-b}}
+spec:
+  engine: echo
+  source: stand-in/echo-b
+  vram: 1Gi
+  replicas: {{min: 0, max: 1}}
+  scaling: {{idleAfter: {idle}s, loadTimeout: 5m}}
 ---
 apiVersion: reconciler/v1
 kind: Model
@@ -160,6 +172,28 @@ def cold_start(url: str, address: str, events: EventFile, model: str) -> dict[st
     return out
 
 
+def together(url: str, address: str, models: tuple[str, ...] = ("echo", "echo-b")) -> list[float]:
+    """Every model unloaded, then one request to each at the same instant: each one's seconds to its first byte."""
+    deadline = time.monotonic() + 300
+    while any(replicas_running(address, m) for m in models) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # the unload's apply has finished and the watcher is idle again
+    start = threading.Barrier(len(models))
+    took: dict[str, float] = {}
+
+    def one(model: str) -> None:
+        start.wait()
+        sent, first = first_byte(url, model)
+        took[model] = first - sent
+
+    threads = [threading.Thread(target=one, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    return [took[m] for m in models]
+
+
 def load_step(url: str, address: str, events: EventFile, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
     """One client for a while, then `clients`: when the watcher decides, when replicas run, where it settles."""
     stop = threading.Event()
@@ -252,6 +286,14 @@ def main() -> int:
                     values = [r[key] for r in rounds]
                     print(f"  {key:<12} {statistics.median(values):7.3f}   (all: "
                           + ", ".join(f"{v:.3f}" for v in values) + ")")
+                if model == "echo":
+                    alone = statistics.median(r["first byte"] for r in rounds)
+                    pairs = [together(url, address) for _ in range(args.rounds)]
+                    slowest = statistics.median(max(pair) for pair in pairs)
+                    print(f"\necho and echo-b woken at the same instant (median of {len(pairs)}): the slower first "
+                          f"byte after {slowest:.3f} s, {slowest / alone:.2f}x the cold start of one alone "
+                          f"({alone:.3f} s; target 1.3x); all: "
+                          + ", ".join("/".join(f"{v:.3f}" for v in pair) for pair in pairs))
             time.sleep(IDLE_S + 2)
             step = load_step(url, address, events)
             print(f"\nload step on echo, 1 -> 32 clients (targetInFlight 4, scaleUpAfter 2s, max 4): scale-up "

@@ -1,0 +1,49 @@
+"""What an apply in progress may start for models woken meanwhile: a fresh plan's creates for woken models, on GPUs
+that neither the running plan nor the fresh plan's own stops touch. Pure: plans in, Serve applications out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.demand import ModelDemand
+from reconciler.desired import Scaling
+from reconciler.executor import steps
+from reconciler.planner import plan
+from tests.planner.test_planner import FAST, applied, homelab, model
+
+ON_DEMAND = Scaling(min=0, max=1)
+NOW = 1_800_000_000.0
+
+
+def _woken(desired, base, *names):
+    demand = tuple(ModelDemand(n, queued=1, since_last=0, held_for=0) for n in names)
+    return plan(desired, replace(base, demand=demand, at=NOW), FAST)
+
+
+def test_two_woken_models_start_at_once_where_the_running_apply_touches_nothing():
+    wanted = (model("a", 8, 0, scaling=ON_DEMAND), model("b", 8, 0, scaling=ON_DEMAND))
+    base = applied(homelab(model("busy", 20, 1), gpus=2))  # on one GPU, the other free
+    running = plan(homelab(*wanted, gpus=2), replace(base, at=NOW), FAST)  # `busy` leaves: its GPU drains
+    assert [(str(a.kind), a.model) for a in running.actions] == [("delete", "busy")]
+    fresh = _woken(homelab(*wanted, model("busy", 20, 1), gpus=2), base, "a", "b")
+    started = steps.wake_apps(fresh, running)
+    tgt = steps.target(fresh)
+    assert set(started) == {tgt.replica_of[("a", 0)], tgt.replica_of[("b", 0)]}
+    assert {tuple(p.location.gpus) for p in fresh.placement if p.model in ("a", "b")} != {
+        running.actions[0].source.gpus}
+
+
+def test_a_woken_model_whose_room_the_running_apply_frees_waits_for_the_next_plan():
+    wanted = model("a", 20, 0, scaling=ON_DEMAND)
+    base = applied(homelab(model("busy", 20, 1), gpus=1))
+    running = plan(homelab(wanted, gpus=1), replace(base, at=NOW), FAST)  # busy's GPU drains for it
+    fresh = _woken(homelab(wanted, gpus=1), base, "a")  # the fresh plan also stops busy to make room
+    assert ("create", "a") in [(str(a.kind), a.model) for a in fresh.actions]
+    assert steps.wake_apps(fresh, running) == {}
+
+
+def test_nothing_starts_without_a_wake():
+    desired = homelab(model("a", 8, 0, scaling=ON_DEMAND))
+    base = applied(homelab(gpus=2))
+    fresh = plan(desired, replace(base, at=NOW), FAST)
+    assert steps.wake_apps(fresh, fresh) == {}
