@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# specs/ serves a tiny LLaMA built here (no download) next to the MiniLM embedding model a Python package ships.
+# specs/ serves a tiny LLaMA built here (no download) next to two models Python packages ship: SmolLM2, a trained
+# chat model that setup.sh converted from its GGUF, and the MiniLM embedding model.
 [ -f .reconciler/models/tiny-llama/config.json ] || python -m reconciler.engines.tinymodel .reconciler/models/tiny-llama
 reconciler validate specs/
 reconciler up specs/

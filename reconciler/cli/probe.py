@@ -20,7 +20,9 @@ from typing import Any
 from reconciler.cli import _cluster
 from reconciler.errors import UserError
 
-PROMPT = "Say hello to the operator."
+PROMPT = "What is a GPU? Answer in one sentence."
+# Enough for a small chat model's one-sentence answer; greedy, so the same model answers the same way every time.
+CHAT_MAX_TOKENS = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,8 @@ def probes_for(desired: Any, base_url: str, *, routes: bool = False) -> list[Pro
                 Probe(model.name, f"{base_url}{route}/embeddings", {"model": model.name, "input": PROMPT}, "embeddings")
             )
         else:
-            body = {"model": model.name, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}
+            body = {"model": model.name, "messages": [{"role": "user", "content": PROMPT}],
+                    "max_tokens": CHAT_MAX_TOKENS, "temperature": 0}
             probes.append(Probe(model.name, f"{base_url}{route}/chat/completions", body, "chat"))
     return probes
 

