@@ -76,7 +76,8 @@ def test_auto_takes_the_estimate_and_the_plan_says_why(tmp_path, tiny_llama):
     assert from_json(saved).model("tiny").sizing == tiny.sizing  # apply --plan needs nothing else
 
 
-def test_auto_without_readable_files_says_what_was_tried(tmp_path):
+def test_auto_without_readable_files_says_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub is not asked: the test needs no network
     specs = _specs(tmp_path, model("chat", source="org/not-cached", vram="auto"))
     errors = [str(d) for d in load_specs(specs).errors]
     assert len(errors) == 1
