@@ -134,6 +134,34 @@ def peak_key(*, source: str, engine: str, engine_args_json: str, gpu_name: str, 
 
 
 @dataclass(frozen=True, slots=True)
+class EngineDeath:
+    """A replica's engine that died under it (its process killed, out of memory, a driver fault), as the replica
+    recorded it in the cluster: the replica is replaced by Serve; status, events and metrics name the death."""
+
+    model: str
+    replica: int
+    app: str
+    node: str
+    gpus: tuple[int, ...]
+    reason: str  # "signal 9 (SIGKILL)", "exit code 1", "the engine reported an error"
+    at: float  # epoch seconds, as the replica's node saw it
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return (self.app, self.at)
+
+
+def engine_death_to_json(d: EngineDeath) -> dict[str, Any]:
+    return {"model": d.model, "replica": d.replica, "app": d.app, "node": d.node, "gpus": list(d.gpus),
+            "reason": d.reason, "at": d.at}
+
+
+def engine_death_from_json(d: dict[str, Any]) -> EngineDeath:
+    return EngineDeath(model=d["model"], replica=int(d["replica"]), app=d["app"], node=d["node"],
+                       gpus=tuple(d["gpus"]), reason=d["reason"], at=float(d["at"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedJobRun:
     """One submission of a Job: run numbers count up from 1 per job; finished runs are its history."""
 
@@ -168,6 +196,8 @@ class ObservedState:
     demand: tuple[ModelDemand, ...] = ()
     # The memory peaks kept in the cluster, sorted by key: the measured basis of `vram: auto` and of right-sizing.
     memory_peaks: tuple[MemoryPeak, ...] = ()
+    # Engines that died under their replicas, recently (the cluster keeps the last few per application); by time.
+    engine_deaths: tuple[EngineDeath, ...] = ()
 
     def peak(self, key: str) -> MemoryPeak | None:
         for p in self.memory_peaks:
@@ -237,6 +267,7 @@ def normalised(state: ObservedState) -> ObservedState:
         recorded=tuple(sorted(state.recorded, key=lambda j: j.name)),
         demand=tuple(sorted(state.demand, key=lambda d: d.model)),
         memory_peaks=tuple(sorted(state.memory_peaks, key=lambda p: p.key)),
+        engine_deaths=tuple(sorted(state.engine_deaths, key=lambda d: (d.at, d.app))),
     )
 
 
@@ -300,6 +331,8 @@ def to_json(state: ObservedState) -> dict[str, Any]:
         document["demand"] = [demand_json.to_json(d) for d in state.demand]
     if state.memory_peaks:
         document["memoryPeaks"] = [memory_peak_to_json(p) for p in state.memory_peaks]
+    if state.engine_deaths:
+        document["engineDeaths"] = [engine_death_to_json(d) for d in state.engine_deaths]
     return document
 
 
@@ -413,9 +446,10 @@ def from_json(data: Any) -> ObservedState:
         recorded = tuple(job_from_json(j) for j in data.get("recordedJobs", []))
         demand = tuple(demand_json.from_json(d) for d in data.get("demand", []))
         peaks = tuple(memory_peak_from_json(p) for p in data.get("memoryPeaks", []))
+        deaths = tuple(engine_death_from_json(d) for d in data.get("engineDeaths", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ObservedFormatError(f"malformed observed-state snapshot: {exc!r}") from exc
     return normalised(
         ObservedState(nodes=nodes, replicas=replicas, source=Source(data.get("source", "snapshot")), jobs=jobs, at=at,
-                      recorded=recorded, demand=demand, memory_peaks=peaks)
+                      recorded=recorded, demand=demand, memory_peaks=peaks, engine_deaths=deaths)
     )

@@ -64,6 +64,12 @@ class Replica:
         if inspect.isawaitable(app):
             app = await app
         secret = await asyncio.to_thread(cluster_secret)
+        death = getattr(self._engine, "death", None)
+        if death is not None:
+            from reconciler.engines.guard import EngineGuard
+
+            app = EngineGuard(app, death=death, name=f"{self._engine.config.model}[{self._engine.config.replica}]",
+                              on_death=self._record_death)
         self._endpoint = Endpoint(app, node_ip(), secret=secret)
         return await self._endpoint.start()
 
@@ -98,7 +104,22 @@ class Replica:
         }
 
     def check_health(self) -> None:
+        death = getattr(self._engine, "death", None)
+        if death is not None and (why := death()) is not None:
+            self._record_death(why)
         self._engine.check_health()
+
+    def _record_death(self, why: str) -> None:
+        """Tell the controller, once, that this replica's engine died and why (it names it in status and events)."""
+        if getattr(self, "_death_recorded", False):
+            return
+        self._death_recorded = True
+        try:
+            from reconciler.engines.deaths import record
+
+            record(app=serve.get_replica_context().app_name, config=self._engine.config, reason=why)
+        except Exception:  # noqa: BLE001 - the death is still seen by Serve's health check; the record is a courtesy
+            pass
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica. Dropping the engine here ends vLLM's engine-core process with

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import types
 from typing import Any
 
 from reconciler.engines import EngineConfig
@@ -216,6 +217,13 @@ class VllmEngine:
         if self._engine is None or self._engine.errored:
             raise RuntimeError(f"vLLM engine of {self.config.model} replica {self.config.replica} is dead")
 
+    def death(self) -> str | None:
+        """Why the engine is dead (its process's exit signal or code when known), or None while it lives."""
+        engine = self._engine
+        if engine is None or not engine.errored:
+            return None
+        return _death_reason(engine)
+
     def __del__(self):
         # Serve calls this on graceful replica shutdown: stop the engine-core process now rather than at exit.
         engine = getattr(self, "_engine", None)
@@ -246,6 +254,9 @@ class VllmEngine:
                 # vLLM's own OpenAI app: the replica's HTTP endpoint serves it, and the handle path shares its state.
                 app = build_app(args, tasks, self._engine.model_config)
                 await init_app_state(self._engine, app.state, args, supported_tasks=tasks)
+                # vLLM's engine-error handler asks the server it expects to run under to exit; here uvicorn is the
+                # replica's, and Serve replaces the replica, so it gets a stand-in to ask (else it fails with 500).
+                app.state.server = types.SimpleNamespace(should_exit=False)
                 self._app = app
                 self._serving_state = app.state
         return self._serving_state
@@ -304,6 +315,24 @@ class VllmEngine:
         if hasattr(response, "body"):  # a starlette Response
             return int(response.status_code), json.loads(response.body)
         return _as_result(response)
+
+
+def _death_reason(engine: Any) -> str:
+    import signal
+
+    try:
+        codes = engine.engine_core.resources.engine_manager.finished_procs()
+    except Exception:  # noqa: BLE001 - an engine without processes of its own: the reason is not known
+        codes = {}
+    for code in codes.values():
+        if code is not None and code < 0:
+            try:
+                return f"signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"signal {-code}"
+        if code:
+            return f"exit code {code}"
+    return "the engine reported an error"
 
 
 def _optional_int(value: Any, name: str, model: str) -> int | None:

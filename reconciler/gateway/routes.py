@@ -185,7 +185,9 @@ class _Handlers:
             model, began = held, time.time()
         meter.step(now=began, in_flight=1)
         try:
-            return await gw.upstream.send(request, model=model.name, backends=model.backends, path=path, raw=raw,
-                                          stream=stream, strip_usage=strip, call=call)
+            name = model.name
+            return await gw.upstream.send(request, model=name, backends=model.backends, path=path, raw=raw,
+                                          stream=stream, strip_usage=strip, call=call,
+                                          current=lambda: getattr(gw.table.model(name), "backends", ()))
         finally:
             meter.step(now=time.time(), in_flight=-1)

@@ -57,6 +57,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self._reporter: asyncio.Future | None = None
+        self._queue_limit = queue_limit
         self.queue_limit = queue_limit
         self._history_s = history_s
         self.holds: dict[str, HoldQueue] = {}
@@ -66,6 +67,16 @@ class Gateway:
         self._wake = asyncio.Event()
         self._reported: set[tuple[str, str]] = set()  # (model, replica) gauges set, so the ones that left are zeroed
         self.set_table(table or RouteTable())
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests held per model: for an on-demand model to load, or for a restarting model's replacement."""
+        return self._queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, limit: int) -> None:
+        self._queue_limit = limit
+        self.upstream.restart_queue = limit
 
     @property
     def observer(self) -> Observer:

@@ -93,6 +93,8 @@ class Upstream:
         self.in_flight: dict[str, int] = {}
         self._turn = itertools.count()
         self.session: aiohttp.ClientSession | None = None
+        self.restarting: dict[str, int] = {}  # requests waiting for a model's replacement replica, by model
+        self.restart_queue = 256  # the most of them per model; the gateway sets its queue_limit
 
     async def open(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -119,15 +121,32 @@ class Upstream:
     # ----------------------------------------------------------------------------------------------------- send
 
     async def send(self, request: web.Request, *, model: str, backends: tuple[str, ...], path: str, raw: bytes,
-                   stream: bool, strip_usage: bool, call: Call) -> web.StreamResponse | GatewayError:
+                   stream: bool, strip_usage: bool, call: Call,
+                   current: Callable[[], tuple[str, ...]] | None = None) -> web.StreamResponse | GatewayError:
+        """Send to a replica of ``model``. When every replica failed before taking the request (restarting: their
+        ports refuse, their engines say they are dead), wait for a replacement up to ``restart_hold`` seconds,
+        asking ``current()`` for the model's replicas again, instead of failing at once."""
         tried: set[str] = set()
         turn = next(self._turn)
+        deadline = time.monotonic() + self.limits.restart_hold
+        pause = 0.1
         while True:
             now = time.monotonic()
             gone = {b for b in backends if self.gone_until.get(b, 0) > now}
             app = routing.choose(backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
             if app is None:
-                return errors.replicas_failed(model, RETRY_AFTER_S)
+                if now + pause >= deadline or self.restarting.get(model, 0) >= self.restart_queue:
+                    return errors.replicas_failed(model, RETRY_AFTER_S)
+                self.restarting[model] = self.restarting.get(model, 0) + 1
+                try:
+                    await asyncio.sleep(pause)
+                finally:
+                    self.restarting[model] -= 1
+                pause = min(1.0, pause * 2)
+                tried.clear()
+                if current is not None:
+                    backends = current() or backends
+                continue
             tried.add(app)
             self.in_flight[app] = self.in_flight.get(app, 0) + 1
             try:

@@ -226,6 +226,25 @@ def schema() -> dict[str, Any]:
                 "items": {"$ref": "#/$defs/memoryPeak"},
                 "default": [],
             },
+            "engineDeaths": {
+                "type": "array",
+                "description": "engines that died under their replicas recently, as the replicas recorded them",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["model", "replica", "app", "node", "gpus", "reason", "at"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "replica": {"type": "integer", "minimum": 0},
+                        "app": {"type": "string"},
+                        "node": {"type": "string"},
+                        "gpus": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "reason": {"type": "string"},
+                        "at": {"type": "number"},
+                    },
+                },
+                "default": [],
+            },
             "observedAt": {
                 "type": "number",
                 "minimum": 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import concurrent.futures
 import time
 
@@ -11,7 +12,8 @@ import openai
 import pytest
 
 from reconciler.engines.endpoint import Endpoint
-from tests.gateway.conftest import echo, route
+from reconciler.settings import DEFAULTS
+from tests.gateway.conftest import echo, route, running_rig
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 
@@ -120,7 +122,12 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_generation(rig):
     assert wait_until(lambda: engine.running_requests() == 0, timeout=3.0)
 
 
-def test_a_replica_that_is_gone_is_skipped_before_the_first_byte(rig):
+def test_a_replica_that_is_gone_is_skipped_before_the_first_byte():
+    with running_rig(limits=dataclasses.replace(DEFAULTS.apply.gateway.limits, restart_hold=0.5)) as rig:
+        _gone_is_skipped(rig)
+
+
+def _gone_is_skipped(rig):
     rig.add_replica("chat-0", echo("chat"))
     rig.add_replica("chat-1", echo("chat"))
     rig.publish(route("chat", "chat-0", "chat-1"))

