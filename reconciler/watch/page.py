@@ -56,6 +56,7 @@ class StatusPage:
             document = self.document()
         except NotReady:
             return (f'<!doctype html><html><head><meta http-equiv="refresh" content="{self.settings.page_refresh}">'
-                    f"<title>{escape(self.title)}</title></head><body><p>Waiting for the first cycle.</p></body></html>")
+                    f"<title>{escape(self.title)}</title></head><body><p>Waiting for the first cycle.</p>"
+                    "</body></html>")
         return render_page(document, refresh=self.settings.page_refresh, last_plan=self.last_plan(),
                            title=self.title)
