@@ -319,7 +319,9 @@ class Cluster:
         # the peak a later `vram: auto` or right-sizing needs is the most any observer saw.
         assert observed.at is not None
         peaks = self.peaks.record(samples, now=observed.at)
-        return replace(observed, memory_peaks=peaks), serve
+        from reconciler.adapter import deaths
+
+        return replace(observed, memory_peaks=peaks, engine_deaths=deaths.read()), serve
 
     @property
     def peaks(self) -> "PeakStore":

@@ -6,7 +6,15 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from reconciler.observed import ObservedNode, ObservedReplica, ObservedState, ReplicaState, dead_nodes, replicas_on
+from reconciler.observed import (
+    EngineDeath,
+    ObservedNode,
+    ObservedReplica,
+    ObservedState,
+    ReplicaState,
+    dead_nodes,
+    replicas_on,
+)
 from reconciler.plan import GpuUse, GpuView, replica_id
 from reconciler.planner.memory import overruns
 from reconciler.quantity import format_bytes
@@ -107,6 +115,11 @@ def render_status(
             why = f": {replica.message}" if replica.message else ""
             lines.append(f"  {replica_id(replica.model, replica.replica)} on {where} {_state(replica, color)}{why}")
         lines.append("")
+    deaths = recent_deaths(observed)
+    if deaths:
+        lines.append(_c("Engines that died (the replica is replaced):", "bold", color))
+        lines.extend("  " + _c(engine_death_line(d, observed.at), "bad", color) for d in deaths)
+        lines.append("")
     over = overruns(observed)
     if over:
         lines.append(_c("Replicas using more memory than planned:", "bold", color))
@@ -128,6 +141,20 @@ def render_status(
         summary += "; endpoints: " + ", ".join(f"{http_url}{route}" for route in routes)
     lines.append(summary)
     return "\n".join(lines) + "\n"
+
+
+RECENT_DEATH_S = 3600.0  # status names engine deaths of the last hour; older ones are history (events, metrics)
+
+
+def recent_deaths(observed: ObservedState) -> list[EngineDeath]:
+    now = observed.at
+    return [d for d in observed.engine_deaths if now is None or now - d.at <= RECENT_DEATH_S]
+
+
+def engine_death_line(death: EngineDeath, now: float | None) -> str:
+    where = f"{death.node}/" + "+".join(f"gpu{g}" for g in death.gpus)
+    ago = f", {max(0, round(now - death.at))} s ago" if now is not None else ""
+    return f"{replica_id(death.model, death.replica)} on {where}: its engine died ({death.reason}){ago}"
 
 
 def _iso(t: float) -> str:

@@ -33,6 +33,7 @@ from reconciler.watch.debounce import Cause, Debouncer, Schedule
 from reconciler.watch.events import EventLog, Kind, action_line
 from reconciler.planner.memory import overruns
 from reconciler.render.memory import overrun_line
+from reconciler.render.status import engine_death_line
 
 
 class LoadResult(Protocol):
@@ -66,6 +67,10 @@ class Guard(Protocol):
 
     def confirm(self) -> None: ...
 
+
+# Engine deaths recorded this long before the controller started are still announced: a replica whose engine died
+# while watch was restarting is worth an event; older ones are history (status names them for an hour).
+DEATHS_BEFORE_START_S = 300.0
 
 Load = Callable[[], LoadResult]
 Observe = Callable[[DesiredState], ObservedState]
@@ -129,6 +134,8 @@ class Controller:
         self._last_plan: Any = None
         self._was_in_sync = False
         self._stages: dict[str, float] = {}
+        self._deaths_seen: set[tuple[str, float]] = set()
+        self._started_at = self.clock() - DEATHS_BEFORE_START_S
         self._overrunning: frozenset[tuple[str, int, str]] = frozenset()  # replicas an overrun event was logged for
 
     # -- one cycle -------------------------------------------------------------------------------------------------
@@ -150,6 +157,7 @@ class Controller:
             if not plan.empty:
                 self.last_actions = (now, plan)
             self._emit_overruns(observed)
+            self._emit_deaths(observed)
             self.backoff.observe(desired=desired, observed=observed, plan=plan, now=now)
             held = self.backoff.held(now)
             if self.metrics is not None:
@@ -286,6 +294,18 @@ class Controller:
             raise
         self.recording.end(revision, results=[(r.ok, r.error) for r in results])
         return results
+
+    def _emit_deaths(self, observed: ObservedState) -> None:
+        """One event (and a count) per engine death the replicas recorded since this controller started."""
+        for death in observed.engine_deaths:
+            if death.key in self._deaths_seen or death.at < self._started_at:
+                continue
+            self._deaths_seen.add(death.key)
+            self.events.emit(Kind.ENGINE_DIED, engine_death_line(death, None), model=death.model,
+                             replica=death.replica, app=death.app, node=death.node, gpus=list(death.gpus),
+                             reason=death.reason, at=death.at)
+            if self.metrics is not None:
+                self.metrics.engine_died(model=death.model, reason=death.reason)
 
     def _emit_overruns(self, observed: ObservedState) -> None:
         """One event when a replica is first measured above its planned VRAM; again only after it was back within."""

@@ -31,6 +31,7 @@ class Kind(StrEnum):
     # model, replica, app, node, gpus, planned, measured, source, neighbours: a replica measured above its planned VRAM
     # (once per replica until it is back within it)
     OVERRUN = "overrun"
+    ENGINE_DIED = "engine-died"  # model, replica, app, node, gpus, reason, at: a replica's engine died; Serve replaces it
     SKIPPED = "skipped"  # why: plan-only | no-heal | backoff | stopping; actions
     BACKOFF = "backoff"  # model, replica, failures, retryAt, reason
     SCALE = "scale"  # model, running, wanted, rule, reason, inFlight, queued: an on-demand model's count changes

@@ -217,6 +217,16 @@ class Metrics:
             "down, range)", ("model", "rule"), registry=self.registry,
         )
 
+        self.replica_restarts = Counter(
+            "reconciler_replica_restarts", "Replicas restarted because their engine died, by model and reason "
+            "(killed: by a signal such as the OOM killer's; exited; error)", ("model", "reason"),
+            registry=self.registry,
+        )
+
+    def engine_died(self, *, model: str, reason: str) -> None:
+        kind = "killed" if reason.startswith("signal") else "exited" if reason.startswith("exit") else "error"
+        self.replica_restarts.labels(model, kind).inc()
+
     def scaled(self, *, model: str, rule: str) -> None:
         self.scaling_actions.labels(model, rule).inc()
 
