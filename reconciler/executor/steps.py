@@ -258,14 +258,16 @@ def in_sync(current: dict[str, dict[str, Any]], tgt: Target) -> bool:
 
 
 def wake_apps(fresh: Plan, running: Plan) -> dict[str, dict[str, Any]]:
-    """The replica applications a fresh plan creates for woken models (requests held, no replica) on GPUs that
-    neither the plan being applied nor the fresh plan's own stops touch: what can start at once, while that apply
-    still waits (a drain, an engine start), without racing it for VRAM. By application name."""
+    """The replica applications a fresh plan creates for woken models (requests held, no replica) on GPUs that the
+    plan being applied does not fill and the fresh plan does not have to free first: what can start at once, while
+    that apply still waits (a drain, an engine start), without racing it for VRAM. By application name.
+
+    A GPU the running apply only frees is fine: the fresh plan was made from an observation that still counts what
+    is leaving. One it starts something on is not: that may not be observed yet."""
     woken = {d.model for d in fresh.scaling if d.rule == "wake"}
     if not woken:
         return {}
-    touched = {(loc.node, g) for a in running.actions for loc in (a.source, a.target) if loc is not None
-               for g in loc.gpus}
+    touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
     touched |= {(a.source.node, g) for a in fresh.actions if a.kind is not ActionKind.CREATE and a.source is not None
                 for g in a.source.gpus}
     tgt = target(fresh)

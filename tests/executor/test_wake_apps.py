@@ -1,5 +1,5 @@
 """What an apply in progress may start for models woken meanwhile: a fresh plan's creates for woken models, on GPUs
-that neither the running plan nor the fresh plan's own stops touch. Pure: plans in, Serve applications out."""
+the running plan does not fill and the fresh plan need not free first. Pure: plans in, Serve applications out."""
 
 from __future__ import annotations
 
@@ -47,3 +47,20 @@ def test_nothing_starts_without_a_wake():
     base = applied(homelab(gpus=2))
     fresh = plan(desired, replace(base, at=NOW), FAST)
     assert steps.wake_apps(fresh, fresh) == {}
+
+
+def test_a_gpu_the_running_apply_only_frees_takes_a_woken_model_it_has_room_for_already():
+    wanted = model("a", 2, 0, scaling=ON_DEMAND)
+    base = applied(homelab(model("busy", 8, 1), gpus=1))
+    running = plan(homelab(wanted, gpus=1), replace(base, at=NOW), FAST)  # busy leaves: a drain under way
+    fresh = _woken(homelab(wanted, model("busy", 8, 1), gpus=1), base, "a")  # busy still counted: room all the same
+    assert steps.wake_apps(fresh, running) == {steps.target(fresh).replica_of[("a", 0)]:
+                                               steps.target(fresh).apps[steps.target(fresh).replica_of[("a", 0)]]}
+
+
+def test_a_gpu_the_running_apply_fills_is_left_to_it():
+    wanted = (model("a", 2, 0, scaling=ON_DEMAND), model("new", 8, 1))
+    base = applied(homelab(gpus=1))
+    running = plan(homelab(*wanted, gpus=1), replace(base, at=NOW), FAST)  # starting `new`, not observed yet
+    fresh = _woken(homelab(*wanted, gpus=1), base, "a")
+    assert steps.wake_apps(fresh, running) == {}
