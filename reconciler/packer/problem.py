@@ -81,7 +81,7 @@ class PackSettings:
     # of 20-32 GPUs: searching sooner and longer placed more of the level left short than the tree search did).
     window_first: float = 0.2
     window_search: float = 0.6
-    floor_max_items: int = 2_000  # up to this many replicas, first-fit decreasing is a floor (`firstfit.py`)
+    floor_max_items: int = 2_000  # up to this many replicas, first-fit decreasing is a floor and the refill runs
     seed: int = 0
 
 

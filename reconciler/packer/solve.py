@@ -26,30 +26,46 @@ from reconciler.packer.objective import displaced, fill, gpu_loads, level_keys, 
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.refill import refill
+from reconciler.packer.relaxation import level_bounds
 from reconciler.packer.squeeze import squeeze
 from reconciler.packer.state import State
 
 
+RELAX_MAX_ITEMS = 2_000  # up to this many replicas, a plan's level gaps are also measured against the LP's bound
+
+
 def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
+    floor = first_fit_decreasing(problem) if len(problem.items) <= settings.floor_max_items else None
+    solution = _pack(problem, settings, floor)
+    if floor is not None and score(problem, floor) > score(problem, solution.assignment):
+        quality = bounds_quality(problem, floor, gpu_bound=solution.lower_bound)
+        return _solution(floor, solution.lower_bound, "first-fit", quality)
+    return solution
+
+
+def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
     state = construct(problem)
     method = "greedy"
-    if len(problem.items) <= settings.floor_max_items:
-        floor = first_fit_decreasing(problem)
-        if score(problem, floor) > score(problem, state.assignment()):
-            state, method = State.of(problem, floor), "first-fit"
-    bound = 0
     exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
+    # Beyond the exact model's range the searches start from the better of the two constructions; within it, CP-SAT
+    # starts from best-fit decreasing and first-fit decreasing is only the floor of what it returns.
+    if floor is not None and not exactly and score(problem, floor) > score(problem, state.assignment()):
+        state, method = State.of(problem, floor), "first-fit"
+    bound = 0
     if problem.policy == Placement.BINPACK:
         bound = _bound(state)
     forced = displaced(problem)
+    oversubscribed = _oversubscribed(problem)
     # Where CP-SAT will solve the pool, the arc-flow model and the local search would only spend its time twice. A
     # pool asked for more VRAM than it has uses every GPU it can fill: freeing one cannot improve the objective.
-    if problem.policy == Placement.BINPACK and not exactly and not _oversubscribed(problem):
+    if problem.policy == Placement.BINPACK and not exactly and not oversubscribed:
         state, how, bound = _free_gpus(problem, state, settings, bound=bound)
         method = how.replace("greedy", method, 1)
         keep_rules(state, forced)
     assignment = state.assignment()
-    if not exactly:
+    # An oversubscribed pool is refilled at once; in one that could hold everything, freeing GPUs for what is left
+    # out (`overflow.py`) comes first, and the refill only after it.
+    if not exactly and oversubscribed:
         assignment, method = _refill(problem, assignment, settings, method)
     quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
@@ -115,7 +131,7 @@ def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound:
 
 def _refill(problem: Problem, assignment, settings: PackSettings, method: str):
     """The refill search (`refill.py`) where replicas are left out; kept when it scores better."""
-    if settings.refill_budget <= 0 or not _left_out(problem, assignment):
+    if settings.refill_budget <= 0 or len(problem.items) > settings.floor_max_items or not _left_out(problem, assignment):
         return assignment, method
     state = State.of(problem, assignment)
     refill(state, budget=settings.refill_budget, fits_somewhere=_fits_somewhere(problem))
@@ -149,8 +165,10 @@ def _left_out(problem: Problem, assignment) -> bool:
 
 
 def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
-    """Gaps to bounds that take linear time: per level, the VRAM of its replicas that fit some node, but no more
-    than the room the levels above leave; the GPU bound of the packing; every running replica staying."""
+    """Gaps to bounds: per level, the VRAM of its replicas that fit some node, but no more than the room the levels
+    above leave (each GPU's room as the largest subset sum of what may go on it, the level's share a subset sum of
+    its sizes), or the configuration LP's bound (`relaxation.py`, pools up to `RELAX_MAX_ITEMS` replicas) where that
+    is lower; the GPU bound of the packing; every running replica staying."""
     items, bins = problem.items, problem.bins
     total = sum(b.capacity for b in bins)
     fits_somewhere = _fits_somewhere(problem)
@@ -161,16 +179,25 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
             demand[item.level] = demand.get(item.level, 0) + item.size
         if where:
             placed[item.level] = placed.get(item.level, 0) + item.size
-    gap_bytes, above = 0, 0
     keys = level_keys(problem)
-    unit, rooms, sizes = _level_sums(problem, keys, fits_somewhere)
-    for key, room in zip(keys, rooms):
+    above, gaps = 0, []
+    for key in keys:  # the levels above keep at least what they hold here
         got = placed.get(key, 0)
-        # The levels above keep at least what they hold here; what is left of the room holds a subset sum of this
-        # level's sizes.
-        limit = min(demand.get(key, 0), total - above, room * unit - above)
-        gap_bytes += max(0, reachable(sizes[key], max(0, limit) // unit) * unit - got)
+        gaps.append(max(0, min(demand.get(key, 0), total - above) - got))
         above += got
+    if any(gaps):  # tighter: what is left of each GPU's room holds a subset sum of this level's sizes
+        unit, rooms, sizes = _level_sums(problem, keys, fits_somewhere)
+        above = 0
+        for k, (key, room) in enumerate(zip(keys, rooms)):
+            got = placed.get(key, 0)
+            limit = min(demand.get(key, 0), total - above, room * unit - above)
+            gaps[k] = min(gaps[k], max(0, reachable(sizes[key], max(0, limit) // unit) * unit - got))
+            above += got
+    if any(gaps) and len(items) <= RELAX_MAX_ITEMS:
+        # Free room split into pieces too small for what is left out: the configuration LP sees it.
+        lp = level_bounds(problem, assignment, keys, fits_somewhere)
+        gaps = [min(gap, max(0, bound - placed.get(key, 0))) for gap, bound, key in zip(gaps, lp, keys)]
+    gap_bytes = sum(gaps)
     running = [i for i, item in enumerate(items) if item.current is not None]
     stays = sum(1 for i in running if assignment[i] == items[i].current)
     gap_gpus = 0
