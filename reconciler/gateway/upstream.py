@@ -40,6 +40,9 @@ RETRY_AFTER_S = 5
 EVENT_STREAM = "text/event-stream"
 ENGINE_STATE_HEADER = "X-Engine-State"  # "dead" on a replica's 503 when its engine is gone: safe to retry elsewhere
 COUNT_LIMIT = 16 << 20  # bytes of a compressed answer decompressed to read its usage, at most
+# A stream whose client has bytes unsent (its socket is full) is written under the stream_gap deadline; a client that
+# keeps up has none, so the fast path sets no timer per chunk.
+SLOW_CLIENT_BYTES = 0
 
 
 @dataclass
@@ -227,11 +230,22 @@ class Upstream:
         await response.prepare(request)
         tap = StreamTap(strip=strip_usage)
         first = True
+        transport = request.transport
         try:
             async for chunk in upstream.content.iter_any():
                 out = tap.feed(chunk)
                 if out:
-                    await response.write(out)
+                    if transport is not None and transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
+                        # A client that stopped reading: its wait is bounded like the engine's, then it is let go.
+                        try:
+                            async with asyncio.timeout(self.limits.stream_gap):
+                                await response.write(out)
+                        except TimeoutError:
+                            transport.close()
+                            upstream.close()
+                            return response
+                    else:
+                        await response.write(out)
                     if first:
                         first = False
                         self.observer.first_token(model=call.model, key=call.key_name,

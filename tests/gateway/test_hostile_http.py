@@ -372,3 +372,23 @@ def test_tokens_per_minute_are_reserved_at_admission_and_usage_is_stripped_when_
         results = sorted(pool.map(lambda _: stream(), range(3)))
     assert [status for status, _ in results] == [200, 429, 429]  # one reservation of ~100 spends the minute
     assert '"usage"' not in results[0][1]  # the client did not ask for usage: it was read, then taken out
+
+
+def test_a_stream_client_that_stops_reading_is_let_go_and_frees_its_replica(tight):
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    words = " ".join("w" for _ in range(150_000))  # ~150,000 events, ~20 MB of stream for a client that reads none
+    body = json.dumps({"model": "chat", "stream": True, "messages": [{"role": "user", "content": words}]}).encode()
+    sleeper = socket.socket()
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.connect(host_port(tight))
+    sleeper.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + 60
+    while tight.gateway.in_flight.get("chat-0", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while tight.gateway.in_flight.get("chat-0", 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tight.gateway.in_flight.get("chat-0", 0) == 0  # let go, not held until the client reads
+    assert ok_chat(tight) == "still here"
+    sleeper.close()
