@@ -268,7 +268,10 @@ def wake_apps(fresh: Plan, running: Plan) -> dict[str, dict[str, Any]]:
     if not woken:
         return {}
     touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
-    touched |= {(a.source.node, g) for a in fresh.actions if a.kind is not ActionKind.CREATE and a.source is not None
+    # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
+    doing = {(a.kind, a.model, a.replica) for a in running.actions}
+    touched |= {(a.source.node, g) for a in fresh.actions
+                if a.kind is not ActionKind.CREATE and a.source is not None and (a.kind, a.model, a.replica) not in doing
                 for g in a.source.gpus}
     tgt = target(fresh)
     out = {}

@@ -33,12 +33,14 @@ def test_two_woken_models_start_at_once_where_the_running_apply_touches_nothing(
         running.actions[0].source.gpus}
 
 
-def test_a_woken_model_whose_room_the_running_apply_frees_waits_for_the_next_plan():
-    wanted = model("a", 20, 0, scaling=ON_DEMAND)
-    base = applied(homelab(model("busy", 20, 1), gpus=1))
-    running = plan(homelab(wanted, gpus=1), replace(base, at=NOW), FAST)  # busy's GPU drains for it
-    fresh = _woken(homelab(wanted, gpus=1), base, "a")  # the fresh plan also stops busy to make room
-    assert ("create", "a") in [(str(a.kind), a.model) for a in fresh.actions]
+def test_a_woken_model_that_needs_an_eviction_the_running_apply_does_not_make_waits_for_the_next_plan():
+    wanted = model("a", 20, 0, scaling=ON_DEMAND, priority=50)
+    base = applied(homelab(model("busy", 20, 1, priority=10), gpus=1))
+    desired = homelab(wanted, model("busy", 20, 1, priority=10), gpus=1)
+    running = plan(desired, replace(base, at=NOW), FAST)
+    assert running.actions == ()  # say, an apply of something elsewhere: it evicts nothing here
+    fresh = _woken(desired, base, "a")
+    assert [(str(a.kind), a.model) for a in fresh.actions] == [("evict", "busy"), ("create", "a")]
     assert steps.wake_apps(fresh, running) == {}
 
 
@@ -64,3 +66,14 @@ def test_a_gpu_the_running_apply_fills_is_left_to_it():
     running = plan(homelab(*wanted, gpus=1), replace(base, at=NOW), FAST)  # starting `new`, not observed yet
     fresh = _woken(homelab(*wanted, gpus=1), base, "a")
     assert steps.wake_apps(fresh, running) == {}
+
+
+def test_a_stop_the_running_apply_already_carries_out_does_not_hold_a_wake_back():
+    """Mid-drain, the fresh plan deletes the leaving replica too (it is still observed): that is the running apply's
+    work, not a stop the woken model has to wait for."""
+    wanted = model("a", 2, 0, scaling=ON_DEMAND)
+    base = applied(homelab(model("long", 1, 1), gpus=1))
+    running = plan(homelab(wanted, gpus=1), replace(base, at=NOW), FAST)
+    fresh = _woken(homelab(wanted, gpus=1), base, "a")
+    assert [(str(a.kind), a.model) for a in fresh.actions] == [("delete", "long"), ("create", "a")]
+    assert set(steps.wake_apps(fresh, running)) == {steps.target(fresh).replica_of[("a", 0)]}
