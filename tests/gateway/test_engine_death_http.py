@@ -4,10 +4,8 @@ until a replacement answers; an engine that dies mid-request never leaks its own
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
-import threading
 import time
 
 import httpx
