@@ -6,7 +6,7 @@ tokenizer (with its chat template) come from ``from_pretrained(..., gguf_file=..
 dequantized by ``load_gguf_checkpoint``, the reader that ``from_pretrained`` falls back to for such files. Going
 through ``from_pretrained`` for the weights would need ``accelerate`` for nothing: transformers refuses a GGUF
 without it, yet on one CPU there is no device map to dispatch, and the model it returns carries the GGUF
-quantizer, which says it cannot be serialized.
+quantizer, so ``save_pretrained`` refuses to write it ("not serializable").
 
 The directory records the package version it was built from; ``ensure`` rebuilds it only when that changes, and
 builds next to it before a rename, so an interrupted build never looks finished.
