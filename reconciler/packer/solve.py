@@ -134,7 +134,7 @@ def _refill(problem: Problem, assignment, settings: PackSettings, method: str):
     if settings.refill_budget <= 0 or len(problem.items) > settings.floor_max_items or not _left_out(problem, assignment):
         return assignment, method
     state = State.of(problem, assignment)
-    refill(state, budget=settings.refill_budget, fits_somewhere=_fits_somewhere(problem))
+    refill(state, budget=settings.refill_budget, fits_somewhere=fits_on_a_node(problem))
     found = state.assignment()
     if score(problem, found) > score(problem, assignment) and not violations(problem, found):
         return found, method + "+refill"
@@ -165,39 +165,10 @@ def _left_out(problem: Problem, assignment) -> bool:
 
 
 def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
-    """Gaps to bounds: per level, the VRAM of its replicas that fit some node, but no more than the room the levels
-    above leave (each GPU's room as the largest subset sum of what may go on it, the level's share a subset sum of
-    its sizes), or the configuration LP's bound (`relaxation.py`, pools up to `RELAX_MAX_ITEMS` replicas) where that
-    is lower; the GPU bound of the packing; every running replica staying."""
-    items, bins = problem.items, problem.bins
-    total = sum(b.capacity for b in bins)
-    fits_somewhere = _fits_somewhere(problem)
-    demand: dict[tuple[int, bool], int] = {}
-    placed: dict[tuple[int, bool], int] = {}
-    for i, (item, where) in enumerate(zip(items, assignment)):
-        if fits_somewhere(item):
-            demand[item.level] = demand.get(item.level, 0) + item.size
-        if where:
-            placed[item.level] = placed.get(item.level, 0) + item.size
-    keys = level_keys(problem)
-    above, gaps = 0, []
-    for key in keys:  # the levels above keep at least what they hold here
-        got = placed.get(key, 0)
-        gaps.append(max(0, min(demand.get(key, 0), total - above) - got))
-        above += got
-    if any(gaps):  # tighter: what is left of each GPU's room holds a subset sum of this level's sizes
-        unit, rooms, sizes = _level_sums(problem, keys, fits_somewhere)
-        above = 0
-        for k, (key, room) in enumerate(zip(keys, rooms)):
-            got = placed.get(key, 0)
-            limit = min(demand.get(key, 0), total - above, room * unit - above)
-            gaps[k] = min(gaps[k], max(0, reachable(sizes[key], max(0, limit) // unit) * unit - got))
-            above += got
-    if any(gaps) and len(items) <= RELAX_MAX_ITEMS:
-        # Free room split into pieces too small for what is left out: the configuration LP sees it.
-        lp = level_bounds(problem, assignment, keys, fits_somewhere)
-        gaps = [min(gap, max(0, bound - placed.get(key, 0))) for gap, bound, key in zip(gaps, lp, keys)]
-    gap_bytes = sum(gaps)
+    """Gaps to bounds: per level, `level_gaps` (the configuration LP in pools up to `RELAX_MAX_ITEMS` replicas); the
+    GPU bound of the packing; every running replica staying."""
+    items = problem.items
+    gap_bytes = sum(level_gaps(problem, assignment, relax=len(items) <= RELAX_MAX_ITEMS))
     running = [i for i, item in enumerate(items) if item.current is not None]
     stays = sum(1 for i in running if assignment[i] == items[i].current)
     gap_gpus = 0
@@ -215,6 +186,42 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
         gap_fill=gap_fill,
         unplaced_proven=gap_bytes == 0,
     )
+
+
+def level_gaps(problem: Problem, assignment, *, relax: bool) -> list[int]:
+    """Per level, how much more VRAM it could place when the levels above hold at least what `assignment` gives
+    them: below the VRAM of its replicas that fit some node and the room the levels above leave (each GPU's room as
+    the largest subset sum of what may go on it, the level's share a subset sum of its sizes), and, with `relax`,
+    the configuration LP's bound (`relaxation.py`), whichever is lowest."""
+    items, bins = problem.items, problem.bins
+    total = sum(b.capacity for b in bins)
+    fits_somewhere = fits_on_a_node(problem)
+    demand: dict[tuple[int, bool], int] = {}
+    placed: dict[tuple[int, bool], int] = {}
+    for item, where in zip(items, assignment):
+        if fits_somewhere(item):
+            demand[item.level] = demand.get(item.level, 0) + item.size
+        if where:
+            placed[item.level] = placed.get(item.level, 0) + item.size
+    keys = level_keys(problem)
+    above, gaps = 0, []
+    for key in keys:
+        got = placed.get(key, 0)
+        gaps.append(max(0, min(demand.get(key, 0), total - above) - got))
+        above += got
+    if any(gaps):
+        unit, rooms, sizes = _level_sums(problem, keys, fits_somewhere)
+        above = 0
+        for k, (key, room) in enumerate(zip(keys, rooms)):
+            got = placed.get(key, 0)
+            limit = min(demand.get(key, 0), total - above, room * unit - above)
+            gaps[k] = min(gaps[k], max(0, reachable(sizes[key], max(0, limit) // unit) * unit - got))
+            above += got
+    if any(gaps) and relax:
+        # Free room split into pieces too small for what is left out: the configuration LP sees it.
+        lp = level_bounds(problem, assignment, keys, fits_somewhere)
+        gaps = [min(gap, max(0, bound - placed.get(key, 0))) for gap, bound, key in zip(gaps, lp, keys)]
+    return gaps
 
 
 def _level_sums(problem: Problem, keys, fits_somewhere) -> tuple[int, list[int], dict[tuple[int, bool], Counter]]:
@@ -250,7 +257,7 @@ def _fill_gap(problem: Problem, assignment) -> int:
     return max(0, fullest - bound)
 
 
-def _fits_somewhere(problem: Problem):
+def fits_on_a_node(problem: Problem):
     """Whether an item alone fits on some node (its gang on distinct GPUs of one node)."""
     by_node: dict[str, list[int]] = {}
     for b in problem.bins:
@@ -266,7 +273,7 @@ def _fits_somewhere(problem: Problem):
 
 def _oversubscribed(problem: Problem) -> bool:
     """More VRAM asked for (by replicas that fit some node, `replicas: max` apart) than the pool has."""
-    fits_somewhere = _fits_somewhere(problem)
+    fits_somewhere = fits_on_a_node(problem)
     asked = sum(item.size for item in problem.items if not item.elastic and fits_somewhere(item))
     return asked > sum(b.capacity for b in problem.bins)
 
