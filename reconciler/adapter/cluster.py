@@ -317,8 +317,7 @@ class Cluster:
         observed, samples = with_measured(observed, serve, self._measure(nodes, serve))
         # Every observation's readings go into the peaks kept in the cluster: a reading nobody records is lost, and
         # the peak a later `vram: auto` or right-sizing needs is the most any observer saw.
-        assert observed.at is not None
-        peaks = self.peaks.record(samples, now=observed.at)
+        peaks = self.peaks.record(samples, now=observed.at if observed.at is not None else time.time())
         from reconciler.adapter import deaths
 
         return replace(observed, memory_peaks=peaks, engine_deaths=deaths.read()), serve
