@@ -67,7 +67,8 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
     # out (`overflow.py`) comes first, and the refill only after it.
     if not exactly and oversubscribed:
         assignment, method = _refill(problem, assignment, settings, method)
-    quality = bounds_quality(problem, assignment, gpu_bound=bound)
+    # Where CP-SAT solves the pool its own bounds come with it: the configuration LP would only add time.
+    quality = bounds_quality(problem, assignment, gpu_bound=bound, relax=not exactly)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
         return _solution(assignment, bound, method, quality)
     if exactly:
@@ -77,7 +78,8 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
         if exact.score > mine or violations(problem, assignment):
             assignment, method = exact.assignment, "cp-sat"
         if not exact.finished:
-            return _solution(assignment, bound, method, bounds_quality(problem, assignment, gpu_bound=bound))
+            return _solution(assignment, bound, method, bounds_quality(problem, assignment, gpu_bound=bound,
+                                                                       relax=False))
         final = score(problem, assignment)
         gap_gpus, gap_fill = quality.gap_gpus, 0
         if problem.policy == Placement.BINPACK:
@@ -164,11 +166,11 @@ def _left_out(problem: Problem, assignment) -> bool:
     return any(bins is None and not item.elastic for item, bins in zip(problem.items, assignment))
 
 
-def bounds_quality(problem: Problem, assignment, *, gpu_bound: int) -> Quality:
-    """Gaps to bounds: per level, `level_gaps` (the configuration LP in pools up to `RELAX_MAX_ITEMS` replicas); the
-    GPU bound of the packing; every running replica staying."""
+def bounds_quality(problem: Problem, assignment, *, gpu_bound: int, relax: bool = True) -> Quality:
+    """Gaps to bounds: per level, `level_gaps` (with `relax`, the configuration LP in pools up to `RELAX_MAX_ITEMS`
+    replicas); the GPU bound of the packing; every running replica staying."""
     items = problem.items
-    gap_bytes = sum(level_gaps(problem, assignment, relax=len(items) <= RELAX_MAX_ITEMS))
+    gap_bytes = sum(level_gaps(problem, assignment, relax=relax and len(items) <= RELAX_MAX_ITEMS))
     running = [i for i, item in enumerate(items) if item.current is not None]
     stays = sum(1 for i in running if assignment[i] == items[i].current)
     gap_gpus = 0
