@@ -76,7 +76,8 @@ class PackSettings:
     squeeze_budget: int = 20_000_000  # moves scored by the overfill search for one GPU fewer after the ejection search
     squeeze_max_cells: int = 40_000  # replicas that move x GPUs in use: above this, no overfill search (speed)
     refill_budget: int = 20_000  # bitset operations of the refill search (`refill.py`) in a pool leaving replicas out
-    window_time: float = 0.5  # CP-SAT deterministic seconds for the window of a pool too large for the exact model
+    window_time: float = 0.5  # CP-SAT deterministic seconds for the window of a pool too large for the exact model,
+    window_time_max_bins: int = 64  # in pools up to this many GPUs (planned within 2 CPU s); beyond, exact_time
     # Shares of a level's allowance in the window: the first solve, then the neighbourhood search (measured on pools
     # of 20-32 GPUs: searching sooner and longer placed more of the level left short than the tree search did).
     window_first: float = 0.2

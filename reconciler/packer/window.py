@@ -99,8 +99,11 @@ def complete(problem: Problem, assignment, *, settings: PackSettings, forced: Co
     sub_forced = {k for k, i in enumerate(picked) if i in forced}
     back = sorted(inside)
     hint = tuple(None if assignment[i] is None else tuple(local[b] for b in assignment[i]) for i in picked)
-    result = solve_exact(sub, budget=settings.window_time, seed=settings.seed, hint=hint, forced=sub_forced,
-                         first=settings.window_first, search=settings.window_search)
+    if len(bins) <= settings.window_time_max_bins:
+        result = solve_exact(sub, budget=settings.window_time, seed=settings.seed, hint=hint, forced=sub_forced,
+                             first=settings.window_first, search=settings.window_search)
+    else:  # a fleet: its plan takes seconds anyway, and the window gets the exact model's budget and shares
+        result = solve_exact(sub, budget=settings.exact_time, seed=settings.seed, hint=hint, forced=sub_forced)
     whole = len(inside) == len(bins) and len(picked) == len(items)
     if result is None or result.score <= score(sub, hint):
         return Completion(tuple(assignment), whole, bool(result and result.levels_optimal))
