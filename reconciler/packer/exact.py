@@ -390,6 +390,13 @@ class _LevelBound:
         return (here & ((1 << max(0, self.room - lowest + 1)) - 1)).bit_length() - 1
 
 
+def _fill_at_floor(problem: Problem, assignment) -> bool:
+    """Whether the fullest GPU's fill equals the least any placement of the same VRAM can have: the average fill."""
+    loads = gpu_loads(problem, assignment)
+    fullest = max((fill(load, gpu.capacity) for load, gpu in zip(loads, problem.bins)), default=0)
+    return fullest <= fill(sum(loads), sum(gpu.capacity for gpu in problem.bins))
+
+
 def _subset_sums(sizes: list[int], mask: int, start: int = 1) -> int:
     sums = start
     for size in sizes:
@@ -450,6 +457,12 @@ def solve_exact(
             if kind == "level":
                 bounds.next(level, held)  # a level with nothing to place still counts among those above
             continue  # nothing to decide at this stage
+        if kind == "fill" and assignment is not None and _fill_at_floor(problem, assignment):
+            # The fullest GPU is as full as the average (every GPU full, say): no placement of as much VRAM does
+            # better, so the search is not run.
+            model.add(expr >= -max(fill(load, gpu.capacity) for load, gpu in zip(gpu_loads(problem, assignment),
+                                                                                  problem.bins)))
+            continue
         # Most stages are proven at once; the hard one may use all but a tenth of the budget per stage still to come.
         later = len(stages) - n - 1
         if kind == "level":

@@ -6,8 +6,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import Spread
+from reconciler.desired import Placement, Spread
 from reconciler.packer import Bin, Item, PackSettings, Problem, pack
+from reconciler.packer.exact import _fill_at_floor, solve_exact
 from reconciler.packer.firstfit import first_fit_decreasing
 from reconciler.packer.objective import score, violations
 from reconciler.packer.refill import _best_subset
@@ -119,3 +120,13 @@ def test_the_level_bound_counts_what_fits_on_each_gpu() -> None:
     assert score(problem, solution.assignment).levels == (12,)
     quality = bounds_quality(problem, solution.assignment, gpu_bound=0)
     assert quality.gap_bytes == 0
+
+
+def test_the_fill_stage_is_skipped_only_where_the_fullest_gpu_is_at_the_average() -> None:
+    bins = tuple(Bin("a", g, 10) for g in range(3))
+    full = Problem(bins, tuple(Item(f"m{k}", 0, 5) for k in range(6)), Placement.SPREAD)
+    placed = ((0,), (0,), (1,), (1,), (2,), (2,))
+    assert _fill_at_floor(full, placed)
+    assert not _fill_at_floor(full, ((0,), (0,), (1,), None, None, None))
+    result = solve_exact(full, budget=0.5, hint=placed)
+    assert result is not None and result.optimal and result.score.policy == -1000
