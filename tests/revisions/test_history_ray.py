@@ -102,14 +102,15 @@ def test_applies_are_recorded_listed_diffed_and_rolled_back(specs):
         base + 3, f"rollback to {base + 1}", "converged", 1, one)
 
 
-def test_rollback_is_refused_while_watch_holds_the_lock_and_the_page_shows_the_cluster(specs, tmp_path):
+def test_rollback_is_refused_while_watch_holds_the_lock_and_the_page_shows_the_cluster(specs, tmp_path, monkeypatch):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("the status page test needs Chromium: `apt-get install -y chromium` (scripts/setup.sh does it)")
     write_specs(specs, {"alpha": 1, "beta": 1})
     commit(specs.parent, "Alpha and beta")
     port = free_port()
-    watcher = Watcher(specs, tmp_path / "events.jsonl", "--metrics-port", str(port))
+    monkeypatch.chdir(specs.parent)  # the directory as people type it: `reconciler watch specs`
+    watcher = Watcher(Path(specs.name), tmp_path / "events.jsonl", "--metrics-port", str(port))
     try:
         watcher.wait_for(lambda e: e["event"] == "applied")
         current = rows()[-1]
@@ -150,27 +151,28 @@ def test_rollback_is_refused_while_watch_holds_the_lock_and_the_page_shows_the_c
     for model in ("alpha", "beta"):
         assert f'data-model="{model}"' in dom
     assert f'data-revision="{current["revision"]}"' in dom and "watch: startup" in dom
+    assert "<title>reconciler watch specs</title>" in dom
     assert 'id="last-plan"' in dom and "create" in dom and 'id="jobs"' in dom and 'id="demand"' in dom
     assert "<script" not in dom
 
     from PIL import Image
 
     with Image.open(png) as image:
-        assert image.size == (1280, 900)
+        assert image.size == (1280, 1400)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16) or []
+        if os.environ.get("UPDATE_SCREENSHOT"):  # a palette of 64 colours keeps the committed picture small
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            image.convert("RGB").quantize(64).save(SCREENSHOT, optimize=True)
     # Not a blank page: many colours, and the planned-VRAM blue of the bars among them.
     assert len(colours) > 50
     assert any(rgb == (0x3F, 0x7F, 0xD9) for _, rgb in colours)
-    if os.environ.get("UPDATE_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(png, SCREENSHOT)
 
 
 def _browse(chromium: str, url: str, tmp_path: Path) -> tuple[str, Path]:
     """The page's DOM after load, and a screenshot, from headless Chromium with a throwaway profile."""
     png = tmp_path / "page.png"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"]
+             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,1400"]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and "<html" in dom.stdout, dom.stderr[-2000:]
     shot = subprocess.run([*flags, f"--screenshot={png}", url], capture_output=True, text=True, timeout=120,
