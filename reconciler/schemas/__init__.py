@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from reconciler.schemas import doctor, observed, plan, status
+from reconciler.spec.catalog import NodeTypeDocument
 from reconciler.spec.models import (
     AnyDocument,
     GatewayDocument,
@@ -42,6 +43,9 @@ def spec_schemas() -> dict[str, dict[str, Any]]:
             ResourcePoolDocument, "ResourcePool", "A reconciler/v1 ResourcePool spec document."
         ),
         "gateway.schema.json": _spec_schema(GatewayDocument, "Gateway", "A reconciler/v1 Gateway spec document."),
+        "nodetype.schema.json": _spec_schema(
+            NodeTypeDocument, "NodeType", "A reconciler/v1 NodeType document of a catalogue for `reconciler advise`."
+        ),
         "document.schema.json": _spec_schema(
             AnyDocument,
             "reconciler/v1 document",
