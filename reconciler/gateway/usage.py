@@ -87,6 +87,8 @@ class StreamTap:
         self.completion = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._tail and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            return chunk  # whole events without usage: what nearly every chunk of a stream is
         data = self._tail + chunk if self._tail else chunk
         last = None
         for last in _EVENT_END.finditer(data):
