@@ -115,6 +115,8 @@ def suggest(desired: DesiredState, observed: ObservedState, *, settings: MemoryS
     """
     found = []
     for model in sorted(desired.models, key=lambda m: m.name):
+        if model.vram_auto:  # sized from the model, and from the same peaks once measured: nothing to suggest
+            continue
         for name, gpus in sorted(_gpu_names(desired, observed, model).items()):
             peak = observed.peak(peak_key(source=model.source, engine=str(model.engine),
                                           engine_args_json=model.engine_args_json, gpu_name=name,

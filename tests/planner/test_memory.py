@@ -110,3 +110,8 @@ def test_only_the_peak_of_the_same_kind_counts():
     # A pool of two GPU models with nothing running: where the replicas would go is the packer's, not ours.
     assert suggest(desired(m, ("L4", "A100")), with_peak(ObservedState(), m, int(1.1 * GiB), 3 * DAY),
                    settings=MemorySettings()) == ()
+
+
+def test_a_model_sized_with_vram_auto_gets_no_suggestion():
+    m = replace(model(), vram_auto=True)
+    assert suggest(desired(m), with_peak(ObservedState(), m, int(2.3 * GiB), 3 * DAY), settings=MemorySettings()) == ()
