@@ -32,7 +32,7 @@ def advise(request: Request, settings: AdviseSettings = AdviseSettings()) -> Adv
                       method="nothing to place")
     found = heuristic.search(request.items, kinds, groups, request.tolerate)
     limits = _limits(kinds, groups, found, request.tolerate)
-    walk = _Walk(request, kinds, groups, limits, settings)
+    walk = _Walk(request, kinds, groups, limits, settings, wide=_limits(kinds, groups, None, request.tolerate))
     lo = capacity_bound(kinds, groups, limits, request.tolerate)
     if lo is None:
         raise Infeasible(_no_choice(kinds, request.tolerate))
@@ -55,8 +55,10 @@ def advise(request: Request, settings: AdviseSettings = AdviseSettings()) -> Adv
 class _Walk:
     """Choices cheapest first, each judged: fits, does not fit, or undecided within the budget."""
 
-    def __init__(self, request: Request, kinds, groups, limits: Counts, settings: AdviseSettings) -> None:
+    def __init__(self, request: Request, kinds, groups, limits: Counts, settings: AdviseSettings, *,
+                 wide: Counts) -> None:
         self.request, self.kinds, self.groups, self.limits, self.settings = request, kinds, groups, limits, settings
+        self.wide = wide  # slots per kind beyond the heuristic's cost, where the runner-up may be
         self.rules = Rules(kinds, groups, request.tolerate)
         self.judge = heuristic.Judge(request.items, kinds, request.tolerate)
         self.work = 0.0
@@ -101,9 +103,10 @@ class _Walk:
         step = max(1, (hi - lo) // 16, min(k.price for k in self.kinds if not k.fixed) // 4 or 1)
         start, end, beyond = lo, min(hi, lo + step), 0
         for _ in range(self.settings.max_windows):
-            listed, complete = window(self.kinds, self.limits, self.rules, lo=start, hi=end,
+            limits = self.limits if end <= hi else self.wide
+            listed, complete = window(self.kinds, limits, self.rules, lo=start, hi=end,
                                       cap=self.settings.max_window)
-            if not complete and bound is None:
+            if not complete and bound is None and best is None:
                 bound = start  # choices from here on were not all listed
             for cost, _, counts in listed:
                 if (best is not None and runner_up is not None) or (self.spent and bound is not None):
