@@ -31,10 +31,10 @@ from reconciler.engines.vllm_rules import MemoryBudgetError
 try:
     engine = VllmEngine(json.loads(sys.argv[1]))
 except MemoryBudgetError as exc:
-    print(json.dumps({"refused": str(exc)}))
+    print("RESULT " + json.dumps({"refused": str(exc)}))
     raise SystemExit(0)
 cache = engine._engine.vllm_config.cache_config
-print(json.dumps({"kv": engine.kv_cache_bytes, "blocks": cache.num_gpu_blocks, "block": cache.block_size,
+print("RESULT " + json.dumps({"kv": engine.kv_cache_bytes, "blocks": cache.num_gpu_blocks, "block": cache.block_size,
                   "rule": engine.memory.rule}))
 engine._engine.shutdown()
 """
@@ -55,7 +55,7 @@ def _start(config: dict, tmp_path) -> dict:
     done = subprocess.run([sys.executable, "-c", START, json.dumps(config)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
 def test_the_engine_gets_the_kv_cache_the_plan_leaves(tmp_path, tiny_llama):
