@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,17 +48,8 @@ class Report:
 
 class Executor:
     def __init__(self, cluster: Any, *, settings: ApplySettings = DEFAULTS.apply,
-                 progress: Progress | None = None, spec_dir: Any = None,
-                 wakes: Callable[[Plan], dict[str, dict[str, Any]]] | None = None) -> None:
+                 progress: Progress | None = None, spec_dir: Any = None) -> None:
         self.cluster = cluster
-        # Asked while this apply waits (a drain, an engine start): replica applications of models woken meanwhile
-        # that can start at once (``steps.wake_apps``); they join every later Serve config and, once running, the
-        # gateways' table. None: wakes wait for the next plan.
-        self.wakes = wakes
-        self._woken: dict[str, dict[str, Any]] = {}
-        self._woken_running: set[str] = set()
-        self._configs: tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, Any]]] | None = None
-        self._routes: dict[str, dict[str, Any]] = {}  # the applications the gateways' table was last built from
         self.spec_dir = spec_dir  # where the specs' job workingDirs are; None when no spec directory is at hand
         self.settings = settings
         self.progress = progress or Progress()
@@ -102,8 +93,6 @@ class Executor:
         report = Report()
         named = set(tgt.old_app.values())
         self._plan = plan
-        self._configs = (details, foreign, current)
-        self._routes = current
         # Jobs that are preempted or stopped give their VRAM back before any replica needs it.
         job_results = job_steps.stop_all(self.cluster.jobs, plan, self.settings) if job_steps.stops(plan) else []
 
@@ -170,8 +159,7 @@ class Executor:
         for i, (apps, starting) in enumerate(steps.batches(phase, previous, self.settings.max_starting)):
             if apps != before:
                 self._drain([n for n in before if n not in apps], apps)
-                self._configs = (details, foreign, apps)
-                self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, {**apps, **self._woken}))
+                self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, apps))
             before = apps
             self._wait(phase.wait_gone if i == 0 else [], starting, results, configs=apps)
         routers = [
@@ -196,7 +184,6 @@ class Executor:
                 seen = gateways.in_flight(self.cluster)
             except Exception:  # noqa: BLE001 - the cluster itself did not answer: the stop below will say so
                 return
-            self._start_woken()
             if self._gateway_errors and not seen.silent:
                 return  # the gateways answer but did not take the table: their requests would not end
             busy = {app: n for app, n in seen.counts.items() if app in leaving and n}
@@ -212,36 +199,11 @@ class Executor:
         if self._plan is None or not self.settings.gateway.enabled:
             return
         try:
-            self._routes = apps
-            running = {n: c for n, c in self._woken.items() if n in self._woken_running}
-            self._gateway_urls = gateways.publish(self.cluster, route_table(self._plan, {**apps, **running}),
+            self._gateway_urls = gateways.publish(self.cluster, route_table(self._plan, apps),
                                                   gateway_settings(self._plan.gateway, self.settings.gateway))
             self._gateway_errors = []
         except Exception as exc:  # noqa: BLE001 - the per-model routes still serve: report, don't fail the apply
             self._gateway_errors = [f"the gateway did not take the route table: {type(exc).__name__}: {exc}"[:500]]
-
-    def _start_woken(self) -> None:
-        """While this apply waits: start the replicas of models woken meanwhile, and route to them once they run."""
-        if self.wakes is None or self._plan is None or self._configs is None:
-            return
-        details, foreign, apps = self._configs
-        try:
-            extra = {n: c for n, c in self.wakes(self._plan).items() if n not in self._woken and n not in apps}
-        except Exception as exc:  # noqa: BLE001 - only a head start: the next plan starts them all the same
-            self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: {exc}"[:300])
-            return
-        if extra:
-            self._woken.update(extra)
-            self.progress.note("woken while this apply waits: starting " + ", ".join(sorted(extra)))
-            self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, {**apps, **self._woken}))
-        starting = [n for n in self._woken if n not in self._woken_running]
-        if not starting:
-            return
-        states = self._serve().get("applications") or {}
-        started = [n for n in starting if (states.get(n) or {}).get("status") == "RUNNING"]
-        if started:
-            self._woken_running.update(started)
-            self._publish(self._routes)  # the same routes as before (a drain keeps its replicas out), and these
 
     def _wait_routers(self, routers: list[str]) -> None:
         """Until reconfigured or new routers serve: when apply returns, every route answers with its new backends."""
@@ -274,7 +236,6 @@ class Executor:
         last_pending_check = 0.0
         demands: list = []
         while not w.done:
-            self._start_woken()
             try:
                 details = self._serve()
             except TransientError:

@@ -255,32 +255,3 @@ def in_sync(current: dict[str, dict[str, Any]], tgt: Target) -> bool:
     if set(current) != set(tgt.apps):
         return False
     return all(current[name] == config for name, config in tgt.apps.items() if _kind(config) == ROUTER_KIND)
-
-
-def wake_apps(fresh: Plan, running: Plan) -> dict[str, dict[str, Any]]:
-    """The replica applications a fresh plan creates for woken models (requests held, no replica) on GPUs that the
-    plan being applied does not fill and the fresh plan does not have to free first: what can start at once, while
-    that apply still waits (a drain, an engine start), without racing it for VRAM. By application name.
-
-    A GPU the running apply only frees is fine: the fresh plan was made from an observation that still counts what
-    is leaving. One it starts something on is not: that may not be observed yet."""
-    woken = {d.model for d in fresh.scaling if d.rule == "wake"}
-    if not woken:
-        return {}
-    touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
-    # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
-    doing = {(a.kind, a.model, a.replica) for a in running.actions}
-    touched |= {(a.source.node, g) for a in fresh.actions
-                if a.kind is not ActionKind.CREATE and a.source is not None and (a.kind, a.model, a.replica) not in doing
-                for g in a.source.gpus}
-    tgt = target(fresh)
-    out = {}
-    for i, a in enumerate(fresh.actions):
-        if a.kind is not ActionKind.CREATE or a.model not in woken or a.target is None:
-            continue
-        if touched & {(a.target.node, g) for g in a.target.gpus}:
-            continue
-        name = tgt.new_app.get(i)
-        if name is not None:
-            out[name] = tgt.apps[name]
-    return out

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-import threading
 import time
 from dataclasses import replace
 
@@ -45,7 +44,6 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
     stream = progress if progress is not None else sys.stdout
     probe = ServeProbe(cluster)
     demand = DemandProbe(cluster)
-    woken = threading.Event()  # a gateway woke the controller: an apply in progress may start those models at once
     listeners: list[Callable[[str], None]] = []
 
     def reachable() -> bool:
@@ -74,7 +72,6 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             raise
         probe.mark(details)
         demand.mark(desired, observed)
-        woken.clear()  # this observation has the demand that woke it: its own plan starts those models
         try:
             # An empty plan is never applied, so a changed API key or limit would never reach the gateways.
             sync_gateway(cluster, models=[model_runtime(m) for m in desired.models], gateway=desired.gateway)
@@ -88,7 +85,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         ships = any(j.working_dir and not j.working_dir.startswith("/") for j in plan.jobs)
         directory = spec_dir() if callable(spec_dir) and ships else (None if callable(spec_dir) else spec_dir)
         executor = Executor(cluster, settings=apply_settings,
-                            progress=Progress(stream, live=False), spec_dir=directory, wakes=woken_apps)
+                            progress=Progress(stream, live=False), spec_dir=directory)
         try:
             report = executor.apply(plan)
         except Exception as exc:
@@ -109,21 +106,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         if not demand.wanted():  # no model scales with demand: wait all the same, the caller loops on this
             time.sleep(timeout)
             return False
-        if gateways.wait_wake(cluster, timeout):
-            woken.set()
-            return True
-        return False
-
-    def woken_apps(running: Plan) -> dict[str, dict[str, Any]]:
-        """Asked by an apply while it waits: when a gateway woke the controller meanwhile, plan afresh and hand back
-        the woken models' replicas that can start now, without waiting for that apply to end."""
-        if not woken.is_set() or demand.desired is None:
-            return {}
-        woken.clear()
-        from reconciler.executor.steps import wake_apps
-        from reconciler.planner import plan as make_plan
-
-        return wake_apps(make_plan(demand.desired, cluster.observe(demand.desired)), running)
+        return bool(gateways.wait_wake(cluster, timeout))
 
     def endpoints() -> tuple[str | None, list[str]]:
         return cluster.http_url, gateways.urls(cluster)
