@@ -16,7 +16,7 @@ proven cheapest (or how far it may be from a bound), the runner-up, and the plac
 
 EPILOG = """\
 examples:
-  reconciler advise specs --catalog examples/catalog/nodetypes.yaml
+  reconciler advise specs --catalog examples/advise/catalog.yaml
   reconciler advise specs --catalog catalog/ --tolerate 1 --min-priority 100 --format json
   reconciler advise specs --catalog catalog/ --keep          # the inventory is paid for: what to add"""
 

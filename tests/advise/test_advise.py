@@ -23,7 +23,7 @@ from reconciler.spec.catalog import load_catalog, load_catalog_files
 
 GiB = 1 << 30
 ROOT = Path(__file__).resolve().parents[2]
-CATALOG = ROOT / "examples" / "catalog" / "nodetypes.yaml"
+CATALOG = ROOT / "examples" / "advise" / "catalog.yaml"
 FAST = AdviseSettings(exact_time=2.0, check_time=0.5)
 
 
