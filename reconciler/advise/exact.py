@@ -50,8 +50,7 @@ def size(kinds: tuple[Kind, ...], groups: tuple[Group, ...], limits: Counts, tol
 
 
 def solve(*, kinds: tuple[Kind, ...], groups: tuple[Group, ...], limits: Counts, tolerate: int, budget: float,
-          seed: int = 0, upper: int | None = None, hint: Counts | None = None, exclude: Counts | None = None,
-          least_nodes: int = 0, bought: bool = False) -> ExactResult:
+          seed: int = 0, upper: int | None = None, hint: Counts | None = None, bought: bool = False) -> ExactResult:
     """The cheapest choice within `limits` slots per kind; with `bought`, whether every slot bought (`limits` as
     the counts) holds it all."""
     unit = reduce(math.gcd, (g.vram for g in groups), 0) or 1
@@ -69,8 +68,6 @@ def solve(*, kinds: tuple[Kind, ...], groups: tuple[Group, ...], limits: Counts,
     cost = sum(kind.price * v for kind, slots in zip(kinds, y) for v in slots)
     if upper is not None:
         m.add(cost <= upper)
-    if least_nodes:
-        m.add(sum(count) >= least_nodes)
     for g in groups:  # a spread: node model needs as many nodes as replicas, and `tolerate` more
         if g.spread == Spread.NODE:
             m.add(sum(c for kind, c in zip(kinds, count) if g.hosts(kind.caps)) >= g.count + tolerate)
@@ -118,14 +115,6 @@ def solve(*, kinds: tuple[Kind, ...], groups: tuple[Group, ...], limits: Counts,
                 m.add(a >= b)
         for gi, g in enumerate(groups):
             m.add(sum(gangs[gi]) == g.count)
-    if exclude is not None:
-        same = []
-        for k, c in enumerate(count):
-            b = m.new_bool_var(f"same{k}")
-            m.add(c == exclude[k]).only_enforce_if(b)
-            m.add(c != exclude[k]).only_enforce_if(~b)
-            same.append(b)
-        m.add_bool_or([~b for b in same])
     m.minimize(cost)
     if hint is not None:
         for k, slots in enumerate(y):

@@ -41,7 +41,7 @@ class AdviseSettings:
     """Tunables of the search. Budgets are CP-SAT's deterministic time, never the wall clock, so that the same
     request gives the same advice on every machine."""
 
-    exact_time: float = 6.0  # deterministic seconds of exact checks in all (about as many seconds of one core)
+    exact_time: float = 6.0  # CP-SAT deterministic seconds (its measure of work) of exact checks in all
     check_time: float = 1.0  # deterministic seconds for one choice's exact check
     max_candidates: int = 400  # choices the exact model checks at most
     max_judged: int = 3_000  # choices the greedy construction judges at most
@@ -84,7 +84,7 @@ class Advice:
     nodes: tuple[AdvisedNode, ...]  # kept nodes first, then the new ones
     # Per item of the request, in its order: (node index into `nodes`, GPU indices); the placement with no failure.
     placement: tuple[tuple[int, tuple[int, ...]], ...]
-    method: str  # "cp-sat", "cp-sat (budget)", "heuristic", "nothing to place"
+    method: str  # "exact" (the exact check judged it), "heuristic" (the greedy judged it), "nothing to place"
 
     def inventory(self) -> tuple[InventoryNode, ...]:
         """The advised nodes, kept ones included, as a pool's `inventory`."""
