@@ -25,7 +25,7 @@ from tests.watch.test_watch_ray import Watcher, running, write_specs
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "status-page.png"  # the README's picture: UPDATE_SCREENSHOT=1 writes it again
+SCREENSHOT = ROOT / "examples" / "grafana" / "status-page.png"  # the README's picture: UPDATE_SCREENSHOT=1 writes it again
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
