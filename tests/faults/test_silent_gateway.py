@@ -56,21 +56,29 @@ def test_a_paused_gateway_with_a_request_in_flight_unloads_nothing_and_loses_not
     assert done.returncode == 0, done.stdout + done.stderr
     url = gateway_url()
     answer: dict[str, object] = {}
+    answering = threading.Event()
 
     def stream() -> None:
         try:
             chunks = client(url).chat.completions.create(
                 model="held", stream=True,
                 messages=[{"role": "user", "content": " ".join(f"w{n}" for n in range(WORDS))}])
-            answer["text"] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            text = []
+            for chunk in chunks:
+                text.extend(c.delta.content or "" for c in chunk.choices)
+                answering.set()
+            answer["text"] = "".join(text)
         except Exception as exc:  # noqa: BLE001 - the assertion below shows it
             answer["error"] = repr(exc)
+        finally:
+            answering.set()
 
     reader = threading.Thread(target=stream, daemon=True)
     reader.start()
+    assert answering.wait(60), "the stream never began"  # the replica is answering it: in flight for real
     deadline = time.monotonic() + 60
     while _in_flight("held") != 1:
-        assert time.monotonic() < deadline, "the request never showed in flight"
+        assert time.monotonic() < deadline, answer or "the request never showed in flight"
         time.sleep(0.2)
     # On demand now, idle after 1 s: read from the other gateways alone (none), it would unload at once.
     write_specs(specs, ALL_NODES, model("held", replicas={"min": 0, "max": 1}, scaling=SCALING,
