@@ -28,15 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-POOL = """\
-apiVersion: reconciler/v1
-kind: ResourcePool
-metadata: {name: bench}
-spec:
-  nodes: {selector: {pool: bench}}
-  inventory:
-    - {node: node-a, gpus: [{name: sim, memory: 24Gi}]}
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway import POOL  # noqa: E402 - bench/gateway.py: the same one-node pool
 
 MODELS = """\
 ---
