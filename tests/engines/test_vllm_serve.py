@@ -221,14 +221,17 @@ def test_embeddings_match_sentence_transformers(replicas):
 
 
 def test_two_replicas_share_one_simulated_gpu(replicas, engine_cluster, tiny_model_dir):
-    from reconciler.engines.vllm_rules import derive_memory, weights_size
+    from reconciler.engines.vllm_rules import derive_memory, engine_sizing
 
     infos = [replicas[f"vllmtest-tiny-{i}"].info.remote().result(timeout_s=60) for i in (0, 1)]
     assert [i["replica"] for i in infos] == [0, 1]
     assert {i["cuda_visible_devices"] for i in infos} == {"0"}
     assert infos[0]["pid"] != infos[1]["pid"]
+    # The replicas had no plan: each sized itself from the model's files, as this does.
+    sizing = engine_sizing(planned=None, source=str(tiny_model_dir), local_dir=tiny_model_dir,
+                           engine_args={"dtype": "float32", "max_model_len": 512}, tensor_parallel=1)
     expected_kv = derive_memory(device="cpu", vram_bytes=TINY_VRAM_MIB * MiB, gpu_memory_bytes=12 * GiB,
-                                weights_bytes=weights_size(tiny_model_dir)).kv_cache_memory_bytes
+                                sizing=sizing).kv_cache_memory_bytes
     for info in infos:
         assert info["engine"] == "vllm" and info["vllm"]["device"] == "cpu"
         assert info["vllm"]["kv_cache_memory_bytes"] == expected_kv
