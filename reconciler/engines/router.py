@@ -68,7 +68,7 @@ class Router:
             try:
                 data = await asyncio.to_thread(_read_table)
             except Exception:  # noqa: BLE001 - the GCS briefly away: keep the keys last read (or refuse, if none)
-                data = self._keys
+                pass
             else:
                 self._keys = None if data is None else {k.sha256: k for k in RouteTable.from_dict(data).keys}
                 self._keys_at = time.monotonic()
@@ -169,6 +169,7 @@ class Router:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
+        # Answered without a key (health probes carry none), so it says only how many replicas run, not which.
         healthy = await self._healthy()
         code = 200 if healthy else 503
-        return JSONResponse(status_code=code, content={"model": self._model, "running": healthy})
+        return JSONResponse(status_code=code, content={"model": self._model, "running": len(healthy)})
