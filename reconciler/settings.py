@@ -61,7 +61,7 @@ class GatewayLimits:
     # this long for the replacement instead of failing it at once: a client with a normal timeout sees one slow
     # answer. A replica restarts in seconds (echo) to tens of seconds (the tiny LLaMA on vLLM: 37 s on 2 idle cores,
     # bench/recovery.py); past this, 503.
-    restart_hold: float = 60.0
+    restart_hold: float = 45.0
     # tokensPerMinute is reserved at admission from `max_tokens` (or this, when a request does not say) plus the
     # prompt's bytes / 4 (an upper-side guess of its tokens), and settled from the answer's usage.
     default_max_tokens: int = 1024
