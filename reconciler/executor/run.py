@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,8 +48,17 @@ class Report:
 
 class Executor:
     def __init__(self, cluster: Any, *, settings: ApplySettings = DEFAULTS.apply,
-                 progress: Progress | None = None, spec_dir: Any = None) -> None:
+                 progress: Progress | None = None, spec_dir: Any = None,
+                 wakes: Callable[[], Plan | None] | None = None) -> None:
         self.cluster = cluster
+        # Asked while this apply waits (a drain, an engine start): a fresh plan when a gateway woke the controller
+        # meanwhile, else None. The woken models' replicas it can start at once (``steps.wake_apps``) join every
+        # later Serve config, and the gateways' table once they run. None: wakes wait for the next plan.
+        self.wakes = wakes
+        self._woken = steps.Woken()
+        self._woken_running: set[str] = set()  # woken replica applications seen running
+        self._put: tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, Any]]] | None = None
+        self._routes: dict[str, dict[str, Any]] = {}  # the applications the gateways' table was last built from
         self.spec_dir = spec_dir  # where the specs' job workingDirs are; None when no spec directory is at hand
         self.settings = settings
         self.progress = progress or Progress()
@@ -93,6 +102,8 @@ class Executor:
         report = Report()
         named = set(tgt.old_app.values())
         self._plan = plan
+        self._put = (details, foreign, current)  # what Serve was last given: woken replicas are added to it
+        self._routes = current
         # Jobs that are preempted or stopped give their VRAM back before any replica needs it.
         job_results = job_steps.stop_all(self.cluster.jobs, plan, self.settings) if job_steps.stops(plan) else []
 
@@ -117,6 +128,7 @@ class Executor:
 
         if job_steps.submits(plan):
             job_results += job_steps.submit_all(self.cluster.jobs, plan, spec_dir=self.spec_dir)
+        self._settle_woken()
         by_index = {r.index: Outcome(plan.actions[r.index], r.ok, r.message) for r in job_results}
         replicas = iter(self._outcomes(plan, tgt, results, failed_replacements))
         report.outcomes = [by_index[i] if is_job(a.model) else next(replicas) for i, a in enumerate(plan.actions)]
@@ -159,7 +171,8 @@ class Executor:
         for i, (apps, starting) in enumerate(steps.batches(phase, previous, self.settings.max_starting)):
             if apps != before:
                 self._drain([n for n in before if n not in apps], apps)
-                self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, apps))
+                self._put = (details, foreign, apps)
+                self.cluster.put_serve_config(serveconfig.whole_config(details, foreign, {**apps, **self._woken.apps}))
             before = apps
             self._wait(phase.wait_gone if i == 0 else [], starting, results, configs=apps)
         routers = [
@@ -184,6 +197,7 @@ class Executor:
                 seen = gateways.in_flight(self.cluster)
             except Exception:  # noqa: BLE001 - the cluster itself did not answer: the stop below will say so
                 return
+            self._start_woken()
             if self._gateway_errors and not seen.silent:
                 return  # the gateways answer but did not take the table: their requests would not end
             busy = {app: n for app, n in seen.counts.items() if app in leaving and n}
@@ -198,12 +212,74 @@ class Executor:
     def _publish(self, apps: dict[str, dict[str, Any]]) -> None:
         if self._plan is None or not self.settings.gateway.enabled:
             return
+        self._routes = apps
         try:
-            self._gateway_urls = gateways.publish(self.cluster, route_table(self._plan, apps),
+            self._gateway_urls = gateways.publish(self.cluster, self._table(apps),
                                                   gateway_settings(self._plan.gateway, self.settings.gateway))
             self._gateway_errors = []
         except Exception as exc:  # noqa: BLE001 - the per-model routes still serve: report, don't fail the apply
             self._gateway_errors = [f"the gateway did not take the route table: {type(exc).__name__}: {exc}"[:500]]
+
+    def _table(self, apps: dict[str, dict[str, Any]]) -> RouteTable:
+        """The route table at this point of the apply: the plan's, and each woken model as the fresh plan has it
+        (the count its demand asked for) with the router of its woken replicas that run, so the plan being applied,
+        which wants none of it, does not take its route away."""
+        assert self._plan is not None
+        routers = {}
+        for name, config in self._woken.apps.items():
+            if config["args"].get("kind") == steps.ROUTER_KIND:
+                running = [b for b in steps.router_backends(config) if b in self._woken_running]
+                if running:
+                    routers[name] = serveconfig.with_backends(config, running)
+        routed = {str(c["args"]["model"]) for c in routers.values()}
+        models = [m for m in self._woken.models if m.name in routed]
+        return route_table(self._plan, {**apps, **routers}, models=models)
+
+    def _start_woken(self, details: dict[str, Any] | None = None) -> None:
+        """While this apply waits: start the replicas of models woken meanwhile, and route to them once they run."""
+        if self.wakes is None or self._plan is None or self._put is None:
+            return
+        try:
+            fresh = self.wakes()
+            woken = steps.wake_apps(fresh, self._plan) if fresh is not None else steps.Woken()
+        except Exception as exc:  # noqa: BLE001 - only a head start: the next plan starts them all the same
+            self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: {exc}"[:300])
+            woken = steps.Woken()
+        put_details, foreign, apps = self._put
+        extra = {n: c for n, c in woken.apps.items() if n not in self._woken.apps and n not in apps}
+        if extra:
+            models = {m.name: m for m in (*self._woken.models, *woken.models)}
+            self._woken = steps.Woken(apps={**self._woken.apps, **woken.apps},
+                                      models=tuple(models[n] for n in sorted(models)))
+            self.progress.note("woken while this apply waits: starting " + ", ".join(m.name for m in woken.models))
+            self.cluster.put_serve_config(serveconfig.whole_config(put_details, foreign, {**apps, **self._woken.apps}))
+        starting = [n for n, c in self._woken.apps.items()
+                    if c["args"].get("kind") == steps.REPLICA_KIND and n not in self._woken_running]
+        if not starting:
+            return
+        states = (details if details is not None else self._serve()).get("applications") or {}
+        started = [n for n in starting if (states.get(n) or {}).get("status") == "RUNNING"]
+        if started:
+            self._woken_running.update(started)
+            self._publish(self._routes)  # the same routes as before (a drain keeps its replicas out), and these
+
+    def _settle_woken(self) -> None:
+        """Before the apply returns: the woken replicas still starting run (or are given up on), so the next cycle
+        sees them as they are and the last table routes to them."""
+        lane, self.wakes = self.wakes, None  # a wake from now on is the next cycle's
+        try:
+            starting = sorted(n for n, c in self._woken.apps.items()
+                              if c["args"].get("kind") == steps.REPLICA_KIND and n not in self._woken_running)
+            if not starting:
+                return
+            results: dict[str, AppResult] = {}
+            self._wait([], starting, results, configs=self._woken.apps)
+            self._woken_running.update(n for n, r in results.items() if r.ok)
+            for name, result in sorted(results.items()):
+                if not result.ok:
+                    self.progress.note(f"woken replica {name} did not start: {result.message}"[:300])
+        finally:
+            self.wakes = lane
 
     def _wait_routers(self, routers: list[str]) -> None:
         """Until reconfigured or new routers serve: when apply returns, every route answers with its new backends."""
@@ -245,6 +321,7 @@ class Executor:
                     raise
                 time.sleep(s.poll)
                 continue
+            self._start_woken(details)
             apps = details.get("applications") or {}
             now = time.monotonic()
             if w.running and now - last_pending_check > s.pending_check:
@@ -300,10 +377,13 @@ def _silent(n: int) -> str:
     return f"{n} gateway{'' if n == 1 else 's'} not answering"
 
 
-def route_table(plan: Plan, apps: dict[str, dict[str, Any]]) -> RouteTable:
-    """The gateways' table for a plan, given our Serve application configs at this point of its apply."""
-    return build_table(models=plan.models, apps=apps, unplaced=[u.model for u in plan.unplaced],
-                       created=int(time.time()), gateway=plan.gateway)
+def route_table(plan: Plan, apps: dict[str, dict[str, Any]], *,
+                models: Sequence[ModelRuntime] = ()) -> RouteTable:
+    """The gateways' table for a plan, given our Serve application configs at this point of its apply; ``models``
+    stand in for the plan's own of the same name (woken models, as a fresher plan has them)."""
+    fresher = {m.name: m for m in models}
+    return build_table(models=[fresher.get(m.name, m) for m in plan.models], apps=apps,
+                       unplaced=[u.model for u in plan.unplaced], created=int(time.time()), gateway=plan.gateway)
 
 
 def gateway_settings(spec: Gateway | None, settings: GatewaySettings) -> GatewaySettings:

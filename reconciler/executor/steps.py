@@ -20,7 +20,7 @@ from typing import Any
 
 from reconciler.executor import serveconfig
 from reconciler.naming import AppKind
-from reconciler.plan import ActionKind, Plan
+from reconciler.plan import ActionKind, ModelRuntime, Plan
 
 ROUTER_KIND = AppKind.ROUTER
 REPLICA_KIND = AppKind.REPLICA
@@ -79,7 +79,7 @@ def _kind(config: dict[str, Any]) -> str:
     return (config.get("args") or {}).get("kind", "")
 
 
-def _backends(router: dict[str, Any]) -> list[str]:
+def router_backends(router: dict[str, Any]) -> list[str]:
     return [b for d in router["deployments"] for b in (d.get("user_config") or {}).get("backends", [])]
 
 
@@ -95,7 +95,7 @@ def _routers_naming(
             by_model.setdefault(config["args"]["engine_config"]["model"], []).append(name)
     for name, config in apps.items():
         if _kind(config) == ROUTER_KIND:
-            returning = [b for b in _backends(before.get(name, config)) if b not in apps and b in tgt.apps]
+            returning = [b for b in router_backends(before.get(name, config)) if b not in apps and b in tgt.apps]
             out[name] = serveconfig.with_backends(config, by_model.get(config["args"]["model"], []) + returning)
     return out
 
@@ -110,7 +110,7 @@ def _routers_dropping(apps: dict[str, dict[str, Any]], going: set[str]) -> dict[
     for name, config in apps.items():
         if _kind(config) != ROUTER_KIND or not going:
             continue
-        backends = _backends(config)
+        backends = router_backends(config)
         if going & set(backends):
             out[name] = serveconfig.with_backends(config, [b for b in backends if b not in going])
     return out
@@ -255,3 +255,48 @@ def in_sync(current: dict[str, dict[str, Any]], tgt: Target) -> bool:
     if set(current) != set(tgt.apps):
         return False
     return all(current[name] == config for name, config in tgt.apps.items() if _kind(config) == ROUTER_KIND)
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What an apply in progress may start at once for models woken meanwhile (see ``wake_apps``)."""
+
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)  # replicas, and each model's router naming them
+    models: tuple[ModelRuntime, ...] = ()  # as the fresh plan has them: the count their demand asked for
+
+    def __bool__(self) -> bool:
+        return bool(self.apps)
+
+
+def wake_apps(fresh: Plan, running: Plan) -> Woken:
+    """The replica applications a fresh plan creates for woken models (requests held, no replica) on GPUs that the
+    plan being applied does not fill and the fresh plan does not have to free first, with each such model's router
+    naming them: what can start at once, while that apply still waits (a drain, an engine start), without racing it
+    for VRAM. All the models woken by then start together.
+
+    A GPU the running apply only frees is fine: the fresh plan was made from an observation that still counts what
+    is leaving. One it starts something on is not: that may not be observed yet. A model the running apply acts on
+    itself is left to it."""
+    woken = {d.model for d in fresh.scaling if d.rule == "wake"} - {a.model for a in running.actions}
+    if not woken:
+        return Woken()
+    touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
+    # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
+    doing = {(a.kind, a.model, a.replica) for a in running.actions}
+    touched |= {(a.source.node, g) for a in fresh.actions
+                if a.kind is not ActionKind.CREATE and a.source is not None and (a.kind, a.model, a.replica) not in doing
+                for g in a.source.gpus}
+    tgt = target(fresh)
+    replicas: dict[str, list[str]] = {}
+    for i, a in enumerate(fresh.actions):
+        if a.kind is not ActionKind.CREATE or a.model not in woken or a.target is None or i not in tgt.new_app:
+            continue
+        if touched & {(a.target.node, g) for g in a.target.gpus}:
+            continue
+        replicas.setdefault(a.model, []).append(tgt.new_app[i])
+    apps: dict[str, dict[str, Any]] = {}
+    for model, names in sorted(replicas.items()):
+        apps.update({name: tgt.apps[name] for name in names})
+        router = serveconfig.router_app(model=fresh.model(model), backends=names)
+        apps[router["name"]] = router
+    return Woken(apps=apps, models=tuple(fresh.model(m) for m in sorted(replicas)))

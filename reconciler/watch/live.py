@@ -6,6 +6,7 @@ The only module of the watch package that reaches Ray, and only through the adap
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -44,6 +45,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
     stream = progress if progress is not None else sys.stdout
     probe = ServeProbe(cluster)
     demand = DemandProbe(cluster)
+    woken = threading.Event()  # a gateway woke the controller: an apply in progress may start those models at once
     listeners: list[Callable[[str], None]] = []
 
     def reachable() -> bool:
@@ -65,6 +67,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
             listener(f"the Ray cluster at {cluster.address} stopped answering ({first})")
 
     def observe(desired: DesiredState) -> ObservedState:
+        woken.clear()  # this observation reads the demand that woke it: its own plan starts those models
         try:
             observed, details = cluster.observe_with_details(desired)
         except Exception as exc:
@@ -85,7 +88,7 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         ships = any(j.working_dir and not j.working_dir.startswith("/") for j in plan.jobs)
         directory = spec_dir() if callable(spec_dir) and ships else (None if callable(spec_dir) else spec_dir)
         executor = Executor(cluster, settings=apply_settings,
-                            progress=Progress(stream, live=False), spec_dir=directory)
+                            progress=Progress(stream, live=False), spec_dir=directory, wakes=fresh_plan)
         try:
             report = executor.apply(plan)
         except Exception as exc:
@@ -106,7 +109,20 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         if not demand.wanted():  # no model scales with demand: wait all the same, the caller loops on this
             time.sleep(timeout)
             return False
-        return bool(gateways.wait_wake(cluster, timeout))
+        if gateways.wait_wake(cluster, timeout):
+            woken.set()
+            return True
+        return False
+
+    def fresh_plan() -> Plan | None:
+        """Asked by an apply while it waits: when a gateway woke the controller meanwhile, a plan of the same
+        desired state on a fresh observation, whose woken models that apply may start without waiting to end."""
+        if not woken.is_set() or demand.desired is None:
+            return None
+        woken.clear()
+        from reconciler.planner import plan as make_plan
+
+        return make_plan(demand.desired, cluster.observe(demand.desired))
 
     def endpoints() -> tuple[str | None, list[str]]:
         return cluster.http_url, gateways.urls(cluster)
