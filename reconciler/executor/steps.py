@@ -283,9 +283,9 @@ def wake_apps(fresh: Plan, running: Plan) -> Woken:
     touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
     # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
     doing = {(a.kind, a.model, a.replica) for a in running.actions}
-    touched |= {(a.source.node, g) for a in fresh.actions
-                if a.kind is not ActionKind.CREATE and a.source is not None and (a.kind, a.model, a.replica) not in doing
-                for g in a.source.gpus}
+    stops = [a for a in fresh.actions
+             if a.kind is not ActionKind.CREATE and a.source is not None and (a.kind, a.model, a.replica) not in doing]
+    touched |= {(a.source.node, g) for a in stops if a.source is not None for g in a.source.gpus}
     tgt = target(fresh)
     replicas: dict[str, list[str]] = {}
     for i, a in enumerate(fresh.actions):
