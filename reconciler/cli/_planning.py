@@ -56,13 +56,14 @@ def print_diagnostics(diagnostics: Iterable[Any], *, heading: str | None = None)
         print(diagnostic, file=sys.stderr)
 
 
-def load_directory(directory: Path) -> DesiredState:
-    """The specs of a directory; their diagnostics go to stderr, and errors end the command with exit code 1."""
+def load_directory(directory: Path, *, capacity: bool = True) -> DesiredState:
+    """The specs of a directory; their diagnostics go to stderr, and errors end the command with exit code 1.
+    Without `capacity`, models their pool's inventory cannot hold are only warned about (`advise`)."""
     from reconciler.spec import load_specs
 
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory of specs")
-    result = load_specs(directory)
+    result = load_specs(directory, capacity=capacity)
     print_diagnostics(result.diagnostics)
     if not result.ok or result.desired is None:
         raise UserError(f"the specs in {directory} have errors; nothing was planned")

@@ -116,7 +116,7 @@ def _validate(doc: SourceDocument, kind: str) -> tuple[Parsed | None, list[Diagn
 
 
 def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
-          base_dir: Path | None = None, tree: Callable[[], Path] | None = None) -> LoadResult:
+          base_dir: Path | None = None, tree: Callable[[], Path] | None = None, *, capacity: bool = True) -> LoadResult:
     diagnostics: list[Diagnostic] = list(unreadable)
     parsed: list[Parsed] = []
     names: dict[str, set[str]] = {kind: set() for kind in KINDS}
@@ -163,7 +163,7 @@ def _load(files: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
         incomplete=frozenset(incomplete),
         references=tuple(references),
     )
-    diagnostics.extend(check(catalog))
+    diagnostics.extend(check(catalog, capacity=capacity))
     if tree is not None and base_dir is None and any(doc.spec.working_dir is not None for doc in catalog.jobs):
         diagnostics.extend(check_working_dirs(catalog.jobs, base_dir=tree()))
     else:
@@ -203,8 +203,9 @@ def _walk(directory: Path) -> dict[str, Path]:
     return found
 
 
-def load_specs(directory: Path) -> LoadResult:
-    """Every *.yaml and *.yml file under the directory (hidden folders skipped), as one desired state."""
+def load_specs(directory: Path, *, capacity: bool = True) -> LoadResult:
+    """Every *.yaml and *.yml file under the directory (hidden folders skipped), as one desired state. Without
+    `capacity`, models their pool's inventory cannot hold are warnings (for `reconciler advise`)."""
     directory = Path(directory)
     if not directory.is_dir():
         problem = "does not exist" if not directory.exists() else "is not a directory"
@@ -213,7 +214,7 @@ def load_specs(directory: Path) -> LoadResult:
             diagnostics=(error(str(directory), NOWHERE, f"the spec directory {problem}"),),
         )
     contents, unreadable = read_specs(directory)
-    return load_contents(contents, unreadable, base_dir=directory)
+    return load_contents(contents, unreadable, base_dir=directory, capacity=capacity)
 
 
 def read_specs(directory: Path) -> tuple[dict[str, bytes], tuple[Diagnostic, ...]]:
@@ -237,7 +238,7 @@ def read_specs(directory: Path) -> tuple[dict[str, bytes], tuple[Diagnostic, ...
 
 
 def load_contents(contents: Mapping[str, bytes], unreadable: tuple[Diagnostic, ...] = (),
-                  base_dir: Path | None = None) -> LoadResult:
+                  base_dir: Path | None = None, *, capacity: bool = True) -> LoadResult:
     """Specs from what ``read_specs`` returned; model sources that are relative paths are read from ``base_dir``
     (the spec directory)."""
-    return _load(contents, unreadable, base_dir)
+    return _load(contents, unreadable, base_dir, capacity=capacity)

@@ -8,12 +8,12 @@ name may well be in the part that could not be read, and that problem is already
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reconciler.settings import DEFAULTS
 from reconciler.desired import default_route, is_loopback
 from reconciler.quantity import format_bytes
-from reconciler.spec.diagnostics import Diagnostic, Position, error
+from reconciler.spec.diagnostics import Diagnostic, Position, Severity, error
 from reconciler.spec.fields import suggestion
 from reconciler.spec.models import ReplicaRange
 from reconciler.spec.parsed import Parsed
@@ -339,5 +339,11 @@ RULES = (
 )
 
 
-def check(catalog: Catalog) -> tuple[Diagnostic, ...]:
-    return tuple(diagnostic for rule in RULES for diagnostic in rule(catalog))
+def check(catalog: Catalog, *, capacity: bool = True) -> tuple[Diagnostic, ...]:
+    """Every rule's diagnostics. Without `capacity`, a model that its pool's inventory cannot hold is a warning, not
+    an error: `reconciler advise` answers exactly that (what to add), so it must read such specs."""
+    found = tuple(diagnostic for rule in RULES for diagnostic in rule(catalog))
+    if capacity:
+        return found
+    short = set(_fit(catalog))
+    return tuple(replace(d, severity=Severity.WARNING) if d in short else d for d in found)
