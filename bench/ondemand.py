@@ -15,8 +15,11 @@ Starts a one-node local Ray cluster (one simulated 24 GiB GPU) and `reconciler w
      scheduled and started, the route table reaching the gateway, the held request forwarded and answered);
    - engine load: the replica's engine constructor, as the replica measured it.
    The reconciler's own share is detection + planning + issuing. Target (issue 11): under 1 s.
-2. **Woken together**: both echo models unloaded, one request to each at the same instant; each one's time to
-   its first byte against the cold start of one alone (target: within 1.3x).
+2. **Woken together**: both echo models unloaded, one request to each at the same instant; the slower one's time
+   to its first byte against the cold start of echo alone measured just before, round by round (target: within
+   1.3x), and how many applies started them (1: planned in one cycle, started in one Serve config).
+   Serve's own floor: at the end, with the watcher stopped, one and then two replica applications of the echo engine
+   put in one declarative config straight to Serve, each timed until it runs (no reconciler, no gateway).
 3. **Load step** on the echo model (targetInFlight 4, scaleUpAfter 2s, max 4, each answer takes 0.2 s): from 1 to
    32 concurrent clients; the time until the watcher decides to scale up (scaleUpAfter is part of it by design:
    sustained load), until the new replicas run, and the replicas it settles at.
@@ -172,12 +175,15 @@ def cold_start(url: str, address: str, events: EventFile, model: str) -> dict[st
     return out
 
 
-def together(url: str, address: str, models: tuple[str, ...] = ("echo", "echo-b")) -> list[float]:
-    """Every model unloaded, then one request to each at the same instant: each one's seconds to its first byte."""
+def together(url: str, address: str, events: EventFile,
+             models: tuple[str, ...] = ("echo", "echo-b")) -> tuple[list[float], int]:
+    """Every model unloaded, then one request to each at the same instant: each one's seconds to its first byte, and
+    how many applies started them."""
     deadline = time.monotonic() + 300
     while any(replicas_running(address, m) for m in models) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(1.0)  # the unload's apply has finished and the watcher is idle again
+    skip_past(events)
     start = threading.Barrier(len(models))
     took: dict[str, float] = {}
 
@@ -191,7 +197,50 @@ def together(url: str, address: str, models: tuple[str, ...] = ("echo", "echo-b"
         t.start()
     for t in threads:
         t.join(900)
-    return [took[m] for m in models]
+    started: set[str] = set()
+    applies = 0
+    while started != set(models):
+        apply = events.wait_for(lambda e: e["event"] == "apply", timeout=600)
+        creates = {a["model"] for a in apply["actions"] if a["action"] == "create"} & set(models)
+        applies += bool(creates)
+        started |= creates
+    return [took[m] for m in models], applies
+
+
+def serve_floor(address: str, desired, count: int) -> float:
+    """Seconds from one PUT of ``count`` new echo replica applications straight to Serve until all run; they are
+    removed after. Foreign to the reconciler (not marked as its own), on the pool's first GPU."""
+    from reconciler.adapter.observation import foreign_configs, our_configs
+    from reconciler.executor import serveconfig
+    from reconciler.plan import Location
+    from reconciler.planner.runtime import model_runtime
+
+    node = desired.pools[0].inventory[0].node
+    runtime = model_runtime(desired.model("echo-b"))
+    apps = {}
+    for k in range(count):
+        config = serveconfig.replica_app(model=runtime, replica=k, location=Location(node, (0,)),
+                                         gpu_memory=runtime.vram)
+        config = {**config, "name": f"floor-{k}", "args": {**config["args"], "managed_by": "bench"}}
+        apps[config["name"]] = config
+    from reconciler import adapter
+
+    with adapter.connect(address) as cluster:
+        details = cluster.serve_details()
+        base = [c for c in foreign_configs(details) if c["name"] not in apps]
+        ours = our_configs(details)
+        put = time.monotonic()
+        cluster.put_serve_config(serveconfig.whole_config(details, base + list(apps.values()), ours))
+        while True:
+            states = cluster.serve_details().get("applications") or {}
+            if all((states.get(n) or {}).get("status") == "RUNNING" for n in apps):
+                took = time.monotonic() - put
+                break
+            time.sleep(0.05)
+        cluster.put_serve_config(serveconfig.whole_config(details, base, ours))
+        while set(cluster.serve_details().get("applications") or {}) & set(apps):
+            time.sleep(0.2)
+    return took
 
 
 def load_step(url: str, address: str, events: EventFile, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
@@ -287,18 +336,32 @@ def main() -> int:
                     print(f"  {key:<12} {statistics.median(values):7.3f}   (all: "
                           + ", ".join(f"{v:.3f}" for v in values) + ")")
                 if model == "echo":
-                    alone = statistics.median(r["first byte"] for r in rounds)
-                    pairs = [together(url, address) for _ in range(args.rounds)]
-                    slowest = statistics.median(max(pair) for pair in pairs)
+                    # Round by round: echo alone, then both, so that the load of a shared machine weighs on both.
+                    alone, pairs, applies = [], [], []
+                    for _ in range(args.rounds):
+                        alone.append(cold_start(url, address, events, "echo")["first byte"])
+                        took, n = together(url, address, events)
+                        pairs.append(took)
+                        applies.append(n)
+                    ratios = [max(pair) / one for pair, one in zip(pairs, alone)]
                     print(f"\necho and echo-b woken at the same instant (median of {len(pairs)}): the slower first "
-                          f"byte after {slowest:.3f} s, {slowest / alone:.2f}x the cold start of one alone "
-                          f"({alone:.3f} s; target 1.3x); all: "
-                          + ", ".join("/".join(f"{v:.3f}" for v in pair) for pair in pairs))
+                          f"byte after {statistics.median(max(p) for p in pairs):.3f} s against "
+                          f"{statistics.median(alone):.3f} s for echo alone just before: "
+                          f"{statistics.median(ratios):.2f}x (target 1.3x); started by "
+                          + "/".join(str(n) for n in applies) + " apply per round; all (echo/echo-b vs alone): "
+                          + ", ".join(f"{p[0]:.3f}/{p[1]:.3f} vs {one:.3f}" for p, one in zip(pairs, alone)))
             time.sleep(IDLE_S + 2)
             step = load_step(url, address, events)
             print(f"\nload step on echo, 1 -> 32 clients (targetInFlight 4, scaleUpAfter 2s, max 4): scale-up "
                   f"decided after {step['decided']:.2f} s, {step['wanted']} replicas running after "
                   f"{step['running']:.2f} s, settled at {step['settled']}, {step['errors']} failed requests")
+            watcher.terminate()
+            watcher.wait(timeout=120)
+            floors = [(serve_floor(address, desired, 1), serve_floor(address, desired, 2)) for _ in range(args.rounds)]
+            one, two = statistics.median(f[0] for f in floors), statistics.median(f[1] for f in floors)
+            print(f"\nServe alone, echo replica applications put in one config until running (median of "
+                  f"{len(floors)}): one {one:.3f} s, two {two:.3f} s, {two / one:.2f}x; all: "
+                  + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in floors))
         finally:
             watcher.terminate()
             watcher.wait(timeout=120)
