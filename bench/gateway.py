@@ -1,10 +1,11 @@
 """The gateway against vLLM's own OpenAI server, side by side in one run, on the quickstart's tiny LLaMA.
 
-    flock /tmp/reconciler-ray.lock python bench/gateway.py [--rounds 3] [--requests 64]
+    python bench/gateway.py [--rounds 6] [--seconds 3] [--only-serving]
 
 Starts a one-node local Ray cluster, applies a tiny-LLaMA model (vLLM engine) and an echo model through
 `reconciler apply`, and starts `python -m vllm.entrypoints.openai.api_server` on the same model directory with the
-same engine settings; both stay up for the whole run. Then, in interleaved rounds (gateway, vLLM, gateway, ...):
+same engine settings; both stay up for the whole run. Then, in rounds of a fixed length taken in ABBA order
+(gateway, vLLM, vLLM, gateway, ...):
 
 - chat completions of exactly 16 tokens (`ignore_eos`), non-streaming, at concurrency 1, 8 and 32: requests/s,
   p50 and p99 latency;
@@ -14,7 +15,8 @@ same engine settings; both stay up for the whole run. Then, in interleaved round
 - the echo engine at concurrency 1 and 32, through the gateway and straight to its replica's own endpoint, which
   isolates what the gateway hop costs. (In these rows the "gateway" columns are the path named first.)
 
-Figures are medians over rounds; ratios are gateway / peer. Targets: >= 0.95 of vLLM's requests/s at concurrency
+Figures are medians over rounds; a ratio is gateway / peer, the median over pairs of rounds taken side by side
+(one pair is a few seconds of the same machine load). Targets: >= 0.95 of vLLM's requests/s at concurrency
 1, 8 and 32 non-streaming, >= 0.92 streaming at 8 and 32.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -66,6 +69,20 @@ spec: {{engine: echo, source: stand-in/echo, vram: 1Gi}}
 """
 
 
+def start_cluster(specs: Path, state_file: Path) -> None:
+    """The one-node local cluster of ``specs``, with this process's environment pointed at it. A SIGTERM ends the
+    bench through its ``finally`` (which stops the cluster), not around it."""
+    from reconciler.adapter import localcluster
+    from reconciler.spec import load_specs
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    state = localcluster.start(localcluster.spec_from_desired(load_specs(specs).desired), state_file, timeout=180)
+    os.environ["RAY_ADDRESS"] = state["address"]
+    if state.get("auth_token_path"):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = state["auth_token_path"]
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,27 +110,30 @@ async def one(session: aiohttp.ClientSession, url: str, body: dict, stream: bool
     return time.perf_counter() - started, first
 
 
-async def round_(url: str, body: dict, *, concurrency: int, requests: int, stream: bool = False,
+async def round_(url: str, body: dict, *, concurrency: int, seconds: float, stream: bool = False,
                  headers: dict[str, str] | None = None) -> dict:
+    """``concurrency`` clients send back to back for ``seconds``; requests/s counts the answers over the time until
+    the last one ended (the clients stop starting requests at the deadline, and the ones in flight finish)."""
     latencies: list[float] = []
     firsts: list[float] = []
-    queue = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        await one(session, url, body, stream)  # a warm connection per round, as a client pool would have
+        # A warm connection per client, as a client pool would have, and an engine past its first batch.
+        await asyncio.gather(*(one(session, url, body, stream) for _ in range(concurrency)))
+        started = time.perf_counter()
+        deadline = started + seconds
 
         async def worker() -> None:
-            for _ in queue:
+            while time.perf_counter() < deadline:
                 latency, first = await one(session, url, body, stream)
                 latencies.append(latency)
                 if first is not None:
                     firsts.append(first)
 
-        started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return {
-        "rps": requests / elapsed,
+        "rps": len(latencies) / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
         "ttft": statistics.median(firsts) * 1000 if firsts else None,
@@ -142,16 +162,20 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: int, stream: bool = False,
             peer_name: str = "vLLM", headers: dict[str, dict[str, str]] | None = None) -> dict:
+    """Rounds in ABBA order (gateway, peer, peer, gateway, ...), so a drift of the machine's load during the row
+    weighs on both sides alike; the ratio is the median of each round pair's ratio, and its range is printed."""
     rounds: dict[str, list[dict]] = {"gateway": [], peer_name: []}
-    for _ in range(args.rounds):
-        for name, url in (("gateway", ours), (peer_name, peer)):
-            rounds[name].append(asyncio.run(round_(url, body, concurrency=concurrency, requests=args.requests,
+    sides = (("gateway", ours), (peer_name, peer))
+    for i in range(args.rounds):
+        for name, url in (sides if i % 2 == 0 else sides[::-1]):
+            rounds[name].append(asyncio.run(round_(url, body, concurrency=concurrency, seconds=args.seconds,
                                                    stream=stream, headers=(headers or {}).get(name))))
+    ratios = [g["rps"] / p["rps"] for g, p in zip(rounds["gateway"], rounds[peer_name])]
     result = {name: median_of(r) for name, r in rounds.items()}
     g, p = result["gateway"], result[peer_name]
     line = (f"| {label} | {concurrency} | {g['rps']:.1f} | {g['p50']:.1f} | {g['p99']:.1f} | "
-            f"{p['rps']:.1f} | {p['p50']:.1f} | {p['p99']:.1f} | {g['rps'] / p['rps']:.2f} | "
-            f"{g['p50'] - p['p50']:+.1f} |")
+            f"{p['rps']:.1f} | {p['p50']:.1f} | {p['p99']:.1f} | {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) | {g['p50'] - p['p50']:+.1f} |")
     if stream:
         line += f" TTFT {g['ttft']:.1f} vs {p['ttft']:.1f} ms |"
     print(line, flush=True)
@@ -160,8 +184,8 @@ def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=64, help="requests per round (default 64)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per side and row (default 6)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of a round (default 3 s)")
     parser.add_argument("--only-serving", action="store_true",
                         help="only the gateway against vLLM's server (non-streaming and streaming rows)")
     args = parser.parse_args()
@@ -174,7 +198,6 @@ def main() -> int:
     from reconciler.adapter import gateway as gateways
     from reconciler.cli import main as cli
     from reconciler.engines import tinymodel
-    from reconciler.spec import load_specs
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     model_dir = tinymodel.build(work / "tiny-llama")
@@ -182,13 +205,8 @@ def main() -> int:
     specs.mkdir()
     (specs / "pool.yaml").write_text(POOL)
     (specs / "models.yaml").write_text(MODELS.format(source=model_dir, max_len=MAX_MODEL_LEN, kv=KV_BYTES))
-    desired = load_specs(specs).desired
     state_file = work / "cluster.json"
-    state = localcluster.start(localcluster.spec_from_desired(desired), state_file, timeout=180)
-    os.environ["RAY_ADDRESS"] = state["address"]
-    if state.get("auth_token_path"):
-        os.environ["RAY_AUTH_TOKEN_PATH"] = state["auth_token_path"]
-        os.environ["RAY_AUTH_MODE"] = "token"
+    start_cluster(specs, state_file)
     port = free_port()
     peer_env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                 "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_NO_USAGE_STATS": "1"}
@@ -220,8 +238,9 @@ def main() -> int:
             replica_auth = {"Authorization": f"Bearer {cluster_secret()}"}
         vllm_base = f"http://127.0.0.1:{port}/v1"
         chat = {"model": "tiny", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
-        print(f"\n{args.rounds} interleaved rounds of {args.requests} requests; medians; latency in ms.\n")
-        print("| path | concurrency | gateway req/s | p50 | p99 | peer req/s | p50 | p99 | ratio | p50 diff |")
+        print(f"\n{args.rounds} rounds of {args.seconds:g} s per side, in ABBA order; medians; latency in ms; the ratio "
+              "is the median of the round pairs' ratios (their range in brackets).\n")
+        print("| path | concurrency | gateway req/s | p50 | p99 | peer req/s | p50 | p99 | ratio (range) | p50 diff |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for c in (1, 8, 32):
             compare("tiny LLaMA, chat, 16 tokens (peer: vLLM's server)", f"{base}/chat/completions",

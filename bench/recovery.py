@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import POOL  # noqa: E402 - bench/gateway.py: the same one-node pool
+from gateway import POOL, start_cluster  # noqa: E402 - bench/gateway.py: the same one-node pool and its start
 
 MODELS = """\
 ---
@@ -129,7 +129,6 @@ def main() -> int:
     from reconciler.adapter import gateway as gateways
     from reconciler.cli import main as cli
     from reconciler.engines import tinymodel
-    from reconciler.spec import load_specs
 
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     model_dir = tinymodel.build(work / "tiny-llama")
@@ -138,11 +137,7 @@ def main() -> int:
     (specs / "pool.yaml").write_text(POOL)
     (specs / "models.yaml").write_text(MODELS.format(source=model_dir))
     state_file = work / "cluster.json"
-    state = localcluster.start(localcluster.spec_from_desired(load_specs(specs).desired), state_file, timeout=180)
-    os.environ["RAY_ADDRESS"] = state["address"]
-    if state.get("auth_token_path"):
-        os.environ["RAY_AUTH_TOKEN_PATH"] = state["auth_token_path"]
-        os.environ["RAY_AUTH_MODE"] = "token"
+    start_cluster(specs, state_file)
     try:
         if cli(["apply", str(specs), "--yes", "--timeout", "400"]) != 0:
             raise RuntimeError("apply failed")
