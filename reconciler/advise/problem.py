@@ -44,6 +44,10 @@ class AdviseSettings:
     exact_time: float = 6.0  # CP-SAT deterministic seconds (its measure of work) of exact checks in all
     check_time: float = 1.0  # deterministic seconds for one choice's exact check
     max_candidates: int = 400  # choices the exact model checks at most
+    max_relaxed: int = 60  # choices the arc-flow relaxation proposes at most (each one HiGHS solve)
+    flow_max_nodes: int = 2_000  # branch-and-bound nodes of one relaxation solve
+    flow_max_iterations: int = 40_000  # simplex iterations of all relaxation solves (HiGHS's count of its work)
+    flow_max_columns: int = 60_000  # a relaxation with more variables is not built (the capacity rules instead)
     max_judged: int = 3_000  # choices the greedy construction judges at most
     exact_max_slots: int = 3_000  # a choice whose exact model would count more variables is left undecided
     max_window: int = 20_000  # choices one cost window lists at most (the cheapest)

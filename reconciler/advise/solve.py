@@ -11,6 +11,7 @@ from __future__ import annotations
 from reconciler.advise import exact, heuristic
 from reconciler.advise.bound import capacity_bound
 from reconciler.advise.candidates import Rules, window
+from reconciler.advise.flow import Relaxation
 from reconciler.advise.kinds import Group, Kind, groups_of, kinds_of, problem_of
 from reconciler.advise.problem import Advice, AdvisedNode, AdviseSettings, Choice, Infeasible, Request
 from reconciler.quantity import format_bytes
@@ -32,12 +33,18 @@ def advise(request: Request, settings: AdviseSettings = AdviseSettings()) -> Adv
                       method="nothing to place")
     found = heuristic.search(request.items, kinds, groups, request.tolerate)
     limits = _limits(kinds, groups, found, request.tolerate)
-    walk = _Walk(request, kinds, groups, limits, settings, wide=_limits(kinds, groups, None, request.tolerate))
-    lo = capacity_bound(kinds, groups, limits, request.tolerate)
-    if lo is None:
-        raise Infeasible(_no_choice(kinds, request.tolerate))
-    hi = heuristic.cost(kinds, found) if found is not None else sum(k.price * n for k, n in zip(kinds, limits))
-    best, runner_up, bound, proven = walk.run(lo=lo, hi=hi, known=found)
+    wide = _limits(kinds, groups, None, request.tolerate)
+    walk = _Walk(request, kinds, groups, limits, settings, wide=wide)
+    relaxed = Relaxation(kinds, groups, wide, request.tolerate, max_nodes=settings.flow_max_nodes,
+                         max_columns=settings.flow_max_columns)
+    if relaxed.built:
+        best, runner_up, bound, proven = walk.by_relaxation(relaxed, known=found)
+    else:
+        lo = capacity_bound(kinds, groups, limits, request.tolerate)
+        if lo is None:
+            raise Infeasible(_no_choice(kinds, request.tolerate))
+        hi = heuristic.cost(kinds, found) if found is not None else sum(k.price * n for k, n in zip(kinds, limits))
+        best, runner_up, bound, proven = walk.run(lo=lo, hi=hi, known=found)
     if best is None:
         if found is None:
             raise Infeasible(_no_choice(kinds, request.tolerate))
@@ -92,6 +99,64 @@ class _Walk:
             self.exact_for = counts
             return True
         return False if result.infeasible else None
+
+    def by_relaxation(self, relaxed: Relaxation, *, known: Counts | None):
+        """(cheapest found, runner-up, bound, proven): the relaxation's cheapest choices in turn, each judged; a
+        choice that does not fit rules out every choice with no more nodes of any kind. The first that fits is
+        proven cheapest when every cheaper one was ruled out."""
+        best: Counts | None = None
+        runner_up: Counts | None = None
+        bound: int | None = None  # no choice costs less than this, once the proof has stopped somewhere
+        floor = 0  # every choice cheaper than this was ruled out
+        known_cost = heuristic.cost(self.kinds, known) if known is not None else None
+        for _ in range(self.settings.max_relaxed):
+            if relaxed.iterations >= self.settings.flow_max_iterations:
+                break
+            found = relaxed.next()
+            if found.counts is None:
+                if not found.exhausted and best is None and bound is None:
+                    bound = max(floor, found.bound)
+                break
+            if best is None and bound is None and found.bound < found.cost:
+                bound = max(floor, found.bound)  # the solve stopped at its node limit: this may not be the cheapest
+            floor = max(floor, found.cost)
+            if best is None and known is not None and found.cost >= known_cost:
+                # Nothing cheaper than the heuristic's choice fits (or is left undecided): it is the cheapest found.
+                best = known
+                relaxed.exclude(known)
+                if found.counts == known:
+                    continue
+            if best is not None and bound is not None:
+                break  # no proof to give: the runner-up is the heuristic's choice or none
+            fits = self.rules.met(found.counts) and self.verdict(found.counts)
+            if fits:
+                if best is None:
+                    best = found.counts
+                    relaxed.exclude(found.counts)
+                    continue
+                runner_up = found.counts
+                break
+            if best is not None and self.spent:
+                break
+            if fits is None:  # undecided: the proof stops here, the search goes on for a choice that fits
+                if bound is None:
+                    bound = found.cost
+                if self.spent:
+                    break
+                relaxed.exclude(found.counts)
+            elif best is None:
+                relaxed.rule_out(found.counts)
+            else:  # after the cheapest, only this one is out: a costlier superset may be the runner-up
+                relaxed.exclude(found.counts)
+        if best is None:
+            if bound is None:
+                bound = floor  # the relaxation's budget ran out: every cheaper choice was ruled out
+            best = known
+        if runner_up is None and known is not None and known != best:
+            runner_up = known
+        if best is None:
+            return None, None, bound, False
+        return best, runner_up, (heuristic.cost(self.kinds, best) if bound is None else bound), bound is None
 
     def run(self, *, lo: int, hi: int, known: Counts | None):
         """(cheapest found, runner-up, bound, proven) over the windows from `lo`."""
