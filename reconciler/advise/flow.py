@@ -106,15 +106,22 @@ def _arcs(cap: int, sizes: list[tuple[int, int, int]]) -> list[tuple[int, int, i
 class Relaxation:
     def __init__(self, kinds: tuple[Kind, ...], groups: tuple[Group, ...], uppers: Counts, tolerate: int, *,
                  max_nodes: int = 20_000, max_columns: int = 60_000,
-                 integer_flows: bool = False) -> None:
-        self.kinds, self.uppers, self.max_nodes = kinds, uppers, max_nodes
+                 integer_flows: bool = False, fixed: bool = False, max_iterations: int = 1_000_000) -> None:
+        """`uppers`: the most nodes of each kind; with `fixed`, exactly that many (does this choice fit?)."""
+        self.kinds, self.uppers, self.max_nodes, self.max_iterations = kinds, uppers, max_nodes, max_iterations
         labels = _labels(groups)
         caps = sorted({c for kind in kinds for c in kind.caps if c > 0})
         unit = reduce(math.gcd, [lab.group.vram for lab in labels] + caps, 0) or 1
         if caps and caps[-1] // unit > _GRID:
             unit = -(-caps[-1] // _GRID)
         m = _Model()
-        self.x = [m.col(cost=kind.price, lo=len(kind.kept) if kind.fixed else 0,
+        self.labels = labels
+        self.unit = unit
+        # Per graph: (kind, GPU capacity, GPUs of it per node, its end position, [(from, to, label, column)]),
+        # label -1 for a loss arc: what a solution's flows are read back by (`patterns.py`).
+        self.graphs: list[tuple[int, int, int, int, list[tuple[int, int, int, int]]]] = []
+        self.wholes: dict[tuple[int, int], int] = {}  # (label, kind) -> the column of its replicas on that kind
+        self.x = [m.col(cost=kind.price, lo=upper if fixed else len(kind.kept) if kind.fixed else 0,
                         hi=len(kind.kept) if kind.fixed else upper, integer=True)
                   for kind, upper in zip(kinds, uppers)]
         demand: list[dict[int, float]] = [{} for _ in labels]
@@ -135,8 +142,11 @@ class Relaxation:
                 # One balance row per position; the source's surplus is the GPUs used, at most those bought.
                 used = m.col(integer=integer_flows)
                 balance: dict[int, dict[int, float]] = {0: {used: -1.0}, size: {used: 1.0}}
+                recorded: list[tuple[int, int, int, int]] = []
+                self.graphs.append((k, cap, per_node, size, recorded))
                 for a, b, li in arcs:
                     f = m.col(integer=integer_flows)
+                    recorded.append((a, b, li, f))
                     balance.setdefault(a, {})[f] = 1.0
                     balance.setdefault(b, {})[f] = -1.0
                     demand[li][f] = 1.0
@@ -144,6 +154,7 @@ class Relaxation:
                 for d in sorted(balance):
                     if d not in (0, size):  # whatever room is left over: a loss arc to the end
                         loss = m.col()
+                        recorded.append((d, size, -1, loss))
                         balance[d][loss] = 1.0
                         balance[size][loss] = balance[size].get(loss, 0.0) - 1.0
                 for d in sorted(balance):
@@ -154,7 +165,8 @@ class Relaxation:
                     continue
                 # Whole replicas on each kind (a gang's slices stay together), no more than a node holds by itself
                 # (spread over nodes: one).
-                whole = m.col(hi=float(lab.group.count), integer=integer_flows or lab.group.gpus > 1)
+                whole = m.col(hi=float(lab.group.count), integer=integer_flows or fixed or lab.group.gpus > 1)
+                self.wholes[(li, k)] = whole
                 on_kind[li][whole] = -float(lab.group.gpus)
                 m.row(on_kind[li], 0.0, 0.0)
                 m.row({whole: 1.0, self.x[k]: -float(hosts[li])}, -highspy.kHighsInf, 0.0)
@@ -176,6 +188,7 @@ class Relaxation:
         h.setOptionValue("threads", 1)
         h.setOptionValue("presolve", "off")  # measured: the model is small, presolve costs more than it saves
         h.setOptionValue("mip_max_nodes", self.max_nodes)
+        h.setOptionValue("simplex_iteration_limit", self.max_iterations)
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.999)  # costs are integers
         n = len(m.cost)
@@ -213,6 +226,7 @@ class Relaxation:
         if info.primal_solution_status != 2:
             return Next(counts=None, cost=0, bound=bound, exhausted=False)
         values = h.getSolution().col_value
+        self.values = values
         counts = tuple(int(round(values[c])) for c in self.x)
         cost = sum(kind.price * n for kind, n in zip(self.kinds, counts))
         if status == highspy.HighsModelStatus.kOptimal:
@@ -240,6 +254,22 @@ class Relaxation:
         h.addRow(-highspy.kHighsInf, big, 2, np.array([self.x[k], b], dtype=np.int32),
                  np.array([1.0, big - at_most], dtype=np.float64))
         return b
+
+    def forbid_share(self, k: int, share: dict[int, int]) -> None:
+        """Kind k's nodes cannot hold `share` (replicas per label), nor any share with at least as many of each."""
+        h = self.h
+        out = []
+        for li, n in share.items():
+            col = self.wholes[(li, k)]
+            count = self.labels[li].group.count
+            h.addCol(0.0, 0.0, 1.0, 0, np.array([], dtype=np.int32), np.array([], dtype=np.float64))
+            b = h.getNumCol() - 1
+            h.changeColIntegrality(b, highspy.HighsVarType.kInteger)
+            # b = 1: fewer than n of this label on kind k.
+            h.addRow(-highspy.kHighsInf, float(count), 2, np.array([col, b], dtype=np.int32),
+                     np.array([1.0, float(count - n + 1)], dtype=np.float64))
+            out.append(b)
+        self._any(out)
 
     def _any(self, binaries: list[int]) -> None:
         if not binaries:  # nothing can differ: no choice is left

@@ -46,7 +46,13 @@ class AdviseSettings:
     max_candidates: int = 400  # choices the exact model checks at most
     max_relaxed: int = 60  # choices the arc-flow relaxation proposes at most (each one HiGHS solve)
     flow_max_nodes: int = 2_000  # branch-and-bound nodes of one relaxation solve
-    flow_max_iterations: int = 40_000  # simplex iterations of all relaxation solves (HiGHS's count of its work)
+    flow_max_iterations: int = 30_000  # simplex iterations of all relaxation solves (HiGHS's count of its work)
+    split_max_iterations: int = 10_000  # simplex iterations of one choice's split over its kinds (`patterns.py`)
+    split_max_nodes: int = 200  # branch-and-bound nodes of one solve of a split
+    split_rounds: int = 8  # splits tried for one choice (each kind's share that cannot fit rules that share out)
+    # The whole choice's exact model after an undecided split, only up to this many count variables: on
+    # bench/advise.py's 30-model instances (over 1,000) it decided nothing the split left undecided, at 1.5 s each.
+    exact_after_split: int = 600
     flow_max_columns: int = 60_000  # a relaxation with more variables is not built (the capacity rules instead)
     max_judged: int = 3_000  # choices the greedy construction judges at most
     exact_max_slots: int = 3_000  # a choice whose exact model would count more variables is left undecided

@@ -8,7 +8,7 @@ the exact model once more, with the chosen multiset of types forbidden.
 
 from __future__ import annotations
 
-from reconciler.advise import exact, heuristic
+from reconciler.advise import exact, heuristic, patterns
 from reconciler.advise.bound import capacity_bound
 from reconciler.advise.candidates import Rules, window
 from reconciler.advise.flow import Relaxation
@@ -73,6 +73,7 @@ class _Walk:
         self.judged = 0
         self.spots: dict[Counts, dict] = {}  # exact placements of choices the exact model judged
         self.exact_for: Counts | None = None
+        self.iterations = 0  # HiGHS's simplex iterations in pattern checks
 
     @property
     def spent(self) -> bool:
@@ -88,6 +89,22 @@ class _Walk:
         if self.spent:
             return None
         self.checked += 1
+        if self.request.tolerate == 0:
+            by_patterns = patterns.check(items=self.request.items, kinds=self.kinds, groups=self.groups, counts=counts,
+                                         budget=min(self.settings.check_time, self.settings.exact_time - self.work),
+                                         seed=self.settings.seed, max_nodes=self.settings.split_max_nodes,
+                                         max_columns=self.settings.flow_max_columns,
+                                         max_iterations=self.settings.split_max_iterations,
+                                         rounds=self.settings.split_rounds)
+            self.work += by_patterns.work + _PER_SOLVE
+            self.iterations += by_patterns.iterations
+            if by_patterns.fits is not None:
+                if by_patterns.fits:
+                    self.spots[counts] = by_patterns.spots
+                    self.exact_for = counts
+                return by_patterns.fits
+            if self.spent or exact.size(self.kinds, self.groups, counts, 0) > self.settings.exact_after_split:
+                return None
         if exact.size(self.kinds, self.groups, counts, self.request.tolerate) > self.settings.exact_max_slots:
             return None
         result = exact.solve(kinds=self.kinds, groups=self.groups, limits=counts, tolerate=self.request.tolerate,
@@ -110,7 +127,7 @@ class _Walk:
         floor = 0  # every choice cheaper than this was ruled out
         known_cost = heuristic.cost(self.kinds, known) if known is not None else None
         for _ in range(self.settings.max_relaxed):
-            if relaxed.iterations >= self.settings.flow_max_iterations:
+            if relaxed.iterations + self.iterations >= self.settings.flow_max_iterations:
                 break
             found = relaxed.next()
             if found.counts is None:

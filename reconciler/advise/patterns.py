@@ -1,0 +1,115 @@
+"""Whether a choice holds everything, kind by kind: the arc-flow relaxation with the choice's node counts fixed says
+how many replicas of each label go to each kind of node, and the exact model places each kind's share on its own.
+
+The relaxation with fixed counts is still a relaxation, so when it has no solution the choice is proven not to fit.
+When it has one, the nodes of different kinds share nothing, so each kind is a small exact problem of its own (a few
+nodes, the replicas the flows gave it) where the whole choice was one large one: a placement on every kind is a
+placement of everything. A kind whose share does not fit leaves the choice undecided (another split might fit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.advise import exact
+from reconciler.advise.flow import Relaxation
+from reconciler.advise.heuristic import pack
+from reconciler.advise.kinds import Group, Kind, problem_of
+from reconciler.packer import Item
+
+Counts = tuple[int, ...]
+Spot = tuple[int, int, tuple[int, ...]]  # (kind, slot, GPU indices), as the exact model gives them
+
+
+@dataclass(frozen=True, slots=True)
+class SplitResult:
+    fits: bool | None  # True: `spots` places everything; False: proven not to fit; None: undecided
+    spots: dict[int, list[Spot]] | None = None
+    work: float = 0.0  # CP-SAT's deterministic time spent on the kinds' shares
+    iterations: int = 0  # HiGHS's simplex iterations spent on the flows
+
+
+def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group, ...], counts: Counts,
+          budget: float, seed: int = 0,
+          max_nodes: int = 2_000, max_columns: int = 60_000, integer_flows: bool = False, rounds: int = 8,
+          share_budget: float = 0.5, max_iterations: int = 10_000) -> SplitResult:
+    flows = Relaxation(kinds, groups, counts, 0, max_nodes=max_nodes, max_columns=max_columns,
+                       integer_flows=integer_flows, fixed=True, max_iterations=max_iterations)
+    if not flows.built:
+        return SplitResult(fits=None)
+    known: dict[tuple[int, tuple], exact.ExactResult] = {}  # (kind, share) -> its exact check
+    work = 0.0
+    for _ in range(rounds):
+        if flows.iterations >= max_iterations:
+            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+        found = flows.next()
+        if found.exhausted:
+            return SplitResult(fits=False, work=work, iterations=flows.iterations)
+        if found.counts is None:
+            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+        shares = _shares(flows, len(kinds))
+        if shares is None:
+            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+        where: dict[int, Spot] = {}
+        refused = False
+        for k, share in enumerate(shares):
+            if not share:
+                continue
+            key = (k, tuple(sorted((li, len(g.items)) for li, g in share)))
+            if key not in known:
+                greedy = _greedy(items, kinds[k], counts[k], [g for _, g in share])
+                if greedy is not None:
+                    where.update({item: (k, i, gpus) for item, (i, gpus) in greedy.items()})
+                    continue
+                if work >= budget:
+                    return SplitResult(fits=None, work=work, iterations=flows.iterations)
+                known[key] = exact.solve(kinds=(kinds[k],), groups=tuple(g for _, g in share), limits=(counts[k],),
+                                         tolerate=0, budget=max(0.01, min(share_budget, budget - work)),
+                                         seed=seed, bought=True)
+                work += known[key].work
+            result = known[key]
+            if result.infeasible:  # this kind cannot hold this share: the flows must split otherwise
+                flows.forbid_share(k, dict(key[1]))
+                refused = True
+                continue
+            if result.counts is None:
+                return SplitResult(fits=None, work=work, iterations=flows.iterations)
+            for gi, (_, g) in enumerate(share):
+                for item, (_, i, gpus) in zip(g.items, result.spots[gi], strict=True):
+                    where[item] = (k, i, gpus)
+        if not refused:
+            break
+    else:
+        return SplitResult(fits=None, work=work, iterations=flows.iterations)
+    spots = {gi: [where[item] for item in g.items] for gi, g in enumerate(groups)}
+    return SplitResult(fits=True, spots=spots, work=work, iterations=flows.iterations)
+
+
+def _shares(flows: Relaxation, kinds: int) -> list[list[tuple[int, Group]]] | None:
+    """Per kind, (label, the replicas of it the flows give that kind); None when some replica is in no flow (its
+    size rounded to nothing)."""
+    left = [list(lab.group.items) for lab in flows.labels]
+    shares: list[list[tuple[int, Group]]] = [[] for _ in range(kinds)]
+    for (li, k), col in sorted(flows.wholes.items(), key=lambda e: (e[0][1], e[0][0])):
+        n = int(round(flows.values[col]))
+        if n <= 0:
+            continue
+        lab = flows.labels[li].group
+        taken, left[li] = left[li][:n], left[li][n:]
+        shares[k].append((li, Group(model=lab.model, items=tuple(taken), vram=lab.vram, gpus=lab.gpus,
+                                    spread=lab.spread)))
+    return None if any(left) else shares
+
+
+def _greedy(items: tuple[Item, ...], kind: Kind, nodes: int,
+            share: list[Group]) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+    """The packer's greedy construction on one kind's nodes: item -> (slot, GPU indices), or None if it leaves
+    something out."""
+    members = [item for g in share for item in g.items]
+    slots = [(str(i), kind.caps) for i in range(nodes)]
+    placed = pack(tuple(items[m] for m in members), slots)
+    if not all(placed):
+        return None
+    problem = problem_of(tuple(items[m] for m in members), slots)
+    return {m: (int(problem.bins[bins[0]].node), tuple(problem.bins[b].index for b in bins))
+            for m, bins in zip(members, placed)}
