@@ -82,6 +82,10 @@ class PackSettings:
     # of 20-32 GPUs: searching sooner and longer placed more of the level left short than the tree search did).
     window_first: float = 0.2
     window_search: float = 0.6
+    # The regroup search (`regroup.py`) in place of the window in pools up to `window_time_max_bins` GPUs: its
+    # deterministic seconds and the GPUs re-solved at a time.
+    regroup_time: float = 1.3
+    regroup_gpus: int = 6
     floor_max_items: int = 2_000  # up to this many replicas, first-fit decreasing is a floor and the refill runs
     seed: int = 0
 

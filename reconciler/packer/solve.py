@@ -26,6 +26,7 @@ from reconciler.packer.objective import displaced, fill, gpu_loads, level_keys, 
 from reconciler.packer.overflow import place_left_out
 from reconciler.packer.problem import PackSettings, Problem, Quality, Solution
 from reconciler.packer.refill import refill
+from reconciler.packer.regroup import regroup
 from reconciler.packer.relaxation import level_bounds
 from reconciler.packer.squeeze import squeeze
 from reconciler.packer.state import State
@@ -101,7 +102,16 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
             assignment, method = full, method + "+overflow"
             bound = max(bound, _bound(State.of(problem, assignment)))
             quality = bounds_quality(problem, assignment, gpu_bound=bound)
-    if not quality.unplaced_proven and _left_out(problem, assignment):
+    if not quality.unplaced_proven and _left_out(problem, assignment) and _regroup_applies(problem, settings):
+        found = regroup(problem, assignment, budget=settings.regroup_time, seed=settings.seed,
+                        size=settings.regroup_gpus, fits_somewhere=fits_on_a_node(problem))
+        if score(problem, found) > score(problem, assignment) and not violations(problem, found):
+            assignment, method = found, method + "+regroup"
+            if problem.policy == Placement.BINPACK:
+                bound = max(bound, _bound(State.of(problem, assignment)))
+        assignment, method = _refill(problem, assignment, settings, method)
+        quality = bounds_quality(problem, assignment, gpu_bound=bound)
+    elif not quality.unplaced_proven and _left_out(problem, assignment):
         found = window.complete(problem, assignment, settings=settings, forced=forced)
         if found.assignment != assignment:
             assignment, method = found.assignment, method + "+window"
@@ -312,6 +322,11 @@ def _arcflow(problem: Problem, state: State, settings: PackSettings, *, bound: i
     if pinned_only:
         bound = max(bound, result.lower_bound)
     return state, method, bound
+
+
+def _regroup_applies(problem: Problem, settings: PackSettings) -> bool:
+    """The middle range: pools up to `window_time_max_bins` GPUs (a fleet's plan keeps the window)."""
+    return settings.regroup_time > 0 and len(problem.bins) <= settings.window_time_max_bins
 
 
 def _exact_applies(problem: Problem, settings: PackSettings) -> bool:

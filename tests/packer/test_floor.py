@@ -18,7 +18,7 @@ from tests.packer.test_packer import CI, check_feasible, problems
 GiB = 1 << 30
 # Small budgets keep the property quick; the floor holds whatever the budgets are.
 QUICK = PackSettings(exact_time=0.2, window_time=0.1, improve_steps=20_000, squeeze_budget=400_000,
-                     arcflow_node_budget=200)
+                     arcflow_node_budget=200, regroup_time=0.1)
 
 
 @st.composite
