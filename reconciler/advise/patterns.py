@@ -51,18 +51,20 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
         if shares is None:
             return SplitResult(fits=None, work=work, iterations=flows.iterations)
         where: dict[int, Spot] = {}
-        refused = False
-        for k, share in enumerate(shares):
-            if not share:
-                continue
+        refused = undecided = False
+        # Smallest shares first: a share that cannot fit is found before the large ones spend the budget.
+        for k in sorted((k for k in range(len(kinds)) if shares[k]), key=lambda k: (sum(len(g.items) for _, g in
+                                                                                      shares[k]), k)):
+            share = shares[k]
             key = (k, tuple(sorted((li, len(g.items)) for li, g in share)))
             if key not in known:
                 greedy = _greedy(items, kinds[k], counts[k], [g for _, g in share])
                 if greedy is not None:
                     where.update({item: (k, i, gpus) for item, (i, gpus) in greedy.items()})
                     continue
-                if work >= budget:
-                    return SplitResult(fits=None, work=work, iterations=flows.iterations)
+                if refused or work >= budget:
+                    undecided = True
+                    continue
                 known[key] = exact.solve(kinds=(kinds[k],), groups=tuple(g for _, g in share), limits=(counts[k],),
                                          tolerate=0, budget=max(0.01, min(share_budget, budget - work)),
                                          seed=seed, bought=True)
@@ -71,13 +73,15 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
             if result.infeasible:  # this kind cannot hold this share: the flows must split otherwise
                 flows.forbid_share(k, dict(key[1]))
                 refused = True
-                continue
-            if result.counts is None:
-                return SplitResult(fits=None, work=work, iterations=flows.iterations)
-            for gi, (_, g) in enumerate(share):
-                for item, (_, i, gpus) in zip(g.items, result.spots[gi], strict=True):
-                    where[item] = (k, i, gpus)
+            elif result.counts is None:
+                undecided = True
+            else:
+                for gi, (_, g) in enumerate(share):
+                    for item, (_, i, gpus) in zip(g.items, result.spots[gi], strict=True):
+                        where[item] = (k, i, gpus)
         if not refused:
+            if undecided:
+                return SplitResult(fits=None, work=work, iterations=flows.iterations)
             break
     else:
         return SplitResult(fits=None, work=work, iterations=flows.iterations)
