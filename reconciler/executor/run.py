@@ -249,15 +249,24 @@ class Executor:
         extra = {n: c for n, c in woken.apps.items() if n not in self._woken.apps and n not in apps}
         if extra:
             models = {m.name: m for m in (*self._woken.models, *woken.models)}
-            self._woken = steps.Woken(apps={**self._woken.apps, **woken.apps},
-                                      models=tuple(models[n] for n in sorted(models)))
-            self.progress.note("woken while this apply waits: starting " + ", ".join(m.name for m in woken.models))
-            self.cluster.put_serve_config(serveconfig.whole_config(put_details, foreign, {**apps, **self._woken.apps}))
+            grown = steps.Woken(apps={**self._woken.apps, **woken.apps},
+                                models=tuple(models[n] for n in sorted(models)))
+            try:
+                self.cluster.put_serve_config(serveconfig.whole_config(put_details, foreign, {**apps, **grown.apps}))
+            except Exception as exc:  # noqa: BLE001 - the apply under way goes on; the next plan starts them
+                self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: "
+                                   f"{exc}"[:300])
+            else:
+                self._woken = grown
+                self.progress.note("woken while this apply waits: starting " + ", ".join(m.name for m in woken.models))
         starting = [n for n, c in self._woken.apps.items()
                     if c["args"].get("kind") == steps.REPLICA_KIND and n not in self._woken_running]
         if not starting:
             return
-        states = (details if details is not None else self._serve()).get("applications") or {}
+        try:
+            states = (details if details is not None else self._serve()).get("applications") or {}
+        except TransientError:
+            return  # Serve too busy to answer: asked again at the next poll
         started = [n for n in starting if (states.get(n) or {}).get("status") == "RUNNING"]
         if started:
             self._woken_running.update(started)
