@@ -241,7 +241,8 @@ class Executor:
             return
         try:
             fresh = self.wakes()
-            woken = steps.wake_apps(fresh, self._plan) if fresh is not None else steps.Woken()
+            woken = (steps.wake_apps(fresh, self._plan, submitted=set(self._put[2])) if fresh is not None
+                     else steps.Woken())
         except Exception as exc:  # noqa: BLE001 - only a head start: the next plan starts them all the same
             self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: {exc}"[:300])
             woken = steps.Woken()

@@ -15,6 +15,7 @@ Phases with nothing to do are skipped. Phase 3 depends on how phase 2 went, so i
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,19 +269,22 @@ class Woken:
         return bool(self.apps)
 
 
-def wake_apps(fresh: Plan, running: Plan) -> Woken:
+def wake_apps(fresh: Plan, running: Plan, *, submitted: Collection[str] = ()) -> Woken:
     """The replica applications a fresh plan creates for woken models (requests held, no replica) on GPUs that the
-    plan being applied does not fill and the fresh plan does not have to free first, with each such model's router
-    naming them: what can start at once, while that apply still waits (a drain, an engine start), without racing it
-    for VRAM. All the models woken by then start together.
+    plan being applied is not about to fill and the fresh plan does not have to free first, with each such model's
+    router naming them: what can start at once, while that apply still waits (a drain, an engine start), without
+    racing it for VRAM. All the models woken by then start together.
 
     A GPU the running apply only frees is fine: the fresh plan was made from an observation that still counts what
-    is leaving. One it starts something on is not: that may not be observed yet. A model the running apply acts on
-    itself is left to it."""
+    is leaving. So is one it fills with applications already ``submitted`` to Serve (an engine still starting):
+    the observation counts them too. One it has yet to fill is not: nothing observed says that VRAM is spoken for.
+    A model the running apply acts on itself is left to it."""
     woken = {d.model for d in fresh.scaling if d.rule == "wake"} - {a.model for a in running.actions}
     if not woken:
         return Woken()
-    touched = {(a.target.node, g) for a in running.actions if a.target is not None for g in a.target.gpus}
+    started = target(running).new_app
+    touched = {(a.target.node, g) for i, a in enumerate(running.actions)
+               if a.target is not None and started.get(i) not in submitted for g in a.target.gpus}
     # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
     doing = {(a.kind, a.model, a.replica) for a in running.actions}
     stops = [a for a in fresh.actions

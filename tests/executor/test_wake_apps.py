@@ -89,6 +89,17 @@ def test_a_gpu_the_running_apply_fills_is_left_to_it():
     assert not steps.wake_apps(fresh, running)
 
 
+def test_a_gpu_the_running_apply_fills_with_an_engine_already_submitted_takes_a_woken_model_beside_it():
+    """A slow engine start: its application is in Serve, so the fresh plan's observation counts its VRAM."""
+    wanted = (model("a", 2, 0, scaling=ON_DEMAND), model("new", 8, 1))
+    running = plan(homelab(*wanted, gpus=1), replace(applied(homelab(gpus=1)), at=NOW), FAST)
+    starting = steps.target(running).new_app[0]
+    fresh = _woken(homelab(*wanted, gpus=1), applied(homelab(*wanted, gpus=1)), "a")  # `new` observed
+    assert [(str(a.kind), a.model) for a in fresh.actions] == [("create", "a")]
+    assert not steps.wake_apps(fresh, running)  # not yet submitted: left to the running apply
+    assert set(steps.wake_apps(fresh, running, submitted={starting}).apps) == {_replica(fresh, "a"), router_app("a")}
+
+
 def test_a_model_the_running_apply_starts_itself_is_left_to_it():
     """An apply that is itself a wake (its replica not observed yet): a second wake must not start another one."""
     wanted = model("a", 2, 0, scaling=ON_DEMAND)
