@@ -3,7 +3,8 @@ types of a realistic catalogue with jittered prices and maxima), each advised by
 an independent MILP (HiGHS) for a reference. Run: `python bench/advise.py [--sizes 5 10 20 30] [--seeds 3]`.
 
 Reported per size: instances where the advice is proven cheapest, instances where it equals the MILP's proven
-optimum, the worst ratio of advice cost to that optimum, and CPU time of advise (one core: one CP-SAT worker).
+optimum, the worst ratio of advice cost to that optimum, and CPU time of advise (one core: one CP-SAT worker, one
+HiGHS thread).
 """
 
 from __future__ import annotations
