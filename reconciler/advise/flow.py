@@ -1,16 +1,18 @@
 """The cheapest node counts by an arc-flow relaxation of the packing: a lower bound, and the next choice to check.
 
 One graph per kind of node and GPU size (Valério de Carvalho's arc-flow): a path from 0 to the GPU's capacity is
-what one GPU holds (arcs are slices of replicas, largest first, so each pattern is one path). Flows are continuous
-and node counts integers, so HiGHS branches on at most one variable per kind; the flows' LP is the configuration
-LP of each GPU size, much tighter than VRAM totals. Dropped, so that the relaxation stays valid: which GPUs of one
+what one GPU holds (arcs are slices of replicas, largest first, so each pattern is one path). Flows are continuous;
+node counts and the gangs of each model on each kind are integers, so HiGHS branches on few variables; the flows' LP
+is the configuration LP of each GPU size, much tighter than VRAM totals. Dropped, so that the relaxation stays valid: which GPUs of one
 node a gang's slices share and the one replica of a spread model per GPU on a path; kept: a node holds no more
 replicas of a model than it can by itself (`Group.hosts`), which is also what keeps spread over nodes. Sizes are
 rounded down and capacities too, so every real placement is a flow.
 
 `Relaxation.next()` returns the cheapest counts not yet ruled out; `rule_out(counts)` removes those counts and
-every choice with no more of any kind (fewer nodes hold no more), `exclude(counts)` exactly one choice. Limits are
-HiGHS's node and iteration counts, never the clock, so the same request gives the same answers.
+every choice with no more of any kind (fewer nodes hold no more), `exclude(counts)` exactly one choice. With
+`fixed`, the counts are given and a solution says how many replicas of each label go to each kind (`wholes`), which
+`forbid_share` can rule out for a kind (`patterns.py`). Limits are HiGHS's node and iteration counts, never the
+clock, so the same request gives the same answers.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _arcs(cap: int, sizes: list[tuple[int, int, int]]) -> list[tuple[int, int, i
 class Relaxation:
     def __init__(self, kinds: tuple[Kind, ...], groups: tuple[Group, ...], uppers: Counts, tolerate: int, *,
                  max_nodes: int = 20_000, max_columns: int = 60_000,
-                 integer_flows: bool = False, fixed: bool = False, max_iterations: int = 1_000_000) -> None:
+                 fixed: bool = False, max_iterations: int = 1_000_000) -> None:
         """`uppers`: the most nodes of each kind; with `fixed`, exactly that many (does this choice fit?)."""
         self.kinds, self.uppers, self.max_nodes, self.max_iterations = kinds, uppers, max_nodes, max_iterations
         labels = _labels(groups)
@@ -140,12 +142,12 @@ class Relaxation:
                 if not arcs:
                     continue
                 # One balance row per position; the source's surplus is the GPUs used, at most those bought.
-                used = m.col(integer=integer_flows)
+                used = m.col()
                 balance: dict[int, dict[int, float]] = {0: {used: -1.0}, size: {used: 1.0}}
                 recorded: list[tuple[int, int, int, int]] = []
                 self.graphs.append((k, cap, per_node, size, recorded))
                 for a, b, li in arcs:
-                    f = m.col(integer=integer_flows)
+                    f = m.col()
                     recorded.append((a, b, li, f))
                     balance.setdefault(a, {})[f] = 1.0
                     balance.setdefault(b, {})[f] = -1.0
@@ -165,7 +167,7 @@ class Relaxation:
                     continue
                 # Whole replicas on each kind (a gang's slices stay together), no more than a node holds by itself
                 # (spread over nodes: one).
-                whole = m.col(hi=float(lab.group.count), integer=integer_flows or fixed or lab.group.gpus > 1)
+                whole = m.col(hi=float(lab.group.count), integer=fixed or lab.group.gpus > 1)
                 self.wholes[(li, k)] = whole
                 on_kind[li][whole] = -float(lab.group.gpus)
                 m.row(on_kind[li], 0.0, 0.0)

@@ -31,10 +31,10 @@ class SplitResult:
 
 def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group, ...], counts: Counts,
           budget: float, seed: int = 0,
-          max_nodes: int = 2_000, max_columns: int = 60_000, integer_flows: bool = False, rounds: int = 8,
+          max_nodes: int = 2_000, max_columns: int = 60_000, rounds: int = 8,
           share_budget: float = 0.5, max_iterations: int = 10_000) -> SplitResult:
     flows = Relaxation(kinds, groups, counts, 0, max_nodes=max_nodes, max_columns=max_columns,
-                       integer_flows=integer_flows, fixed=True, max_iterations=max_iterations)
+                       fixed=True, max_iterations=max_iterations)
     if not flows.built:
         return SplitResult(fits=None)
     known: dict[tuple[int, tuple], exact.ExactResult] = {}  # (kind, share) -> its exact check

@@ -1,9 +1,11 @@
 """`advise(request, settings) -> Advice`: the cheapest nodes for a pool's replicas, proven where it can be.
 
-The heuristic (`heuristic.py`) finds a choice first; its cost caps how many nodes of each type are worth modelling.
-Where the exact model is small enough it runs from that choice and either proves a choice cheapest or leaves the gap
-to its bound; beyond that, the heuristic's choice is reported with the capacity bound (`bound.py`). The runner-up is
-the exact model once more, with the chosen multiset of types forbidden.
+The heuristic (`heuristic.py`) finds a choice first. The arc-flow relaxation (`flow.py`) then proposes choices
+cheapest first, and each is judged: the greedy construction, the split over its kinds (`patterns.py`), the exact
+model of the whole choice where it is small (`exact.py`). A choice that does not fit is ruled out with every choice
+that has no more nodes of any kind; the first that fits is the advice, proven cheapest when nothing cheaper was left
+undecided, and the next that fits is the runner-up. Where the relaxation would be too large to build, choices that
+meet the capacity rules (`candidates.py`) are walked cheapest first from the capacity bound (`bound.py`) instead.
 """
 
 from __future__ import annotations
