@@ -275,16 +275,20 @@ def wake_apps(fresh: Plan, running: Plan, *, submitted: Collection[str] = ()) ->
     router naming them: what can start at once, while that apply still waits (a drain, an engine start), without
     racing it for VRAM. All the models woken by then start together.
 
-    A GPU the running apply only frees is fine: the fresh plan was made from an observation that still counts what
-    is leaving. So is one it fills with applications already ``submitted`` to Serve (an engine still starting):
-    the observation counts them too. One it has yet to fill is not: nothing observed says that VRAM is spoken for.
-    A model the running apply acts on itself is left to it."""
+    A GPU the running apply only frees is fine (Ray's VRAM resources hold a woken replica back until what leaves is
+    gone). So is one it fills with applications already ``submitted`` to Serve (an engine still starting): the
+    fresh observation counts them. One it has yet to fill is fine only where the fresh plan places the same replica
+    there too, so that its packing counts that VRAM; elsewhere the woken replica could take what the running apply
+    is about to start. A model the running apply acts on itself is left to it."""
     woken = {d.model for d in fresh.scaling if d.rule == "wake"} - {a.model for a in running.actions}
     if not woken:
         return Woken()
     started = target(running).new_app
+    agreed = {(p.model, p.replica, p.node, p.gpus) for p in fresh.placement}
     touched = {(a.target.node, g) for i, a in enumerate(running.actions)
-               if a.target is not None and started.get(i) not in submitted for g in a.target.gpus}
+               if a.target is not None and started.get(i) not in submitted
+               and (a.model, a.replica, a.target.node, a.target.gpus) not in agreed
+               for g in a.target.gpus}
     # The fresh plan's own stops would have to run first, unless the running apply is already doing them.
     doing = {(a.kind, a.model, a.replica) for a in running.actions}
     stops = [a for a in fresh.actions

@@ -11,6 +11,7 @@ from reconciler.desired import Scaling
 from reconciler.executor import steps
 from reconciler.executor.run import route_table
 from reconciler.naming import router_app
+from reconciler.plan import Location
 from reconciler.planner import plan
 from tests.planner.test_planner import FAST, applied, homelab, model
 
@@ -81,12 +82,29 @@ def test_a_gpu_the_running_apply_only_frees_takes_a_woken_model_it_has_room_for_
     assert set(steps.wake_apps(fresh, running).apps) == {_replica(fresh, "a"), router_app("a")}
 
 
-def test_a_gpu_the_running_apply_fills_is_left_to_it():
+def test_a_gpu_the_running_apply_is_about_to_fill_and_the_fresh_plan_packs_otherwise_is_left_to_it():
+    """The running apply starts `new` (20 GiB) where the fresh plan, which does not see it yet, put `a` (8 GiB): the
+    two would not fit together."""
+    wanted = (model("a", 8, 0, scaling=ON_DEMAND), model("new", 20, 1))
+    base = applied(homelab(gpus=2))
+    fresh = _woken(homelab(*wanted, gpus=2), base, "a")
+    (a_gpu,) = {p.gpus for p in fresh.placement if p.model == "a"}
+    (new_gpu,) = {p.gpus for p in fresh.placement if p.model == "new"}
+    assert a_gpu != new_gpu
+    running = plan(homelab(*wanted, gpus=2), replace(base, at=NOW), FAST)
+    (start,) = running.actions
+    running = replace(running, actions=(replace(start, target=Location("node-a", a_gpu)),))
+    assert not steps.wake_apps(fresh, running)
+
+
+def test_a_gpu_the_running_apply_is_about_to_fill_as_the_fresh_plan_packs_it_takes_a_woken_model_beside_it():
+    """The fresh plan places the running apply's replica where that apply is starting it: its packing counts that
+    VRAM."""
     wanted = (model("a", 2, 0, scaling=ON_DEMAND), model("new", 8, 1))
     base = applied(homelab(gpus=1))
     running = plan(homelab(*wanted, gpus=1), replace(base, at=NOW), FAST)  # starting `new`, not observed yet
     fresh = _woken(homelab(*wanted, gpus=1), base, "a")
-    assert not steps.wake_apps(fresh, running)
+    assert set(steps.wake_apps(fresh, running).apps) == {_replica(fresh, "a"), router_app("a")}
 
 
 def test_a_gpu_the_running_apply_fills_with_an_engine_already_submitted_takes_a_woken_model_beside_it():
@@ -96,7 +114,6 @@ def test_a_gpu_the_running_apply_fills_with_an_engine_already_submitted_takes_a_
     starting = steps.target(running).new_app[0]
     fresh = _woken(homelab(*wanted, gpus=1), applied(homelab(*wanted, gpus=1)), "a")  # `new` observed
     assert [(str(a.kind), a.model) for a in fresh.actions] == [("create", "a")]
-    assert not steps.wake_apps(fresh, running)  # not yet submitted: left to the running apply
     assert set(steps.wake_apps(fresh, running, submitted={starting}).apps) == {_replica(fresh, "a"), router_app("a")}
 
 
