@@ -9,9 +9,10 @@ above keep every replica they had there (they are full: nothing of theirs waits)
 those below place the most VRAM they can, in the objective's order. A better placement of the GPUs is kept; the rest
 of the pool is untouched, so every rule of `objective.py` that held still holds.
 
-Which GPUs: one that a waiting replica could use if it were empty, with others drawn from the pool (a seeded
-generator, so the same problem gives the same plan). Work is counted in CP-SAT's deterministic time plus a charge per
-model term built, never in wall time.
+Which GPUs: one that a waiting replica of that level could use if it were empty (the largest waiting replicas half
+the time), with others drawn from its node, from the GPUs holding nothing of the levels above, or from the whole pool
+(a seeded generator, so the same problem gives the same plan). Work is counted in CP-SAT's deterministic time plus a
+charge per solve and per variable built, never in wall time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from reconciler.packer.problem import Item, Problem
 _DETERMINISTIC = 2.0
 _PER_SOLVE = 0.003
 _PER_TERM = 1e-4  # per variable built
-_SOLVE_LIMIT = 0.02
+# After this many neighbourhoods in a row bring nothing, two GPUs more at a time, up to `_WIDER` more than asked
+# (measured on bench middle: the search stalls at local optima of its size; back to the size asked after a gain).
+_PATIENCE = 8
+_WIDER = 4
+_SOLVE_LIMIT = 0.02  # deterministic seconds of one solve: a neighbourhood not solved by then is left for others
 _WEIGHT_LIMIT = 1 << 62  # lexicographic weights beyond this would overflow CP-SAT's integers: fewer levels weighed
 
 
@@ -47,7 +52,8 @@ def regroup(
     size: int,
     fits_somewhere: Callable[[Item], bool],
 ) -> tuple[tuple[int, ...] | None, ...]:
-    """Search within `budget` deterministic seconds, `size` GPUs at a time; returns the best placement found."""
+    """Search within `budget` deterministic seconds, `size` GPUs at a time (more while nothing is found); returns the
+    best placement found."""
     items, bins = problem.items, problem.bins
     best = tuple(assignment)
     keys = level_keys(problem)
@@ -71,6 +77,7 @@ def regroup(
     solver.parameters.linearization_level = 2  # measured: more neighbourhoods improved in the same budget
     spent = 0.0
     mine = score(problem, best)
+    wider, failed = size, 0
     while spent < budget:
         waiting = [i for i, where in enumerate(best) if where is None and movable[i] and fits_somewhere(items[i])]
         if not waiting or items[min(waiting, key=lambda i: items[i].level)].level != level:
@@ -83,14 +90,17 @@ def regroup(
         targets = [b for b in open_bins if bins[b].capacity >= wanted.vram]
         if not targets:
             break
-        chosen = _neighbourhood(problem, best, rng.choice(targets), open_bins, size, rng, level)
+        chosen = _neighbourhood(problem, best, rng.choice(targets), open_bins, wider, rng, level)
         found, cost = _solve(problem, best, chosen, waiting, movable, below, unit, solver,
                              limit=min(budget - spent, _SOLVE_LIMIT))
         spent += cost
-        if found is not None:
-            mark = score(problem, found)
-            if mark > mine:
-                best, mine = found, mark
+        mark = score(problem, found) if found is not None else mine
+        if mark > mine:
+            best, mine, wider, failed = found, mark, size, 0
+        else:
+            failed += 1
+            if failed >= _PATIENCE:
+                wider, failed = min(wider + 2, size + _WIDER), 0
     return best
 
 
@@ -214,7 +224,7 @@ def _solve(problem: Problem, assignment, chosen: list[int], waiting: list[int], 
         total = sum(placed) if placed else 0
         if mandatory:
             if not placed:
-                return None, _PER_TERM
+                return None, _PER_SOLVE + terms * _PER_TERM
             m.add(total >= mandatory)
         if placed:
             m.add(total <= count)
@@ -225,7 +235,7 @@ def _solve(problem: Problem, assignment, chosen: list[int], waiting: list[int], 
             # No GPU holds more than the largest subset sum of what may go on it: a tighter capacity, sooner proofs.
             m.add(sum(load[b]) <= reachable(sizes_on[b], room[b]))
     if not objective:
-        return None, terms * _PER_TERM
+        return None, _PER_SOLVE + terms * _PER_TERM
     m.maximize(sum(objective))
     # The placement there now, as the hint and the value to beat.
     current = 0
@@ -237,7 +247,7 @@ def _solve(problem: Problem, assignment, chosen: list[int], waiting: list[int], 
         for i in here:
             for b in assignment[i]:
                 per_bin[b] = per_bin.get(b, 0) + 1
-        for b in nodes_bins(nodes):
+        for b in _bins_of(nodes):
             if (key, b) in n:
                 m.add_hint(n[(key, b)], per_bin.get(b, 0))
         for node, node_bins in nodes.items():
@@ -268,5 +278,5 @@ def _solve(problem: Problem, assignment, chosen: list[int], waiting: list[int], 
     return tuple(out), cost
 
 
-def nodes_bins(nodes: dict[str, list[int]]) -> list[int]:
+def _bins_of(nodes: dict[str, list[int]]) -> list[int]:
     return [b for node_bins in nodes.values() for b in node_bins]

@@ -3,8 +3,10 @@
 Pools up to `exact_max_items` replicas on `exact_max_bins` GPUs are solved exactly on the whole objective, with the
 heuristic's placement as the starting point. Larger pools keep the heuristic's placement, with bounds computed in
 linear time; when it leaves replicas out and the bounds cannot prove that nothing more fits, the GPU-freeing search
-is run on the pool plus virtual GPUs (`overflow.py`), then an exact solve over a window of the emptiest nodes
-(`window.py`) looks for their place. A replica left out without proof is reported as such, never as unplaceable.
+is run on the pool plus virtual GPUs (`overflow.py`), then, in pools up to `window_time_max_bins` GPUs, the regroup
+search (`regroup.py`) re-solves a few GPUs at a time with the higher levels' replicas among them; in a fleet, an exact
+solve over a window of the emptiest nodes (`window.py`) looks for their place. A replica left out without proof is
+reported as such, never as unplaceable.
 """
 
 from __future__ import annotations

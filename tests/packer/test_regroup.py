@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 
-from reconciler.packer import Bin, Item, PackSettings, Problem, pack
+from reconciler.packer import Bin, Item, Problem, pack
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.firstfit import first_fit_decreasing
 from reconciler.packer.objective import score, violations
@@ -47,7 +47,7 @@ def test_a_middle_pool_plan_reaches_the_optimum_there() -> None:
     assert score(problem, solution.assignment).levels == (36 * GiB, 256 * GiB)
 
 
-@settings(max_examples=8, **CI)
+@settings(max_examples=5, **CI)
 @given(middle_pools())
 def test_regroup_keeps_every_rule_never_loses_and_is_deterministic(problem: Problem) -> None:
     start = first_fit_decreasing(problem)
@@ -56,5 +56,3 @@ def test_regroup_keeps_every_rule_never_loses_and_is_deterministic(problem: Prob
     assert not violations(problem, found)
     assert score(problem, found) >= score(problem, start)
     assert regroup(problem, start, budget=0.1, seed=0, size=6, fits_somewhere=fits) == found
-    assert pack(problem, PackSettings(exact_time=0.2, regroup_time=0.1)) == pack(
-        problem, PackSettings(exact_time=0.2, regroup_time=0.1))
