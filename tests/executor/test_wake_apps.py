@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from reconciler.demand import ModelDemand
 from reconciler.desired import Scaling
 from reconciler.executor import steps
 from reconciler.executor.run import route_table
 from reconciler.naming import router_app
-from reconciler.plan import Location
+from reconciler.plan import ActionKind, Location
 from reconciler.planner import plan
 from tests.planner.test_planner import FAST, applied, homelab, model
 
@@ -135,3 +138,42 @@ def test_a_stop_the_running_apply_already_carries_out_does_not_hold_a_wake_back(
     fresh = _woken(homelab(wanted, gpus=1), base, "a")
     assert [(str(a.kind), a.model) for a in fresh.actions] == [("delete", "long"), ("create", "a")]
     assert set(steps.wake_apps(fresh, running).apps) == {_replica(fresh, "a"), router_app("a")}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    sizes=st.lists(st.sampled_from([2, 6, 10, 14, 20]), min_size=2, max_size=5),
+    fixed=st.lists(st.booleans(), min_size=5, max_size=5),
+    was=st.lists(st.booleans(), min_size=5, max_size=5),
+    woken=st.lists(st.booleans(), min_size=5, max_size=5),
+    gpus=st.integers(min_value=1, max_value=3),
+)
+def test_woken_replicas_never_race_the_running_apply_and_their_routers_name_only_them(sizes, fixed, was, woken, gpus):
+    """Whatever runs, is being applied, and wakes: what starts is a fresh create of a woken model the running apply
+    leaves alone, never on a GPU that apply is about to fill with a replica the fresh plan packs elsewhere, and each
+    woken model's router names exactly its replicas that start."""
+    def models(now: bool):
+        return [model(f"m{i}", size, (1 if (was[i] if now else fixed[i]) else 0) if fixed[i] else 0,
+                      **({} if fixed[i] else {"scaling": ON_DEMAND})) for i, size in enumerate(sizes)]
+
+    base = applied(homelab(*models(True), gpus=gpus))
+    desired = homelab(*models(False), gpus=gpus)
+    running = plan(desired, replace(base, at=NOW), FAST)
+    names = [f"m{i}" for i in range(len(sizes)) if not fixed[i] and woken[i]]
+    fresh = _woken(desired, base, *names)
+    out = steps.wake_apps(fresh, running)
+    tgt = steps.target(fresh)
+    acted = {a.model for a in running.actions}
+    packed = {(p.model, p.replica): (p.node, p.gpus) for p in fresh.placement}
+    about_to_fill = {(a.target.node, g) for a in running.actions if a.target is not None
+                     and packed.get((a.model, a.replica)) != (a.target.node, a.target.gpus) for g in a.target.gpus}
+    creates = {tgt.new_app[i]: a for i, a in enumerate(fresh.actions)
+               if a.kind is ActionKind.CREATE and i in tgt.new_app}
+    replicas = {n: c for n, c in out.apps.items() if c["args"]["kind"] == steps.REPLICA_KIND}
+    for name in replicas:
+        a = creates[name]
+        assert a.model in names and a.model not in acted
+        assert not {(a.target.node, g) for g in a.target.gpus} & about_to_fill
+    for m in out.models:
+        mine = sorted(n for n in replicas if creates[n].model == m.name)
+        assert mine and steps.router_backends(out.apps[router_app(m.name)]) == mine
