@@ -10,6 +10,8 @@ same engine settings; both stay up for the whole run. Then, in rounds of a fixed
 - chat completions of exactly 16 tokens (`ignore_eos`), non-streaming, at concurrency 1, 8 and 32: requests/s,
   p50 and p99 latency;
 - the same streamed at concurrency 8 and 32: time to first token (first content chunk);
+- in those rows, the CPU time per request of the processes on each path (the gateway's and the replica's, against
+  vLLM's server): a figure that, unlike requests/s, hardly moves with what else the machine runs;
 - the tiny LLaMA straight to its replica's own endpoint (no gateway) against vLLM's server at 8 and 32: what the
   replica process itself costs (it is a Ray worker hosting a Serve replica besides vLLM's app);
 - the echo engine at concurrency 1 and 32, through the gateway and straight to its replica's own endpoint, which
@@ -110,10 +112,31 @@ async def one(session: aiohttp.ClientSession, url: str, body: dict, stream: bool
     return time.perf_counter() - started, first
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_of(*words: str) -> list[int]:
+    """Processes whose command line holds every word (Ray names its workers after what they host)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and all(w in cmdline for w in words):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 async def round_(url: str, body: dict, *, concurrency: int, seconds: float, stream: bool = False,
-                 headers: dict[str, str] | None = None) -> dict:
+                 headers: dict[str, str] | None = None, procs: tuple[int, ...] = ()) -> dict:
     """``concurrency`` clients send back to back for ``seconds``; requests/s counts the answers over the time until
-    the last one ended (the clients stop starting requests at the deadline, and the ones in flight finish)."""
+    the last one ended (the clients stop starting requests at the deadline, and the ones in flight finish).
+    ``procs``: the processes on the request's path, whose CPU time per request is reported (in ms, each); unlike
+    requests/s, it hardly depends on what else the machine runs."""
     latencies: list[float] = []
     firsts: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -122,6 +145,7 @@ async def round_(url: str, body: dict, *, concurrency: int, seconds: float, stre
         await asyncio.gather(*(one(session, url, body, stream) for _ in range(concurrency)))
         started = time.perf_counter()
         deadline = started + seconds
+        cpu_before = [cpu_seconds(pid) for pid in procs]
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
@@ -132,7 +156,9 @@ async def round_(url: str, body: dict, *, concurrency: int, seconds: float, stre
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = [(cpu_seconds(pid) - before) * 1000 / len(latencies) for pid, before in zip(procs, cpu_before)]
     return {
+        "cpu": tuple(cpu),
         "rps": len(latencies) / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
@@ -141,8 +167,10 @@ async def round_(url: str, body: dict, *, concurrency: int, seconds: float, stre
 
 
 def median_of(rounds: list[dict]) -> dict:
-    keys = rounds[0].keys()
-    return {k: (statistics.median([r[k] for r in rounds]) if rounds[0][k] is not None else None) for k in keys}
+    keys = [k for k in rounds[0] if k != "cpu"]
+    result = {k: (statistics.median([r[k] for r in rounds]) if rounds[0][k] is not None else None) for k in keys}
+    result["cpu"] = tuple(statistics.median(column) for column in zip(*(r["cpu"] for r in rounds)))
+    return result
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -161,7 +189,8 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 
 def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: int, stream: bool = False,
-            peer_name: str = "vLLM", headers: dict[str, dict[str, str]] | None = None) -> dict:
+            peer_name: str = "vLLM", headers: dict[str, dict[str, str]] | None = None,
+            procs: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Rounds in ABBA order (gateway, peer, peer, gateway, ...), so a drift of the machine's load during the row
     weighs on both sides alike; the ratio is the median of each round pair's ratio, and its range is printed."""
     rounds: dict[str, list[dict]] = {"gateway": [], peer_name: []}
@@ -169,7 +198,8 @@ def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: 
     for i in range(args.rounds):
         for name, url in (sides if i % 2 == 0 else sides[::-1]):
             rounds[name].append(asyncio.run(round_(url, body, concurrency=concurrency, seconds=args.seconds,
-                                                   stream=stream, headers=(headers or {}).get(name))))
+                                                   stream=stream, headers=(headers or {}).get(name),
+                                                   procs=(procs or {}).get(name, ()))))
     ratios = [g["rps"] / p["rps"] for g, p in zip(rounds["gateway"], rounds[peer_name])]
     result = {name: median_of(r) for name, r in rounds.items()}
     g, p = result["gateway"], result[peer_name]
@@ -178,6 +208,9 @@ def compare(label: str, ours: str, peer: str, body: dict, args, *, concurrency: 
             f"({min(ratios):.2f}-{max(ratios):.2f}) | {g['p50'] - p['p50']:+.1f} |")
     if stream:
         line += f" TTFT {g['ttft']:.1f} vs {p['ttft']:.1f} ms |"
+    if g["cpu"] and p["cpu"]:
+        line += (" CPU per request: gateway " + " + replica ".join(f"{ms:.2f}" for ms in g["cpu"]) +
+                 f" ms vs {p['cpu'][0]:.2f} ms |")
     print(line, flush=True)
     return result
 
@@ -237,6 +270,10 @@ def main() -> int:
             # Replicas' own endpoints take only the gateway's secret: the bench shows it to them, never prints it.
             replica_auth = {"Authorization": f"Bearer {cluster_secret()}"}
         vllm_base = f"http://127.0.0.1:{port}/v1"
+        # CPU per request on each path: the gateway's process and the tiny LLaMA replica's, against vLLM's server.
+        gateway_pids, replica_pids = pids_of("ray::GatewayActor"), pids_of("ray::ServeReplica", "--tiny--", ":Replica")
+        cpu_paths = ({"gateway": (gateway_pids[0], replica_pids[0]), "vLLM": (peer.pid,)}
+                     if len(gateway_pids) == 1 and len(replica_pids) == 1 else None)
         chat = {"model": "tiny", "messages": PROMPT, "max_tokens": TOKENS, "ignore_eos": True, "temperature": 0}
         print(f"\n{args.rounds} rounds of {args.seconds:g} s per side, in ABBA order; medians; latency in ms; the ratio "
               "is the median of the round pairs' ratios (their range in brackets).\n")
@@ -244,10 +281,11 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|---|")
         for c in (1, 8, 32):
             compare("tiny LLaMA, chat, 16 tokens (peer: vLLM's server)", f"{base}/chat/completions",
-                    f"{vllm_base}/chat/completions", chat, args, concurrency=c)
+                    f"{vllm_base}/chat/completions", chat, args, concurrency=c, procs=cpu_paths)
         for c in (8, 32):
             compare("same, streamed (peer: vLLM's server)", f"{base}/chat/completions",
-                    f"{vllm_base}/chat/completions", {**chat, "stream": True}, args, concurrency=c, stream=True)
+                    f"{vllm_base}/chat/completions", {**chat, "stream": True}, args, concurrency=c, stream=True,
+                    procs=cpu_paths)
         if args.only_serving:
             return 0
         for c in (8, 32):  # where the rest goes: the replica's own endpoint (no gateway) against vLLM's server
