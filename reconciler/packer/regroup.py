@@ -90,9 +90,10 @@ def regroup(
         targets = [b for b in open_bins if bins[b].capacity >= wanted.vram]
         if not targets:
             break
-        chosen = _neighbourhood(problem, best, rng.choice(targets), open_bins, wider, rng, level)
-        found, cost = _solve(problem, best, chosen, waiting, movable, below, unit, solver,
-                             limit=min(budget - spent, _SOLVE_LIMIT))
+        chosen = _neighbourhood(problem, best, target=rng.choice(targets), open_bins=open_bins, size=wider, rng=rng,
+                                level=level)
+        found, cost = _solve(problem, best, chosen=chosen, waiting=waiting, movable=movable, below=below, unit=unit,
+                             solver=solver, limit=min(budget - spent, _SOLVE_LIMIT))
         spent += cost
         mark = score(problem, found) if found is not None else mine
         if mark > mine:
@@ -104,8 +105,8 @@ def regroup(
     return best
 
 
-def _neighbourhood(problem: Problem, assignment, target: int, open_bins: list[int], size: int,
-                   rng: random.Random, level) -> list[int]:
+def _neighbourhood(problem: Problem, assignment, *, target: int, open_bins: list[int], size: int, rng: random.Random,
+                   level: tuple[int, bool]) -> list[int]:
     """`target` and other GPUs up to about `size`, each with the GPUs its gangs also hold (so they can move), drawn
     from the target's node, from the GPUs that hold nothing of the levels above `level` (where those can go), or
     from the whole pool, a third of the time each."""
@@ -147,8 +148,8 @@ def _movable(item: Item) -> bool:
     return item.current is None and item.spread != Spread.NODE
 
 
-def _solve(problem: Problem, assignment, chosen: list[int], waiting: list[int], movable, below, unit: int,
-           solver: cp_model.CpSolver, *, limit: float):
+def _solve(problem: Problem, assignment, *, chosen: list[int], waiting: list[int], movable: list[bool], below,
+           unit: int, solver: cp_model.CpSolver, limit: float):
     """The best placement of `chosen` GPUs, or None when none better was proven or found; and the work spent."""
     items, bins = problem.items, problem.bins
     inside = set(chosen)
