@@ -11,8 +11,10 @@ of the pool is untouched, so every rule of `objective.py` that held still holds.
 
 Which GPUs: one that a waiting replica of that level could use if it were empty (the largest waiting replicas half
 the time), with others drawn from its node, from the GPUs holding nothing of the levels above, or from the whole pool
-(a seeded generator, so the same problem gives the same plan). Work is counted in CP-SAT's deterministic time plus a
-charge per solve and per variable built, never in wall time.
+(a seeded generator, so the same problem gives the same plan). Of a few such draws, the one whose levels could gain
+most by a subset-sum bound is solved, and none where no level can gain (most of them, once the search has run a
+while). Work is counted in CP-SAT's deterministic time plus a charge per draw, per solve and per variable built,
+never in wall time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _PER_TERM = 1e-4  # per variable built
 # After this many neighbourhoods in a row bring nothing, two GPUs more at a time, up to `_WIDER` more than asked
 # (measured on bench middle: the search stalls at local optima of its size; back to the size asked after a gain).
 _PATIENCE = 8
+_DRAWS = 3  # neighbourhoods drawn per solve; the one that could gain most is solved
+_PER_DRAW = 0.001  # the work of drawing one and bounding what it could gain
 _WIDER = 4
 _SOLVE_LIMIT = 0.02  # deterministic seconds of one solve: a neighbourhood not solved by then is left for others
 _WEIGHT_LIMIT = 1 << 62  # lexicographic weights beyond this would overflow CP-SAT's integers: fewer levels weighed
@@ -82,19 +86,30 @@ def regroup(
         waiting = [i for i, where in enumerate(best) if where is None and movable[i] and fits_somewhere(items[i])]
         if not waiting or items[min(waiting, key=lambda i: items[i].level)].level != level:
             break
-        short = [i for i in waiting if items[i].level == level]
-        if rng.random() < 0.5:  # the largest waiting replicas, half the time: they gain most and fit the fewest GPUs
-            largest = max(items[i].size for i in short)
-            short = [i for i in short if items[i].size == largest]
-        wanted = items[rng.choice(short)]
-        targets = [b for b in open_bins if bins[b].capacity >= wanted.vram]
-        if not targets:
-            break
-        chosen = _neighbourhood(problem, best, target=rng.choice(targets), open_bins=open_bins, size=wider, rng=rng,
-                                level=level)
-        found, cost = _solve(problem, best, chosen=chosen, waiting=waiting, movable=movable, below=below, unit=unit,
-                             solver=solver, limit=min(budget - spent, _SOLVE_LIMIT))
-        spent += cost
+        drawn = []
+        for _ in range(_DRAWS):
+            short = [i for i in waiting if items[i].level == level]
+            if rng.random() < 0.5:  # the largest waiting replicas, half the time: they gain most, fit the fewest GPUs
+                largest = max(items[i].size for i in short)
+                short = [i for i in short if items[i].size == largest]
+            wanted = items[rng.choice(short)]
+            targets = [b for b in open_bins if bins[b].capacity >= wanted.vram]
+            if not targets:
+                return best
+            chosen = _neighbourhood(problem, best, target=rng.choice(targets), open_bins=open_bins, size=wider,
+                                    rng=rng, level=level)
+            here = _contents(problem, best, chosen=chosen, waiting=waiting, movable=movable, below=below, unit=unit)
+            gain = _potential(best, here=here, below=below, unit=unit)
+            spent += _PER_DRAW
+            if gain is not None:
+                drawn.append((gain, chosen, here))
+        found = None
+        if drawn:
+            # The neighbourhood that could gain the most, at the highest level: hopeless ones are never solved.
+            _, chosen, here = max(drawn, key=lambda d: d[0])
+            found, cost = _solve(problem, best, chosen=chosen, here=here, below=below, unit=unit, solver=solver,
+                                 limit=min(max(0.0, budget - spent), _SOLVE_LIMIT))
+            spent += cost
         mark = score(problem, found) if found is not None else mine
         if mark > mine:
             best, mine, wider, failed = found, mark, size, 0
@@ -148,9 +163,10 @@ def _movable(item: Item) -> bool:
     return item.current is None and item.spread != Spread.NODE
 
 
-def _solve(problem: Problem, assignment, *, chosen: list[int], waiting: list[int], movable: list[bool], below,
-           unit: int, solver: cp_model.CpSolver, limit: float):
-    """The best placement of `chosen` GPUs, or None when none better was proven or found; and the work spent."""
+def _contents(problem: Problem, assignment, *, chosen: list[int], waiting: list[int], movable: list[bool], below,
+              unit: int) -> tuple[dict[tuple, list[int]], dict[str, list[int]], dict[int, int], dict[int, set[str]]]:
+    """What the `chosen` GPUs are solved with: the replicas that may be placed there, in groups of alike ones; the
+    chosen GPUs by node; each one's room (in units) beside what stays on it; the models of what stays on it."""
     items, bins = problem.items, problem.bins
     inside = set(chosen)
     fixed = [0] * len(bins)  # bytes of what stays on each chosen GPU
@@ -177,6 +193,14 @@ def _solve(problem: Problem, assignment, *, chosen: list[int], waiting: list[int
     for b in chosen:
         nodes.setdefault(bins[b].node, []).append(b)
     room = {b: max(0, bins[b].capacity - fixed[b]) // unit for b in chosen}
+    return groups, nodes, room, fixed_models
+
+
+def _solve(problem: Problem, assignment, *, chosen: list[int], here, below, unit: int, solver: cp_model.CpSolver,
+           limit: float):
+    """The best placement of `chosen` GPUs, or None when none better was proven or found; and the work spent."""
+    items = problem.items
+    groups, nodes, room, fixed_models = here
     total_room = sum(room.values())
     # Lexicographic by weights: a unit of a level outweighs all the room below it. The lowest levels go unweighed
     # where the weights would overflow (what they lose is then taken back by the refill and settling after).
@@ -277,6 +301,38 @@ def _solve(problem: Problem, assignment, *, chosen: list[int], waiting: list[int
         for k, i in enumerate(ordered):
             out[i] = slots[k] if k < len(slots) else None
     return tuple(out), cost
+
+
+def _potential(assignment, *, here, below, unit: int) -> tuple[int, int] | None:
+    """What the chosen GPUs could gain, as (levels below the first that could, units it could gain), or None when no
+    level can: with the levels above `below` keeping what they hold here, a level places at most a subset sum of its
+    sizes that fit here, within the room the levels before it leave. Most neighbourhoods CP-SAT would prove hopeless
+    are known so at once."""
+    groups, nodes, room, fixed_models = here
+    fitting: dict[tuple, bool] = {}
+    for key in groups:
+        _, vram, gpus, spread_model = key
+        size = vram // unit
+        fitting[key] = any(
+            sum(1 for b in node_bins if room[b] >= size and spread_model not in fixed_models[b]) >= gpus
+            for node_bins in nodes.values())
+    left = sum(room.values()) - sum(
+        key[1] // unit * key[2] * len(members) for key, members in groups.items() if key[0] not in below)
+    for k, level in enumerate(below):
+        sizes: Counter = Counter()
+        now = 0
+        for key, members in groups.items():
+            if key[0] != level:
+                continue
+            size = key[1] // unit * key[2]
+            now += size * sum(1 for i in members if assignment[i] is not None)
+            if fitting[key]:
+                sizes[size] += len(members)
+        most = reachable(sizes, left)
+        if most > now:
+            return len(below) - k, most - now
+        left -= now
+    return None
 
 
 def _bins_of(nodes: dict[str, list[int]]) -> list[int]:

@@ -10,7 +10,7 @@ from reconciler.packer.firstfit import first_fit_decreasing
 from reconciler.packer.objective import score, violations
 from reconciler.packer.regroup import regroup
 from reconciler.packer.solve import fits_on_a_node
-from tests.packer.test_floor import middle_pools
+from tests.packer.test_floor import QUICK, middle_pools
 from tests.packer.test_packer import CI
 
 GiB = 1 << 30
@@ -56,3 +56,39 @@ def test_regroup_keeps_every_rule_never_loses_and_is_deterministic(problem: Prob
     assert not violations(problem, found)
     assert score(problem, found) >= score(problem, start)
     assert regroup(problem, start, budget=0.1, seed=0, size=6, fits_somewhere=fits) == found
+
+
+@settings(max_examples=5, **CI)
+@given(middle_pools())
+def test_a_neighbourhood_bounded_hopeless_is_one_cp_sat_cannot_improve(problem: Problem) -> None:
+    # The bound that spares solves must be a bound: where it says no level can gain, the exact model finds nothing.
+    from random import Random
+
+    from functools import reduce
+    from math import gcd
+
+    from ortools.sat.python import cp_model
+
+    from reconciler.packer.objective import level_keys
+    from reconciler.packer.regroup import _contents, _movable, _neighbourhood, _potential, _solve
+
+    start = pack(problem, QUICK).assignment  # after the searches, where most neighbourhoods are hopeless
+    fits = fits_on_a_node(problem)
+    movable = [_movable(item) for item in problem.items]
+    waiting = [i for i, where in enumerate(start) if where is None and fits(problem.items[i])]
+    if not waiting:
+        return
+    keys = level_keys(problem)
+    below = keys[keys.index(min(problem.items[i].level for i in waiting)):]
+    unit = reduce(gcd, (item.vram for item in problem.items), 0)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    rng = Random(0)
+    for target in range(0, len(problem.bins), 3):
+        chosen = _neighbourhood(problem, start, target=target, open_bins=list(range(len(problem.bins))), size=6,
+                                rng=rng, level=below[0])
+        here = _contents(problem, start, chosen=chosen, waiting=waiting, movable=movable, below=below, unit=unit)
+        if _potential(start, here=here, below=below, unit=unit) is None:
+            found, _ = _solve(problem, start, chosen=chosen, here=here, below=below, unit=unit, solver=solver,
+                              limit=1.0)
+            assert found is None or score(problem, found) <= score(problem, start)
