@@ -244,7 +244,7 @@ class Executor:
             woken = (steps.wake_apps(fresh, self._plan, submitted=set(self._put[2])) if fresh is not None
                      else steps.Woken())
         except Exception as exc:  # noqa: BLE001 - only a head start: the next plan starts them all the same
-            self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: {exc}"[:300])
+            self._wake_failed(exc)
             woken = steps.Woken()
         put_details, foreign, apps = self._put
         extra = {n: c for n, c in woken.apps.items() if n not in self._woken.apps and n not in apps}
@@ -255,8 +255,7 @@ class Executor:
             try:
                 self.cluster.put_serve_config(serveconfig.whole_config(put_details, foreign, {**apps, **grown.apps}))
             except Exception as exc:  # noqa: BLE001 - the apply under way goes on; the next plan starts them
-                self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: "
-                                   f"{exc}"[:300])
+                self._wake_failed(exc)
             else:
                 self._woken = grown
                 self.progress.note("woken while this apply waits: starting " + ", ".join(m.name for m in woken.models))
@@ -272,6 +271,9 @@ class Executor:
         if started:
             self._woken_running.update(started)
             self._publish(self._routes)  # the same routes as before (a drain keeps its replicas out), and these
+
+    def _wake_failed(self, exc: Exception) -> None:
+        self.progress.note(f"could not start woken models during this apply: {type(exc).__name__}: {exc}"[:300])
 
     def _settle_woken(self) -> None:
         """Before the apply returns: the woken replicas still starting run (or are given up on), so the next cycle

@@ -342,8 +342,5 @@ RULES = (
 def check(catalog: Catalog, *, capacity: bool = True) -> tuple[Diagnostic, ...]:
     """Every rule's diagnostics. Without `capacity`, a model that its pool's inventory cannot hold is a warning, not
     an error: `reconciler advise` answers exactly that (what to add), so it must read such specs."""
-    found = tuple(diagnostic for rule in RULES for diagnostic in rule(catalog))
-    if capacity:
-        return found
-    short = set(_fit(catalog))
-    return tuple(replace(d, severity=Severity.WARNING) if d in short else d for d in found)
+    return tuple(replace(diagnostic, severity=Severity.WARNING) if rule is _fit and not capacity else diagnostic
+                 for rule in RULES for diagnostic in rule(catalog))
