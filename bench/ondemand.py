@@ -207,6 +207,9 @@ def together(url: str, address: str, events: EventFile,
     return [took[m] for m in models], applies
 
 
+FLOOR_TIMEOUT_S = 300  # an echo replica starts in seconds: past this, Serve is stuck and the bench says so
+
+
 def serve_floor(address: str, desired, count: int) -> float:
     """Seconds from one PUT of ``count`` new echo replica applications straight to Serve until all run; they are
     removed after. Foreign to the reconciler (not marked as its own), on the pool's first GPU."""
@@ -231,16 +234,19 @@ def serve_floor(address: str, desired, count: int) -> float:
         ours = our_configs(details)
         put = time.monotonic()
         cluster.put_serve_config(serveconfig.whole_config(details, base + list(apps.values()), ours))
-        while True:
-            states = cluster.serve_details().get("applications") or {}
-            if all((states.get(n) or {}).get("status") == "RUNNING" for n in apps):
-                took = time.monotonic() - put
-                break
-            time.sleep(0.05)
-        cluster.put_serve_config(serveconfig.whole_config(details, base, ours))
-        while set(cluster.serve_details().get("applications") or {}) & set(apps):
-            time.sleep(0.2)
-    return took
+        try:
+            while True:
+                states = cluster.serve_details().get("applications") or {}
+                if all((states.get(n) or {}).get("status") == "RUNNING" for n in apps):
+                    return time.monotonic() - put
+                if time.monotonic() - put > FLOOR_TIMEOUT_S:
+                    raise TimeoutError(f"Serve did not run {count} echo replica(s) within {FLOOR_TIMEOUT_S} s")
+                time.sleep(0.05)
+        finally:
+            cluster.put_serve_config(serveconfig.whole_config(details, base, ours))
+            gone_by = time.monotonic() + FLOOR_TIMEOUT_S
+            while set(cluster.serve_details().get("applications") or {}) & set(apps) and time.monotonic() < gone_by:
+                time.sleep(0.2)
 
 
 def load_step(url: str, address: str, events: EventFile, *, clients: int = 32, hold_s: float = 25) -> dict[str, float]:
