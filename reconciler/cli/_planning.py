@@ -6,9 +6,11 @@ A private module (its name starts with an underscore), so the CLI does not take 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -122,7 +124,25 @@ def report_dead_nodes(observed: ObservedState, *, fmt: str, color: bool) -> None
 def plan_against(desired: DesiredState, observed: ObservedState) -> Plan:
     from reconciler.planner import plan
 
-    return plan(desired, observed)
+    with solver_notices_to_stderr():
+        return plan(desired, observed)
+
+
+@contextmanager
+def solver_notices_to_stderr() -> Iterator[None]:
+    """HiGHS prints a few notices with C's printf whatever its output options say (one: a line about
+    `transformNewIntegerFeasibleSolution`, from some MIP solves). stdout carries what machines read (a plan's JSON,
+    the advice), so while the solvers run, file descriptor 1 is stderr."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def write_plan(path: Path, plan: Plan) -> None:

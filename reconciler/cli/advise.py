@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from reconciler.errors import UserError
@@ -45,22 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=run)
 
 
-@contextmanager
-def _solver_notices_to_stderr() -> Iterator[None]:
-    """HiGHS prints a few notices with C's printf whatever its output options say; stdout carries the advice (the
-    JSON interface), so while the solver runs, file descriptor 1 is stderr."""
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def run(args: argparse.Namespace) -> int:
     from reconciler.advise import AdviseSettings, Infeasible, advise, request_for
     from reconciler.cli import _planning
@@ -85,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                           tolerate=args.tolerate, keep=args.keep)
     settings = AdviseSettings()
     try:
-        with _solver_notices_to_stderr():
+        with _planning.solver_notices_to_stderr():
             advice = advise(request, settings)
     except Infeasible as exc:
         raise UserError(str(exc)) from None
