@@ -5,6 +5,10 @@ The relaxation with fixed counts is still a relaxation, so when it has no soluti
 When it has one, the nodes of different kinds share nothing, so each kind is a small exact problem of its own (a few
 nodes, the replicas the flows gave it) where the whole choice was one large one: a placement on every kind is a
 placement of everything. A kind whose share does not fit leaves the choice undecided (another split might fit).
+
+Each share is tried with the packer's greedy construction first, then, when that leaves something out, with the
+planner's whole packer (its searches find placements of large, nearly full shares that the exact model does not
+within its budget), and only then with the exact model, which can also prove a share does not fit.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from reconciler.advise import exact
 from reconciler.advise.flow import Relaxation
 from reconciler.advise.heuristic import pack
 from reconciler.advise.kinds import Group, Kind, problem_of
-from reconciler.packer import Item
+from reconciler.packer import Item, PackSettings, pack as full_pack
 
 Counts = tuple[int, ...]
+_PACKER_EXACT_BINS = PackSettings().exact_max_bins  # the packer solves pools up to this many GPUs exactly
 Spot = tuple[int, int, tuple[int, ...]]  # (kind, slot, GPU indices), as the exact model gives them
 
 
@@ -27,29 +32,31 @@ class SplitResult:
     spots: dict[int, list[Spot]] | None = None
     work: float = 0.0  # CP-SAT's deterministic time spent on the kinds' shares
     iterations: int = 0  # HiGHS's simplex iterations spent on the flows
+    packed: bool = False  # the planner's packer judged a share
 
 
 def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group, ...], counts: Counts,
           budget: float, seed: int = 0,
           max_nodes: int = 2_000, max_columns: int = 60_000, rounds: int = 8,
-          share_budget: float = 0.5, max_iterations: int = 10_000) -> SplitResult:
+          share_budget: float = 0.5, max_iterations: int = 10_000, pack_time: float = 0.0) -> SplitResult:
     flows = Relaxation(kinds, groups, counts, 0, max_nodes=max_nodes, max_columns=max_columns,
                        fixed=True, max_iterations=max_iterations)
     if not flows.built:
         return SplitResult(fits=None)
     known: dict[tuple[int, tuple], exact.ExactResult] = {}  # (kind, share) -> its exact check
     work = 0.0
+    packed = False
     for _ in range(rounds):
         if flows.iterations >= max_iterations:
-            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+            return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
         found = flows.next()
         if found.exhausted:
-            return SplitResult(fits=False, work=work, iterations=flows.iterations)
+            return SplitResult(fits=False, work=work, iterations=flows.iterations, packed=packed)
         if found.counts is None:
-            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+            return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
         shares = _shares(flows, len(kinds))
         if shares is None:
-            return SplitResult(fits=None, work=work, iterations=flows.iterations)
+            return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
         where: dict[int, Spot] = {}
         refused = undecided = False
         # Smallest shares first: a share that cannot fit is found before the large ones spend the budget.
@@ -59,6 +66,13 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
             key = (k, tuple(sorted((li, len(g.items)) for li, g in share)))
             if key not in known:
                 greedy = _greedy(items, kinds[k], counts[k], [g for _, g in share])
+                # The packer only where its searches go beyond the exact model's range: on fewer GPUs the exact
+                # model below is the better judge, and it can also prove a share does not fit.
+                if (greedy is None and not refused and pack_time > 0 and work < budget
+                        and counts[k] * len(kinds[k].caps) > _PACKER_EXACT_BINS):
+                    greedy = _packed(items, kinds[k], counts[k], [g for _, g in share], pack_time)
+                    work += pack_time
+                    packed = True
                 if greedy is not None:
                     where.update({item: (k, i, gpus) for item, (i, gpus) in greedy.items()})
                     continue
@@ -81,12 +95,12 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
                         where[item] = (k, i, gpus)
         if not refused:
             if undecided:
-                return SplitResult(fits=None, work=work, iterations=flows.iterations)
+                return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
             break
     else:
-        return SplitResult(fits=None, work=work, iterations=flows.iterations)
+        return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
     spots = {gi: [where[item] for item in g.items] for gi, g in enumerate(groups)}
-    return SplitResult(fits=True, spots=spots, work=work, iterations=flows.iterations)
+    return SplitResult(fits=True, spots=spots, work=work, iterations=flows.iterations, packed=packed)
 
 
 def _shares(flows: Relaxation, kinds: int) -> list[list[tuple[int, Group]]] | None:
@@ -112,8 +126,21 @@ def _greedy(items: tuple[Item, ...], kind: Kind, nodes: int,
     members = [item for g in share for item in g.items]
     slots = [(str(i), kind.caps) for i in range(nodes)]
     placed = pack(tuple(items[m] for m in members), slots)
+    return _spots(members, problem_of(tuple(items[m] for m in members), slots), placed)
+
+
+def _packed(items: tuple[Item, ...], kind: Kind, nodes: int, share: list[Group],
+            budget: float) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+    """The planner's packer on one kind's nodes, its CP-SAT stages within `budget` deterministic seconds (the
+    exact model of a small pool, the regroup search of a larger one): as `_greedy`."""
+    members = [item for g in share for item in g.items]
+    problem = problem_of(tuple(items[m] for m in members), [(str(i), kind.caps) for i in range(nodes)])
+    solution = full_pack(problem, PackSettings(exact_time=budget, regroup_time=budget))
+    return _spots(members, problem, solution.assignment)
+
+
+def _spots(members: list[int], problem, placed) -> dict[int, tuple[int, tuple[int, ...]]] | None:
     if not all(placed):
         return None
-    problem = problem_of(tuple(items[m] for m in members), slots)
     return {m: (int(problem.bins[bins[0]].node), tuple(problem.bins[b].index for b in bins))
             for m, bins in zip(members, placed)}

@@ -50,6 +50,10 @@ class AdviseSettings:
     split_max_iterations: int = 10_000  # simplex iterations of one choice's split over its kinds (`patterns.py`)
     split_max_nodes: int = 200  # branch-and-bound nodes of one solve of a split
     split_rounds: int = 8  # splits tried for one choice (each kind's share that cannot fit rules that share out)
+    # Deterministic seconds of the planner's packer on one kind's share the greedy construction leaves short (charged
+    # to exact_time in full): it places large, nearly full shares the exact model does not decide in its budget.
+    split_pack_time: float = 2.5
+    split_pack_checks: int = 1  # choices whose shares the planner's packer may judge, at most
     # The whole choice's exact model after an undecided split, only up to this many count variables: on
     # bench/advise.py's 30-model instances (over 1,000) it decided nothing the split left undecided, at 1.5 s each.
     exact_after_split: int = 600

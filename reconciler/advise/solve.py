@@ -76,13 +76,17 @@ class _Walk:
         self.spots: dict[Counts, dict] = {}  # exact placements of choices the exact model judged
         self.exact_for: Counts | None = None
         self.iterations = 0  # HiGHS's simplex iterations in pattern checks
+        self.packs_left = settings.split_pack_checks  # checks in which the planner's packer may judge shares
 
     @property
     def spent(self) -> bool:
         return (self.work >= self.settings.exact_time or self.checked >= self.settings.max_candidates
                 or self.judged >= self.settings.max_judged)
 
-    def verdict(self, counts: Counts) -> bool | None:
+    def verdict(self, counts: Counts, *, proving: bool = True) -> bool | None:
+        """Whether `counts` fits: True, False, or None (undecided within the budget). `proving`: no choice was found
+        to fit yet, so this one may be the advice; only then may the planner's packer judge a share (the runner-up is
+        only shown, and is not worth its time)."""
         self.judged += 1
         if self.judge.fits(counts):
             return True
@@ -97,7 +101,10 @@ class _Walk:
                                          seed=self.settings.seed, max_nodes=self.settings.split_max_nodes,
                                          max_columns=self.settings.flow_max_columns,
                                          max_iterations=self.settings.split_max_iterations,
-                                         rounds=self.settings.split_rounds)
+                                         rounds=self.settings.split_rounds,
+                                         pack_time=self.settings.split_pack_time if proving and self.packs_left else 0.0)
+            if by_patterns.packed:
+                self.packs_left -= 1
             self.work += by_patterns.work + _PER_SOLVE
             self.iterations += by_patterns.iterations
             if by_patterns.fits is not None:
@@ -147,7 +154,7 @@ class _Walk:
                     continue
             if best is not None and bound is not None:
                 break  # no proof to give: the runner-up is the heuristic's choice or none
-            fits = self.rules.met(found.counts) and self.verdict(found.counts)
+            fits = self.rules.met(found.counts) and self.verdict(found.counts, proving=best is None)
             if fits:
                 if best is None:
                     best = found.counts
@@ -158,7 +165,7 @@ class _Walk:
             if best is not None and self.spent:
                 break
             if fits is None:  # undecided: the proof stops here, the search goes on for a choice that fits
-                if bound is None:
+                if bound is None and best is None:  # after the cheapest, only the runner-up is left undecided
                     bound = found.cost
                 if self.spent:
                     break
@@ -197,7 +204,7 @@ class _Walk:
                     break
                 if best is not None and counts == best:
                     continue
-                fits = self.verdict(counts)
+                fits = self.verdict(counts, proving=best is None)
                 if fits is None and bound is None:
                     bound = cost
                 if fits:
