@@ -11,7 +11,6 @@ the capacity bound's (`bound.py`), checked per choice.
 from __future__ import annotations
 
 from reconciler.advise.kinds import Group, Kind
-from reconciler.desired import Spread
 
 Counts = tuple[int, ...]
 
