@@ -84,7 +84,8 @@ def search(items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group
     """The cheapest choice this search finds, or None when it finds none within the catalogue's maxima."""
     judge = Judge(items, kinds, tolerate)
     start = tuple(len(kind.kept) for kind in kinds)
-    found = [c for c in (_grow(judge, kinds, start, max_nodes), *_single_types(judge, kinds, groups, start))
+    most = tuple(useful_nodes(kind, groups, tolerate) for kind in kinds)
+    found = [c for c in (_grow(judge, kinds, start, max_nodes, most), *_single_types(judge, kinds, groups, start))
              if c is not None]
     if not found:
         return None
@@ -92,14 +93,26 @@ def search(items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group
     return min(found, key=lambda c: (cost(kinds, c), sum(c), c))
 
 
-def _grow(judge: Judge, kinds: tuple[Kind, ...], counts: Counts, max_nodes: int) -> Counts | None:
+def useful_nodes(kind: Kind, groups: tuple[Group, ...], tolerate: int) -> int:
+    """Nodes of `kind` beyond which one more holds nothing more: every replica it can host has a node of its own
+    model (and `tolerate` more fail)."""
+    return sum(-(-g.count // g.hosts(kind.caps)) for g in groups if g.hosts(kind.caps)) + tolerate
+
+
+def _grow(judge: Judge, kinds: tuple[Kind, ...], counts: Counts, max_nodes: int, most: Counts) -> Counts | None:
+    """Nodes added one at a time until the choice fits; None when none of a kind that may still help is left
+    (a catalogue whose maxima hold no choice ends here at once, not after `max_nodes`)."""
+
+    def room(k: int, kind: Kind) -> bool:
+        return not kind.fixed and _room(kind, counts, k) and counts[k] < most[k]
+
     while not judge.fits(counts):
         if sum(counts) >= max_nodes:
             return None
         now = judge.placed(counts)
         best, best_key = None, None
         for k, kind in enumerate(kinds):
-            if kind.fixed or not _room(kind, counts, k):
+            if not room(k, kind):
                 continue
             more = counts[:k] + (counts[k] + 1,) + counts[k + 1:]
             gain = judge.placed(more) - now
@@ -108,7 +121,7 @@ def _grow(judge: Judge, kinds: tuple[Kind, ...], counts: Counts, max_nodes: int)
             if gain > 0 and (best_key is None or key > best_key):
                 best, best_key = more, key
         if best is None:  # no single node helps: the node with the most room per price
-            options = [k for k, kind in enumerate(kinds) if not kind.fixed and _room(kind, counts, k)]
+            options = [k for k, kind in enumerate(kinds) if room(k, kind)]
             if not options:
                 return None
             k = max(options, key=lambda k: (sum(kinds[k].caps) * 10**6 // max(kinds[k].price, 1), -k))

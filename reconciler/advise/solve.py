@@ -257,7 +257,7 @@ def _limits(kinds: tuple[Kind, ...], groups: tuple[Group, ...], found: Counts | 
         if kind.fixed:
             out.append(len(kind.kept))
             continue
-        alone = sum(-(-g.count // g.hosts(kind.caps)) for g in groups if g.hosts(kind.caps)) + tolerate
+        alone = heuristic.useful_nodes(kind, groups, tolerate)
         n = alone if kind.limit is None else min(kind.limit, alone)
         if cap is not None and kind.price > 0:
             n = min(n, cap // kind.price)
