@@ -22,8 +22,8 @@ from reconciler.advise.kinds import Group, Kind, problem_of
 from reconciler.packer import Item, PackSettings, pack as full_pack
 
 Counts = tuple[int, ...]
-_PACKER_EXACT_BINS = PackSettings().exact_max_bins  # the packer solves pools up to this many GPUs exactly
 Spot = tuple[int, int, tuple[int, ...]]  # (kind, slot, GPU indices), as the exact model gives them
+_PACKER_EXACT_BINS = PackSettings().exact_max_bins  # the packer solves pools up to this many GPUs exactly
 
 
 @dataclass(frozen=True, slots=True)

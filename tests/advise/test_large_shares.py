@@ -6,7 +6,6 @@ was left unproven before the packer judged shares."""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 from pathlib import Path
 
 from reconciler.advise import AdviseSettings, advise
@@ -35,5 +34,5 @@ def test_a_large_nearly_full_share_is_placed_by_the_packer_and_the_advice_is_pro
     assert len(assignment) == len(request.items)
     assert violations(Problem(bins=tuple(bins), items=request.items), assignment) == []
     # Without the packer as a judge the same choice stays undecided: the cheapest found is then not proven.
-    without = advise(request, replace(AdviseSettings(), split_pack_checks=0))
+    without = advise(request, AdviseSettings(split_pack_checks=0))
     assert not without.proven

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from functools import reduce
+from math import gcd
+from random import Random
+
 from hypothesis import given, settings
+from ortools.sat.python import cp_model
 
 from reconciler.packer import Bin, Item, Problem, pack
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.firstfit import first_fit_decreasing
-from reconciler.packer.objective import score, violations
-from reconciler.packer.regroup import regroup
+from reconciler.packer.objective import level_keys, score, violations
+from reconciler.packer.regroup import _contents, _movable, _neighbourhood, _potential, _solve, regroup
 from reconciler.packer.solve import fits_on_a_node
 from tests.packer.test_floor import QUICK, middle_pools
 from tests.packer.test_packer import CI
@@ -62,20 +67,10 @@ def test_regroup_keeps_every_rule_never_loses_and_is_deterministic(problem: Prob
 @given(middle_pools())
 def test_a_neighbourhood_bounded_hopeless_is_one_cp_sat_cannot_improve(problem: Problem) -> None:
     # The bound that spares solves must be a bound: where it says no level can gain, the exact model finds nothing.
-    from random import Random
-
-    from functools import reduce
-    from math import gcd
-
-    from ortools.sat.python import cp_model
-
-    from reconciler.packer.objective import level_keys
-    from reconciler.packer.regroup import _contents, _movable, _neighbourhood, _potential, _solve
-
     start = pack(problem, QUICK).assignment  # after the searches, where most neighbourhoods are hopeless
     fits = fits_on_a_node(problem)
     movable = [_movable(item) for item in problem.items]
-    waiting = [i for i, where in enumerate(start) if where is None and fits(problem.items[i])]
+    waiting = [i for i, where in enumerate(start) if where is None and movable[i] and fits(problem.items[i])]
     if not waiting:
         return
     keys = level_keys(problem)
