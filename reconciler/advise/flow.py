@@ -218,6 +218,8 @@ class Relaxation:
         if self.done:
             return Next(counts=None, cost=0, bound=0, exhausted=True)
         h = self.h
+        # What is left of the budget, so that one solve cannot overrun it by a whole budget more.
+        h.setOptionValue("simplex_iteration_limit", max(1, self.max_iterations - self.iterations))
         h.run()
         status = h.getModelStatus()
         info = h.getInfo()

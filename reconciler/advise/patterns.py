@@ -8,7 +8,10 @@ placement of everything. A kind whose share does not fit leaves the choice undec
 
 Each share is tried with the packer's greedy construction first, then, when that leaves something out, with the
 planner's whole packer (its searches find placements of large, nearly full shares that the exact model does not
-within its budget), and only then with the exact model, which can also prove a share does not fit.
+within its budget), and only then with the exact model, which can also prove a share does not fit. A share that
+does not fit is shrunk to a core that does not fit either (`_core`: the exact model drops labels and replicas while
+it still proves so), and the flows rule out every share holding that core: on a node of four GPUs, two 76 GiB
+replicas and a 76 GiB gang of two leave no pair of GPUs for a 20 GiB gang of two, whatever else the share holds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from reconciler.packer import Item, PackSettings, pack as full_pack
 Counts = tuple[int, ...]
 Spot = tuple[int, int, tuple[int, ...]]  # (kind, slot, GPU indices), as the exact model gives them
 _PACKER_EXACT_BINS = PackSettings().exact_max_bins  # the packer solves pools up to this many GPUs exactly
+# Building a small model costs work its deterministic time hardly counts: charged per check of a share's core.
+_PER_CORE_CHECK = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +42,9 @@ class SplitResult:
 
 def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Group, ...], counts: Counts,
           budget: float, seed: int = 0,
-          max_nodes: int = 2_000, max_columns: int = 60_000, rounds: int = 8,
-          share_budget: float = 0.5, max_iterations: int = 10_000, pack_time: float = 0.0) -> SplitResult:
+          max_nodes: int = 2_000, max_columns: int = 60_000, rounds: int = 20,
+          share_budget: float = 0.5, max_iterations: int = 60_000, pack_time: float = 0.0,
+          core_budget: float = 0.2) -> SplitResult:
     flows = Relaxation(kinds, groups, counts, 0, max_nodes=max_nodes, max_columns=max_columns,
                        fixed=True, max_iterations=max_iterations)
     if not flows.built:
@@ -85,7 +91,9 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
                 work += known[key].work
             result = known[key]
             if result.infeasible:  # this kind cannot hold this share: the flows must split otherwise
-                flows.forbid_share(k, dict(key[1]))
+                core, spent = _core(kinds[k], counts[k], share, seed=seed, budget=core_budget)
+                work += spent
+                flows.forbid_share(k, core)
                 refused = True
             elif result.counts is None:
                 undecided = True
@@ -101,6 +109,37 @@ def check(*, items: tuple[Item, ...], kinds: tuple[Kind, ...], groups: tuple[Gro
         return SplitResult(fits=None, work=work, iterations=flows.iterations, packed=packed)
     spots = {gi: [where[item] for item in g.items] for gi, g in enumerate(groups)}
     return SplitResult(fits=True, spots=spots, work=work, iterations=flows.iterations, packed=packed)
+
+
+def _core(kind: Kind, nodes: int, share: list[tuple[int, Group]], *, seed: int,
+          budget: float) -> tuple[dict[int, int], float]:
+    """A part of a share that a kind's nodes cannot hold either, as small as the exact model shows within `budget`:
+    (replicas per label, work spent). Ruling out the part rules out every share that holds it, so the flows' next
+    split differs where it matters instead of by one replica of a label that never mattered."""
+    need = {li: len(g.items) for li, g in share}
+    groups = dict(share)
+    work = 0.0
+
+    def infeasible(trial: dict[int, int]) -> bool:
+        nonlocal work
+        if work >= budget or not trial:
+            return False
+        parts = tuple(Group(model=groups[li].model, items=groups[li].items[:n], vram=groups[li].vram,
+                            gpus=groups[li].gpus, spread=groups[li].spread) for li, n in trial.items() if n)
+        result = exact.solve(kinds=(kind,), groups=parts, limits=(nodes,), tolerate=0,
+                             budget=max(0.01, min(budget / 4, budget - work)), seed=seed, bought=True)
+        work += result.work + _PER_CORE_CHECK
+        return result.infeasible
+
+    # Whole labels first, the smallest replicas first (the large ones are usually why), then fewer of each kept.
+    for li in sorted(need, key=lambda li: (groups[li].vram * groups[li].gpus, li)):
+        trial = {**need, li: 0}
+        if infeasible(trial):
+            need = trial
+    for li in sorted(need, key=lambda li: (groups[li].vram * groups[li].gpus, li)):
+        while need[li] > 1 and infeasible({**need, li: need[li] - 1}):
+            need[li] -= 1
+    return {li: n for li, n in need.items() if n}, work
 
 
 def _shares(flows: Relaxation, kinds: int) -> list[list[tuple[int, Group]]] | None:

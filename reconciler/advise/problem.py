@@ -47,9 +47,13 @@ class AdviseSettings:
     max_relaxed: int = 60  # choices the arc-flow relaxation proposes at most (each one HiGHS solve)
     flow_max_nodes: int = 2_000  # branch-and-bound nodes of one relaxation solve
     flow_max_iterations: int = 30_000  # simplex iterations of all relaxation solves (HiGHS's count of its work)
-    split_max_iterations: int = 10_000  # simplex iterations of one choice's split over its kinds (`patterns.py`)
+    # Simplex iterations of one choice's split over its kinds (`patterns.py`). A split solve takes 2,000-16,000; a
+    # nearly full choice needs several splits before one fits everywhere (bench/advise.py's seed 1 at 30 models: 6
+    # splits, 50,000 iterations, 5 s of the 7 s it takes), and the whole walk's flow_max_iterations stop it after.
+    split_max_iterations: int = 60_000
     split_max_nodes: int = 200  # branch-and-bound nodes of one solve of a split
-    split_rounds: int = 8  # splits tried for one choice (each kind's share that cannot fit rules that share out)
+    split_rounds: int = 20  # splits tried for one choice (each kind's share that cannot fit rules out its core)
+    split_core_time: float = 0.2  # deterministic seconds of exact checks shrinking a share that does not fit
     # Deterministic seconds of the planner's packer on one kind's share the greedy construction leaves short (charged
     # to exact_time in full): it places large, nearly full shares the exact model does not decide in its budget.
     split_pack_time: float = 2.5

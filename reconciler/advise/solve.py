@@ -102,6 +102,7 @@ class _Walk:
                                          max_columns=self.settings.flow_max_columns,
                                          max_iterations=self.settings.split_max_iterations,
                                          rounds=self.settings.split_rounds,
+                                         core_budget=self.settings.split_core_time,
                                          pack_time=self.settings.split_pack_time if proving and self.packs_left else 0.0)
             if by_patterns.packed:
                 self.packs_left -= 1
