@@ -100,7 +100,8 @@ class _Walk:
                                          budget=min(self.settings.check_time, self.settings.exact_time - self.work),
                                          seed=self.settings.seed, max_nodes=self.settings.split_max_nodes,
                                          max_columns=self.settings.flow_max_columns,
-                                         max_iterations=self.settings.split_max_iterations,
+                                         max_iterations=(self.settings.split_max_iterations if proving
+                                                         else self.settings.split_runner_up_iterations),
                                          rounds=self.settings.split_rounds,
                                          core_budget=self.settings.split_core_time,
                                          pack_time=self.settings.split_pack_time if proving and self.packs_left else 0.0)
