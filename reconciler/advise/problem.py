@@ -51,8 +51,10 @@ class AdviseSettings:
     # nearly full choice needs several splits before one fits everywhere (bench/advise.py's seed 1 at 30 models: 6
     # splits, 50,000 iterations, 5 s of the 7 s it takes), and the whole walk's flow_max_iterations stop it after.
     split_max_iterations: int = 60_000
-    # The same for a choice judged only as the runner-up (shown, not proven): no more than one split needs.
+    # The same for a choice judged only as the runner-up (shown, not proven), and its splits: a proof's budget spent
+    # there took 9.5 of the 16 s of bench/advise.py's seed 16 at 30 models.
     split_runner_up_iterations: int = 10_000
+    split_runner_up_rounds: int = 2
     split_max_nodes: int = 200  # branch-and-bound nodes of one solve of a split
     split_rounds: int = 20  # splits tried for one choice (each kind's share that cannot fit rules out its core)
     split_core_time: float = 0.2  # deterministic seconds of exact checks shrinking a share that does not fit

@@ -102,7 +102,8 @@ class _Walk:
                                          max_columns=self.settings.flow_max_columns,
                                          max_iterations=(self.settings.split_max_iterations if proving
                                                          else self.settings.split_runner_up_iterations),
-                                         rounds=self.settings.split_rounds,
+                                         rounds=(self.settings.split_rounds if proving
+                                                 else self.settings.split_runner_up_rounds),
                                          core_budget=self.settings.split_core_time,
                                          pack_time=self.settings.split_pack_time if proving and self.packs_left else 0.0)
             if by_patterns.packed:
