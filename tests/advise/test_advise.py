@@ -165,14 +165,20 @@ def tiny(draw):
         mem = draw(st.lists(st.sampled_from((8, 16, 24)), min_size=1, max_size=2))
         types.append(NodeType(name=f"t{t}", gpus=tuple(GpuSpec("g", m * GiB) for m in mem),
                               price=draw(st.integers(1, 9)) * PRICE_UNIT, max=draw(st.sampled_from((None, 1, 2)))))
+    items = tiny_items(draw, models=3, replicas=2)
+    return Request(items=items, types=tuple(types), tolerate=draw(st.sampled_from((0, 0, 1))))
+
+
+def tiny_items(draw, *, models: int, replicas: int) -> tuple[Item, ...]:
+    """Up to `models` models of up to `replicas` replicas each, at small sizes, some TP-2, some spread."""
     items = []
-    for m in range(draw(st.integers(1, 3))):
+    for m in range(draw(st.integers(1, models))):
         vram = draw(st.sampled_from((4, 6, 8, 12, 16)))
         gpus = draw(st.sampled_from((1, 1, 2)))
         spread = draw(st.sampled_from((Spread.NONE, Spread.NONE, Spread.GPU, Spread.NODE)))
         items += [Item(model=f"m{m}", replica=r, vram=vram * GiB, gpus=gpus, spread=spread)
-                  for r in range(draw(st.integers(1, 2)))]
-    return Request(items=tuple(items), types=tuple(types), tolerate=draw(st.sampled_from((0, 0, 1))))
+                  for r in range(draw(st.integers(1, replicas)))]
+    return tuple(items)
 
 
 def _brute_cheapest(request: Request, most: int = 4) -> int | None:

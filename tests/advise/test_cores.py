@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from reconciler.advise import AdviseSettings, advise, patterns
+from reconciler.advise import AdviseSettings, patterns
 from reconciler.advise.kinds import Kind, groups_of
-from reconciler.desired import GpuSpec, Spread
+from reconciler.desired import GpuSpec
 from reconciler.packer import Item
 
-from .test_advise import _fits_brute
-from .test_large_shares import _instance, _placement_is_valid
+from .test_advise import _fits_brute, tiny_items
+from .test_large_shares import assert_proven_only_with
 
 GiB = 1 << 30
 
@@ -38,14 +38,8 @@ def test_the_core_of_a_node_with_no_pair_left_for_a_gang_is_what_takes_the_pairs
 @st.composite
 def infeasible_share(draw):
     caps = tuple(draw(st.lists(st.sampled_from((8, 16, 24)), min_size=1, max_size=3)))
-    items = []
-    for m in range(draw(st.integers(1, 4))):
-        vram = draw(st.sampled_from((4, 6, 8, 12, 16)))
-        gpus = draw(st.sampled_from((1, 1, 2)))
-        spread = draw(st.sampled_from((Spread.NONE, Spread.NONE, Spread.GPU, Spread.NODE)))
-        items += [Item(model=f"m{m}", replica=r, vram=vram * GiB, gpus=gpus, spread=spread)
-                  for r in range(draw(st.integers(1, 3)))]
-    return tuple(c * GiB for c in caps), tuple(items), draw(st.integers(1, 2))
+    items = tiny_items(draw, models=4, replicas=3)
+    return tuple(c * GiB for c in caps), items, draw(st.integers(1, 2))
 
 
 @hsettings(max_examples=40)
@@ -67,9 +61,4 @@ def test_a_nearly_full_choice_is_proven_once_cores_rule_out_shares():
     """bench/advise.py's 30-model instance of seed 1: its cheapest choice fills 3,600 of 3,632 GiB. The split's first
     shares do not fit on the node of four GPUs or on the node of eight 141 GiB ones; ruled out one share at a time,
     the split's budget ran out before one fitted everywhere, and the advice was not proven."""
-    request = _instance(1, 30)
-    advice = advise(request)
-    assert advice.proven and advice.choice.cost == advice.bound, (advice.choice, advice.bound)
-    assert _placement_is_valid(request, advice)
-    without = advise(request, AdviseSettings(split_core_time=0.0))
-    assert not without.proven
+    assert_proven_only_with(1, AdviseSettings(split_core_time=0.0))

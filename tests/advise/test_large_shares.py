@@ -23,13 +23,18 @@ def _instance(seed: int, models: int):
 
 
 def test_a_large_nearly_full_share_is_placed_by_the_packer_and_the_advice_is_proven():
-    request = _instance(0, 30)
+    # Without the packer as a judge the same choice stays undecided: the cheapest found is then not proven.
+    assert_proven_only_with(0, AdviseSettings(split_pack_checks=0))
+
+
+def assert_proven_only_with(seed: int, without: AdviseSettings) -> None:
+    """bench/advise.py's 30-model instance of `seed` is proven cheapest, its placement keeps every rule, and with
+    the settings `without` (a part of the search turned off) it is not proven."""
+    request = _instance(seed, 30)
     advice = advise(request)
     assert advice.proven and advice.choice.cost == advice.bound, (advice.choice, advice.bound)
     assert _placement_is_valid(request, advice)
-    # Without the packer as a judge the same choice stays undecided: the cheapest found is then not proven.
-    without = advise(request, AdviseSettings(split_pack_checks=0))
-    assert not without.proven
+    assert not advise(request, without).proven
 
 
 def _placement_is_valid(request, advice) -> bool:
