@@ -22,6 +22,10 @@ from reconciler.planner import PlanSettings, plan
 GiB = 1 << 30
 
 
+def gib(levels: tuple[int, ...]) -> list[float]:
+    return [round(v / GiB, 1) for v in levels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", type=float, default=240.0)
@@ -39,10 +43,6 @@ def main() -> None:
         cpu = time.process_time() - cpu
         reference = tuple(cached[name]["levels"])
         best = max(mine, reference, longer.score.levels)
-
-        def gib(levels: tuple[int, ...]) -> list[float]:
-            return [round(v / GiB, 1) for v in levels]
-
         print(f"{name}: plan {gib(mine)}, cached reference {gib(reference)}, {args.budget:g} s solve "
               f"{gib(longer.score.levels)} (levels proven: {longer.levels_optimal}, {cpu:.0f} CPU s); "
               f"plan / best known {_level_ratio(mine, best):.4f}", flush=True)

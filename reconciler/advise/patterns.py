@@ -122,10 +122,10 @@ def _core(kind: Kind, nodes: int, share: list[tuple[int, Group]], *, seed: int,
 
     def infeasible(trial: dict[int, int]) -> bool:
         nonlocal work
-        if work >= budget or not trial:
-            return False
         parts = tuple(Group(model=groups[li].model, items=groups[li].items[:n], vram=groups[li].vram,
                             gpus=groups[li].gpus, spread=groups[li].spread) for li, n in trial.items() if n)
+        if work >= budget or not parts:  # nothing at all always fits
+            return False
         result = exact.solve(kinds=(kind,), groups=parts, limits=(nodes,), tolerate=0,
                              budget=max(0.01, min(budget / 4, budget - work)), seed=seed, bought=True)
         work += result.work + _PER_CORE_CHECK

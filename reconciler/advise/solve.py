@@ -105,7 +105,8 @@ class _Walk:
                                          rounds=(self.settings.split_rounds if proving
                                                  else self.settings.split_runner_up_rounds),
                                          core_budget=self.settings.split_core_time,
-                                         pack_time=self.settings.split_pack_time if proving and self.packs_left else 0.0)
+                                         pack_time=(self.settings.split_pack_time if proving and self.packs_left
+                                                    else 0.0))
             if by_patterns.packed:
                 self.packs_left -= 1
             self.work += by_patterns.work + _PER_SOLVE

@@ -8,7 +8,8 @@ for its graph, and a bin-freeing local search improves what is still above the l
 deterministic budget, solves pools up to 16 GPUs and 150 replicas on the whole objective unless bounds already prove
 the heuristic optimal; in larger pools, after a subset-sum refill of the first level left short, it re-solves a few
 GPUs at a time (the regroup search, up to 64 GPUs) or a window of nodes (a fleet) for replicas the heuristic left
-out (a pool asked for more than it holds frees no GPUs: that cannot improve the objective). First-fit decreasing is a floor: no plan places less of the first level where they differ.
+out (a pool asked for more than it holds frees no GPUs: that cannot improve the objective). First-fit decreasing is
+a floor: no plan places less of the first level where they differ.
 Gaps are reported against the tightest of the room, subset-sum and configuration-LP bounds.
 """
 

@@ -36,14 +36,15 @@ def test_the_core_of_a_node_with_no_pair_left_for_a_gang_is_what_takes_the_pairs
 
 
 @st.composite
-def infeasible_share(draw):
+def tiny_share(draw):
+    """GPUs of one node, replicas, and how many such nodes; the test keeps the shares that do not fit."""
     caps = tuple(draw(st.lists(st.sampled_from((8, 16, 24)), min_size=1, max_size=3)))
     items = tiny_items(draw, models=4, replicas=3)
     return tuple(c * GiB for c in caps), items, draw(st.integers(1, 2))
 
 
 @hsettings(max_examples=40)
-@given(infeasible_share())
+@given(tiny_share())
 def test_a_core_is_part_of_the_share_and_does_not_fit_either(case):
     caps, items, nodes = case
     hosts = [caps] * nodes
