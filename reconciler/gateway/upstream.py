@@ -9,6 +9,9 @@ The gateway proves itself to replicas with the cluster's secret (``Authorization
 else. It asks for an uncompressed answer and passes a ``Content-Encoding`` on if a replica compresses anyway. Each
 request gets an id of the gateway's own: a client's ``X-Request-Id`` is echoed back to it, never used as the engine's
 request id (an engine refuses or confuses duplicates).
+
+Requests travel on the gateway's own HTTP/1.1 client (``wire``), kept-alive per replica; a stream's chunks go from the
+replica's socket to the client's in the callback that read them (``relay``).
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from reconciler.desired import ApiKey
-from reconciler.gateway import errors, routing
+from reconciler.gateway import errors, routing, wire
 from reconciler.gateway.errors import GatewayError
 from reconciler.gateway.observer import Observer
 from reconciler.gateway.retry import Decision, Failure, Outcome, Stage, decide
+from reconciler.gateway.relay import StreamRelay
 from reconciler.gateway.usage import StreamTap, counts
 from reconciler.settings import GatewayLimits
 
@@ -38,11 +41,8 @@ RESOLVE_TIMEOUT_S = 5.0  # a replica still starting may take a moment to say whe
 EJECT_FOR_S = 2.0  # after a failure, other replicas go first for this long
 RETRY_AFTER_S = 5
 EVENT_STREAM = "text/event-stream"
-ENGINE_STATE_HEADER = "X-Engine-State"  # "dead" on a replica's 503 when its engine is gone: safe to retry elsewhere
+ENGINE_STATE_HEADER = "x-engine-state"  # "dead" on a replica's 503 when its engine is gone: safe to retry elsewhere
 COUNT_LIMIT = 16 << 20  # bytes of a compressed answer decompressed to read its usage, at most
-# A stream whose client has bytes unsent (its socket is full) is written under the stream_gap deadline; a client that
-# keeps up has none, so the fast path sets no timer per chunk.
-SLOW_CLIENT_BYTES = 0
 
 
 @dataclass
@@ -66,14 +66,6 @@ class _Failed(Exception):
         self.failure = failure
 
 
-def _failure(exc: BaseException) -> Failure:
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return Failure.TIMEOUT
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return Failure.TRUNCATED
-    return Failure.RESET
-
-
 def _count_from(payload: bytes, encoding: str) -> tuple[int, int]:
     if not encoding or encoding == "identity":
         return counts(payload)
@@ -95,29 +87,19 @@ class Upstream:
         self.gone_until: dict[str, float] = {}
         self.in_flight: dict[str, int] = {}
         self._turn = itertools.count()
-        self.session: aiohttp.ClientSession | None = None
+        self.pool = wire.Pool()
         self.restarting: dict[str, int] = {}  # requests waiting for a model's replacement replica, by model
         self.restart_queue = 256  # the most of them per model; the gateway sets its queue_limit
         # Request ids: this gateway's random prefix and a count, unique across gateways and restarts without a
         # call for randomness per request (uuid4 was a measurable share of a request's own work here).
         self._ids = itertools.count()
         self._id_prefix = os.urandom(8).hex()
-        # Streams: the first chunk and each next one within stream_gap. Whole answers: within answer_timeout.
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.upstream_connect,
-                                                     sock_read=limits.stream_gap)
-        self._answer_timeout = aiohttp.ClientTimeout(total=limits.answer_timeout, sock_connect=limits.upstream_connect)
 
     async def open(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.upstream_connect),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.pool = wire.Pool()
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        self.pool.close()
 
     def forget_apps(self, known: set[str]) -> list[str]:
         """Drop what is known of replicas that left the table; the ones dropped."""
@@ -189,81 +171,93 @@ class Upstream:
 
     async def _try(self, request: web.Request, *, app: str, model: str, path: str, raw: bytes, stream: bool,
                    strip_usage: bool, call: Call) -> web.StreamResponse:
-        assert self.session is not None
         url = await self._url(app)
-        timeout = self._stream_timeout if stream else self._answer_timeout
+        limits = self.limits
         try:
-            upstream = await self.session.post(url + path, data=raw, headers=self._headers(), timeout=timeout)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            exchange = await self.pool.send(url, path, self._headers(), raw, connect_timeout=limits.upstream_connect)
+        except wire.Refused:
             raise _Failed(Stage.CONNECTING, Failure.REFUSED) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _Failed(Stage.WAITING, _failure(exc)) from None
+        # A stream's header, like each of its chunks, within stream_gap; a whole answer within answer_timeout.
+        deadline = time.monotonic() + (limits.stream_gap if stream else limits.answer_timeout)
         try:
-            if upstream.status == 503 and upstream.headers.get(ENGINE_STATE_HEADER) == "dead":
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await exchange.answered()
+            except TimeoutError:
+                raise _Failed(Stage.WAITING, Failure.TIMEOUT) from None
+            except wire.WireError:
+                raise _Failed(Stage.WAITING, Failure.RESET) from None
+            status, upstream = exchange.status, exchange.headers
+            if status == 503 and upstream.get(ENGINE_STATE_HEADER) == "dead":
                 raise _Failed(Stage.WAITING, Failure.ENGINE_DEAD)
-            headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json")}
-            encoding = upstream.headers.get("Content-Encoding", "")
+            content_type = upstream.get("content-type", "application/json")
+            headers = {"Content-Type": content_type}
+            encoding = upstream.get("content-encoding", "")
             if encoding:
                 headers["Content-Encoding"] = encoding
             if call.client_request_id:
                 headers["X-Request-Id"] = call.client_request_id
-            if upstream.headers.get("Content-Type", "").startswith(EVENT_STREAM):
-                answer = await self._relay(request, upstream, headers, call,
-                                           strip_usage=strip_usage and not encoding)
-            else:
-                try:
-                    payload = await upstream.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    raise _Failed(Stage.READING, _failure(exc)) from None
-                if upstream.status >= 500 and not _is_envelope(payload, encoding):
-                    raise _Opaque(upstream.status)
-                answer = web.Response(body=payload, status=upstream.status, headers=headers)
-                if upstream.status == 200:
-                    call.prompt, call.completion = _count_from(payload, encoding)
+            if content_type.startswith(EVENT_STREAM):
+                return await self._relay(request, exchange, status, headers, call, app=app,
+                                         strip_usage=strip_usage and not encoding)
+            if stream:
+                deadline = time.monotonic() + limits.answer_timeout
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    payload = await exchange.body()
+            except TimeoutError:
+                raise _Failed(Stage.READING, Failure.TIMEOUT) from None
+            except wire.WireError:
+                raise _Failed(Stage.READING, Failure.TRUNCATED) from None
+            if status >= 500 and not _is_envelope(payload, encoding):
+                raise _Opaque(status)
+            if status == 200:
+                call.prompt, call.completion = _count_from(payload, encoding)
+            return web.Response(body=payload, status=status, headers=headers)
         except BaseException:
             # Cancelled (the client left) or failed: drop the connection, so the replica sees the request end and
             # the engine aborts it rather than generating for nobody.
-            upstream.close()
+            exchange.abort()
             raise
-        upstream.release()
-        return answer
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
-                     call: Call, *, strip_usage: bool) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers={**headers, "Cache-Control": "no-cache"})
+    async def _relay(self, request: web.Request, exchange: wire.Exchange, status: int, headers: dict[str, str],
+                     call: Call, *, app: str, strip_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        tap = StreamTap(strip=strip_usage)
-        first = True
-        transport = request.transport
-        try:
-            async for chunk in upstream.content.iter_any():
-                out = tap.feed(chunk)
-                if out:
-                    if transport is not None and transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
-                        # A client that stopped reading: its wait is bounded like the engine's, then it is let go.
-                        try:
-                            async with asyncio.timeout(self.limits.stream_gap):
-                                await response.write(out)
-                        except TimeoutError:
-                            transport.close()
-                            upstream.close()
-                            return response
-                    else:
-                        await response.write(out)
-                    if first:
-                        first = False
-                        self.observer.first_token(model=call.model, key=call.key_name,
-                                                  seconds=time.monotonic() - call.started)
-            rest = tap.rest()
-            if rest:
-                await response.write(rest)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            # Bytes may have gone out already: the client gets the failure in the stream, as vLLM reports its own.
-            decision = decide(Stage.STREAMING, _failure(exc))
-            if decision.eject:
-                self._eject_url(upstream)
-            await response.write(errors.upstream_broke(call.model).sse())
-            await response.write(b"data: [DONE]\n\n")
+        await response.write(b"")  # the header goes out now: the chunks follow straight to the client's socket
+        observer = self.observer
+        relay = StreamRelay(request.transport, StreamTap(strip=strip_usage), exchange, on_first=lambda: (
+            observer.first_token(model=call.model, key=call.key_name, seconds=time.monotonic() - call.started)))
+        exchange.relay(relay.feed)
+        gap = self.limits.stream_gap
+        failure: Failure | None = None
+        while not exchange.ended.done():
+            if relay.gone:  # the client left: its handler is being cancelled
+                exchange.abort()
+                return response
+            if relay.slow:
+                if not await relay.drained(gap):  # a client that stopped reading is let go, like a silent engine
+                    if request.transport is not None:
+                        request.transport.close()
+                    exchange.abort()
+                    return response
+                continue
+            left = exchange.last_chunk + gap - time.monotonic()
+            if left <= 0:
+                failure = Failure.TIMEOUT
+                break
+            await relay.wait(left)
+        if failure is None and exchange.error is not None:
+            failure = Failure.TRUNCATED
+        tap = relay.tap
+        if failure is not None:
+            # Bytes went out already: the client gets the failure in the stream, as vLLM reports its own.
+            exchange.abort()
+            if decide(Stage.STREAMING, failure).eject:
+                self._eject(app)
+            relay.write(errors.upstream_broke(call.model).sse() + b"data: [DONE]\n\n")
+        elif rest := tap.rest():
+            relay.write(rest)
         call.prompt, call.completion = tap.prompt, tap.completion
         await response.write_eof()
         return response
@@ -292,12 +286,6 @@ class Upstream:
     def _eject(self, app: str) -> None:
         self.urls.pop(app, None)  # Serve may have restarted it on another port: ask again next time
         self.gone_until[app] = time.monotonic() + EJECT_FOR_S
-
-    def _eject_url(self, upstream: aiohttp.ClientResponse) -> None:
-        base = f"{upstream.url.scheme}://{upstream.url.host}:{upstream.url.port}"
-        for app, url in list(self.urls.items()):
-            if url == base:
-                self._eject(app)
 
 
 class _Opaque(Exception):
