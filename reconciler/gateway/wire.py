@@ -263,7 +263,9 @@ class Pool:
         now = time.monotonic()
         while conns:
             conn = conns.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_S:
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing() \
+                    and now - conn.idle_since < IDLE_S:
                 return conn
             conn.close()
         return None
