@@ -12,8 +12,8 @@ same engine settings; both stay up for the whole run. Then, in rounds of a fixed
 - the same streamed at concurrency 8 and 32: time to first token (first content chunk);
 - in those rows, the CPU time per request of the processes on each path (the gateway's and the replica's, against
   vLLM's server): a figure that, unlike requests/s, hardly moves with what else the machine runs;
-- the tiny LLaMA straight to its replica's own endpoint (no gateway) against vLLM's server at 8 and 32: what the
-  replica process itself costs (it is a Ray worker hosting a Serve replica besides vLLM's app);
+- the tiny LLaMA straight to its replica's own endpoint (no gateway) against vLLM's server at 8 and 32, whole and
+  streamed: what the replica process itself costs (it is a Ray worker hosting a Serve replica besides vLLM's app);
 - the echo engine at concurrency 1 and 32, through the gateway and straight to its replica's own endpoint, which
   isolates what the gateway hop costs. (In these rows the "gateway" columns are the path named first.)
 
@@ -292,6 +292,10 @@ def main() -> int:
             compare("tiny LLaMA straight to its replica's endpoint (peer: vLLM's server)",
                     f"{tiny_direct}/chat/completions", f"{vllm_base}/chat/completions", chat, args, concurrency=c,
                     headers={"gateway": replica_auth})
+        for c in (8, 32):  # the same for streams: how much of the streamed rows' gap is the replica's, not the hop's
+            compare("same, streamed straight to its replica's endpoint (peer: vLLM's server)",
+                    f"{tiny_direct}/chat/completions", f"{vllm_base}/chat/completions", {**chat, "stream": True}, args,
+                    concurrency=c, stream=True, headers={"gateway": replica_auth})
         echo = {"model": "echo", "messages": PROMPT}
         for c in (1, 32):
             compare("echo (peer: its replica's own endpoint)", f"{base}/chat/completions",
