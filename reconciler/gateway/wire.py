@@ -23,6 +23,7 @@ import httptools
 
 IDLE_S = 30.0  # a kept-alive connection unused this long is closed rather than reused (replicas keep theirs 75 s)
 IDLE_PER_REPLICA = 256  # kept-alive connections kept per replica, at most
+HEADER_BYTES = 64 << 10  # an answer's header beyond this is not HTTP from a replica (aiohttp's bound is 8 KiB a line)
 
 Sink = Callable[[bytes], None]
 
@@ -142,7 +143,7 @@ class Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("pool", "key", "transport", "parser", "exchange", "_header_name", "_headers", "idle_since",
+    __slots__ = ("pool", "key", "transport", "parser", "exchange", "_headers", "_header_bytes", "idle_since",
                  "closed")
 
     def __init__(self, pool: "Pool", key: tuple[str, int]) -> None:
@@ -152,6 +153,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self._headers: dict[str, str] = {}
+        self._header_bytes = 0
         self.idle_since = 0.0
         self.closed = False
 
@@ -183,8 +185,12 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > HEADER_BYTES:
+            raise Malformed("an answer's header too large")  # the parser stops: the connection fails as malformed
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

@@ -211,3 +211,21 @@ def test_an_aborted_exchange_closes_its_connection_and_is_never_reused():
         pool.close()
 
     _run(slow, test)
+
+
+def test_an_answer_header_beyond_the_bound_fails_as_malformed():
+    async def endless_header(reader, writer, seen):
+        seen.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(wire.HEADER_BYTES // 1000 + 2):
+            writer.write(b"X-Filler-%d: %b\r\n" % (n, b"f" * 1000))
+        writer.write(b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def test(base, seen, opened):
+        exchange = await wire.Pool().send(base, "/x", {}, b"{}", connect_timeout=1)
+        with pytest.raises(wire.Malformed):
+            await exchange.answered()
+
+    _run(endless_header, test)
