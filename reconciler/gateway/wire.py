@@ -99,8 +99,10 @@ class Exchange:
             transport.pause_reading()
 
     def resume(self) -> None:
+        """Read again after ``pause``; the gap since the last chunk restarts (the replica was not the one waiting)."""
         transport = self._conn.transport
         if not self.complete and transport is not None and not transport.is_closing():  # a pooled one is not ours
+            self.last_chunk = time.monotonic()
             transport.resume_reading()
 
     def abort(self) -> None:

@@ -305,6 +305,44 @@ def test_a_stream_whose_replica_goes_silent_ends_with_an_error_event_after_the_g
     assert lines[0].startswith("data: {\"choices\"") and '"upstream_error"' in lines[1] and lines[-1] == "data: [DONE]"
 
 
+def test_a_client_that_pauses_within_the_gap_gets_the_whole_stream(tight):
+    """Reading from the replica pauses while the client's socket is full and resumes when it drains: a client that
+    pauses (each time for most of the gap) is slowed down to, not let go, and gets every event."""
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "%s"}}]}\n\n' % (b"x" * 4000)
+    events = 400  # 1.6 MB: more than the sockets between them hold, so the gateway's buffer fills while paused
+
+    async def fast(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(events):
+            writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+            await writer.drain()
+        done = b"data: [DONE]\n\n"
+        writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done))
+        await writer.drain()
+
+    add_raw(tight, "chat-0", fast)
+    tight.publish(route("chat", "chat-0"))
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(host_port(tight))
+    body = json.dumps({"model": "chat", "stream": True, "messages": []}).encode()
+    reader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    reader.settimeout(10)
+    got = bytearray()
+    pauses = 0
+    while not got.endswith(b"0\r\n\r\n"):
+        if pauses < 3 and len(got) > (pauses + 1) * 200_000:
+            time.sleep(0.8 * TIGHT.stream_gap)  # most of the gap, three times
+            pauses += 1
+        chunk = reader.recv(65536)
+        assert chunk, "the gateway closed the stream"
+        got += chunk
+    reader.close()
+    assert pauses == 3
+    assert b"upstream_error" not in got and got.count(b"x" * 4000) == events and b"data: [DONE]" in got
+
+
 def test_a_clients_request_id_is_echoed_but_never_the_engines(tight):
     async def answer(writer: asyncio.StreamWriter) -> None:
         writer.write(raw_answer("200 OK", b'{"object": "list", "data": []}', Content_Type="application/json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -229,3 +230,33 @@ def test_an_answer_header_beyond_the_bound_fails_as_malformed():
             await exchange.answered()
 
     _run(endless_header, test)
+
+
+def test_a_paused_exchange_reads_nothing_until_resumed_and_its_gap_restarts_then():
+    async def two_chunks(reader, writer, seen):
+        seen.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%b\r\n" % (len(b"data: 1\n\n"), b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(_chunked(b"data: 2\n\n"))
+        await writer.drain()
+        await reader.read()
+
+    async def test(base, seen, opened):
+        exchange = await wire.Pool().send(base, "/x", {}, b"{}", connect_timeout=1)
+        await exchange.answered()
+        got: list[bytes] = []
+        exchange.relay(got.append)
+        while not got:
+            await asyncio.sleep(0.01)
+        exchange.pause()
+        await asyncio.sleep(0.5)  # the second chunk was sent meanwhile
+        assert got == [b"data: 1\n\n"] and not exchange.ended.done()
+        before = time.monotonic()
+        exchange.resume()
+        assert exchange.last_chunk >= before  # the time paused is not the replica's silence
+        await exchange.ended
+        assert got == [b"data: 1\n\n", b"data: 2\n\n"] and exchange.error is None
+
+    _run(two_chunks, test)
