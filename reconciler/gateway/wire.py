@@ -23,6 +23,7 @@ import httptools
 
 IDLE_S = 30.0  # a kept-alive connection unused this long is closed rather than reused (replicas keep theirs 75 s)
 IDLE_PER_REPLICA = 256  # kept-alive connections kept per replica, at most
+ADDRESSES_KEPT = 4096  # parsed replica addresses cached, at most
 HEADER_BYTES = 64 << 10  # an answer's header beyond this is not HTTP from a replica (aiohttp's bound is 8 KiB a line)
 
 Sink = Callable[[bytes], None]
@@ -261,6 +262,8 @@ class Pool:
     def _address(self, base: str) -> tuple[str, int, bytes]:
         found = self._addresses.get(base)
         if found is None:
+            if len(self._addresses) >= ADDRESSES_KEPT:  # replicas come and go on new ports: the cache must not grow
+                self._addresses.clear()
             parts = urlsplit(base)
             host, port = parts.hostname or "127.0.0.1", parts.port or 80
             found = self._addresses[base] = (host, port, parts.netloc.encode())
