@@ -52,6 +52,18 @@ def _chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
+def _answer_once(answer: bytes, *, then_close: bool) -> Behave:
+    """A server that reads one request, writes ``answer``, then closes the connection or waits for the client's."""
+    async def behave(reader, writer, seen):
+        seen.append(await _read_request(reader))
+        writer.write(answer)
+        await writer.drain()
+        if not then_close:
+            await reader.read()
+
+    return behave  # type: ignore[return-value]
+
+
 async def _keep_alive_json(reader, writer, seen):
     while True:
         seen.append(await _read_request(reader))
@@ -104,10 +116,8 @@ def test_a_stream_reaches_the_sink_chunk_by_chunk_however_the_bytes_are_split():
 
 
 def test_a_body_without_length_or_chunks_ends_with_its_connection():
-    async def until_close(reader, writer, seen):
-        seen.append(await _read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"whole\": true}")
-        await writer.drain()
+    until_close = _answer_once(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                               b'{"whole": true}', then_close=True)
 
     async def test(base, seen, opened):
         pool = wire.Pool()
@@ -123,16 +133,9 @@ def test_failures_say_whether_the_answer_had_begun():
     async def dies_after_reading(reader, writer, seen):
         seen.append(await _read_request(reader))  # read the request, answer nothing
 
-    async def dies_mid_body(reader, writer, seen):
-        seen.append(await _read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"par")
-        await writer.drain()
-
-    async def garbage(reader, writer, seen):
-        seen.append(await _read_request(reader))
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    dies_mid_body = _answer_once(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                                 b'{"par', then_close=True)
+    garbage = _answer_once(b"SMTP ready\r\n\r\n", then_close=False)
 
     async def before_answer(base, seen, opened):
         exchange = await wire.Pool().send(base, "/x", {}, b"{}", connect_timeout=1)
@@ -170,11 +173,8 @@ def test_a_port_nobody_listens_on_is_refused_before_anything_is_written():
 
 
 def test_a_connection_the_replica_closed_while_idle_is_not_reused():
-    async def one_answer_then_close(reader, writer, seen):
-        seen.append(await _read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        # then the connection is closed, as a replica's idle timeout would
+    # The connection is closed after the answer, as a replica's idle timeout would.
+    one_answer_then_close = _answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", then_close=True)
 
     async def test(base, seen, opened):
         pool = wire.Pool()
@@ -215,14 +215,8 @@ def test_an_aborted_exchange_closes_its_connection_and_is_never_reused():
 
 
 def test_an_answer_header_beyond_the_bound_fails_as_malformed():
-    async def endless_header(reader, writer, seen):
-        seen.append(await _read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\n")
-        for n in range(wire.HEADER_BYTES // 1000 + 2):
-            writer.write(b"X-Filler-%d: %b\r\n" % (n, b"f" * 1000))
-        writer.write(b"Content-Length: 0\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    fillers = b"".join(b"X-Filler-%d: %b\r\n" % (n, b"f" * 1000) for n in range(wire.HEADER_BYTES // 1000 + 2))
+    endless_header = _answer_once(b"HTTP/1.1 200 OK\r\n" + fillers + b"Content-Length: 0\r\n\r\n", then_close=False)
 
     async def test(base, seen, opened):
         exchange = await wire.Pool().send(base, "/x", {}, b"{}", connect_timeout=1)
