@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+
+from gateway import cpu_seconds, free_port
 
 TOKENS = 16
 
@@ -87,17 +87,6 @@ GATEWAY = textwrap.dedent('''
         await asyncio.Event().wait()
     uvloop.run(main())
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(url: str, *, concurrency: int, seconds: float, stream: bool, gateway: int) -> tuple[float, float]:

@@ -98,7 +98,6 @@ class Gateway:
         return build_app(self)
 
     async def start(self, host: str, port: int, *, advertise: str | None = None) -> str:
-        await self.upstream.open()
         # handler_cancellation: a client that goes away cancels its handler, so the upstream request is closed too.
         self._runner = GuardedRunner(self.app(), header_timeout=self.limits.header_timeout,
                                      max_connections=self.limits.max_connections, access_log=None,

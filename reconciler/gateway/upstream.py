@@ -95,9 +95,6 @@ class Upstream:
         self._ids = itertools.count()
         self._id_prefix = os.urandom(8).hex()
 
-    async def open(self) -> None:
-        self.pool = wire.Pool()
-
     async def close(self) -> None:
         self.pool.close()
 

@@ -182,7 +182,8 @@ def test_a_connection_the_replica_closed_while_idle_is_not_reused():
             exchange = await pool.send(base, "/x", {}, b"{}", connect_timeout=1)
             await exchange.answered()
             assert await exchange.body() == b"ok"
-            await asyncio.sleep(0.1)  # the close reaches the client
+            while any(pool._idle.values()):  # until the replica's close reaches the client (bounded by _run)
+                await asyncio.sleep(0.01)
         assert len(opened) == 2 and len(seen) == 2
         pool.close()
 
@@ -204,7 +205,6 @@ def test_an_aborted_exchange_closes_its_connection_and_is_never_reused():
         exchange = await pool.send(base, "/x", {}, b"{}", connect_timeout=1)
         await exchange.answered()
         exchange.abort()
-        await asyncio.sleep(0.05)
         exchange = await pool.send(base, "/x", {}, b"{}", connect_timeout=1)
         await exchange.answered()
         await exchange.body()
@@ -227,12 +227,14 @@ def test_an_answer_header_beyond_the_bound_fails_as_malformed():
 
 
 def test_a_paused_exchange_reads_nothing_until_resumed_and_its_gap_restarts_then():
+    paused = asyncio.Event()
+
     async def two_chunks(reader, writer, seen):
         seen.append(await _read_request(reader))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                      + b"%x\r\n%b\r\n" % (len(b"data: 1\n\n"), b"data: 1\n\n"))
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await paused.wait()  # the second chunk only once the client paused
         writer.write(_chunked(b"data: 2\n\n"))
         await writer.drain()
         await reader.read()
@@ -245,7 +247,8 @@ def test_a_paused_exchange_reads_nothing_until_resumed_and_its_gap_restarts_then
         while not got:
             await asyncio.sleep(0.01)
         exchange.pause()
-        await asyncio.sleep(0.5)  # the second chunk was sent meanwhile
+        paused.set()
+        await asyncio.sleep(0.3)  # the second chunk was sent meanwhile, and is not read
         assert got == [b"data: 1\n\n"] and not exchange.ended.done()
         before = time.monotonic()
         exchange.resume()
