@@ -30,8 +30,8 @@ from reconciler.desired import (
 from reconciler.observed import from_inventory
 from reconciler.packer import Bin, Item, Problem
 from reconciler.packer.exact import solve_exact
-from reconciler.packer import firstfit
-from reconciler.packer.objective import Score, level_keys, score
+from reconciler.packer import firstfit, patterns
+from reconciler.packer.objective import Score, level_keys, score, violations
 from reconciler.packer.relaxation import level_bounds
 from reconciler.packer.solve import fits_on_a_node, level_gaps
 from reconciler.planner import PlanSettings, apply_to_observed, plan
@@ -387,6 +387,9 @@ def middle_instance(rng: random.Random, *, gpus: int) -> DesiredState:
 
 MIDDLE_SIZES = (20, 32, 48, 64)
 MIDDLE_REFERENCES = HERE / "middle_references.json"
+PATTERN_NODES = 500  # the configuration model's reference: branch-and-bound nodes per level,
+PATTERN_ROUNDS = 200  # pricing rounds per level,
+PATTERN_SAFETY_S = 600.0  # and a wall-clock cap against a pathological solve (not hit on the middle pools)
 
 
 def middle_instances(gpus: int, count: int) -> list[tuple[str, DesiredState]]:
@@ -395,27 +398,45 @@ def middle_instances(gpus: int, count: int) -> list[tuple[str, DesiredState]]:
 
 
 def middle_references(instances: list[tuple[str, DesiredState]], budget: float) -> dict[str, dict]:
-    """CP-SAT's placed VRAM per level for each instance (`budget` deterministic s, seed 1, first-fit decreasing as
-    the hint), read from `middle_references.json` when it was computed for the same problem and budget, else solved
-    (minutes) and written there."""
+    """The best known placed VRAM per level for each instance, the better of two references: CP-SAT (`budget`
+    deterministic s, seed 1, first-fit decreasing as the hint; `levels`) and the configuration model over nodes
+    (`packer.patterns`, `PATTERN_NODES` branch-and-bound nodes per level, from first-fit decreasing; `patterns`).
+    Read from `middle_references.json` when computed for the same problem and budgets, else solved (minutes) and
+    written there."""
     known = json.loads(MIDDLE_REFERENCES.read_text()) if MIDDLE_REFERENCES.exists() else {}
     changed = False
     for name, desired in instances:
         problem = problem_from(desired)
         digest = desired.fingerprint
         entry = known.get(name)
-        if entry and entry["fingerprint"] == digest and entry["budget"] == budget:
-            continue
-        cpu = time.process_time()
-        exact = solve_exact(problem, budget=budget, seed=1, hint=firstfit.first_fit_decreasing(problem))
-        assert exact is not None
-        known[name] = {"fingerprint": digest, "budget": budget, "levels": list(exact.score.levels),
-                       "levels_proven": exact.levels_optimal, "cpu_s": round(time.process_time() - cpu, 1)}
-        changed = True
-        print(f"  reference {name}: {len(problem.items)} replicas, {known[name]['cpu_s']} CPU s", flush=True)
+        if not (entry and entry["fingerprint"] == digest and entry["budget"] == budget):
+            cpu = time.process_time()
+            exact = solve_exact(problem, budget=budget, seed=1, hint=firstfit.first_fit_decreasing(problem))
+            assert exact is not None
+            entry = known[name] = {"fingerprint": digest, "budget": budget, "levels": list(exact.score.levels),
+                                   "levels_proven": exact.levels_optimal,
+                                   "cpu_s": round(time.process_time() - cpu, 1)}
+            changed = True
+            print(f"  reference {name}: {len(problem.items)} replicas, {entry['cpu_s']} CPU s", flush=True)
+        if entry.get("patterns", {}).get("nodes") != PATTERN_NODES:
+            cpu = time.process_time()
+            start = firstfit.first_fit_decreasing(problem)
+            found = patterns.place(problem, start, fits_somewhere=fits_on_a_node(problem), rounds=PATTERN_ROUNDS,
+                                   nodes=PATTERN_NODES, seconds=PATTERN_SAFETY_S)
+            found = start if found is None else found
+            assert not violations(problem, found), violations(problem, found)
+            entry["patterns"] = {"nodes": PATTERN_NODES, "levels": list(score(problem, found).levels),
+                                 "cpu_s": round(time.process_time() - cpu, 1)}
+            changed = True
+            print(f"  pattern reference {name}: {entry['patterns']['cpu_s']} CPU s", flush=True)
     if changed:
         MIDDLE_REFERENCES.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
     return known
+
+
+def best_reference(entry: dict) -> tuple[int, ...]:
+    """The better of an instance's two references (CP-SAT's and the configuration model's)."""
+    return max(tuple(entry["levels"]), tuple(entry.get("patterns", {}).get("levels", ())))
 
 
 def middle(settings: PlanSettings, count: int, reference_budget: float) -> bool:
@@ -426,8 +447,8 @@ def middle(settings: PlanSettings, count: int, reference_budget: float) -> bool:
     of the best known), and the gaps to each bound apart: the per-GPU subset sums, the configuration LP, and the LP
     relaxation of the assignment (`lp_gap`)."""
     print(f"\nMiddle-scale pools (nodes of 2/4/8 GPUs of 12-80 GiB, 2-3 priority levels, demand 0.8-1.4 x VRAM, TP "
-          f"pairs, spread: gpu), against CP-SAT ({reference_budget:g} deterministic s, seed 1, cached in "
-          f"{MIDDLE_REFERENCES.name}):")
+          f"pairs, spread: gpu), against the better of CP-SAT ({reference_budget:g} deterministic s, seed 1) and the "
+          f"configuration model over nodes ({PATTERN_NODES} nodes a level), cached in {MIDDLE_REFERENCES.name}:")
     print(f"{'GPUs':>5} {'n':>3} {'replicas':>9} {'best known':>10} {'worst ratio':>11} {'vs FFD min':>10}"
           f" {'CPU mean':>8} {'CPU max':>7} {'max gap':>8} {'gap ok':>7}   max gap to: {'subset sums':>11}"
           f" {'config LP':>9} {'LP':>6}")
@@ -444,7 +465,7 @@ def middle(settings: PlanSettings, count: int, reference_budget: float) -> bool:
             _, assignment = problem_of(desired, result)
             mine = score(problem, assignment)
             ffd = score(problem, firstfit.first_fit_decreasing(problem))
-            best = max(mine.levels, ffd.levels, tuple(references[name]["levels"]))
+            best = max(mine.levels, ffd.levels, best_reference(references[name]))
             ratio = _level_ratio(mine.levels, best)
             (quality,) = result.quality
             share = quality.gap_bytes / sum(b.capacity for b in problem.bins)

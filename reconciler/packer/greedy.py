@@ -53,6 +53,15 @@ def construct(problem: Problem, *, repair_budget: int = 2000) -> State:
     return state
 
 
+def place_waiting(state: State, problem: Problem, *, repair_budget: int = 2000) -> None:
+    """Place what `state` leaves out as the construction does, level by level (free room, relocating one replica,
+    evicting lower levels' replicas, which then wait at their own level), then settle. For a state where nothing
+    runs yet."""
+    waiting = [i for i, where in enumerate(state.where) if where is None]
+    _Search(state, problem, repair_budget).run_levels(waiting)
+    settle(state)
+
+
 def keep_rules(state: State, forced: frozenset[int]) -> None:
     """Send back running replicas whose leaving nothing justifies any more (the replica they made room for was
     relocated later): where they ran is then free again, unless another replica took it, in which case they stay

@@ -1,0 +1,74 @@
+"""The configuration model's whole placement (`patterns.py`), the reference of the middle-scale bench."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+
+from reconciler.desired import Spread
+from reconciler.packer import Bin, Item, Problem
+from reconciler.packer.exact import solve_exact
+from reconciler.packer.firstfit import first_fit_decreasing
+from reconciler.packer.objective import score, violations
+from reconciler.packer.patterns import place
+from reconciler.packer.solve import fits_on_a_node
+from tests.packer.test_floor import middle_pools
+from tests.packer.test_packer import CI
+from tests.packer.test_regroup import _big_gpus_taken_by_small_replicas
+
+GiB = 1 << 30
+BUDGET = dict(rounds=20, nodes=1, seconds=120.0)
+
+
+def _place(problem: Problem, start):
+    return place(problem, start, fits_somewhere=fits_on_a_node(problem), **BUDGET)
+
+
+def test_the_small_replicas_of_a_higher_level_leave_the_gpus_a_lower_level_needs() -> None:
+    problem = _big_gpus_taken_by_small_replicas()
+    floor = first_fit_decreasing(problem)
+    found = _place(problem, floor)
+    assert found is not None and not violations(problem, found)
+    reference = solve_exact(problem, budget=10.0, hint=floor)
+    assert reference is not None and reference.levels_optimal
+    assert score(problem, found).levels == reference.score.levels == (36 * GiB, 256 * GiB)
+
+
+def test_gang_members_meet_on_one_node() -> None:
+    """Two nodes of two 24 GiB GPUs. Two pairs of 16 GiB at priority 100, four replicas of 8 GiB at priority 0:
+    only a placement that puts each pair on one node and the small ones beside them places everything."""
+    bins = tuple(Bin(node, g, 24 * GiB) for node in ("a", "b") for g in range(2))
+    items = tuple(Item("pair", r, 16 * GiB, gpus=2, priority=100) for r in range(2))
+    items += tuple(Item("small", r, 8 * GiB) for r in range(4))
+    problem = Problem(bins, items)
+    start = (None,) * len(items)
+    found = _place(problem, start)
+    assert found is not None and not violations(problem, found)
+    assert all(found) and score(problem, found).levels == (64 * GiB, 32 * GiB)
+    assert all(len({bins[b].node for b in found[r]}) == 1 for r in range(2))
+
+
+def test_spread_node_keeps_one_replica_of_a_model_per_node() -> None:
+    bins = (Bin("a", 0, 24 * GiB), Bin("a", 1, 24 * GiB))
+    items = tuple(Item("apart", r, 4 * GiB, spread=Spread.NODE) for r in range(2)) + (Item("other", 0, 4 * GiB),)
+    problem = Problem(bins, items)
+    found = _place(problem, (None,) * len(items))
+    assert found is not None and not violations(problem, found)
+    assert sum(1 for where in found[:2] if where) == 1 and found[2]
+
+
+def test_nothing_is_offered_where_replicas_run() -> None:
+    bins = (Bin("a", 0, 24 * GiB),)
+    items = (Item("running", 0, 4 * GiB, current=(0,)), Item("new", 0, 4 * GiB))
+    assert _place(Problem(bins, items), ((0,), None)) is None
+
+
+@settings(max_examples=4, **CI)
+@given(middle_pools())
+def test_a_pattern_placement_keeps_every_rule_and_is_deterministic(problem: Problem) -> None:
+    start = first_fit_decreasing(problem)
+    found = _place(problem, start)
+    if found is None:
+        return
+    assert not violations(problem, found)
+    assert all(where is None or fits_on_a_node(problem)(item) for item, where in zip(problem.items, found))
+    assert _place(problem, start) == found
