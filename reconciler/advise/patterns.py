@@ -171,10 +171,11 @@ def _greedy(items: tuple[Item, ...], kind: Kind, nodes: int,
 def _packed(items: tuple[Item, ...], kind: Kind, nodes: int, share: list[Group],
             budget: float) -> dict[int, tuple[int, tuple[int, ...]]] | None:
     """The planner's packer on one kind's nodes, its CP-SAT stages within `budget` deterministic seconds (the
-    exact model of a small pool, the regroup search of a larger one): as `_greedy`."""
+    exact model of a small pool, the regroup search of a larger one; not the configuration model over nodes, whose
+    work `budget` would not bound): as `_greedy`."""
     members = [item for g in share for item in g.items]
     problem = problem_of(tuple(items[m] for m in members), [(str(i), kind.caps) for i in range(nodes)])
-    solution = full_pack(problem, PackSettings(exact_time=budget, regroup_time=budget))
+    solution = full_pack(problem, PackSettings(exact_time=budget, regroup_time=budget, pattern_time=0.0))
     return _spots(members, problem, solution.assignment)
 
 

@@ -9,20 +9,25 @@ its gang kinds' members in multiples of their size. Each gang is then formed on 
 members there; a member that forms none (the model does not see which GPU of a node holds it) waits, and what waits
 is placed as the construction would, higher levels evicting lower ones (`greedy.place_waiting`).
 
-What it costs rules it out of the plan for now: on `bench/packing.py`'s middle pools the integer model of the lowest
-level took 0.2 to 14 CPU s, most of it at the root (cuts, sub-MIP heuristics), whatever the node budget, where a plan
-has 2 s. What it finds makes it the bench's reference: on the 48-GPU pools it places more than CP-SAT given
-240 deterministic s. Only for a pool where nothing runs yet (the model knows nothing of stability or moves).
-Deterministic: one thread, budgets in pricing rounds and branch-and-bound nodes; the wall-clock cap is a safety net
-whose hitting the caller sees as a weaker result.
+In a plan (pools of 17-64 GPUs leaving replicas out, before the regroup search) each level's integer model is solved
+by CP-SAT within a share of `PackSettings.pattern_time`, a level the caller's placement already holds whole is not
+solved, and the result is kept only where it scores better and keeps every rule. For the middle-scale bench's
+references the same model is solved by HiGHS given hundreds of branch-and-bound nodes (seconds a pool, most of them
+at the root: no measure of work bounds it there, so it stays out of plans); from first-fit decreasing it places
+more than CP-SAT given 20 deterministic s on the whole exact model on 10 of the bench's 12 pools. Only for a pool where nothing runs yet (the
+model knows nothing of stability or moves). Deterministic: one thread, budgets in pricing rounds and CP-SAT's
+deterministic time or HiGHS's nodes; HiGHS's wall-clock cap is a safety net, far above what the bench needs.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import reduce
+from math import gcd
 
 import highspy
 import numpy as np
+from ortools.sat.python import cp_model
 
 from reconciler.desired import Spread
 from reconciler.packer.greedy import place_waiting
@@ -31,13 +36,22 @@ from reconciler.packer.problem import Problem
 from reconciler.packer.relaxation import SCALE, Counts, Kind, Master, gpu_patterns, kind_of, kinds_of
 from reconciler.packer.state import State
 
+# CP-SAT's deterministic time is charged at this many times (measured on bench middle: its CPU time is about that
+# multiple of what it reports), plus a fixed charge per solve for building the model.
+_DETERMINISTIC = 3.2
+_PER_SOLVE = 0.01
 _GAP = 1e-3  # a level's integer solve stops within this share of its LP value (far inside the 0.5% aimed at)
 
 
-def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, nodes: int,
-          seconds: float) -> tuple[tuple[int, ...] | None, ...] | None:
+def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, time: float = 0.0, seed: int = 0,
+          nodes: int | None = None, seconds: float = 600.0) -> tuple[tuple[int, ...] | None, ...] | None:
     """A placement of the whole pool from integer patterns, or None where nothing better than `assignment` was
-    found (or something runs already). `assignment`'s GPUs are the first patterns and each level's start."""
+    found (or something runs already). `assignment`'s GPUs are the first patterns and each level's start.
+
+    A plan solves the integer models with CP-SAT within `time` deterministic seconds for all levels together
+    (charged at `_DETERMINISTIC` times what CP-SAT reports); a reference, with HiGHS, `nodes` branch-and-bound nodes
+    a level (stronger given minutes, not bounded by a deterministic measure at its root; `seconds` is its safety
+    cap)."""
     if any(item.current is not None for item in problem.items):
         return None
     bins = problem.bins
@@ -48,12 +62,14 @@ def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, nodes: i
     keys = level_keys(problem)
     given = [(bins[b].node, c, counts, 1) for b, (c, counts) in enumerate(gpu_patterns(problem, assignment, kinds))]
     given_levels = {key: _bytes(given, key) for key in keys}
+    whole = {key: sum(n * t[1] for t, (n, _) in kinds.items() if t[0] == key) for key in keys}
     chosen = given
     placed: dict = {}
+    used = 0.0
     for k, key in enumerate(keys):
         members = [t for t in kinds if t[0] in keys[: k + 1]]
-        if not any(t[0] == key for t in members):
-            placed[key] = 0
+        if chosen is given and given_levels[key] == whole[key]:
+            placed[key] = whole[key]  # the caller's placement holds all of this level: nothing to solve
             continue
         master = Master(members=members, kinds=kinds, caps=dict(caps), above=keys[:k], key=key, placed=placed,
                         round_up=True)
@@ -63,9 +79,13 @@ def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, nodes: i
         for _, c, counts, _ in start:
             master.add(c, counts)
         master.price(rounds)
-        found = _integer(problem, master, start, placed=placed, nodes=nodes, seconds=seconds)
+        if nodes is None:
+            found, spent = _integer_cp(problem, master, start, placed=placed, budget=time - used, seed=seed)
+            used += spent
+        else:
+            found = _integer(problem, master, start, placed=placed, nodes=nodes, seconds=seconds)
         if found is None:
-            return None
+            break  # out of budget: what the levels above found stands, the rest is placed as the construction would
         chosen = found
         placed[key] = _bytes(found, key)
     if tuple(placed.get(key, 0) for key in keys) <= tuple(given_levels[key] for key in keys):
@@ -81,61 +101,78 @@ def _bytes(patterns, key) -> int:
     return sum(m * n * t[1] for _, _, counts, m in patterns for t, n in counts.items() if t[0] == key)
 
 
-def _integer(problem: Problem, master: Master, start, *, placed: dict, nodes: int,
-             seconds: float) -> list[tuple[str, int, Counts, int]] | None:
-    """The master's patterns in integer numbers per node, started from `start`: each node's GPUs of a card size
-    hold at most that many, and each node holds its gang kinds' members in multiples of their size. None when no
-    integer solution was found within the budget."""
+def _cells(problem: Problem, master: Master) -> tuple[dict[tuple[str, int], int], list[tuple[int, str]]]:
+    """GPUs per (node, card size); the integer models' variables: (column, node) for each node with GPUs of the
+    column's card size, each the number of that node's GPUs holding the column's pattern."""
     gpus: dict[tuple[str, int], int] = defaultdict(int)
     for gpu in problem.bins:
         gpus[(gpu.node, gpu.capacity)] += 1
     on = defaultdict(list)
     for node, c in sorted(gpus):
         on[c].append(node)
-    cells = [(j, node) for j, (c, _) in enumerate(master.columns) for node in on[c]]
+    return gpus, [(j, node) for j, (c, _) in enumerate(master.columns) for node in on[c]]
+
+
+def _level_bytes(counts: Counts, level) -> int:
+    return sum(n * t[1] for t, n in counts.items() if t[0] == level)
+
+
+def _start_values(master: Master, cells, start) -> list[int]:
+    """`start` as values of the cells (its patterns restricted to the master's kinds)."""
+    index = {(node, master.columns[j][0], _signature(master.columns[j][1])): k for k, (j, node) in enumerate(cells)}
+    value = [0] * len(cells)
+    for node, c, counts, m in start:
+        k = index.get((node, c, _signature({t: n for t, n in counts.items() if t in master.rows_kind})))
+        if k is not None:
+            value[k] += m
+    return value
+
+
+def _signature(counts: Counts) -> tuple:
+    return tuple(sorted((t, n) for t, n in counts.items() if n > 0))
+
+
+def _integer(problem: Problem, master: Master, start, *, placed: dict, nodes: int,
+             seconds: float) -> list[tuple[str, int, Counts, int]] | None:
+    """The master's patterns in integer numbers per node, started from `start`: each node's GPUs of a card size
+    hold at most that many, and each node holds its gang kinds' members in multiples of their size (HiGHS, the
+    reference's path). None when no integer solution was found within the budget."""
+    gpus, cells = _cells(problem, master)
     gangs = [(node, t) for node in sorted({node for node, _ in gpus}) for t in master.members if t[2] > 1]
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
     inf = highspy.kHighsInf
     count = len(cells) + len(gangs)
-    cost = [-sum(n * t[1] for t, n in master.columns[j][1].items() if t[0] == master.key) / SCALE
-            for j, _ in cells] + [0.0] * len(gangs)
+    cost = [-_level_bytes(master.columns[j][1], master.key) / SCALE for j, _ in cells] + [0.0] * len(gangs)
     h.addVars(count, np.zeros(count), np.full(count, inf))
     h.changeColsCost(count, np.arange(count, dtype=np.int32), np.array(cost))
     h.changeColsIntegrality(count, np.arange(count, dtype=np.int32),
                             np.array([highspy.HighsVarType.kInteger] * count))
     rows: list[tuple[float, float, list[int], list[float]]] = []
-    by_cell = defaultdict(list)
+    by_gpus = defaultdict(list)
     for x, (j, node) in enumerate(cells):
-        by_cell[(node, master.columns[j][0])].append(x)
-    for (node, c), xs in by_cell.items():
-        rows.append((-inf, float(gpus[(node, c)]), xs, [1.0] * len(xs)))
+        by_gpus[(node, master.columns[j][0])].append(x)
+    for key, xs in by_gpus.items():
+        rows.append((-inf, float(gpus[key]), xs, [1.0] * len(xs)))
     for t in master.members:
         xs = [x for x, (j, _) in enumerate(cells) if master.columns[j][1].get(t)]
         rows.append((-inf, float(master.kinds[t][0]), xs, [float(master.columns[cells[x][0]][1][t]) for x in xs]))
     for lv in master.rows_above:
-        xs = [x for x, (j, _) in enumerate(cells) if any(t[0] == lv for t in master.columns[j][1])]
+        xs = [x for x, (j, _) in enumerate(cells) if _level_bytes(master.columns[j][1], lv)]
         rows.append((placed.get(lv, 0) / SCALE * (1 - 1e-9), inf, xs,
-                     [sum(n * t[1] for t, n in master.columns[cells[x][0]][1].items() if t[0] == lv) / SCALE
-                      for x in xs]))
+                     [_level_bytes(master.columns[cells[x][0]][1], lv) / SCALE for x in xs]))
     for g, (node, t) in enumerate(gangs):
         xs = [x for x, (j, n) in enumerate(cells) if n == node and master.columns[j][1].get(t)]
         rows.append((0.0, 0.0, xs + [len(cells) + g],
                      [float(master.columns[cells[x][0]][1][t]) for x in xs] + [-float(t[2])]))
     for lower, upper, xs, values in rows:
         h.addRow(lower, upper, len(xs), np.array(xs, dtype=np.int32), np.array(values, dtype=float))
-    index = {(node, c, tuple(sorted(counts.items()))): x for x, (j, node) in enumerate(cells)
-             for c, counts in [master.columns[j]]}
-    value = np.zeros(count)
-    for node, c, counts, m in start:
-        x = index.get((node, c, tuple(sorted((t, n) for t, n in counts.items() if t in master.rows_kind))))
-        if x is not None:
-            value[x] += m
-    for g, (node, t) in enumerate(gangs):
-        value[len(cells) + g] = sum(value[x] * master.columns[j][1].get(t, 0) for x, (j, n) in enumerate(cells)
-                                    if n == node) / t[2]
-    h.setSolution(count, np.arange(count, dtype=np.int32), value)
+    value = [float(v) for v in _start_values(master, cells, start)]
+    for node, t in gangs:  # the gang columns: what the start's members make
+        value.append(sum(value[x] * master.columns[j][1].get(t, 0) for x, (j, n) in enumerate(cells)
+                         if n == node) / t[2])
+    h.setSolution(count, np.arange(count, dtype=np.int32), np.array(value))
     h.setOptionValue("mip_max_nodes", nodes)
     h.setOptionValue("time_limit", seconds)
     h.setOptionValue("mip_rel_gap", _GAP)
@@ -202,3 +239,47 @@ def _next(problem: Problem, queue: list[int], node: str, on_node: set[tuple[str,
             on_node.add((item.model, node))
         return queue.pop(k)
     return None
+
+
+def _integer_cp(problem: Problem, master: Master, start, *, placed: dict, budget: float,
+                seed: int) -> tuple[list[tuple[str, int, Counts, int]] | None, float]:
+    """`_integer`'s model solved by CP-SAT within `budget` deterministic seconds (the plan's path: reproducible on
+    every machine); the work spent, as charged."""
+    if budget <= 0:
+        return None, 0.0
+    unit = reduce(gcd, (t[1] for t in master.members), 0) or 1
+    gpus, cells = _cells(problem, master)
+    m = cp_model.CpModel()
+    x = [m.new_int_var(0, gpus[(node, master.columns[j][0])], "") for j, node in cells]
+    on_gpus, of_kind, on_node = defaultdict(list), defaultdict(list), defaultdict(list)
+    of_level: dict = {lv: [] for lv in [*master.rows_above, master.key]}
+    for k, (j, node) in enumerate(cells):
+        counts = master.columns[j][1]
+        on_gpus[(node, master.columns[j][0])].append(x[k])
+        for t, n in counts.items():
+            of_kind[t].append(n * x[k])
+            of_level[t[0]].append((n * t[1] // unit) * x[k])
+            if t[2] > 1:
+                on_node[(node, t)].append(n * x[k])
+    for key, xs in on_gpus.items():
+        m.add(sum(xs) <= gpus[key])
+    for t, terms in of_kind.items():
+        m.add(sum(terms) <= master.kinds[t][0])
+    for lv in master.rows_above:
+        m.add(sum(of_level[lv]) >= placed.get(lv, 0) // unit)
+    for (node, t), terms in sorted(on_node.items()):
+        m.add(sum(terms) == t[2] * m.new_int_var(0, master.kinds[t][0] // t[2], ""))
+    m.maximize(sum(of_level[master.key]))
+    for k, value in enumerate(_start_values(master, cells, start)):
+        m.add_hint(x[k], int(value))
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    solver.parameters.max_deterministic_time = budget / _DETERMINISTIC
+    solver.parameters.linearization_level = 2  # measured on bench middle: far better solutions in the same time
+    status = solver.solve(m)
+    spent = _DETERMINISTIC * solver.deterministic_time + _PER_SOLVE
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None, spent
+    return [(node, master.columns[j][0], master.columns[j][1], solver.value(x[k]))
+            for k, (j, node) in enumerate(cells) if solver.value(x[k]) > 0], spent

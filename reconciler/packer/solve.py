@@ -3,9 +3,10 @@
 Pools up to `exact_max_items` replicas on `exact_max_bins` GPUs are solved exactly on the whole objective, with the
 heuristic's placement as the starting point. Larger pools keep the heuristic's placement, with bounds computed in
 linear time; when it leaves replicas out and the bounds cannot prove that nothing more fits, the GPU-freeing search
-is run on the pool plus virtual GPUs (`overflow.py`), then, in pools up to `window_time_max_bins` GPUs, the regroup
-search (`regroup.py`) re-solves a few GPUs at a time with the higher levels' replicas among them; in a fleet, an exact
-solve over a window of the emptiest nodes (`window.py`) looks for their place. A replica left out without proof is
+is run on the pool plus virtual GPUs (`overflow.py`), then, in pools up to `window_time_max_bins` GPUs, the pattern
+model (`patterns.py`: the whole pool at once, where nothing runs yet) and the regroup search (`regroup.py`: a few
+GPUs at a time, the higher levels' replicas among them); in a fleet, an exact solve over a window of the emptiest
+nodes (`window.py`) looks for their place. A replica left out without proof is
 reported as such, never as unplaceable.
 """
 
@@ -17,7 +18,7 @@ from functools import reduce
 from math import gcd
 
 from reconciler.desired import Placement, Spread
-from reconciler.packer import window
+from reconciler.packer import patterns, window
 from reconciler.packer.arcflow import eligible, repack
 from reconciler.packer.bounds import fullest_fill, gpus_needed, level_rooms, reachable
 from reconciler.packer.firstfit import first_fit_decreasing
@@ -104,13 +105,21 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
             assignment, method = full, method + "+overflow"
             bound = max(bound, _bound(State.of(problem, assignment)))
             quality = bounds_quality(problem, assignment, gpu_bound=bound)
-    if not quality.unplaced_proven and _left_out(problem, assignment) and _regroup_applies(problem, settings):
-        found = regroup(problem, assignment, budget=settings.regroup_time, seed=settings.seed,
-                        size=settings.regroup_gpus, fits_somewhere=fits_on_a_node(problem))
-        if score(problem, found) > score(problem, assignment) and not violations(problem, found):
-            assignment, method = found, method + "+regroup"
-            if problem.policy == Placement.BINPACK:
-                bound = max(bound, _bound(State.of(problem, assignment)))
+    if not quality.unplaced_proven and _left_out(problem, assignment) and _middle_range(problem, settings):
+        fits_somewhere = fits_on_a_node(problem)
+        if settings.pattern_time > 0:
+            found = patterns.place(problem, assignment, fits_somewhere=fits_somewhere,
+                                   rounds=settings.pattern_rounds, time=settings.pattern_time, seed=settings.seed)
+            if found is not None and score(problem, found) > score(problem, assignment) \
+                    and not violations(problem, found):
+                assignment, method = _refill(problem, found, settings, method + "+patterns")
+        if settings.regroup_time > 0:
+            found = regroup(problem, assignment, budget=settings.regroup_time, seed=settings.seed,
+                            size=settings.regroup_gpus, fits_somewhere=fits_somewhere)
+            if score(problem, found) > score(problem, assignment) and not violations(problem, found):
+                assignment, method = found, method + "+regroup"
+        if problem.policy == Placement.BINPACK:
+            bound = max(bound, _bound(State.of(problem, assignment)))
         assignment, method = _refill(problem, assignment, settings, method)
         quality = bounds_quality(problem, assignment, gpu_bound=bound)
     elif not quality.unplaced_proven and _left_out(problem, assignment):
@@ -326,9 +335,11 @@ def _arcflow(problem: Problem, state: State, settings: PackSettings, *, bound: i
     return state, method, bound
 
 
-def _regroup_applies(problem: Problem, settings: PackSettings) -> bool:
-    """The middle range: pools up to `window_time_max_bins` GPUs (a fleet's plan keeps the window)."""
-    return settings.regroup_time > 0 and len(problem.bins) <= settings.window_time_max_bins
+def _middle_range(problem: Problem, settings: PackSettings) -> bool:
+    """The middle range: pools up to `window_time_max_bins` GPUs (a fleet's plan keeps the window), where the
+    pattern model or the regroup search has a budget."""
+    budgeted = settings.pattern_time > 0 or settings.regroup_time > 0
+    return budgeted and len(problem.bins) <= settings.window_time_max_bins
 
 
 def _exact_applies(problem: Problem, settings: PackSettings) -> bool:
