@@ -390,6 +390,7 @@ MIDDLE_REFERENCES = HERE / "middle_references.json"
 PATTERN_NODES = 500  # the configuration model's reference: branch-and-bound nodes per level,
 PATTERN_ROUNDS = 200  # pricing rounds per level,
 PATTERN_SAFETY_S = 600.0  # and a wall-clock cap against a pathological solve (not hit on the middle pools)
+PATTERN_MODEL = 2  # the model's version: 2 keeps each gang's GPUs distinct (a new version computes them again)
 
 
 def middle_instances(gpus: int, count: int) -> list[tuple[str, DesiredState]]:
@@ -418,14 +419,16 @@ def middle_references(instances: list[tuple[str, DesiredState]], budget: float) 
                                    "cpu_s": round(time.process_time() - cpu, 1)}
             changed = True
             print(f"  reference {name}: {len(problem.items)} replicas, {entry['cpu_s']} CPU s", flush=True)
-        if entry.get("patterns", {}).get("nodes") != PATTERN_NODES:
+        made = entry.get("patterns", {})
+        if (made.get("nodes"), made.get("model")) != (PATTERN_NODES, PATTERN_MODEL):
             cpu = time.process_time()
             start = firstfit.first_fit_decreasing(problem)
             found = patterns.place(problem, start, fits_somewhere=fits_on_a_node(problem), rounds=PATTERN_ROUNDS,
                                    nodes=PATTERN_NODES, seconds=PATTERN_SAFETY_S)
             found = start if found is None else found
             assert not violations(problem, found), violations(problem, found)
-            entry["patterns"] = {"nodes": PATTERN_NODES, "levels": list(score(problem, found).levels),
+            entry["patterns"] = {"nodes": PATTERN_NODES, "model": PATTERN_MODEL,
+                                 "levels": list(score(problem, found).levels),
                                  "cpu_s": round(time.process_time() - cpu, 1)}
             changed = True
             print(f"  pattern reference {name}: {entry['patterns']['cpu_s']} CPU s", flush=True)

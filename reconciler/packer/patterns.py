@@ -5,18 +5,21 @@ than it holds, the first level left short can end several percent below what a p
 because the higher levels' replicas settled where they block it. Here the configuration LP (`relaxation.Master`,
 priced with sizes rounded up so that every pattern really fits) is made integer for each level in turn, highest
 first, with the levels above keeping what they got: how many GPUs of each node hold each pattern, each node holding
-its gang kinds' members in multiples of their size. Each gang is then formed on distinct GPUs of its node from the
-members there; a member that forms none (the model does not see which GPU of a node holds it) waits, and what waits
-is placed as the construction would, higher levels evicting lower ones (`greedy.place_waiting`).
+its gang kinds' members in multiples of their size and no GPU more of a kind's members than the node forms gangs of
+it (a gang's GPUs are distinct). Each gang is then formed from the members on its node, on the GPUs holding most of
+them first, which those two rules make always possible; a replica left out of the patterns, or a member of a
+`spread: node` model beyond one a node, waits, and what waits is placed as the construction would, higher levels
+evicting lower ones (`greedy.place_waiting`).
 
 In a plan (pools of 17-64 GPUs leaving replicas out, before the regroup search) each level's integer model is solved
 by CP-SAT within a share of `PackSettings.pattern_time`, a level the caller's placement already holds whole is not
 solved, and the result is kept only where it scores better and keeps every rule. For the middle-scale bench's
 references the same model is solved by HiGHS given hundreds of branch-and-bound nodes (seconds a pool, most of them
 at the root: no measure of work bounds it there, so it stays out of plans); from first-fit decreasing it places
-more than CP-SAT given 20 deterministic s on the whole exact model on 10 of the bench's 12 pools. Only for a pool where nothing runs yet (the
-model knows nothing of stability or moves). Deterministic: one thread, budgets in pricing rounds and CP-SAT's
-deterministic time or HiGHS's nodes; HiGHS's wall-clock cap is a safety net, far above what the bench needs.
+more than CP-SAT given 20 deterministic s on the whole exact model on 11 of the bench's 12 pools. Only for a pool
+where nothing runs yet (the model knows nothing of stability or moves). Deterministic: one thread, budgets in pricing
+rounds and CP-SAT's deterministic time or HiGHS's nodes; HiGHS's wall-clock cap is a safety net, far above what the
+bench needs.
 """
 
 from __future__ import annotations
@@ -162,17 +165,28 @@ def _integer(problem: Problem, master: Master, start, *, placed: dict, nodes: in
         xs = [x for x, (j, _) in enumerate(cells) if _level_bytes(master.columns[j][1], lv)]
         rows.append((placed.get(lv, 0) / SCALE * (1 - 1e-9), inf, xs,
                      [_level_bytes(master.columns[cells[x][0]][1], lv) / SCALE for x in xs]))
+    binaries: list[int] = []  # the cell each added binary column is about
     for g, (node, t) in enumerate(gangs):
         xs = [x for x, (j, n) in enumerate(cells) if n == node and master.columns[j][1].get(t)]
         rows.append((0.0, 0.0, xs + [len(cells) + g],
                      [float(master.columns[cells[x][0]][1][t]) for x in xs] + [-float(t[2])]))
+        for x in xs:
+            n = master.columns[cells[x][0]][1][t]
+            if n > 1:  # a GPU holding n members of the kind needs n gangs there: each gang's GPUs are distinct
+                used = h.getNumCol()
+                binaries.append(x)
+                h.addVar(0.0, 1.0)
+                h.changeColIntegrality(used, highspy.HighsVarType.kInteger)
+                rows.append((-inf, 0.0, [x, used], [1.0, -float(gpus[(node, master.columns[cells[x][0]][0])])]))
+                rows.append((-inf, 0.0, [used, len(cells) + g], [float(n), -1.0]))
     for lower, upper, xs, values in rows:
         h.addRow(lower, upper, len(xs), np.array(xs, dtype=np.int32), np.array(values, dtype=float))
     value = [float(v) for v in _start_values(master, cells, start)]
     for node, t in gangs:  # the gang columns: what the start's members make
         value.append(sum(value[x] * master.columns[j][1].get(t, 0) for x, (j, n) in enumerate(cells)
                          if n == node) / t[2])
-    h.setSolution(count, np.arange(count, dtype=np.int32), np.array(value))
+    value += [float(value[x] > 0) for x in binaries]
+    h.setSolution(len(value), np.arange(len(value), dtype=np.int32), np.array(value))
     h.setOptionValue("mip_max_nodes", nodes)
     h.setOptionValue("time_limit", seconds)
     h.setOptionValue("mip_rel_gap", _GAP)
@@ -260,7 +274,7 @@ def _integer_cp(problem: Problem, master: Master, start, *, placed: dict, budget
             of_kind[t].append(n * x[k])
             of_level[t[0]].append((n * t[1] // unit) * x[k])
             if t[2] > 1:
-                on_node[(node, t)].append(n * x[k])
+                on_node[(node, t)].append((n, k))
     for key, xs in on_gpus.items():
         m.add(sum(xs) <= gpus[key])
     for t, terms in of_kind.items():
@@ -268,7 +282,13 @@ def _integer_cp(problem: Problem, master: Master, start, *, placed: dict, budget
     for lv in master.rows_above:
         m.add(sum(of_level[lv]) >= placed.get(lv, 0) // unit)
     for (node, t), terms in sorted(on_node.items()):
-        m.add(sum(terms) == t[2] * m.new_int_var(0, master.kinds[t][0] // t[2], ""))
+        gangs = m.new_int_var(0, master.kinds[t][0] // t[2], "")
+        m.add(sum(n * x[k] for n, k in terms) == t[2] * gangs)
+        for n, k in terms:
+            if n > 1:  # a GPU holding n members of the kind needs n gangs there: each gang's GPUs are distinct
+                used = m.new_bool_var("")
+                m.add(x[k] == 0).only_enforce_if(~used)
+                m.add(gangs >= n).only_enforce_if(used)
     m.maximize(sum(of_level[master.key]))
     for k, value in enumerate(_start_values(master, cells, start)):
         m.add_hint(x[k], int(value))

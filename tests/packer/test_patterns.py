@@ -49,6 +49,18 @@ def test_gang_members_meet_on_one_node() -> None:
     assert all(len({bins[b].node for b in found[r]}) == 1 for r in range(2))
 
 
+def test_a_gangs_members_are_on_distinct_gpus_of_a_mixed_node() -> None:
+    """A node of a 24 GiB and an 8 GiB GPU: the large one could hold three members of 8 GiB, but a pair needs one on
+    each GPU, so only one pair fits; the large GPU's room left then holds two replicas of the level below."""
+    bins = (Bin("a", 0, 24 * GiB), Bin("a", 1, 8 * GiB))
+    items = tuple(Item("pair", r, 8 * GiB, gpus=2, priority=100) for r in range(2))
+    items += tuple(Item("fill", r, 8 * GiB) for r in range(2))
+    problem = Problem(bins, items)
+    found = _place(problem, (None,) * len(items))
+    assert found is not None and not violations(problem, found)
+    assert score(problem, found).levels == (16 * GiB, 16 * GiB)
+
+
 def test_spread_node_keeps_one_replica_of_a_model_per_node() -> None:
     bins = (Bin("a", 0, 24 * GiB), Bin("a", 1, 24 * GiB))
     items = tuple(Item("apart", r, 4 * GiB, spread=Spread.NODE) for r in range(2)) + (Item("other", 0, 4 * GiB),)
