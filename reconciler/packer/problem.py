@@ -87,9 +87,10 @@ class PackSettings:
     regroup_time: float = 0.5
     regroup_gpus: int = 6
     # Before it, in a pool where nothing runs yet, the configuration model made integer over nodes (`patterns.py`):
-    # its work for all levels (CP-SAT's deterministic seconds, charged as about the CPU seconds they take), and the
-    # pricing rounds of each level's LP. Measured on bench middle (12 pools of 20-64 GPUs) against the regroup
-    # search alone with 1.3: the same plan CPU time, the mean ratio to the best known 0.9885 -> 0.995.
+    # its work for all levels (CP-SAT's deterministic seconds, charged to approach the CPU seconds they take), and
+    # the pricing rounds of each level's LP. Measured on bench middle (12 pools of 20-64 GPUs) against the regroup
+    # search alone with 1.3: worst ratio to the best known 0.940 -> 0.992, mean 0.984 -> 0.998; plan CPU s mean
+    # 2.24 -> 2.02, max 2.50 -> 2.96 (less budget left the regroup search far worse: a worst ratio of 0.970).
     pattern_time: float = 1.2
     pattern_rounds: int = 60
     floor_max_items: int = 2_000  # up to this many replicas, first-fit decreasing is a floor and the refill runs
