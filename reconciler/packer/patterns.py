@@ -57,7 +57,7 @@ def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, time: fl
     (charged at `_DETERMINISTIC` times what CP-SAT reports); a reference, with HiGHS, `nodes` branch-and-bound nodes
     a level (stronger given minutes, not bounded by a deterministic measure at its root; `seconds` is its safety
     cap)."""
-    if any(item.current is not None for item in problem.items):
+    if not applies(problem):
         return None
     bins = problem.bins
     kinds = kinds_of(problem, fits_somewhere)
@@ -100,6 +100,11 @@ def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, time: fl
     state = State.of(problem, _realise(problem, chosen, fits_somewhere))
     place_waiting(state, problem)
     return state.assignment()
+
+
+def applies(problem: Problem) -> bool:
+    """Whether the model can place this pool: nothing runs in it yet (the model knows nothing of stability)."""
+    return all(item.current is None for item in problem.items)
 
 
 def _bytes(patterns, key) -> int:

@@ -6,8 +6,8 @@ linear time; when it leaves replicas out and the bounds cannot prove that nothin
 is run on the pool plus virtual GPUs (`overflow.py`), then, in pools up to `window_time_max_bins` GPUs, the pattern
 model (`patterns.py`: the whole pool at once, where nothing runs yet) and the regroup search (`regroup.py`: a few
 GPUs at a time, the higher levels' replicas among them); in a fleet, an exact solve over a window of the emptiest
-nodes (`window.py`) looks for their place. A replica left out without proof is
-reported as such, never as unplaceable.
+nodes (`window.py`) looks for their place. A replica left out without proof is reported as such, never as
+unplaceable.
 """
 
 from __future__ import annotations
@@ -107,14 +107,19 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
             quality = bounds_quality(problem, assignment, gpu_bound=bound)
     if not quality.unplaced_proven and _left_out(problem, assignment) and _middle_range(problem, settings):
         fits_somewhere = fits_on_a_node(problem)
-        if settings.pattern_time > 0:
+        # One budget for the middle range: where the pattern model cannot run (something runs already), the regroup
+        # search has all of it.
+        regroup_time = settings.regroup_time
+        if settings.pattern_time > 0 and not patterns.applies(problem):
+            regroup_time += settings.pattern_time
+        elif settings.pattern_time > 0:
             found = patterns.place(problem, assignment, fits_somewhere=fits_somewhere,
                                    rounds=settings.pattern_rounds, time=settings.pattern_time, seed=settings.seed)
             if found is not None and score(problem, found) > score(problem, assignment) \
                     and not violations(problem, found):
                 assignment, method = _refill(problem, found, settings, method + "+patterns")
-        if settings.regroup_time > 0:
-            found = regroup(problem, assignment, budget=settings.regroup_time, seed=settings.seed,
+        if regroup_time > 0:
+            found = regroup(problem, assignment, budget=regroup_time, seed=settings.seed,
                             size=settings.regroup_gpus, fits_somewhere=fits_somewhere)
             if score(problem, found) > score(problem, assignment) and not violations(problem, found):
                 assignment, method = found, method + "+regroup"

@@ -119,7 +119,8 @@ def _oversubscribed_pool(rng: Random) -> Problem:
 
 def test_the_plan_takes_the_pattern_placement_where_it_places_more() -> None:
     # Found by drawing such pools: on this one the constructions and the refill leave half a GiB that the pattern
-    # model places (the regroup search is off in both plans, so the difference is the pattern model's).
+    # model places (with the regroup search off in both, the plan without the pattern model falls back to the
+    # window search, which does not find it).
     problem = _oversubscribed_pool(Random(3))
     without = pack(problem, PackSettings(regroup_time=0.0, pattern_time=0.0))
     solution = pack(problem, PackSettings(regroup_time=0.0))
