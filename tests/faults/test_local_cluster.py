@@ -167,7 +167,8 @@ def test_watch_reconnects_when_the_whole_cluster_is_restarted(here):
         seen(lambda e: e["event"] == "reconnected", after=mark)
         seen(lambda e: e["event"] == "lease" and not e.get("waiting"), after=mark)
         seen(lambda e: e["event"] == "cycle" and e["inSync"], after=mark)
-        assert two_replicas(here), "watch re-applied the specs to the restarted cluster"
+        # A cycle is in sync once the replicas are deployed, starting ones included: Serve reports them RUNNING later.
+        wait_for(lambda: two_replicas(here), timeout=120, what="watch to re-apply the specs to the restarted cluster")
         retries = [e for e in events(log)[mark:] if e["event"] == "failure"]
         assert len(retries) < 20, retries  # backed off, never spun
     finally:
