@@ -95,8 +95,8 @@ def place(problem: Problem, assignment, *, fits_somewhere, rounds: int, time: fl
         placed[key] = _bytes(found, key)
     if tuple(placed.get(key, 0) for key in keys) <= tuple(given_levels[key] for key in keys):
         return None  # nothing to gain over the caller's placement
-    # Members that formed no gang (on distinct GPUs, which the model does not see) wait: placed as the construction
-    # would, higher levels evicting lower ones.
+    # What the patterns leave out (a kind the solve used less of, a `spread: node` replica beyond one a node) waits:
+    # placed as the construction would, higher levels evicting lower ones.
     state = State.of(problem, _realise(problem, chosen, fits_somewhere))
     place_waiting(state, problem)
     return state.assignment()
