@@ -36,7 +36,7 @@ from reconciler.desired import Spread
 from reconciler.packer.greedy import place_waiting
 from reconciler.packer.objective import level_keys
 from reconciler.packer.problem import Problem
-from reconciler.packer.relaxation import SCALE, Counts, Kind, Master, gpu_patterns, kind_of, kinds_of
+from reconciler.packer.relaxation import SCALE, Counts, Kind, Master, gpu_patterns, kind_of, kinds_of, signature
 from reconciler.packer.state import State
 
 # CP-SAT's deterministic time is charged at this many times, plus a fixed charge per solve for building the model.
@@ -129,17 +129,13 @@ def _level_bytes(counts: Counts, level) -> int:
 
 def _start_values(master: Master, cells, start) -> list[int]:
     """`start` as values of the cells (its patterns restricted to the master's kinds)."""
-    index = {(node, master.columns[j][0], _signature(master.columns[j][1])): k for k, (j, node) in enumerate(cells)}
+    index = {(node, master.columns[j][0], signature(master.columns[j][1])): k for k, (j, node) in enumerate(cells)}
     value = [0] * len(cells)
     for node, c, counts, m in start:
-        k = index.get((node, c, _signature({t: n for t, n in counts.items() if t in master.rows_kind})))
+        k = index.get((node, c, signature({t: n for t, n in counts.items() if t in master.rows_kind})))
         if k is not None:
             value[k] += m
     return value
-
-
-def _signature(counts: Counts) -> tuple:
-    return tuple(sorted((t, n) for t, n in counts.items() if n > 0))
 
 
 def _integer(problem: Problem, master: Master, start, *, placed: dict, nodes: int,

@@ -36,6 +36,11 @@ def kind_of(item: Item) -> Kind:
     return (item.level, item.vram, item.gpus, item.model if item.spread == Spread.GPU else "")
 
 
+def signature(counts: Counts) -> tuple:
+    """A pattern's counts as a hashable value (kinds with none left out)."""
+    return tuple(sorted((t, n) for t, n in counts.items() if n > 0))
+
+
 def kinds_of(problem: Problem, fits_somewhere) -> dict[Kind, list[int]]:
     """Per kind of the replicas that fit some node: [gang members in all, the most one GPU can hold]."""
     kinds: dict[Kind, list[int]] = {}
@@ -124,10 +129,10 @@ class Master:
     def add(self, capacity: int, counts: Counts) -> None:
         """A column: one GPU of `capacity` holding `counts` (kinds outside `members` are left out of it)."""
         counts = {t: n for t, n in counts.items() if n > 0 and t in self.rows_kind}
-        signature = (capacity, tuple(sorted(counts.items())))
-        if signature in self._seen:
+        seen = (capacity, signature(counts))
+        if seen in self._seen:
             return
-        self._seen.add(signature)
+        self._seen.add(seen)
         index, value = [self.rows_class[capacity]], [1.0]
         weight, per_level = 0.0, {}
         for t, n in counts.items():
