@@ -60,8 +60,10 @@ class GatewayLimits:
     # A model whose every replica is restarting (refused connections, engines that answered "dead") holds a request
     # this long for the replacement instead of failing it at once: a client with a normal timeout sees one slow
     # answer. A replica restarts in seconds (echo) to tens of seconds (the tiny LLaMA on vLLM: 37 s on 2 idle cores,
-    # bench/recovery.py); past this, 503.
-    restart_hold: float = 45.0
+    # bench/recovery.py; 46 s on 2 cores busy with the test suite, where a 45 s hold failed the held requests a
+    # moment before the replacement answered). 120 s leaves that start more than twice its time and stays well
+    # inside a client's usual timeout (the openai SDK's is 600 s); past it, 503.
+    restart_hold: float = 120.0
     # tokensPerMinute is reserved at admission from `max_tokens` (or this, when a request does not say) plus the
     # prompt's bytes / 4 (an upper-side guess of its tokens), and settled from the answer's usage.
     default_max_tokens: int = 1024

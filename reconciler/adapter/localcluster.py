@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -100,10 +101,38 @@ def spec_for_real_gpus(desired: DesiredState, memories: list[int], node: str | N
     return ClusterSpec(nodes=[NodeSpec(name=inv.node, labels=labels, num_gpus=len(memories), resources=resources)])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports for the cluster's listeners come from between Ray's worker ports (10002-19999 by default) and the kernel's
+# ephemeral range. A port the kernel hands out (bind to port 0) is free only at that instant: while the cluster starts,
+# Ray's own processes bind port 0 and open connections, and one of them took the port picked for Serve's proxy before
+# the proxy bound it (measured once in a restart under load: "Failed to bind to address"). Below the ephemeral range
+# the kernel never hands a port out, so a port free now stays free until something asks for it by number.
+OWN_PORTS_FROM = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the check below still refuses a port in use
+
+
+def free_port(taken: frozenset[int] = frozenset()) -> int:
+    """A port on 127.0.0.1 that nothing listens on or holds (TIME_WAIT included: bound without SO_REUSEADDR), drawn
+    at random from outside the kernel's ephemeral range; ``taken``: ports already chosen but not yet bound."""
+    low = _ephemeral_low()
+    draw = random.Random(f"{os.getpid()}-{time.time_ns()}")
+    for _ in range(200):
+        port = draw.randrange(OWN_PORTS_FROM, low) if low > OWN_PORTS_FROM + 100 else 0
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port on 127.0.0.1 between {OWN_PORTS_FROM} and {low} after 200 tries; "
+                       "stop what holds them, or widen the range below net.ipv4.ip_local_port_range")
 
 
 def default_state_file() -> Path:
@@ -270,7 +299,10 @@ def _supervise(spec: ClusterSpec, state_file: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     pid_file(state_file).write_text(f"{os.getpid()}\n")
 
-    gcs_port, dashboard_port, agent_port, http_port = (free_port() for _ in range(4))
+    ports: list[int] = []
+    for _ in range(4):
+        ports.append(free_port(frozenset(ports)))
+    gcs_port, dashboard_port, agent_port, http_port = ports
     head, *workers = spec.nodes
     common = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
     cluster = Cluster(
