@@ -65,9 +65,12 @@ def gpu_patterns(problem: Problem, assignment, kinds) -> list[tuple[int, Counts]
     return [(problem.bins[b].capacity, counts) for b, counts in enumerate(on_gpu)]
 
 
-def level_bounds(problem: Problem, assignment, keys: Sequence[tuple[int, bool]], fits_somewhere) -> list[int]:
+def level_bounds(problem: Problem, assignment, keys: Sequence[tuple[int, bool]], fits_somewhere,
+                 memo: dict | None = None) -> list[int]:
     """Per level of `keys` (highest first), an upper bound on its placed bytes when the levels above place at least
-    what `assignment` gives them (whose GPUs are the first patterns, so the LP starts feasible)."""
+    what `assignment` gives them (whose GPUs are the first patterns, so the LP starts feasible). A level's bound
+    depends on the placement only through what the levels above hold: `memo` keeps the bounds found for one problem
+    by that, so a plan that asks again after its searches solves only the levels whose levels above changed."""
     placed: dict = {}
     for item, where in zip(problem.items, assignment):
         if where:
@@ -83,6 +86,10 @@ def level_bounds(problem: Problem, assignment, keys: Sequence[tuple[int, bool]],
         if not any(t[0] == key for t in members):
             out.append(0)
             continue
+        seen = (key, tuple(placed.get(lv, 0) for lv in keys[:k]))
+        if memo is not None and seen in memo:
+            out.append(memo[seen])
+            continue
         master = Master(members=members, kinds=kinds, caps=caps, above=keys[:k], key=key, placed=placed,
                         round_up=False)
         for c, counts in patterns:
@@ -92,6 +99,8 @@ def level_bounds(problem: Problem, assignment, keys: Sequence[tuple[int, bool]],
             out.append(int(sum(kinds[t][0] * t[1] for t in members if t[0] == key)))
         else:
             out.append(int(bound * SCALE * (1 + 1e-6)) + (1 << 20))  # LP tolerances: a margin far above them
+        if memo is not None:
+            memo[seen] = out[-1]
     return out
 
 

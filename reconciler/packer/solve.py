@@ -40,14 +40,15 @@ RELAX_MAX_ITEMS = 2_000  # up to this many replicas, a plan's level gaps are als
 
 def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
     floor = first_fit_decreasing(problem) if len(problem.items) <= settings.floor_max_items else None
-    solution = _pack(problem, settings, floor)
+    memo: dict = {}  # the configuration LP's bounds, by level and what the levels above hold
+    solution = _pack(problem, settings, floor, memo)
     if floor is not None and score(problem, floor) > score(problem, solution.assignment):
-        quality = bounds_quality(problem, floor, gpu_bound=solution.lower_bound)
+        quality = bounds_quality(problem, floor, gpu_bound=solution.lower_bound, memo=memo)
         return _solution(floor, solution.lower_bound, "first-fit", quality)
     return solution
 
 
-def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
+def _pack(problem: Problem, settings: PackSettings, floor, memo: dict) -> Solution:
     state = construct(problem)
     method = "greedy"
     exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
@@ -72,7 +73,7 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
     if not exactly and oversubscribed:
         assignment, method = _refill(problem, assignment, settings, method)
     # Where CP-SAT solves the pool its own bounds come with it: the configuration LP would only add time.
-    quality = bounds_quality(problem, assignment, gpu_bound=bound, relax=not exactly)
+    quality = bounds_quality(problem, assignment, gpu_bound=bound, relax=not exactly, memo=memo)
     if quality.proven_optimal or settings.exact_time <= 0 or not problem.items:
         return _solution(assignment, bound, method, quality)
     if exactly:
@@ -83,7 +84,7 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
             assignment, method = exact.assignment, "cp-sat"
         if not exact.finished:
             return _solution(assignment, bound, method, bounds_quality(problem, assignment, gpu_bound=bound,
-                                                                       relax=False))
+                                                                       relax=False, memo=memo))
         final = score(problem, assignment)
         gap_gpus, gap_fill = quality.gap_gpus, 0
         if problem.policy == Placement.BINPACK:
@@ -104,7 +105,7 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
         if full is not None and not violations(problem, full) and score(problem, full) > score(problem, assignment):
             assignment, method = full, method + "+overflow"
             bound = max(bound, _bound(State.of(problem, assignment)))
-            quality = bounds_quality(problem, assignment, gpu_bound=bound)
+            quality = bounds_quality(problem, assignment, gpu_bound=bound, memo=memo)
     if not quality.unplaced_proven and _left_out(problem, assignment) and _middle_range(problem, settings):
         fits_somewhere = fits_on_a_node(problem)
         # One budget for the middle range: where the pattern model cannot run (something runs already), the regroup
@@ -126,7 +127,7 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
         if problem.policy == Placement.BINPACK:
             bound = max(bound, _bound(State.of(problem, assignment)))
         assignment, method = _refill(problem, assignment, settings, method)
-        quality = bounds_quality(problem, assignment, gpu_bound=bound)
+        quality = bounds_quality(problem, assignment, gpu_bound=bound, memo=memo)
     elif not quality.unplaced_proven and _left_out(problem, assignment):
         found = window.complete(problem, assignment, settings=settings, forced=forced)
         if found.assignment != assignment:
@@ -134,7 +135,7 @@ def _pack(problem: Problem, settings: PackSettings, floor) -> Solution:
             if problem.policy == Placement.BINPACK:
                 bound = max(bound, _bound(State.of(problem, assignment)))
         assignment, method = _refill(problem, assignment, settings, method)
-        quality = bounds_quality(problem, assignment, gpu_bound=bound)
+        quality = bounds_quality(problem, assignment, gpu_bound=bound, memo=memo)
         if found.whole_pool and found.levels_optimal:
             quality = replace(quality, unplaced_proven=True)
     return _solution(assignment, bound, method, quality)
@@ -192,11 +193,12 @@ def _left_out(problem: Problem, assignment) -> bool:
     return any(bins is None and not item.elastic for item, bins in zip(problem.items, assignment))
 
 
-def bounds_quality(problem: Problem, assignment, *, gpu_bound: int, relax: bool = True) -> Quality:
+def bounds_quality(problem: Problem, assignment, *, gpu_bound: int, relax: bool = True,
+                   memo: dict | None = None) -> Quality:
     """Gaps to bounds: per level, `level_gaps` (with `relax`, the configuration LP in pools up to `RELAX_MAX_ITEMS`
     replicas); the GPU bound of the packing; every running replica staying."""
     items = problem.items
-    gap_bytes = sum(level_gaps(problem, assignment, relax=relax and len(items) <= RELAX_MAX_ITEMS))
+    gap_bytes = sum(level_gaps(problem, assignment, relax=relax and len(items) <= RELAX_MAX_ITEMS, memo=memo))
     running = [i for i, item in enumerate(items) if item.current is not None]
     stays = sum(1 for i in running if assignment[i] == items[i].current)
     gap_gpus = 0
@@ -216,7 +218,7 @@ def bounds_quality(problem: Problem, assignment, *, gpu_bound: int, relax: bool 
     )
 
 
-def level_gaps(problem: Problem, assignment, *, relax: bool) -> list[int]:
+def level_gaps(problem: Problem, assignment, *, relax: bool, memo: dict | None = None) -> list[int]:
     """Per level, how much more VRAM it could place when the levels above hold at least what `assignment` gives
     them: below the VRAM of its replicas that fit some node and the room the levels above leave (each GPU's room as
     the largest subset sum of what may go on it, the level's share a subset sum of its sizes), and, with `relax`,
@@ -247,7 +249,7 @@ def level_gaps(problem: Problem, assignment, *, relax: bool) -> list[int]:
             above += got
     if any(gaps) and relax:
         # Free room split into pieces too small for what is left out: the configuration LP sees it.
-        lp = level_bounds(problem, assignment, keys, fits_somewhere)
+        lp = level_bounds(problem, assignment, keys, fits_somewhere, memo)
         gaps = [min(gap, max(0, bound - placed.get(key, 0))) for gap, bound, key in zip(gaps, lp, keys)]
     return gaps
 
