@@ -160,7 +160,8 @@ def _free_gpus(problem: Problem, state: State, settings: PackSettings, *, bound:
 
 def _refill(problem: Problem, assignment, settings: PackSettings, method: str):
     """The refill search (`refill.py`) where replicas are left out; kept when it scores better."""
-    if settings.refill_budget <= 0 or len(problem.items) > settings.floor_max_items or not _left_out(problem, assignment):
+    if settings.refill_budget <= 0 or len(problem.items) > settings.floor_max_items \
+            or not _left_out(problem, assignment):
         return assignment, method
     state = State.of(problem, assignment)
     refill(state, budget=settings.refill_budget, fits_somewhere=fits_on_a_node(problem))
