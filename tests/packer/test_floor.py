@@ -130,3 +130,29 @@ def test_the_fill_stage_is_skipped_only_where_the_fullest_gpu_is_at_the_average(
     assert not _fill_at_floor(full, ((0,), (0,), (1,), None, None, None))
     result = solve_exact(full, budget=0.5, hint=placed)
     assert result is not None and result.optimal and result.score.policy == -1000
+
+
+@settings(max_examples=6, **CI)
+@given(middle_pools())
+def test_a_plans_remembered_level_bounds_are_the_bounds_solved_afresh(problem: Problem) -> None:
+    """The configuration LP's bound of a level, remembered within a plan by what the levels above hold, is the bound
+    solved again for another placement that gives the levels above the same."""
+    from reconciler.packer.objective import level_keys
+    from reconciler.packer.relaxation import level_bounds
+    from reconciler.packer.solve import fits_on_a_node
+
+    keys, fits = level_keys(problem), fits_on_a_node(problem)
+    floor = first_fit_decreasing(problem)
+    planned = pack(problem, QUICK).assignment
+    memo: dict = {}
+    level_bounds(problem, floor, keys, fits, memo)
+    remembered = level_bounds(problem, planned, keys, fits, memo)
+    afresh = level_bounds(problem, planned, keys, fits)
+    placed = [{key: sum(i.size for i, w in zip(problem.items, a) if w and i.level == key) for key in keys}
+              for a in (floor, planned)]
+    for k, key in enumerate(keys):
+        if all(placed[0][above] == placed[1][above] for above in keys[:k]):
+            # The same LP, started from other columns: equal, or both valid bounds within the LP's tolerance.
+            assert abs(remembered[k] - afresh[k]) <= max(2 << 20, afresh[k] // 10**5), (k, remembered, afresh)
+        else:
+            assert remembered[k] == afresh[k]
