@@ -48,7 +48,8 @@ class GatewayLimits:
     # Bodies at least this large are parsed on a worker thread: json.loads of a few MiB takes tens of milliseconds,
     # which would stall every other stream on the event loop.
     parse_in_thread_bytes: int = 256 << 10
-    # Bytes of request bodies held at once for models with no replica yet, across models; more get 503.
+    # Bytes of request bodies held at once for models with no replica yet or whose every replica is restarting,
+    # across models; more get 503.
     held_bytes: int = 256 << 20
     header_timeout: float = 10.0  # seconds from a connection's first byte (or its previous answer) to a whole header
     body_timeout: float = 60.0  # seconds to receive a request body once its headers arrived

@@ -62,6 +62,7 @@ class Gateway:
         self._history_s = history_s
         self.holds: dict[str, HoldQueue] = {}
         self.held_bytes = HeldBytes(limits.held_bytes)
+        self.upstream.held_bytes = self.held_bytes  # a request waiting for a restarted replica holds its body too
         self.meters: dict[str, Meter] = {}
         self._woken: set[str] = set()  # models whose first request was held since wait_wake last answered
         self._wake = asyncio.Event()

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from reconciler.desired import ApiKey
 from reconciler.gateway import errors, routing, wire
+from reconciler.gateway.admission import HeldBytes
 from reconciler.gateway.errors import GatewayError
 from reconciler.gateway.observer import Observer
 from reconciler.gateway.retry import Decision, Failure, Outcome, Stage, decide
@@ -90,6 +91,9 @@ class Upstream:
         self.pool = wire.Pool()
         self.restarting: dict[str, int] = {}  # requests waiting for a model's replacement replica, by model
         self.restart_queue = 256  # the most of them per model; the gateway sets its queue_limit
+        # Their bodies count against the gateway's budget for held bodies (shared with on-demand holds); the gateway
+        # sets it. Past it, 503 at once rather than memory that grows while a replica restarts.
+        self.held_bytes = HeldBytes(limits.held_bytes)
         # Request ids: this gateway's random prefix and a count, unique across gateways and restarts without a
         # call for randomness per request (uuid4 was a measurable share of a request's own work here).
         self._ids = itertools.count()
@@ -127,11 +131,14 @@ class Upstream:
             if app is None:
                 if now + pause >= deadline or self.restarting.get(model, 0) >= self.restart_queue:
                     return errors.replicas_failed(model, RETRY_AFTER_S)
+                if not self.held_bytes.take(len(raw)):  # its body is held while it waits, within the budget
+                    return errors.replicas_failed(model, RETRY_AFTER_S)
                 self.restarting[model] = self.restarting.get(model, 0) + 1
                 try:
                     await asyncio.sleep(pause)
                 finally:
                     self.restarting[model] -= 1
+                    self.held_bytes.give(len(raw))
                 pause = min(1.0, pause * 2)
                 tried.clear()
                 if current is not None:

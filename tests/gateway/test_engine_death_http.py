@@ -84,6 +84,28 @@ def test_past_the_hold_the_client_gets_503_with_retry_after():
         assert answer.json()["error"]["code"] == "replicas_unavailable"
 
 
+def test_requests_waiting_for_a_replacement_hold_their_bodies_within_the_budget():
+    # 3 KiB of bodies may be held: a 2 KiB request waits; a second one finds the budget spent and gets 503 at once.
+    limits = dataclasses.replace(DEFAULTS.apply.gateway.limits, restart_hold=20.0, held_bytes=3 << 10)
+    with running_rig(limits=limits, secret="s") as rig:
+        only = Mortal(rig, "chat-0")
+        rig.publish(route("chat", "chat-0"))
+        only.dead = "signal 9 (SIGKILL)"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(ask, rig, "w" * 2048)
+            time.sleep(1.0)
+            assert not waiting.done()
+            started = time.monotonic()
+            refused = httpx.post(f"{rig.url}/chat/completions", timeout=10,
+                                 json={"model": "chat", "messages": [{"role": "user", "content": "r" * 2048}]})
+            assert refused.status_code == 503 and time.monotonic() - started < 5
+            assert refused.json()["error"]["code"] == "replicas_unavailable"
+            rig.stop_replica("chat-0")  # the replacement: the held request is answered, its bytes given back
+            Mortal(rig, "chat-0")
+            assert waiting.result(20) == "w" * 2048
+        assert rig.gateway.held_bytes.held == 0
+
+
 def test_an_engine_that_dies_mid_request_never_leaks_its_text():
     async def crashing(scope, receive, send):  # an engine app whose request fails as its engine dies
         state["dead"] = "signal 9 (SIGKILL)"
