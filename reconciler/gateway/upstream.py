@@ -91,9 +91,7 @@ class Upstream:
         self.pool = wire.Pool()
         self.restarting: dict[str, int] = {}  # requests waiting for a model's replacement replica, by model
         self.restart_queue = 256  # the most of them per model; the gateway sets its queue_limit
-        # Their bodies count against the gateway's budget for held bodies (shared with on-demand holds); the gateway
-        # sets it. Past it, 503 at once rather than memory that grows while a replica restarts.
-        self.held_bytes = HeldBytes(limits.held_bytes)
+        self.held_bytes = HeldBytes(limits.held_bytes)  # the gateway's own budget once it sets it (see send)
         # Request ids: this gateway's random prefix and a count, unique across gateways and restarts without a
         # call for randomness per request (uuid4 was a measurable share of a request's own work here).
         self._ids = itertools.count()
@@ -119,47 +117,61 @@ class Upstream:
                    current: Callable[[], tuple[str, ...]] | None = None) -> web.StreamResponse | GatewayError:
         """Send to a replica of ``model``. When every replica failed before taking the request (restarting: their
         ports refuse, their engines say they are dead), wait for a replacement up to ``restart_hold`` seconds,
-        asking ``current()`` for the model's replicas again, instead of failing at once."""
+        asking ``current()`` for the model's replicas again, instead of failing at once. From its first wait until a
+        replica answers, the request's body counts against the budget for held bodies (``held_bytes``, shared with
+        the on-demand holds); a request that finds it spent gets the 503 at once."""
+        held = 0  # bytes of the held-body budget this request holds: from its first wait to a replica's answer
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                self.held_bytes.give(held)
+                held = 0
+
         tried: set[str] = set()
         turn = next(self._turn)
         deadline = time.monotonic() + self.limits.restart_hold
         pause = 0.1
-        while True:
-            now = time.monotonic()
-            gone = {b for b in backends if self.gone_until.get(b, 0) > now}
-            app = routing.choose(backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
-            if app is None:
-                if now + pause >= deadline or self.restarting.get(model, 0) >= self.restart_queue:
-                    return errors.replicas_failed(model, RETRY_AFTER_S)
-                if not self.held_bytes.take(len(raw)):  # its body is held while it waits, within the budget
-                    return errors.replicas_failed(model, RETRY_AFTER_S)
-                self.restarting[model] = self.restarting.get(model, 0) + 1
+        try:
+            while True:
+                now = time.monotonic()
+                gone = {b for b in backends if self.gone_until.get(b, 0) > now}
+                app = routing.choose(backends, in_flight=self.in_flight, tried=tried, gone=gone, turn=turn)
+                if app is None:
+                    if now + pause >= deadline or self.restarting.get(model, 0) >= self.restart_queue:
+                        return errors.replicas_failed(model, RETRY_AFTER_S)
+                    if not held:  # a waiting request's body counts against the budget for held bodies
+                        if not self.held_bytes.take(len(raw)):
+                            return errors.replicas_failed(model, RETRY_AFTER_S)
+                        held = len(raw)
+                    self.restarting[model] = self.restarting.get(model, 0) + 1
+                    try:
+                        await asyncio.sleep(pause)
+                    finally:
+                        self.restarting[model] -= 1
+                    pause = min(1.0, pause * 2)
+                    tried.clear()
+                    if current is not None:
+                        backends = current() or backends
+                    continue
+                tried.add(app)
+                self.in_flight[app] = self.in_flight.get(app, 0) + 1
                 try:
-                    await asyncio.sleep(pause)
-                finally:
-                    self.restarting[model] -= 1
-                    self.held_bytes.give(len(raw))
-                pause = min(1.0, pause * 2)
-                tried.clear()
-                if current is not None:
-                    backends = current() or backends
-                continue
-            tried.add(app)
-            self.in_flight[app] = self.in_flight.get(app, 0) + 1
-            try:
-                return await self._try(request, app=app, model=model, path=path, raw=raw, stream=stream,
-                                       strip_usage=strip_usage, call=call)
-            except _Failed as failed:
-                decision = decide(failed.stage, failed.failure)
-                if decision.eject:
+                    return await self._try(request, app=app, model=model, path=path, raw=raw, stream=stream,
+                                           strip_usage=strip_usage, call=call, answered=release)
+                except _Failed as failed:
+                    decision = decide(failed.stage, failed.failure)
+                    if decision.eject:
+                        self._eject(app)
+                    if decision.outcome is not Outcome.NEXT_REPLICA:
+                        return self._error(decision, model)
+                except _Opaque as opaque:
                     self._eject(app)
-                if decision.outcome is not Outcome.NEXT_REPLICA:
-                    return self._error(decision, model)
-            except _Opaque as opaque:
-                self._eject(app)
-                return errors.upstream_status(model, opaque.status)
-            finally:
-                self.in_flight[app] -= 1
+                    return errors.upstream_status(model, opaque.status)
+                finally:
+                    self.in_flight[app] -= 1
+        finally:
+            release()
 
     def _error(self, decision: Decision, model: str) -> GatewayError:
         if decision.outcome is Outcome.GATEWAY_TIMEOUT:
@@ -174,7 +186,7 @@ class Upstream:
         return headers
 
     async def _try(self, request: web.Request, *, app: str, model: str, path: str, raw: bytes, stream: bool,
-                   strip_usage: bool, call: Call) -> web.StreamResponse:
+                   strip_usage: bool, call: Call, answered: Callable[[], None]) -> web.StreamResponse:
         url = await self._url(app)
         limits = self.limits
         try:
@@ -194,6 +206,7 @@ class Upstream:
             status, upstream = exchange.status, exchange.headers
             if status == 503 and upstream.get(ENGINE_STATE_HEADER) == "dead":
                 raise _Failed(Stage.WAITING, Failure.ENGINE_DEAD)
+            answered()  # a replica took the request: it is no longer held
             content_type = upstream.get("content-type", "application/json")
             headers = {"Content-Type": content_type}
             encoding = upstream.get("content-encoding", "")

@@ -93,8 +93,10 @@ def test_requests_waiting_for_a_replacement_hold_their_bodies_within_the_budget(
         only.dead = "signal 9 (SIGKILL)"
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(ask, rig, "w" * 2048)
-            time.sleep(1.0)
-            assert not waiting.done()
+            deadline = time.monotonic() + 15
+            while rig.gateway.held_bytes.held == 0 and time.monotonic() < deadline:  # until it waits
+                time.sleep(0.05)
+            assert rig.gateway.held_bytes.held > 0 and not waiting.done()
             started = time.monotonic()
             refused = httpx.post(f"{rig.url}/chat/completions", timeout=10,
                                  json={"model": "chat", "messages": [{"role": "user", "content": "r" * 2048}]})
