@@ -276,7 +276,12 @@ class Upstream:
         elif rest := tap.rest():
             relay.write(rest)
         call.prompt, call.completion = tap.prompt, tap.completion
-        await response.write_eof()
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client closed once it had the last event it needed (the openai SDK closes at `data: [DONE]`):
+            # the stream was delivered, only the chunked encoding's terminator found the socket closing.
+            pass
         return response
 
     # ----------------------------------------------------------------------------------------------- resolution

@@ -115,3 +115,27 @@ def test_the_metrics_see_models_key_names_statuses_and_tokens_never_keys(keyed):
         ("request", "-", "-", 401),
     ]
     assert not any(secret in repr(recorder.events) for secret in (ALICE, BOB, "sk-rc-mallory"))
+
+
+def test_a_stream_whose_client_closes_at_done_is_counted_as_answered(keyed, monkeypatch):
+    """The openai SDK closes a stream's connection at `data: [DONE]`; on a busy machine that close can reach the
+    gateway before it writes the chunked terminator. The stream was delivered: a 200, not a 500."""
+    from aiohttp import web
+    from aiohttp.client_exceptions import ClientConnectionResetError
+
+    from reconciler.gateway.observer import Recorder
+
+    recorder = Recorder()
+    keyed.gateway.observer = recorder
+    closing = web.StreamResponse.write_eof
+
+    async def write_eof(self, data=b""):  # the client's close arrives before the terminator is written
+        if self.content_type == "text/event-stream":
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        return await closing(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", write_eof)
+    chunks = list(sdk(keyed, ALICE).chat.completions.create(model="chat", stream=True,
+                                                             messages=[{"role": "user", "content": "a b"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b"
+    assert ("request", "chat", "alice", 200) in recorder.events
