@@ -97,10 +97,10 @@ def test_requests_waiting_for_a_replacement_hold_their_bodies_within_the_budget(
             while rig.gateway.held_bytes.held == 0 and time.monotonic() < deadline:  # until it waits
                 time.sleep(0.05)
             assert rig.gateway.held_bytes.held > 0 and not waiting.done()
-            started = time.monotonic()
+            # Not held: its 503 comes within the client's 10 s, where a held request would wait out the 20 s hold.
             refused = httpx.post(f"{rig.url}/chat/completions", timeout=10,
                                  json={"model": "chat", "messages": [{"role": "user", "content": "r" * 2048}]})
-            assert refused.status_code == 503 and time.monotonic() - started < 5
+            assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "replicas_unavailable"
             rig.stop_replica("chat-0")  # the replacement: the held request is answered, its bytes given back
             Mortal(rig, "chat-0")
