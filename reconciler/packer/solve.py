@@ -50,6 +50,7 @@ def pack(problem: Problem, settings: PackSettings = PackSettings()) -> Solution:
 
 def _pack(problem: Problem, settings: PackSettings, floor, memo: dict) -> Solution:
     state = construct(problem)
+    constructions = [state.assignment()] + ([floor] if floor is not None else [])  # the pattern model's columns
     method = "greedy"
     exactly = settings.exact_time > 0 and _exact_applies(problem, settings)
     # Beyond the exact model's range the searches start from the better of the two constructions; within it, CP-SAT
@@ -114,8 +115,9 @@ def _pack(problem: Problem, settings: PackSettings, floor, memo: dict) -> Soluti
         if settings.pattern_time > 0 and not patterns.applies(problem):
             regroup_time += settings.pattern_time
         elif settings.pattern_time > 0:
-            found = patterns.place(problem, assignment, fits_somewhere=fits_somewhere,
-                                   rounds=settings.pattern_rounds, time=settings.pattern_time, seed=settings.seed)
+            others = [other for other in constructions if other != assignment]
+            found = patterns.place_from(problem, assignment, others, fits_somewhere=fits_somewhere,
+                                        rounds=settings.pattern_rounds, time=settings.pattern_time, seed=settings.seed)
             if found is not None and score(problem, found) > score(problem, assignment) \
                     and not violations(problem, found):
                 assignment, method = _refill(problem, found, settings, method + "+patterns")

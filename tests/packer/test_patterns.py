@@ -11,7 +11,8 @@ from reconciler.packer import Bin, Item, PackSettings, Problem, pack
 from reconciler.packer.exact import solve_exact
 from reconciler.packer.firstfit import first_fit_decreasing
 from reconciler.packer.objective import score, violations
-from reconciler.packer.patterns import place
+from reconciler.packer.greedy import construct
+from reconciler.packer.patterns import place, place_from
 from reconciler.packer.solve import fits_on_a_node
 from tests.packer.test_floor import middle_pools
 from tests.packer.test_packer import CI
@@ -126,3 +127,26 @@ def test_the_plan_takes_the_pattern_placement_where_it_places_more() -> None:
     solution = pack(problem, PackSettings(regroup_time=0.0))
     assert "patterns" in solution.method and not violations(problem, solution.assignment)
     assert score(problem, solution.assignment).levels > score(problem, without.assignment).levels
+
+
+def test_another_constructions_gpus_give_the_integer_model_the_patterns_its_pricing_missed() -> None:
+    # Found by drawing such pools: from best-fit decreasing alone the integer model places nothing beyond its 13 GiB of the lower level;
+    # with first-fit decreasing's GPUs among its patterns too, 29.5 GiB (the level above the same).
+    problem = _oversubscribed_pool(Random(4))
+    fits, start, other = fits_on_a_node(problem), construct(problem).assignment(), first_fit_decreasing(problem)
+    alone = place(problem, start, fits_somewhere=fits, rounds=60, time=1.2) or start  # None: nothing better
+    both = place_from(problem, start, [other], fits_somewhere=fits, rounds=60, time=1.2)
+    assert both is not None and not violations(problem, both)
+    assert score(problem, alone).levels == (442 * GiB, 13 * GiB)
+    assert score(problem, both).levels == (442 * GiB, 59 * GiB // 2)
+
+
+@settings(max_examples=4, **CI)
+@given(middle_pools())
+def test_placing_with_another_constructions_gpus_never_places_less_and_is_deterministic(problem: Problem) -> None:
+    fits, start, other = fits_on_a_node(problem), construct(problem).assignment(), first_fit_decreasing(problem)
+    alone = place(problem, start, fits_somewhere=fits, rounds=20, time=0.3) or start
+    both = place_from(problem, start, [other], fits_somewhere=fits, rounds=20, time=0.3) or start
+    assert not violations(problem, both)
+    assert score(problem, both) >= score(problem, alone)
+    assert (place_from(problem, start, [other], fits_somewhere=fits, rounds=20, time=0.3) or start) == both
