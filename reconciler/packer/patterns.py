@@ -34,7 +34,7 @@ from ortools.sat.python import cp_model
 
 from reconciler.desired import Spread
 from reconciler.packer.greedy import place_waiting
-from reconciler.packer.objective import level_keys, score
+from reconciler.packer.objective import level_keys, score, violations
 from reconciler.packer.problem import Problem
 from reconciler.packer.relaxation import SCALE, Counts, Kind, Master, gpu_patterns, kind_of, kinds_of, signature
 from reconciler.packer.state import State
@@ -73,9 +73,9 @@ def place_from(problem: Problem, assignment, others, *, fits_somewhere, rounds: 
         return found
     again, _ = _place(problem, assignment, fits_somewhere=fits_somewhere, rounds=rounds, time=time - spent,
                       seed=seed, also=others)
-    if again is None or (found is not None and score(problem, found) >= score(problem, again)):
+    if again is None or violations(problem, again):
         return found
-    return again
+    return found if found is not None and score(problem, found) >= score(problem, again) else again
 
 
 def _place(problem: Problem, assignment, *, fits_somewhere, rounds: int, time: float = 0.0, seed: int = 0,
