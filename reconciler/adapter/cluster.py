@@ -174,6 +174,15 @@ class Cluster:
         self._ray = ray
         return ray
 
+    def gone(self, timeout: float = 2.0) -> bool:
+        """Whether the cluster itself is gone (stopped, or restarted at another address): its GCS port accepts no
+        connection. A dashboard too busy to answer leaves that port open; a stopped cluster does not."""
+        try:
+            reach.check_port(self.address, timeout=timeout)
+        except reach.Unreachable:
+            return True
+        return False
+
     def close(self) -> None:
         if self._ray is not None and self._owns_driver:
             self._ray.shutdown()

@@ -329,7 +329,7 @@ class Executor:
             except TransientError:
                 # A dashboard too busy to answer (many replicas starting on few cores) is not a failed apply: what
                 # was submitted goes on, and the timeouts still bound the wait.
-                if waiting.give_up_unreachable(w, now=time.monotonic(), settings=s):
+                if waiting.give_up_unreachable(w, now=time.monotonic(), settings=s, gone=self.cluster.gone()):
                     raise
                 time.sleep(s.poll)
                 continue

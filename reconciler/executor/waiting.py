@@ -49,9 +49,11 @@ def start(*, gone: Iterable[str], running: Iterable[str], now: float) -> Waiting
     return Waiting(begun=now, running=frozenset(running), gone=frozenset(gone))
 
 
-def give_up_unreachable(w: Waiting, *, now: float, settings: ApplySettings) -> bool:
-    """Serve did not answer this poll: keep waiting (what was submitted goes on) until every timeout has passed."""
-    return now - w.begun > max(settings.replica_timeout, settings.stop_timeout)
+def give_up_unreachable(w: Waiting, *, now: float, settings: ApplySettings, gone: bool = False) -> bool:
+    """Serve did not answer this poll: keep waiting (what was submitted goes on) until every timeout has passed,
+    unless the cluster itself is `gone` (its GCS port refuses connections): then at once, since nothing submitted goes
+    on there, and a driver left waiting on a GCS that is gone is ended by Ray's own reconnect timer (a minute)."""
+    return gone or now - w.begun > max(settings.replica_timeout, settings.stop_timeout)
 
 
 def step(

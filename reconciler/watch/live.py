@@ -16,11 +16,9 @@ from dataclasses import replace
 from reconciler import adapter
 from reconciler.adapter import gateway as gateways
 from reconciler.planner import scaling
-from reconciler.adapter import reach
 from reconciler.adapter.kv import RayKV
 from reconciler.adapter.observation import serve_fingerprint
 from reconciler.desired import DesiredState
-from reconciler.errors import TransientError
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
 from reconciler.settings import DEFAULTS, ApplySettings
@@ -48,18 +46,11 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
     woken = threading.Event()  # a gateway woke the controller: an apply in progress may start those models at once
     listeners: list[Callable[[str], None]] = []
 
-    def reachable() -> bool:
-        try:
-            reach.check_port(cluster.address, timeout=2.0)
-        except TransientError:
-            return False
-        return True
-
     def gone_if_unreachable(exc: Exception) -> None:
         """After a failed call: when the cluster's GCS port no longer answers at all, the cluster is gone (stopped,
         restarted elsewhere): the driver is dropped before Ray's own reconnect timer ends this process, and the
         session reconnects."""
-        if reachable():
+        if not cluster.gone():
             return
         cluster.close()
         for listener in listeners:
@@ -128,8 +119,8 @@ def connect_live(address: str | None, *, connect_timeout: float = DEFAULTS.clust
         return cluster.http_url, gateways.urls(cluster)
 
     return WatchTarget(observe=observe, apply=apply, kv=kv, describe=f"the Ray cluster at {cluster.address}",
-                       close=cluster.close, probe=changed, reachable=reachable, on_lost=listeners.append,
-                       wake=wake, endpoints=endpoints)
+                       close=cluster.close, probe=changed, reachable=lambda: not cluster.gone(),
+                       on_lost=listeners.append, wake=wake, endpoints=endpoints)
 
 
 class DemandProbe:

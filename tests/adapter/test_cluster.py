@@ -70,3 +70,19 @@ def test_the_gcs_store_creates_a_key_once(cluster):
     finally:
         kv.delete(key)
     assert kv.get(key) is None
+
+
+def test_a_cluster_is_gone_only_when_its_gcs_port_refuses_connections(cluster):
+    import socket
+
+    from reconciler.adapter.cluster import Cluster, Endpoint
+
+    assert not cluster.gone()
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stopped = Cluster(Endpoint(address=f"127.0.0.1:{port}", token=None))
+    try:
+        assert stopped.gone()
+    finally:
+        stopped.close()

@@ -66,3 +66,9 @@ def test_an_unreachable_serve_is_waited_out_until_every_timeout_passed():
     w = waiting.start(gone=["old"], running=["new"], now=0.0)
     assert not waiting.give_up_unreachable(w, now=99, settings=SETTINGS)
     assert waiting.give_up_unreachable(w, now=101, settings=SETTINGS)
+
+
+def test_a_cluster_that_is_gone_is_not_waited_for():
+    # Its GCS port refuses connections: nothing submitted goes on, and Ray would end a driver waiting on it.
+    w = waiting.start(gone=["old"], running=["new"], now=0.0)
+    assert waiting.give_up_unreachable(w, now=1, settings=SETTINGS, gone=True)
