@@ -132,6 +132,17 @@ def test_a_killed_node_and_a_mangled_state_file(here):
     assert reconciler("down", cwd=here, own_cluster=True).stdout.strip() == "No local cluster was running."
 
 
+def start_watch(here: Path, log: Path) -> subprocess.Popen:
+    """`reconciler watch` of the local cluster in `here` as a process, its events written to `log`."""
+    env = {k: v for k, v in os.environ.items() if k not in SESSION_CLUSTER_ENV}
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "watch", "specs", "--yes", "--interval", "3", "--lease-ttl", "6",
+         "--events", str(log)],
+        cwd=here, env={**env, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_a_watch_whose_cluster_stops_while_its_apply_waits_says_so_and_carries_on(here):
     """`reconciler down` while a watch's apply waits for a replica to start. The apply sees the cluster is gone (its
     GCS port refuses connections) and gives up at once, and the watch reports the lost cluster and waits for it, where
@@ -141,13 +152,7 @@ def test_a_watch_whose_cluster_stops_while_its_apply_waits_says_so_and_carries_o
         MODEL.format(name="alpha", vram="16Gi", replicas=1) + "  engineArgs: {startup_delay_s: 900}\n")
     assert reconciler("up", "specs", cwd=here, own_cluster=True, timeout=300).returncode == 0
     log = here / "events.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_CLUSTER_ENV}
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "specs", "--yes", "--interval", "3", "--lease-ttl", "6",
-         "--events", str(log)],
-        cwd=here, env={**env, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    watch = start_watch(here, log)
     try:
         def submitted() -> bool:
             with rest(here) as cluster:
@@ -180,13 +185,7 @@ def events(path: Path) -> list[dict]:
 def test_watch_reconnects_when_the_whole_cluster_is_restarted(here):
     assert reconciler("up", "specs", cwd=here, own_cluster=True, timeout=300).returncode == 0
     log = here / "events.jsonl"
-    env = {k: v for k, v in os.environ.items() if k not in SESSION_CLUSTER_ENV}
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "watch", "specs", "--yes", "--interval", "3", "--lease-ttl", "6",
-         "--events", str(log)],
-        cwd=here, env={**env, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    watch = start_watch(here, log)
     try:
         def seen(predicate, after: int = 0):
             return wait_for(lambda: watch.poll() is None and next((e for e in events(log)[after:] if predicate(e)),
