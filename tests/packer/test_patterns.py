@@ -130,8 +130,8 @@ def test_the_plan_takes_the_pattern_placement_where_it_places_more() -> None:
 
 
 def test_another_constructions_gpus_give_the_integer_model_the_patterns_its_pricing_missed() -> None:
-    # Found by drawing such pools: from best-fit decreasing alone the integer model places nothing beyond its 13 GiB of the lower level;
-    # with first-fit decreasing's GPUs among its patterns too, 29.5 GiB (the level above the same).
+    # Found by drawing such pools: from best-fit decreasing alone the integer model places nothing beyond its 13 GiB
+    # of the lower level; with first-fit decreasing's GPUs among its patterns too, 29.5 GiB (the level above the same).
     problem = _oversubscribed_pool(Random(4))
     fits, start, other = fits_on_a_node(problem), construct(problem).assignment(), first_fit_decreasing(problem)
     alone = place(problem, start, fits_somewhere=fits, rounds=60, time=1.2) or start  # None: nothing better
