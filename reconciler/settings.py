@@ -111,6 +111,13 @@ class ClusterSettings:
     connect_timeout: float = 10.0
     http_timeout: float = 30.0  # one call of the dashboard's REST API
     probe_timeout: float = 60.0  # one NVML probe on a node
+    # One call to the GCS (its key-value store, its node table). Ray's own calls wait for a GCS that is gone until
+    # its reconnect timer (60 s) ends the whole process: a watch must give up first, drop the driver, and reconnect.
+    gcs_timeout: float = 10.0
+    # Ray ends a driver whose GCS has not answered for this long; its own default, 60 s from the first failed call,
+    # ends a watch before its bounded calls have failed and it has let the driver go (Ray's calls without a timeout
+    # of their own still end here).
+    gcs_lost_exit: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

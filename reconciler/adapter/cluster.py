@@ -4,6 +4,7 @@ API (Serve's declarative config, the state API), with Ray's token auth."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -245,10 +246,17 @@ class Cluster:
     def pending_demands(self) -> list[tuple[dict[str, float], int]]:
         """Resource shapes Ray cannot schedule yet, with how many tasks/actors wait for each."""
         self._driver()
-        from ray.autoscaler.v2.sdk import get_cluster_status
+        from ray._private import worker
+        from ray.autoscaler.v2.schema import Stats
+        from ray.autoscaler.v2.utils import ClusterStatusParser
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 
         try:
-            status = get_cluster_status(self.address)
+            # The driver's own GCS client: Ray's get_cluster_status opens a new one, which waits for a GCS that is
+            # gone well past the call's timeout.
+            reply = GetClusterStatusReply.FromString(worker.global_worker.gcs_client.get_cluster_status(
+                timeout_s=math.ceil(DEFAULTS.cluster.gcs_timeout)))
+            status = ClusterStatusParser.from_get_cluster_status_reply(reply, stats=Stats())
         except Exception as exc:
             raise TransientError(f"cannot read the cluster's resource demand: {exc}") from exc
         return [
@@ -260,9 +268,11 @@ class Cluster:
     # -- observation ------------------------------------------------------------------------------------------------
 
     def ray_nodes(self) -> list[RayNode]:
-        ray = self._driver()
+        self._driver()
+        from reconciler.adapter.nodetable import node_table
+
         try:
-            raw = ray.nodes()
+            raw = node_table()
         except Exception as exc:  # the GCS is restarting or gone: worth another try later
             raise TransientError(f"the Ray cluster at {self.address} did not list its nodes: {exc}") from exc
         nodes = [RayNode.from_ray(n) for n in raw]

@@ -201,16 +201,18 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _stored_table() -> RouteTable:
-    from ray.experimental import internal_kv
+    from reconciler.adapter.kv import RayKV
 
-    raw = internal_kv._internal_kv_get(TABLE_KEY, namespace=NAMESPACE)
+    raw = RayKV(namespace=NAMESPACE).get(TABLE_KEY.decode())
     return RouteTable.from_dict(json.loads(raw)) if raw else RouteTable()
 
 
 def _gateway_nodes(ray: Any) -> dict[str, str]:
     """One node per distinct node address (address -> node id): gateways on one address would share the port."""
     chosen: dict[str, str] = {}
-    for node in sorted(ray.nodes(), key=lambda n: n["NodeID"]):
+    from reconciler.adapter.nodetable import node_table
+
+    for node in sorted(node_table(), key=lambda n: n["NodeID"]):
         if node.get("Alive") and node.get("NodeManagerAddress"):
             chosen.setdefault(node["NodeManagerAddress"], node["NodeID"])
     return chosen
@@ -290,10 +292,10 @@ def _wait_gone(ray: Any, name: str) -> None:
 def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = DEFAULTS.apply.gateway) -> list[str]:
     """Store `table`, make sure every gateway runs and holds it; the gateways' base URLs (ending in /v1)."""
     ray = cluster._driver()
-    from ray.experimental import internal_kv
+    from reconciler.adapter.kv import RayKV
 
     data = table.to_dict()
-    internal_kv._internal_kv_put(TABLE_KEY, json.dumps(data), overwrite=True, namespace=NAMESPACE)
+    RayKV(namespace=NAMESPACE).put(TABLE_KEY.decode(), json.dumps(data).encode())
     if not settings.enabled:
         return []
     actors, silent = ensure(cluster, settings)

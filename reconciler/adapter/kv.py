@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from reconciler.settings import DEFAULTS
+
 NAMESPACE = "reconciler"
 
 
@@ -25,7 +27,8 @@ class RayKV:
     """Ray's GCS internal KV: of the cluster this process is connected to (after ``ray.init``), or of the GCS at
     an address (``RayKV.at("127.0.0.1:6379")``, no driver needed)."""
 
-    def __init__(self, gcs_client: Any = None, namespace: str = NAMESPACE) -> None:
+    def __init__(self, gcs_client: Any = None, namespace: str = NAMESPACE,
+                 timeout: float = DEFAULTS.cluster.gcs_timeout) -> None:
         if gcs_client is None:
             from ray.experimental import internal_kv  # the adapter is the one place that imports ray
 
@@ -34,28 +37,30 @@ class RayKV:
             gcs_client = internal_kv.internal_kv_get_gcs_client()
         self._gcs = gcs_client
         self._namespace = namespace.encode()
+        self._timeout = timeout  # every call bounded: see ClusterSettings.gcs_timeout
 
     @classmethod
-    def at(cls, gcs_address: str, namespace: str = NAMESPACE) -> "RayKV":
+    def at(cls, gcs_address: str, namespace: str = NAMESPACE,
+           timeout: float = DEFAULTS.cluster.gcs_timeout) -> "RayKV":
         from ray._raylet import GcsClient
 
-        return cls(GcsClient(address=gcs_address), namespace)
+        return cls(GcsClient(address=gcs_address), namespace, timeout)
 
     def get(self, key: str) -> bytes | None:
-        return self._gcs.internal_kv_get(key.encode(), self._namespace)
+        return self._gcs.internal_kv_get(key.encode(), self._namespace, timeout=self._timeout)
 
     def put(self, key: str, value: bytes) -> None:
-        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace)
+        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace, timeout=self._timeout)
 
     def put_if_absent(self, key: str, value: bytes) -> bool:
         # The GCS answers how many keys the call added: 0 when the key was already there (and is left unchanged).
-        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace) == 1
+        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace, timeout=self._timeout) == 1
 
     def delete(self, key: str) -> None:
-        self._gcs.internal_kv_del(key.encode(), False, self._namespace)
+        self._gcs.internal_kv_del(key.encode(), False, self._namespace, timeout=self._timeout)
 
     def keys(self, prefix: str) -> list[str]:
-        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace)]
+        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace, timeout=self._timeout)]
 
 
 class MemoryKV:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reconciler.errors import TransientError
+from reconciler.settings import DEFAULTS
 
 
 class Unreachable(TransientError):
@@ -64,8 +65,10 @@ def check_port(address: str, *, timeout: float, budget: float | None = None, loc
 
 def shorten_retries(timeout: float) -> None:
     """Before Ray is imported: its GCS retry loop shortened to the connect budget, so an abandoned attempt gives up
-    soon after. Where the operator set the variable, theirs is kept."""
+    soon after; and the time after which Ray ends a driver whose GCS is gone lengthened (``gcs_lost_exit``). Where
+    the operator set a variable, theirs is kept."""
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, math.ceil(timeout))))
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(math.ceil(DEFAULTS.cluster.gcs_lost_exit)))
 
 
 def within(connect: Callable[[], Any], *, address: str, timeout: float, budget: float | None = None,

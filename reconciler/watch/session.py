@@ -165,7 +165,11 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
         if metrics is not None and lease is not None:
             metrics.revision.set(revisions.latest_number(target.kv) or 0)
 
+        reported = threading.Lock()  # the lock's keeper and a failed call can both find the cluster lost: say it once
+
         def cluster_lost(why: str) -> None:
+            if not reported.acquire(blocking=False):
+                return
             events.emit(Kind.FAILURE, f"lost the cluster: {why}; connecting again", stage="connect",
                         error=why, temporary=True, retryIn=settings.retry_base)
             loop.stop(CLUSTER_LOST)

@@ -86,3 +86,19 @@ def test_a_cluster_is_gone_only_when_its_gcs_port_refuses_connections(cluster):
         assert stopped.gone()
     finally:
         stopped.close()
+
+
+def test_the_bounded_node_table_reads_what_ray_nodes_reads(cluster):
+    """The node table comes from the driver's GCS client with a timeout (``ray.nodes()`` has none); its rows carry the
+    same values as ``ray.nodes()``'s under every key the package reads."""
+    import ray
+
+    from reconciler.adapter.nodetable import node_table
+
+    cluster.ray_nodes()  # the driver is connected
+    keys = ("NodeID", "Alive", "NodeManagerAddress", "NodeManagerHostname", "NodeName", "Resources", "Labels",
+            "DeathReasonMessage")
+    ours = sorted(({k: row[k] for k in keys} for row in node_table(timeout=5)), key=lambda row: row["NodeID"])
+    theirs = sorted(({k: row.get(k, "") for k in keys} for row in ray.nodes()), key=lambda row: row["NodeID"])
+    assert ours == theirs
+    assert len(ours) >= 3

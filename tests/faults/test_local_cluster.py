@@ -143,6 +143,40 @@ def start_watch(here: Path, log: Path) -> subprocess.Popen:
     )
 
 
+def test_a_watch_outlives_a_gcs_that_dies_first(here):
+    """The GCS dies while the rest of the cluster (the dashboard) lives on: a driver of that cluster is ended by Ray
+    60 s after its GCS stopped answering. The watch bounds its calls to the GCS, reports the lost cluster, lets the
+    driver go and keeps trying to reconnect well past those 60 s (seen once in a suite run: `reconciler down`
+    stopped the GCS first, and the watch died in the middle of reading the node table)."""
+    assert reconciler("up", "specs", cwd=here, own_cluster=True, timeout=300).returncode == 0
+    log = here / "events.jsonl"
+    watch = start_watch(here, log)
+    try:
+        wait_for(lambda: watch.poll() is None and any(e["event"] == "cycle" and e["inSync"] for e in events(log)),
+                 timeout=240, what="the watch's first cycle in sync")
+        supervisor = psutil.Process(json.loads((here / ".reconciler" / "cluster.json").read_text())["pid"])
+        [gcs] = [p for p in supervisor.children(recursive=True) if p.name().startswith("gcs_server")]
+        mark = len(events(log))
+        gcs.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        lost = wait_for(lambda: watch.poll() is None and next(
+            (e for e in events(log)[mark:] if e["event"] == "failure" and e.get("stage") == "connect"), None),
+            timeout=120, what="the watch to report the lost cluster")
+        assert lost["message"].startswith("lost the cluster: "), lost
+        assert time.monotonic() - killed < 60, "reported after Ray's own timer would have ended the driver"
+        # Past Ray's 60 s: still alive, still trying to connect again.
+        wait_for(lambda: time.monotonic() - killed > 75, timeout=120, what="75 s after the kill")
+        assert watch.poll() is None, watch.communicate(timeout=60)[0]
+        assert any(e["message"].startswith("connecting again failed") for e in events(log)[mark:]), events(log)[mark:]
+        assert sum(e["message"].startswith("lost the cluster") for e in events(log)[mark:]) == 1, events(log)[mark:]
+    finally:
+        if watch.poll() is None:
+            watch.send_signal(signal.SIGTERM)
+        out, _ = watch.communicate(timeout=120)
+    assert watch.returncode == 0, out
+    assert "Traceback" not in out and "Failed to connect to GCS" not in out, out
+
+
 def test_a_watch_whose_cluster_stops_while_its_apply_waits_says_so_and_carries_on(here):
     """`reconciler down` while a watch's apply waits for a replica to start. The apply sees the cluster is gone (its
     GCS port refuses connections) and gives up at once, and the watch reports the lost cluster and waits for it, where
@@ -188,8 +222,11 @@ def test_watch_reconnects_when_the_whole_cluster_is_restarted(here):
     watch = start_watch(here, log)
     try:
         def seen(predicate, after: int = 0):
-            return wait_for(lambda: watch.poll() is None and next((e for e in events(log)[after:] if predicate(e)),
-                                                                   None), timeout=240, what="a watch event")
+            def check():
+                assert watch.poll() is None, f"the watch ended ({watch.returncode}): {watch.communicate()[0][-3000:]}"
+                return next((e for e in events(log)[after:] if predicate(e)), None)
+
+            return wait_for(check, timeout=240, what="a watch event")
 
         seen(lambda e: e["event"] == "cycle" and e["inSync"])
         wait_for(lambda: two_replicas(here), timeout=120, what="two replicas")
