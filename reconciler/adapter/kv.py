@@ -8,8 +8,10 @@ a dict, for a plan-only watch that has no cluster and for tests of the algorithm
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from reconciler.errors import TransientError
 from reconciler.settings import DEFAULTS
 
 NAMESPACE = "reconciler"
@@ -47,20 +49,33 @@ class RayKV:
         return cls(GcsClient(address=gcs_address), namespace, timeout)
 
     def get(self, key: str) -> bytes | None:
-        return self._gcs.internal_kv_get(key.encode(), self._namespace, timeout=self._timeout)
+        return self._call(lambda: self._gcs.internal_kv_get(key.encode(), self._namespace, timeout=self._timeout))
 
     def put(self, key: str, value: bytes) -> None:
-        self._gcs.internal_kv_put(key.encode(), value, True, self._namespace, timeout=self._timeout)
+        self._call(lambda: self._gcs.internal_kv_put(key.encode(), value, True, self._namespace, timeout=self._timeout))
 
     def put_if_absent(self, key: str, value: bytes) -> bool:
         # The GCS answers how many keys the call added: 0 when the key was already there (and is left unchanged).
-        return self._gcs.internal_kv_put(key.encode(), value, False, self._namespace, timeout=self._timeout) == 1
+        added = self._call(
+            lambda: self._gcs.internal_kv_put(key.encode(), value, False, self._namespace, timeout=self._timeout))
+        return added == 1
 
     def delete(self, key: str) -> None:
-        self._gcs.internal_kv_del(key.encode(), False, self._namespace, timeout=self._timeout)
+        self._call(lambda: self._gcs.internal_kv_del(key.encode(), False, self._namespace, timeout=self._timeout))
 
     def keys(self, prefix: str) -> list[str]:
-        return [k.decode() for k in self._gcs.internal_kv_keys(prefix.encode(), self._namespace, timeout=self._timeout)]
+        found = self._call(lambda: self._gcs.internal_kv_keys(prefix.encode(), self._namespace, timeout=self._timeout))
+        return [k.decode() for k in found]
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        """A GCS that did not answer within the timeout (or refused the call) is a TransientError: the cluster may
+        be restarting or gone, and the caller tries again or reconnects."""
+        from ray.exceptions import RpcError
+
+        try:
+            return call()
+        except RpcError as exc:
+            raise TransientError(f"the cluster's GCS did not answer within {self._timeout:g} s: {exc}") from exc
 
 
 class MemoryKV:

@@ -7,10 +7,11 @@ import dataclasses
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from reconciler.cli import _cluster, _planning
-from reconciler.errors import UserError
+from reconciler.errors import TransientError, UserError
 from reconciler.settings import DEFAULTS
 
 DESCRIPTION = """\
@@ -102,7 +103,10 @@ def apply_holding_lock(args: argparse.Namespace, cluster, *, executor, plan, obs
         return _recorded(args, lease.kv, executor=executor, plan=plan, desired=desired, cause=cause,
                          command=holder.command, token=holder.token, source=source)
     finally:
-        keeper.stop(release=True)
+        # A store that does not answer (the cluster went away) leaves the lock to run out by its ttl: what the apply
+        # did, or its own error, is what to report.
+        with suppress(TransientError):
+            keeper.stop(release=True)
 
 
 def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: str, command: str, token: str,
@@ -119,11 +123,15 @@ def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: s
     revision = recorder.begin(plan, desired, cause=cause, token=token)
     try:
         report = executor.apply(plan)
+    # Where the store does not answer either (the cluster went with the apply), the apply's own error is the one to
+    # report: the revision stays unfinished, and reads as interrupted once this command's lock is gone.
     except KeyboardInterrupt:
-        recorder.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (Ctrl-C or a signal)")
+        with suppress(TransientError):
+            recorder.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (Ctrl-C or a signal)")
         raise
     except Exception as exc:
-        recorder.end(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
+        with suppress(TransientError):
+            recorder.end(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
         raise
     results = [(o.ok, o.message) for o in report.outcomes]
     if report.ok or not report.router_errors:

@@ -287,13 +287,23 @@ class Controller:
         try:
             results = apply()
         except KeyboardInterrupt:
-            self.recording.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (a second signal)")
+            self._end_unless_gone(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (a second signal)")
             raise
         except Exception as exc:
-            self.recording.end(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
+            self._end_unless_gone(revision, outcome=Outcome.FAILED, reason=f"{type(exc).__name__}: {exc}"[:500])
             raise
         self.recording.end(revision, results=[(r.ok, r.error) for r in results])
         return results
+
+    def _end_unless_gone(self, revision: Any, **ended: Any) -> None:
+        """Record how a failed apply ended; where the store does not answer either (the cluster went with it), the
+        apply's own error is the one to report: the revision stays unfinished, and reads as interrupted once this
+        watcher's lock is gone."""
+        assert self.recording is not None
+        try:
+            self.recording.end(revision, **ended)
+        except TransientError:
+            pass
 
     def _emit_deaths(self, observed: ObservedState) -> None:
         """One event (and a count) per engine death the replicas recorded since this controller started."""

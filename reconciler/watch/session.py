@@ -12,8 +12,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -120,12 +120,15 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
         metrics = _metrics(options, stack, liveness, page)
         git = stack.enter_context(GitSpecs(options.git, events=events, metrics=metrics)) if options.git else None
         watching = git.describe if git is not None else str(options.directory)
-        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching,
-                      page=page)
         spec_dir = git.spec_dir if git is not None else None
-        why = _watch_connected(connect(options, spec_dir=spec_dir), **around, confirm=confirm, ready=ready)
+        first = connect(options, spec_dir=spec_dir)  # a signal meanwhile ends the command at once
+        signals = _Signals()
+        stack.callback(_restore_signals, signals.install())
+        around = dict(options=options, events=events, liveness=liveness, metrics=metrics, git=git, watching=watching,
+                      page=page, signals=signals)
+        why = _watch_connected(first, **around, confirm=confirm, ready=ready)
         while why == CLUSTER_LOST:  # the cluster stopped answering: connect again, and carry on as before
-            target = _reconnect(options, events, spec_dir=spec_dir)
+            target = _reconnect(options, events, signals, spec_dir=spec_dir)
             if target is None:
                 why = "signal received while reconnecting"
                 break
@@ -139,18 +142,21 @@ def run(options: WatchOptions, *, ready: Callable[[Loop], None] | None = None) -
 
 def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: EventLog, liveness: Liveness,
                      metrics: Metrics | None, git: GitSpecs | None, watching: str, page: StatusPage,
+                     signals: "_Signals",
                      confirm: Callable[[Plan], bool] | None, ready: Callable[[Loop], None] | None) -> str:
     """Watch through one connection to the cluster; returns why it ended: a signal, the lease lost, the lock waited
     for in vain, or the cluster lost (then the caller connects again)."""
     settings = options.settings
     acting = not settings.plan_only
+    signals.arm()  # the driver has just connected
     with ExitStack() as stack:
+        stack.callback(signals.arm)  # after the driver is let go, below
         stack.callback(target.close)
         lease = None
         if acting:
             if options.wait_for_lock:
                 liveness.enter(Phase.STANDBY)
-            lease = _take_lease(options, target, events)
+            lease = _take_lease(options, target, events, signals)
             if lease is None:
                 return WAIT_STOPPED
         controller = Controller(
@@ -168,6 +174,7 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
         reported = threading.Lock()  # the lock's keeper and a failed call can both find the cluster lost: say it once
 
         def cluster_lost(why: str) -> None:
+            signals.arm()  # the driver may just have been let go (in this thread)
             if not reported.acquire(blocking=False):
                 return
             events.emit(Kind.FAILURE, f"lost the cluster: {why}; connecting again", stage="connect",
@@ -189,8 +196,7 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
         watcher = git.follower(loop.changed) if git is not None else SpecWatcher(options.directory, loop.changed)
         watcher.start()
         stack.callback(watcher.stop)
-        previous = _stop_on_signals(loop.stop)
-        stack.callback(lambda: _restore_signals(previous))
+        stack.enter_context(signals.to(loop.stop))
         events.emit(
             Kind.STARTED,
             f"watching {watching} against {target.describe}: drift check every {settings.interval:g} s, "
@@ -306,17 +312,14 @@ def _metrics(options: WatchOptions, stack: ExitStack, health: Callable[[], Healt
     return metrics
 
 
-def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog) -> Lease | None:
+def _take_lease(options: WatchOptions, target: WatchTarget, events: EventLog, signals: "_Signals") -> Lease | None:
     """The cluster's apply lock: taken at once, or (--wait-for-lock) once free; None when a signal ended the wait."""
     holder = Holder.current(options.command)
     if options.wait_for_lock:
         stop_waiting = threading.Event()
-        previous = _stop_on_signals(lambda why: stop_waiting.set())
-        try:
+        with signals.to(lambda why: stop_waiting.set()):
             lease = wait_acquire(target.kv, holder=holder, ttl=options.lease_ttl, stop=stop_waiting,
                                  on_wait=lambda held: events.emit(Kind.LEASE, f"waiting: {held}", waiting=True))
-        finally:
-            _restore_signals(previous)
         if lease is None:
             return None
     else:
@@ -354,13 +357,12 @@ def _keeper(lease: Lease, *, events: EventLog, loop: Loop, controller: Controlle
     return LeaseKeeper(lease, on_lost=lost, on_retaken=retaken, status=published)
 
 
-def _reconnect(options: WatchOptions, events: EventLog, *,
+def _reconnect(options: WatchOptions, events: EventLog, signals: "_Signals", *,
                spec_dir: Callable[[], Path | None] | None = None) -> WatchTarget | None:
     """Connect again, backing off from ``retry_base`` doubling up to the drift interval, until the cluster answers
     (a restarted local cluster is found at its new address) or a signal comes (None)."""
     stop = threading.Event()
-    previous = _stop_on_signals(lambda why: stop.set())
-    try:
+    with signals.to(lambda why: stop.set()):
         delay = options.settings.retry_base
         while not stop.is_set():
             try:
@@ -374,8 +376,6 @@ def _reconnect(options: WatchOptions, events: EventLog, *,
             stop.wait(delay)
             delay = min(options.settings.interval, delay * 2)
         return None
-    finally:
-        _restore_signals(previous)
 
 
 def _plan(desired: DesiredState, observed: ObservedState) -> Plan:
@@ -386,6 +386,46 @@ def _plan(desired: DesiredState, observed: ObservedState) -> Plan:
 
 def _never_apply(plan: Plan, desired: DesiredState, observed: ObservedState) -> list[Any]:
     raise AssertionError("a plan-only watch never applies")
+
+
+class _Signals:
+    """SIGINT/SIGTERM across a whole watch: the step running now (a connection's loop, a wait for the lock, a
+    reconnect) is told; a signal that comes between two steps (a connection dropped, the next not yet begun) is kept,
+    and the next step stops at once instead of the signal ending the process unclean."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+        self._stop: Callable[[str], None] | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def install(self) -> dict[int, Any]:
+        """Take SIGINT/SIGTERM over (in the main thread); returns the handlers to restore."""
+        previous = _stop_on_signals(self.received)
+        self._handlers = {sig: signal.getsignal(sig) for sig in previous}
+        return previous
+
+    def arm(self) -> None:
+        """Set the handlers again: Ray's driver puts SIGTERM back to its default (the process ends at once) as it
+        connects and disconnects, behind Python's back."""
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+
+    def received(self, why: str) -> None:
+        self.why = self.why or why
+        if self._stop is not None:
+            self._stop(why)
+
+    @contextmanager
+    def to(self, stop: Callable[[str], None]) -> Iterator[None]:
+        before, self._stop = self._stop, stop
+        self.arm()
+        try:
+            if self.why is not None:
+                stop(self.why)
+            yield
+        finally:
+            self._stop = before
 
 
 def _stop_on_signals(stop: Callable[[str], None]) -> dict[int, Any]:
