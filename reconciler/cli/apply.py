@@ -121,10 +121,10 @@ def _recorded(args: argparse.Namespace, kv, *, executor, plan, desired, cause: s
         source = directory_source(args.directory) if args.directory is not None else Source()
     recorder = Recorder(kv, command=command, source=lambda: source)
     revision = recorder.begin(plan, desired, cause=cause, token=token)
-    try:
-        report = executor.apply(plan)
     # Where the store does not answer either (the cluster went with the apply), the apply's own error is the one to
     # report: the revision stays unfinished, and reads as interrupted once this command's lock is gone.
+    try:
+        report = executor.apply(plan)
     except KeyboardInterrupt:
         with suppress(TransientError):
             recorder.end(revision, outcome=Outcome.INTERRUPTED, reason="interrupted (Ctrl-C or a signal)")

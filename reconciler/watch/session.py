@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +23,7 @@ from reconciler.adapter.keeper import LeaseKeeper
 from reconciler.adapter.kv import MemoryKV
 from reconciler.adapter.lease import Holder, Lease, LeaseHeld, LeaseLost, acquire, wait_acquire
 from reconciler.desired import DesiredState
-from reconciler.errors import UserError
+from reconciler.errors import TransientError, UserError
 from reconciler.watch.metrics import Metrics
 from reconciler.observed import ObservedState
 from reconciler.plan import Plan
@@ -148,7 +148,7 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
     for in vain, or the cluster lost (then the caller connects again)."""
     settings = options.settings
     acting = not settings.plan_only
-    signals.arm()  # the driver has just connected
+    signals.arm()  # a driver has just connected (and perhaps another let go before it)
     with ExitStack() as stack:
         stack.callback(signals.arm)  # after the driver is let go, below
         stack.callback(target.close)
@@ -188,7 +188,7 @@ def _watch_connected(target: WatchTarget, *, options: WatchOptions, events: Even
             controller.guard = keeper
             keeper.start()
             # A lost cluster took the lock's store with it: there is nothing left to release.
-            stack.callback(lambda: keeper.stop(release=loop.why_stopped != CLUSTER_LOST))
+            stack.callback(_stop_keeper, keeper, loop)
         if target.wake is not None and not settings.plan_only:
             threading.Thread(target=_wake_on_demand, args=(target.wake, loop, settings.wake_wait),
                              name="reconciler-demand",
@@ -243,6 +243,13 @@ def _recording(options: WatchOptions, target: WatchTarget, lease: Lease, git: Gi
                       commit=applied.commit if applied else None, subject=applied.subject if applied else None)
 
     return _Recording(Recorder(target.kv, command=options.command, source=source), lease.record.holder.token)
+
+
+def _stop_keeper(keeper: LeaseKeeper, loop: Loop) -> None:
+    """Stop renewing and give the lock up, unless the cluster was lost (its store went with it); a store that does
+    not answer now leaves the lock to run out by its ttl."""
+    with suppress(TransientError):
+        keeper.stop(release=loop.why_stopped != CLUSTER_LOST)
 
 
 def _wake_on_demand(wake: Callable[[float], bool], loop: Loop, wait: float) -> None:
@@ -405,8 +412,8 @@ class _Signals:
         return previous
 
     def arm(self) -> None:
-        """Set the handlers again: Ray's driver puts SIGTERM back to its default (the process ends at once) as it
-        connects and disconnects, behind Python's back."""
+        """Set the handlers again: Ray's driver puts SIGTERM back to its default (the process ends at once) behind
+        Python's back; seen once a watch had let its driver go and connected again."""
         if threading.current_thread() is threading.main_thread():
             for sig, handler in self._handlers.items():
                 signal.signal(sig, handler)
