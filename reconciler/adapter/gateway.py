@@ -207,7 +207,7 @@ def _stored_table() -> RouteTable:
     return RouteTable.from_dict(json.loads(raw)) if raw else RouteTable()
 
 
-def _gateway_nodes(ray: Any) -> dict[str, str]:
+def _gateway_nodes() -> dict[str, str]:
     """One node per distinct node address (address -> node id): gateways on one address would share the port."""
     chosen: dict[str, str] = {}
     from reconciler.adapter.nodetable import node_table
@@ -232,7 +232,7 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
     host, port = settings.listen(serve_host=http.get("host"), serve_port=http.get("port"))
     actors: dict[str, Any] = {}
     silent: set[str] = set()
-    nodes = _gateway_nodes(ray)
+    nodes = _gateway_nodes()
     existing: dict[str, Any] = {}
     for address in nodes:
         try:
@@ -333,7 +333,7 @@ def _answers(ray: Any, refs: dict[str, Any], *, timeout: float, cancel: bool = T
 def _running(ray: Any) -> list[Any]:
     """Handles of the gateway actors that exist now."""
     found = []
-    for address in _gateway_nodes(ray):
+    for address in _gateway_nodes():
         try:
             found.append(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
         except ValueError:

@@ -163,7 +163,6 @@ def test_a_watch_outlives_a_gcs_that_dies_first(here):
             (e for e in events(log)[mark:] if e["event"] == "failure" and e.get("stage") == "connect"), None),
             timeout=120, what="the watch to report the lost cluster")
         assert lost["message"].startswith("lost the cluster: "), lost
-        assert time.monotonic() - killed < 60, "reported after Ray's own timer would have ended the driver"
         # Past Ray's 60 s: still alive, still trying to connect again.
         wait_for(lambda: time.monotonic() - killed > 75, timeout=120, what="75 s after the kill")
         assert watch.poll() is None, watch.communicate(timeout=60)[0]

@@ -3,7 +3,6 @@ connection dropped, the next not yet made) stops the next step at once instead o
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
@@ -33,7 +32,7 @@ def test_a_real_sigterm_between_steps_is_kept_not_fatal():
     signals = _Signals()
     previous = _stop_on_signals(signals.received)
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # delivered to this thread before the call returns
         stopped = []
         with signals.to(stopped.append):
             pass
