@@ -56,18 +56,30 @@ class EngineGuard:
             await send(start)
             await send(body)
             return
+        passing = False  # the answer's start went out as the engine's: its body chunks go straight to ``send``
         replaced = False
 
-        async def guarded_send(message: dict[str, Any]) -> None:
-            nonlocal replaced
+        async def replace() -> None:
+            start, body = _answer(f"the engine of {self._name} stopped while answering", dead_header=False)
+            await send(start)
+            await send(body)
+
+        async def swallow() -> None:
+            pass  # the engine's own body of a replaced answer stays here
+
+        # A plain function handing back ``send``'s awaitable: a streamed answer's every chunk passes through here,
+        # and a coroutine of its own per chunk is CPU the replica spends on each token.
+        def guarded_send(message: dict[str, Any]) -> Awaitable[None]:
+            nonlocal passing, replaced
+            if passing:
+                return send(message)
             if replaced:
-                return  # the engine's own body of a replaced answer stays here
-            if message["type"] == "http.response.start" and message["status"] >= 500 and self._dead() is not None:
-                replaced = True
-                start, body = _answer(f"the engine of {self._name} stopped while answering", dead_header=False)
-                await send(start)
-                await send(body)
-                return
-            await send(message)
+                return swallow()
+            if message["type"] == "http.response.start":
+                if message["status"] >= 500 and self._dead() is not None:
+                    replaced = True
+                    return replace()
+                passing = True
+            return send(message)
 
         await self.app(scope, receive, guarded_send)

@@ -79,6 +79,19 @@ def _known_engine_args() -> set[str]:
     return {f.name for f in dataclasses.fields(AsyncEngineArgs)} | {f.name for f in dataclasses.fields(BaseFrontendArgs)}
 
 
+# Middleware of vLLM's app that serves a public server, not a replica whose only client is the gateway: browsers'
+# CORS, per-request HTTP metrics (the gateway counts every request itself; nothing reads the replica's), elastic
+# expert-parallel scaling (not used by a placed replica). Each runs on every request, in the replica's CPU budget.
+_PUBLIC_MIDDLEWARE = ("CORSMiddleware", "PrometheusInstrumentatorMiddleware", "ScalingMiddleware")
+
+
+def _strip_public_middleware(app: Any) -> None:
+    """Drop ``_PUBLIC_MIDDLEWARE`` from vLLM's app. vLLM's build may have assembled the middleware stack already (its
+    SageMaker bootstrap does): it is dropped too, and Starlette assembles it again on the first request."""
+    app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ not in _PUBLIC_MIDDLEWARE]
+    app.middleware_stack = None
+
+
 class VllmEngine:
     """One replica of a model on vLLM. ``config`` is ``EngineConfig.to_dict()``; see the engine contract."""
 
@@ -253,6 +266,7 @@ class VllmEngine:
                 tasks = await self._engine.get_supported_tasks()
                 # vLLM's own OpenAI app: the replica's HTTP endpoint serves it, and the handle path shares its state.
                 app = build_app(args, tasks, self._engine.model_config)
+                _strip_public_middleware(app)
                 await init_app_state(self._engine, app.state, args, supported_tasks=tasks)
                 # vLLM's engine-error handler asks the server it expects to run under to exit; here uvicorn is the
                 # replica's, and Serve replaces the replica, so it gets a stand-in to ask (else it fails with 500).

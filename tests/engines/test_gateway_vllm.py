@@ -112,3 +112,28 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_generation_in_the_engi
         time.sleep(0.05)
     # Back to zero long before 400 tokens could have been generated: the engine aborted the request.
     assert handle.running_requests.remote().result(timeout_s=30) == 0
+
+
+def test_the_replicas_own_endpoint_serves_the_gateway_not_browsers(gateway):
+    """vLLM's app in a replica drops what a public server needs and the gateway does not (CORS, per-request HTTP
+    metrics, elastic scaling): a browser's preflight finds no CORS there, and the gateway's requests still answer."""
+    import httpx
+    from ray import serve
+
+    from reconciler.engines.secret import cluster_secret
+
+    apps = gateway["cluster"].serve_details()["applications"]
+    replica_app = next(name for name, app in apps.items()
+                       if (app.get("deployed_app_config") or {}).get("args", {}).get("kind") == "replica"
+                       and app["deployed_app_config"]["args"]["engine_config"]["model"] == "tiny-chat")
+    url = serve.get_app_handle(replica_app).endpoint.remote().result(timeout_s=60)
+    auth = {"Authorization": f"Bearer {cluster_secret()}"}
+    preflight = httpx.options(f"{url}/v1/chat/completions", timeout=30, headers={
+        **auth, "Origin": "http://elsewhere", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers and preflight.status_code == 405
+    answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, headers={**auth, "Origin": "http://elsewhere"},
+                        json={"model": "tiny-chat", "messages": PROMPT, "max_tokens": 4})
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    assert "server" not in answer.headers  # uvicorn's own header is off too
+    metrics = httpx.get(f"{url}/metrics", headers=auth, timeout=30).text
+    assert 'handler="/v1/chat/completions"' not in metrics  # no per-request HTTP metrics are kept

@@ -128,3 +128,36 @@ def test_an_engine_that_dies_mid_request_never_leaks_its_text():
         answer = httpx.post(f"{rig.url}/chat/completions", json={"model": "chat", "messages": []}, timeout=10)
         assert answer.status_code == 503 and "State" not in answer.text
         assert answer.json()["error"]["message"] == "the engine of chat[0] stopped while answering"
+
+
+def test_a_living_engine_streams_through_the_guard_chunk_by_chunk_in_order():
+    with running_rig(secret="s") as rig:
+        mortal = Mortal(rig, "chat-0")
+        rig.publish(route("chat", "chat-0"))
+        client = openai.OpenAI(base_url=rig.url, api_key="unused", max_retries=0, timeout=30)
+        words = " ".join(f"w{i}" for i in range(40))
+        chunks = [c.choices[0].delta.content for c in client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": words}], stream=True) if c.choices]
+        assert len([c for c in chunks if c]) >= 40 and "".join(c or "" for c in chunks).split() == words.split()
+        assert mortal.deaths == []
+
+
+def test_an_engine_that_dies_after_its_answer_began_keeps_the_answer_it_started():
+    async def dying(scope, receive, send):  # the answer is under way (200) when the engine dies
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        state["dead"] = "signal 9 (SIGKILL)"
+        await send({"type": "http.response.body", "body": b'{"partial":', "more_body": True})
+        await send({"type": "http.response.body", "body": b' true}'})
+
+    state: dict[str, str | None] = {"dead": None}
+    with running_rig(secret="s") as rig:
+        guarded = EngineGuard(dying, death=lambda: state["dead"], name="chat[0]")
+
+        async def start() -> str:
+            endpoint = Endpoint(guarded, "127.0.0.1", secret="s")
+            rig.endpoints["chat-0"] = endpoint
+            return await endpoint.start()
+
+        url = rig.call(start())
+        answer = httpx.post(f"{url}/v1/chat/completions", json={}, headers={"Authorization": "Bearer s"}, timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"partial": True}
