@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.demand import ModelDemand, from_json, merge, to_json
+from reconciler.errors import TransientError
 from reconciler.naming import KV_NAMESPACE, ROUTE_TABLE_KEY
 from reconciler.settings import DEFAULTS, GatewayLimits, GatewaySettings
 from reconciler.gateway.table import RouteTable
@@ -235,10 +236,8 @@ def ensure(cluster: Any, settings: GatewaySettings = DEFAULTS.apply.gateway) -> 
     nodes = _gateway_nodes()
     existing: dict[str, Any] = {}
     for address in nodes:
-        try:
-            existing[address] = ray.get_actor(_actor_name(address), namespace=NAMESPACE)
-        except ValueError:
-            continue
+        if (actor := _named(ray, _actor_name(address))) is not None:
+            existing[address] = actor
     listening = _answers(ray, {address: actor.listen.remote() for address, actor in existing.items()},
                          timeout=CALL_TIMEOUT_S)
     for address, node_id in nodes.items():
@@ -282,9 +281,7 @@ def stored_table(cluster: Any) -> RouteTable:
 def _wait_gone(ray: Any, name: str) -> None:
     deadline = time.monotonic() + CALL_TIMEOUT_S
     while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
+        if _named(ray, name) is None:
             return
         time.sleep(0.1)
 
@@ -332,13 +329,36 @@ def _answers(ray: Any, refs: dict[str, Any], *, timeout: float, cancel: bool = T
 
 def _running(ray: Any) -> list[Any]:
     """Handles of the gateway actors that exist now."""
-    found = []
-    for address in _gateway_nodes():
+    found = [_named(ray, _actor_name(address)) for address in _gateway_nodes()]
+    return [actor for actor in found if actor is not None]
+
+
+def _named(ray: Any, name: str, timeout: float = DEFAULTS.cluster.gcs_timeout) -> Any:
+    """The handle of the gateway actor ``name``, or None where there is none.
+
+    ``ray.get_actor`` takes no timeout: on a GCS that stopped answering it waits until Ray ends the driver, long
+    after a watch should have let its connection go. It runs here on a thread of its own, given up after
+    ``timeout`` seconds like every other GCS call (the thread stays in Ray's call until Ray's own timer ends it)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def look() -> None:
         try:
-            found.append(ray.get_actor(_actor_name(address), namespace=NAMESPACE))
-        except ValueError:
-            continue
-    return found
+            outcome["actor"] = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:  # no actor by that name
+            outcome["actor"] = None
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=look, name="gateway-lookup", daemon=True).start()
+    if not done.wait(timeout):
+        raise TransientError(f"the cluster's GCS did not answer a lookup of the gateway actor {name!r} within "
+                             f"{timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["actor"]
 
 
 def urls(cluster: Any) -> list[str]:

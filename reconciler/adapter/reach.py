@@ -58,9 +58,11 @@ def check_port(address: str, *, timeout: float, budget: float | None = None, loc
     try:
         socket.create_connection((host, port), timeout=max(0.1, timeout)).close()
     except OSError as exc:
-        why = "the connection timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+        # A refusal comes at once: only a timeout is worth naming the time waited.
+        why = (f"no answer within {budget:.3g} s" if isinstance(exc, TimeoutError)
+               else (exc.strerror or str(exc)).lower())
         raise Unreachable(f"cannot reach the Ray cluster at {address}: a TCP connection to its GCS port failed "
-                          f"({why}) within {budget:.3g} s; {advice(address, local=local)}") from exc
+                          f"({why}); {advice(address, local=local)}") from exc
 
 
 def shorten_retries(timeout: float) -> None:
