@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.demand import ModelDemand, from_json, merge, to_json
+from reconciler.adapter.reach import StillRunning, bounded
 from reconciler.errors import TransientError
 from reconciler.naming import KV_NAMESPACE, ROUTE_TABLE_KEY
 from reconciler.settings import DEFAULTS, GatewayLimits, GatewaySettings
@@ -339,26 +340,17 @@ def _named(ray: Any, name: str, timeout: float = DEFAULTS.cluster.gcs_timeout) -
     ``ray.get_actor`` takes no timeout: on a GCS that stopped answering it waits until Ray ends the driver, long
     after a watch should have let its connection go. It runs here on a thread of its own, given up after
     ``timeout`` seconds like every other GCS call (the thread stays in Ray's call until Ray's own timer ends it)."""
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def look() -> None:
+    def look() -> Any:
         try:
-            outcome["actor"] = ray.get_actor(name, namespace=NAMESPACE)
+            return ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:  # no actor by that name
-            outcome["actor"] = None
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
-        finally:
-            done.set()
+            return None
 
-    threading.Thread(target=look, name="gateway-lookup", daemon=True).start()
-    if not done.wait(timeout):
+    try:
+        return bounded(look, timeout, name="gateway-lookup")
+    except StillRunning:
         raise TransientError(f"the cluster's GCS did not answer a lookup of the gateway actor {name!r} within "
-                             f"{timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["actor"]
+                             f"{timeout:g} s") from None
 
 
 def urls(cluster: Any) -> list[str]:

@@ -18,10 +18,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.errors import TransientError
 from reconciler.settings import DEFAULTS
+
+T = TypeVar("T")
 
 
 class Unreachable(TransientError):
@@ -79,22 +81,35 @@ def within(connect: Callable[[], Any], *, address: str, timeout: float, budget: 
     (the whole connect timeout, of which ``timeout`` is what is left)."""
     budget = timeout if budget is None else budget
     _exit_on_sigterm()
+    try:
+        return bounded(connect, timeout, name="ray-connect")
+    except StillRunning:
+        raise Unreachable(f"cannot connect to the Ray cluster at {address}: its GCS port accepts connections but "
+                          f"Ray's handshake did not finish within {budget:.3g} s (is that port a Ray GCS of "
+                          f"this Ray version?); {advice(address, local=local)}") from None
+
+
+class StillRunning(Exception):
+    """A bounded call had not returned when its time was up."""
+
+
+def bounded(call: Callable[[], T], timeout: float, *, name: str) -> T:
+    """``call()``'s value (or its exception) if it returns within ``timeout`` seconds, else StillRunning. For Ray
+    calls that take no timeout of their own: the call runs on a daemon thread, left to end in Ray's own time."""
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
     def attempt() -> None:
         try:
-            outcome["value"] = connect()
+            outcome["value"] = call()
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
         finally:
             done.set()
 
-    threading.Thread(target=attempt, name="ray-connect", daemon=True).start()
+    threading.Thread(target=attempt, name=name, daemon=True).start()
     if not done.wait(timeout):
-        raise Unreachable(f"cannot connect to the Ray cluster at {address}: its GCS port accepts connections but "
-                          f"Ray's handshake did not finish within {budget:.3g} s (is that port a Ray GCS of "
-                          f"this Ray version?); {advice(address, local=local)}")
+        raise StillRunning(name)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

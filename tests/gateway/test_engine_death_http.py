@@ -36,6 +36,17 @@ class Mortal:
         rig.call(start())
 
 
+def guarded_endpoint(rig, guarded: EngineGuard, app: str = "chat-0") -> str:
+    """A guarded engine app served like a replica's endpoint (taking the rig's secret); its URL."""
+
+    async def start() -> str:
+        endpoint = Endpoint(guarded, "127.0.0.1", secret=rig.secret)
+        rig.endpoints[app] = endpoint
+        return await endpoint.start()
+
+    return rig.call(start())
+
+
 def ask(rig, text: str) -> str:
     client = openai.OpenAI(base_url=rig.url, api_key="unused", max_retries=0, timeout=30)
     return client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}]) \
@@ -116,14 +127,7 @@ def test_an_engine_that_dies_mid_request_never_leaks_its_text():
 
     state: dict[str, str | None] = {"dead": None}
     with running_rig(secret="s") as rig:
-        guarded = EngineGuard(crashing, death=lambda: state["dead"], name="chat[0]")
-
-        async def start() -> str:
-            endpoint = Endpoint(guarded, "127.0.0.1", secret="s")
-            rig.endpoints["chat-0"] = endpoint
-            return await endpoint.start()
-
-        rig.call(start())
+        guarded_endpoint(rig, EngineGuard(crashing, death=lambda: state["dead"], name="chat[0]"))
         rig.publish(route("chat", "chat-0"))
         answer = httpx.post(f"{rig.url}/chat/completions", json={"model": "chat", "messages": []}, timeout=10)
         assert answer.status_code == 503 and "State" not in answer.text
@@ -151,13 +155,6 @@ def test_an_engine_that_dies_after_its_answer_began_keeps_the_answer_it_started(
 
     state: dict[str, str | None] = {"dead": None}
     with running_rig(secret="s") as rig:
-        guarded = EngineGuard(dying, death=lambda: state["dead"], name="chat[0]")
-
-        async def start() -> str:
-            endpoint = Endpoint(guarded, "127.0.0.1", secret="s")
-            rig.endpoints["chat-0"] = endpoint
-            return await endpoint.start()
-
-        url = rig.call(start())
+        url = guarded_endpoint(rig, EngineGuard(dying, death=lambda: state["dead"], name="chat[0]"))
         answer = httpx.post(f"{url}/v1/chat/completions", json={}, headers={"Authorization": "Bearer s"}, timeout=10)
         assert answer.status_code == 200 and answer.json() == {"partial": True}
