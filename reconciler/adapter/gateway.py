@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.demand import ModelDemand, from_json, merge, to_json
 from reconciler.adapter.reach import StillRunning, bounded
+from reconciler.demand import ModelDemand, from_json, merge, to_json
 from reconciler.errors import TransientError
 from reconciler.naming import KV_NAMESPACE, ROUTE_TABLE_KEY
 from reconciler.settings import DEFAULTS, GatewayLimits, GatewaySettings
@@ -340,6 +340,7 @@ def _named(ray: Any, name: str, timeout: float = DEFAULTS.cluster.gcs_timeout) -
     ``ray.get_actor`` takes no timeout: on a GCS that stopped answering it waits until Ray ends the driver, long
     after a watch should have let its connection go. It runs here on a thread of its own, given up after
     ``timeout`` seconds like every other GCS call (the thread stays in Ray's call until Ray's own timer ends it)."""
+
     def look() -> Any:
         try:
             return ray.get_actor(name, namespace=NAMESPACE)

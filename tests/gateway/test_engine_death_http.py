@@ -24,16 +24,9 @@ class Mortal:
         self.dead: str | None = None
         self.deaths: list[str] = []
         self.engine = echo(model)
-        guarded = EngineGuard(self.engine.http_app(), death=lambda: self.dead, name=f"{model}[0]",
-                              on_death=self.deaths.append)
-
-        async def start() -> str:
-            endpoint = Endpoint(guarded, "127.0.0.1", secret=rig.secret)
-            rig.endpoints[app] = endpoint
-            return await endpoint.start()
-
         rig.engines[app] = self.engine
-        rig.call(start())
+        guarded_endpoint(rig, EngineGuard(self.engine.http_app(), death=lambda: self.dead, name=f"{model}[0]",
+                                          on_death=self.deaths.append), app)
 
 
 def guarded_endpoint(rig, guarded: EngineGuard, app: str = "chat-0") -> str:
