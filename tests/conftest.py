@@ -102,19 +102,19 @@ def ray_cluster(tmp_path_factory):
 # teardown of those native extensions once ended the process with SIGSEGV (exit 139) after pytest had reported every
 # test passed. Under scripts/test.sh (what CI runs) the process leaves with pytest's own status as soon as pytest has
 # finished (its report written, its fixtures, Ray clusters included, torn down), without that teardown.
-_status: list[int] = []
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
-    _status.append(int(session.exitstatus))
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    if os.environ.get("RECONCILER_TEST_EXIT_AT_ONCE") == "1" and _status:
+    if os.environ.get("RECONCILER_TEST_EXIT_AT_ONCE") == "1" and _EXIT_STATUS in config.stash:
         import sys
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(_status[-1])
+        os._exit(config.stash[_EXIT_STATUS])

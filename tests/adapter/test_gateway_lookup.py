@@ -4,7 +4,6 @@ on a GCS that stopped answering, waits until Ray ends the driver."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -37,15 +36,13 @@ def test_a_gateway_is_found_or_known_missing():
 
 def test_a_gcs_that_does_not_answer_is_a_temporary_error_after_the_timeout():
     ray = StandInRay({"gateway-a": object()})
-    ray.hang = True
-    began = time.monotonic()
+    ray.hang = True  # released only after the call: waited out, the lookup would return the handle, not raise
     try:
         with pytest.raises(TransientError) as failed:
             _named(ray, "gateway-a", timeout=0.3)
         assert "did not answer a lookup of the gateway actor 'gateway-a' within 0.3 s" in str(failed.value)
     finally:
         ray.release.set()
-    assert time.monotonic() - began < 30  # bounded by the timeout, not by the stuck call
 
 
 def test_any_other_failure_of_the_lookup_reaches_the_caller():
