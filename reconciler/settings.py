@@ -54,6 +54,10 @@ class GatewayLimits:
     header_timeout: float = 10.0  # seconds from a connection's first byte (or its previous answer) to a whole header
     body_timeout: float = 60.0  # seconds to receive a request body once its headers arrived
     keepalive_timeout: float = 60.0  # an idle client connection is closed after this long
+    # A client whose socket stays full this long (it reads none of its answer, or too little to drain it) is let go:
+    # a stream, or a whole answer larger than the socket's buffers, would otherwise hold its connection for as long
+    # as it likes.
+    write_timeout: float = 60.0
     max_connections: int = 4096  # client connections at once; more are closed at once
     upstream_connect: float = 5.0  # seconds to open a connection to a replica
     answer_timeout: float = 600.0  # a non-streaming answer (generation on a CPU can take minutes)

@@ -100,9 +100,11 @@ class Gateway:
 
     async def start(self, host: str, port: int, *, advertise: str | None = None) -> str:
         # handler_cancellation: a client that goes away cancels its handler, so the upstream request is closed too.
-        self._runner = GuardedRunner(self.app(), header_timeout=self.limits.header_timeout,
-                                     max_connections=self.limits.max_connections, access_log=None,
-                                     handler_cancellation=True, keepalive_timeout=self.limits.keepalive_timeout)
+        limits = self.limits
+        self._runner = GuardedRunner(self.app(), header_timeout=limits.header_timeout,
+                                     write_timeout=limits.write_timeout, max_connections=limits.max_connections,
+                                     access_log=None, handler_cancellation=True,
+                                     keepalive_timeout=limits.keepalive_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=1024)
         await site.start()

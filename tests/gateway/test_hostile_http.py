@@ -23,11 +23,11 @@ from reconciler.settings import DEFAULTS
 from tests.gateway.conftest import echo, route, running_rig
 
 TIGHT = dataclasses.replace(DEFAULTS.apply.gateway.limits, header_timeout=1.0, body_timeout=2.0, answer_timeout=1.5,
-                            stream_gap=1.0, body_bytes=1 << 20, max_connections=64)
+                            stream_gap=1.0, write_timeout=1.0, body_bytes=1 << 20, max_connections=64)
 ALICE = "sk-rc-alice-secret"
 
 
-ROOMY = dataclasses.replace(TIGHT, stream_gap=3.0)
+ROOMY = dataclasses.replace(TIGHT, stream_gap=3.0, write_timeout=3.0)
 
 
 @pytest.fixture()
@@ -425,16 +425,105 @@ def test_tokens_per_minute_are_reserved_at_admission_and_usage_is_stripped_when_
     assert '"usage"' not in results[0][1]  # the client did not ask for usage: it was read, then taken out
 
 
+def test_a_stream_client_that_stops_reading_at_its_last_event_is_let_go(tight):
+    """A replica that sends its whole stream at once, a 4 MiB event and then `[DONE]`: the stream has ended before
+    the gateway finds the client's socket full, so only the answer's end is left to write. A client that reads none
+    of it is let go within the stream gap, not waited for."""
+    event = b"data: " + b"x" * (4 << 20) + b"\n\n" + b"data: [DONE]\n\n"
+
+    async def whole_stream(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%b\r\n0\r\n\r\n" % (len(event), event))
+        await writer.drain()
+
+    replica = add_raw(tight, "chat-0", whole_stream)
+    tight.publish(route("chat", "chat-0"))
+    body = json.dumps({"model": "chat", "stream": True, "messages": []}).encode()
+    with socket.socket() as sleeper:
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect(host_port(tight))
+        sleeper.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while replica.arrivals == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while tight.gateway.in_flight.get("chat-0", 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert replica.arrivals == 1
+        assert tight.gateway.in_flight.get("chat-0", 0) == 0  # let go, not held until the client reads
+
+
+def unread_request(rig, body: dict) -> socket.socket:
+    """A client connection that sends ``body`` to chat completions and reads nothing (a small receive buffer)."""
+    raw = json.dumps(body).encode()
+    sleeper = socket.socket()
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.connect(host_port(rig))
+    sleeper.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
+    return sleeper
+
+
+def read_until_dropped(sleeper: socket.socket) -> int:
+    """Bytes the client can still read of its answer once it reads again."""
+    sleeper.settimeout(10)
+    taken = 0
+    try:
+        while piece := sleeper.recv(1 << 16):
+            taken += len(piece)
+    except ConnectionResetError:
+        pass
+    return taken
+
+
+def test_a_stream_client_that_stops_reading_at_its_last_event_is_let_go(tight):
+    """A replica that sends its whole stream at once, a 4 MiB event and then `[DONE]`: the stream has ended before
+    the gateway finds the client's socket full, so only the answer's end is left to write. A client that reads none
+    of it is let go within the write timeout, and its replica's slot with it."""
+    event = b"data: " + b"x" * (4 << 20) + b"\n\n" + b"data: [DONE]\n\n"
+
+    async def whole_stream(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%b\r\n0\r\n\r\n" % (len(event), event))
+        await writer.drain()
+
+    replica = add_raw(tight, "chat-0", whole_stream)
+    tight.publish(route("chat", "chat-0"))
+    with unread_request(tight, {"model": "chat", "stream": True, "messages": []}) as sleeper:
+        deadline = time.monotonic() + 30
+        while replica.arrivals == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while tight.gateway.in_flight.get("chat-0", 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert replica.arrivals == 1
+        assert tight.gateway.in_flight.get("chat-0", 0) == 0  # let go, not held until the client reads
+        assert read_until_dropped(sleeper) < len(event)
+    tight.add_replica("chat-1", echo("chat"))
+    tight.publish(route("chat", "chat-1"))
+    assert ok_chat(tight) == "still here"  # the gateway serves on
+
+
+def test_a_client_that_never_reads_a_large_whole_answer_is_dropped(tight):
+    """An 8 MiB answer (a large embeddings batch, say) to a client that reads none of it: once its socket has been
+    full for the write timeout, the connection goes, with the rest of the answer."""
+    payload = b'{"object": "list", "data": "' + b"x" * (8 << 20) + b'"}'
+
+    async def large(writer):
+        writer.write(raw_answer("200 OK", payload, Content_Type="application/json"))
+        await writer.drain()
+
+    add_raw(tight, "chat-0", large)
+    tight.publish(route("chat", "chat-0"))
+    with unread_request(tight, {"model": "chat", "messages": []}) as sleeper:
+        time.sleep(TIGHT.write_timeout + 2.0)
+        assert read_until_dropped(sleeper) < len(payload)
+
+
 def test_a_stream_client_that_stops_reading_is_let_go_and_frees_its_replica(tight):
     tight.add_replica("chat-0", echo("chat"))
     tight.publish(route("chat", "chat-0"))
     words = " ".join("w" for _ in range(150_000))  # ~150,000 events, ~20 MB of stream for a client that reads none
-    body = json.dumps({"model": "chat", "stream": True, "messages": [{"role": "user", "content": words}]}).encode()
-    sleeper = socket.socket()
-    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sleeper.connect(host_port(tight))
-    sleeper.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    sleeper = unread_request(tight, {"model": "chat", "stream": True, "messages": [{"role": "user", "content": words}]})
     deadline = time.monotonic() + 60
     while tight.gateway.in_flight.get("chat-0", 0) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
