@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,19 +300,27 @@ class Cluster:
 
         if self._probe_fn is None:
             self._probe_fn = ray.remote(num_cpus=0, max_retries=0)(probe_node)
-        refs = {}
-        for node in nodes:
-            if not node.alive or node.labels.get(GPU_SOURCE_LABEL) == GPU_SOURCE_INVENTORY:
-                continue  # simulated by `reconciler up`: NVML has nothing to say about it
-            strategy = NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)
-            refs[node.node_id] = self._probe_fn.options(scheduling_strategy=strategy).remote(pids.get(node.node_id, []))
-        results: dict[str, dict[str, Any]] = {}
-        for node_id, ref in refs.items():
-            try:
-                results[node_id] = ray.get(ref, timeout=DEFAULTS.cluster.probe_timeout)
-            except Exception as exc:  # a node that cannot run the probe keeps its inventory GPUs
-                results[node_id] = {"available": False, "error": f"probe failed: {exc}", "gpus": []}
+        probe_fn = self._probe_fn
+        # Nodes simulated by `reconciler up` are not probed: NVML has nothing to say about them.
+        probed = [n for n in nodes if n.alive and n.labels.get(GPU_SOURCE_LABEL) != GPU_SOURCE_INVENTORY]
+        refs = self._submit(lambda: {
+            node.node_id: probe_fn.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=node.node_id, soft=False)).remote(pids.get(node.node_id, []))
+            for node in probed
+        }, "an NVML probe")
+        results, failed = reach.gathered(ray, refs, timeout=DEFAULTS.cluster.probe_timeout, force=True)
+        for node_id, why in failed.items():  # a node that cannot run the probe keeps its inventory GPUs
+            results[node_id] = {"available": False, "error": f"probe failed: {why}", "gpus": []}
         return results
+
+    def _submit(self, submit: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+        """``submit()``'s Ray calls, within the GCS timeout: a function's first call exports it through the GCS,
+        which on a GCS that stopped answering would wait until Ray ends the process."""
+        timeout = DEFAULTS.cluster.gcs_timeout
+        try:
+            return reach.bounded(submit, timeout, name="ray-submit")
+        except reach.StillRunning:
+            raise TransientError(f"the cluster's GCS did not take {what} within {timeout:.3g} s") from None
 
     def observe(self, desired: DesiredState | None = None, *,
                 assumed: tuple[AssumedGpu, ...] | None = None) -> ObservedState:
@@ -364,26 +373,18 @@ class Cluster:
 
         if self._measure_fn is None:
             self._measure_fn = ray.remote(num_cpus=0, max_retries=0)(measure_node)
-        refs = []
-        for node_id, apps in sorted(roots.items()):
-            node = alive.get(node_id)
-            if node is None:
-                continue
-            simulated = node.labels.get(GPU_SOURCE_LABEL) == GPU_SOURCE_INVENTORY
-            strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-            refs.append(self._measure_fn.options(scheduling_strategy=strategy).remote(apps, not simulated))
-        ready, late = ray.wait(refs, num_returns=len(refs), timeout=DEFAULTS.memory.measure_timeout)
-        for ref in late:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # already finished or its node gone: nothing left to stop
-                pass
+        measure_fn = self._measure_fn
+        measured = {node_id: (alive[node_id], apps) for node_id, apps in sorted(roots.items()) if node_id in alive}
+        refs = self._submit(lambda: {
+            node_id: measure_fn.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False)).remote(apps, node.labels.get(GPU_SOURCE_LABEL) != GPU_SOURCE_INVENTORY)
+            for node_id, (node, apps) in measured.items()
+        }, "a memory reading")
+        # A node whose task failed (it is dying) or did not answer: its replicas' figures stay unknown.
+        answered, _ = reach.gathered(ray, refs, timeout=DEFAULTS.memory.measure_timeout, force=True)
         found: dict[str, dict[str, Any]] = {}
-        for ref in ready:
-            try:
-                found.update(ray.get(ref, timeout=0))
-            except Exception:  # the task failed on its node (the node is dying): its replicas' figures stay unknown
-                pass
+        for figures in answered.values():
+            found.update(figures)
         return found
 
     def _demand(self) -> tuple:

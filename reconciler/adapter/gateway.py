@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adapter.reach import StillRunning, bounded
+from reconciler.adapter.reach import StillRunning, bounded, gathered
 from reconciler.demand import ModelDemand, from_json, merge, to_json
 from reconciler.errors import TransientError
 from reconciler.naming import KV_NAMESPACE, ROUTE_TABLE_KEY
@@ -310,22 +310,9 @@ def publish(cluster: Any, table: RouteTable, settings: GatewaySettings = DEFAULT
 
 def _answers(ray: Any, refs: dict[str, Any], *, timeout: float, cancel: bool = True) -> dict[str, Any]:
     """The results of the calls that answered within ``timeout`` (key -> result); the others are cancelled unless
-    their effect is still wanted when they land, and calls that failed are left out."""
-    if not refs:
-        return {}
-    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
-    if cancel:
-        for ref in late:
-            ray.cancel(ref)
-    done = {ref.hex() for ref in ready}
-    out = {}
-    for key, ref in refs.items():
-        if ref.hex() in done:
-            try:
-                out[key] = ray.get(ref)
-            except Exception:  # noqa: BLE001 - a gateway that failed the call says nothing this round
-                continue
-    return out
+    their effect is still wanted when they land, and calls that failed are left out (a gateway that failed the call
+    says nothing this round)."""
+    return gathered(ray, refs, timeout=timeout, cancel=cancel)[0]
 
 
 def _running(ray: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Connecting a Ray driver within a bounded time.
+"""Ray within a bounded time: connecting a driver, calls that take no timeout of their own, and the results of many
+calls at once (``gathered``: one wait for all of them, not one per call).
 
 Left to itself, ``ray.init`` retries an address nobody answers on for minutes (each attempt waits on a GCS RPC and
 logs "Failed to connect to GCS"), and a SIGTERM meanwhile waits for the attempt in flight. Two steps bound it:
@@ -18,12 +19,13 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Hashable, TypeVar
 
 from reconciler.errors import TransientError
 from reconciler.settings import DEFAULTS
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 class Unreachable(TransientError):
@@ -113,3 +115,40 @@ def bounded(call: Callable[[], T], timeout: float, *, name: str) -> T:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def gathered(ray: Any, refs: dict[K, Any], *, timeout: float, cancel: bool = True,
+             force: bool = False) -> tuple[dict[K, Any], dict[K, str]]:
+    """The results of the Ray calls in ``refs`` that answered within ``timeout`` seconds, all of them together (a
+    wait per call would let k silent nodes take k times the timeout); and, for each of the others, why it has none:
+    its failure, or that it did not answer in time. Calls that did not answer are cancelled (``force``: a task's
+    worker is killed; actor calls take no force) unless ``cancel`` is False, their effect still wanted when they
+    land."""
+    if not refs:
+        return {}, {}
+    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    if cancel:
+        for ref in late:
+            try:
+                ray.cancel(ref, force=force) if force else ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - finished meanwhile, or its node is gone: nothing left to stop
+                pass
+    answered = {ref.hex() for ref in ready}
+    found: dict[K, Any] = {}
+    failed: dict[K, str] = {}
+    for key, ref in refs.items():
+        if ref.hex() not in answered:
+            failed[key] = f"no answer within {timeout:.3g} s"
+            continue
+        try:
+            found[key] = ray.get(ref, timeout=0)
+        except Exception as exc:  # noqa: BLE001 - the call failed where it ran (its node dying, say)
+            failed[key] = _why(exc)
+    return found, failed
+
+
+def _why(exc: BaseException) -> str:
+    """One line on why a Ray call failed: the exception raised where it ran (Ray's own wraps it in a traceback)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__

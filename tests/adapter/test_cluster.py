@@ -102,3 +102,37 @@ def test_the_bounded_node_table_reads_what_ray_nodes_reads(cluster):
     theirs = sorted(({k: row.get(k, "") for k in keys} for row in ray.nodes()), key=lambda row: row["NodeID"])
     assert ours == theirs
     assert len(ours) >= 3
+
+
+def test_many_calls_are_waited_for_together_and_the_silent_ones_cancelled(cluster):
+    """Probes and memory readings go to every node at once and are waited for together: three nodes that never answer
+    cost the timeout once, not once each (9 s here), and their tasks are cancelled, not left running."""
+    import time
+
+    import ray
+
+    from reconciler.adapter.reach import gathered
+
+    cluster.ray_nodes()  # the driver is connected
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def answer(value):
+        if value is None:
+            time.sleep(120)  # a node that never answers
+        if value == "broken":
+            raise RuntimeError("NVML: driver/library version mismatch")
+        return value
+
+    refs = {"quick": answer.remote(1), "broken": answer.remote("broken"),
+            **{f"silent-{n}": answer.remote(None) for n in range(3)}}
+    ray.get(refs["quick"], timeout=60)  # the workers are up: what follows measures the wait, not their start
+    began = time.monotonic()
+    found, failed = gathered(ray, refs, timeout=3, force=True)
+    assert time.monotonic() - began < 8
+    assert found == {"quick": 1}
+    assert {key: why for key, why in failed.items() if key.startswith("silent")} == {
+        f"silent-{n}": "no answer within 3 s" for n in range(3)}
+    assert "NVML: driver/library version mismatch" in failed["broken"]
+    for n in range(3):
+        with pytest.raises(ray.exceptions.TaskCancelledError):
+            ray.get(refs[f"silent-{n}"], timeout=30)
