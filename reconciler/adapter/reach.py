@@ -130,7 +130,7 @@ def gathered(ray: Any, refs: dict[K, Any], *, timeout: float, cancel: bool = Tru
     if cancel:
         for ref in late:
             try:
-                ray.cancel(ref, force=force) if force else ray.cancel(ref)
+                ray.cancel(ref, force=force)
             except Exception:  # noqa: BLE001 - finished meanwhile, or its node is gone: nothing left to stop
                 pass
     answered = {ref.hex() for ref in ready}

@@ -34,7 +34,7 @@ def _overloaded_answer() -> bytes:
 
 
 class _Handler(RequestHandler):
-    """aiohttp's per-connection protocol with a deadline on request headers."""
+    """aiohttp's per-connection protocol with a deadline on request headers and one on a full socket."""
 
     header_timeout: float = 10.0
     write_timeout: float = 60.0
