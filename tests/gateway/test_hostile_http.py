@@ -425,34 +425,6 @@ def test_tokens_per_minute_are_reserved_at_admission_and_usage_is_stripped_when_
     assert '"usage"' not in results[0][1]  # the client did not ask for usage: it was read, then taken out
 
 
-def test_a_stream_client_that_stops_reading_at_its_last_event_is_let_go(tight):
-    """A replica that sends its whole stream at once, a 4 MiB event and then `[DONE]`: the stream has ended before
-    the gateway finds the client's socket full, so only the answer's end is left to write. A client that reads none
-    of it is let go within the stream gap, not waited for."""
-    event = b"data: " + b"x" * (4 << 20) + b"\n\n" + b"data: [DONE]\n\n"
-
-    async def whole_stream(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     + b"%x\r\n%b\r\n0\r\n\r\n" % (len(event), event))
-        await writer.drain()
-
-    replica = add_raw(tight, "chat-0", whole_stream)
-    tight.publish(route("chat", "chat-0"))
-    body = json.dumps({"model": "chat", "stream": True, "messages": []}).encode()
-    with socket.socket() as sleeper:
-        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sleeper.connect(host_port(tight))
-        sleeper.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 30
-        while replica.arrivals == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        while tight.gateway.in_flight.get("chat-0", 0) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert replica.arrivals == 1
-        assert tight.gateway.in_flight.get("chat-0", 0) == 0  # let go, not held until the client reads
-
-
 def unread_request(rig, body: dict) -> socket.socket:
     """A client connection that sends ``body`` to chat completions and reads nothing (a small receive buffer)."""
     raw = json.dumps(body).encode()
