@@ -25,6 +25,11 @@ from aiohttp.web_protocol import RequestHandler
 from reconciler.gateway.errors import too_many_connections
 
 
+# What every answer's Server header says: aiohttp's own names itself, its version and Python's, which are nobody's
+# business but the operator's.
+SERVER = "reconciler"
+
+
 def _overloaded_answer() -> bytes:
     error = too_many_connections()
     body = error.body()
@@ -62,6 +67,13 @@ class _Handler(RequestHandler):
         self._disarm()
         self._unstick()
         super().connection_lost(exc)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer to a request HTTP itself refused (a malformed request line, say), without its name."""
+        response = super().handle_error(request, status, exc, message)
+        response.headers["Server"] = SERVER
+        return response
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from reconciler.gateway import admission, errors, keys, routing, usage
+from reconciler.gateway.connections import SERVER
 from reconciler.gateway.errors import GatewayError
 from reconciler.gateway.table import RUNNING, ModelRoute
 from reconciler.gateway.upstream import RETRY_AFTER_S, Call
@@ -34,12 +35,17 @@ def error_response(error: GatewayError) -> web.Response:
 
 def build_app(gateway: "Gateway") -> web.Application:
     app = web.Application(client_max_size=gateway.limits.body_bytes, middlewares=[_envelope])
+    app.on_response_prepare.append(_plain_server_header)
     handlers = _Handlers(gateway)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{id:.+}", handlers.get_model)
     app.router.add_post("/v1/{endpoint:.+}", handlers.forward)
     app.router.add_get("/healthz", handlers.healthz)
     return app
+
+
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER  # not aiohttp's name and versions
 
 
 @web.middleware

@@ -389,6 +389,28 @@ def test_unknown_paths_and_methods_answer_in_the_envelope(tight):
     assert wrong.status_code == 405 and "error" in wrong.json()
 
 
+def test_no_answer_names_the_gateways_software_or_versions(tight):
+    """aiohttp would send `Server: Python/3.11 aiohttp/3.x` with every answer: whole, streamed, the gateway's own
+    errors and those of HTTP itself (a malformed request line)."""
+    tight.add_replica("chat-0", echo("chat"))
+    tight.publish(route("chat", "chat-0"))
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "a b"}]}
+    answers = [httpx.post(f"{tight.url}/chat/completions", json=chat, timeout=10),
+               httpx.get(f"{tight.url}/models", timeout=5),
+               httpx.get(tight.url.removesuffix("/v1") + "/nothing", timeout=5),
+               httpx.post(f"{tight.url}/chat/completions", content=b"{not json", timeout=5)]
+    with httpx.stream("POST", f"{tight.url}/chat/completions", json={**chat, "stream": True}, timeout=10) as stream:
+        stream.read()
+        answers.append(stream)
+    assert [a.status_code for a in answers] == [200, 200, 404, 400, 200]
+    assert [a.headers.get("server") for a in answers] == ["reconciler"] * 5
+    with socket.create_connection(host_port(tight), timeout=5) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        head = raw.recv(4096).decode(errors="replace")
+    assert head.split(" ")[1] == "400" and "Server: reconciler\r\n" in head, head
+    assert "aiohttp" not in head and "Python" not in head, head
+
+
 def test_a_scoped_key_sees_only_its_models_in_lists_and_404s_and_401_says_bearer(tight):
     tight.add_replica("chat-0", echo("chat"))
     tight.add_replica("emb-0", echo("emb"))
