@@ -28,6 +28,7 @@ from aiohttp import web
 
 from reconciler.desired import ApiKey
 from reconciler.gateway import errors, routing, wire
+from reconciler.gateway.channel import ChannelPool
 from reconciler.gateway.admission import HeldBytes
 from reconciler.gateway.errors import GatewayError
 from reconciler.gateway.observer import Observer
@@ -89,6 +90,7 @@ class Upstream:
         self.in_flight: dict[str, int] = {}
         self._turn = itertools.count()
         self.pool = wire.Pool()
+        self.channels = ChannelPool()  # replicas that offer a channel (``chan://``): one connection for all requests
         self.restarting: dict[str, int] = {}  # requests waiting for a model's replacement replica, by model
         self.restart_queue = 256  # the most of them per model; the gateway sets its queue_limit
         self.held_bytes = HeldBytes(limits.held_bytes)  # the gateway's own budget once it sets it (see send)
@@ -99,6 +101,7 @@ class Upstream:
 
     async def close(self) -> None:
         self.pool.close()
+        self.channels.close()
 
     def forget_apps(self, known: set[str]) -> list[str]:
         """Drop what is known of replicas that left the table; the ones dropped."""
@@ -190,7 +193,8 @@ class Upstream:
         url = await self._url(app)
         limits = self.limits
         try:
-            exchange = await self.pool.send(url, path, self._headers(), raw, connect_timeout=limits.upstream_connect)
+            pool = self.channels if url.startswith("chan:") else self.pool
+            exchange = await pool.send(url, path, self._headers(), raw, connect_timeout=limits.upstream_connect)
         except wire.Refused:
             raise _Failed(Stage.CONNECTING, Failure.REFUSED) from None
         # A stream's header, like each of its chunks, within stream_gap; a whole answer within answer_timeout.
