@@ -187,7 +187,8 @@ class GatewayActor:
         if handle is None:
             handle = self._handles[app] = serve.get_app_handle(app)
         try:
-            return str(handle.endpoint.remote().result(timeout_s=RESOLVE_TIMEOUT_S))
+            # The replica's channel: the gateway's requests to it share one connection (``engines.channel``).
+            return str(handle.channel.remote().result(timeout_s=RESOLVE_TIMEOUT_S))
         except Exception:
             self._handles.pop(app, None)
             raise

@@ -79,6 +79,11 @@ class Replica:
             self._endpoint_task = asyncio.ensure_future(self._start_endpoint())
         return await asyncio.shield(self._endpoint_task)
 
+    async def channel(self) -> str:
+        """Where the gateway's channel to the same app connects (``chan://IP:PORT``; ``engines.channel``)."""
+        await self.endpoint()
+        return str(self._endpoint.channel_url)
+
     async def running_requests(self) -> int:
         """Requests the engine holds right now (a cancelled stream leaves this count)."""
         return int(self._engine.running_requests())

@@ -6,11 +6,8 @@ keeps one connection to the replica and tags each request with an id; the replic
 as its HTTP endpoint (vLLM's OpenAI app behind the secret check), and the frames of all answers produced in one turn
 of the event loop go out in one write.
 
-A frame is a header (``FRAME``: payload bytes, request id, kind) and its payload. The gateway sends ``REQUEST``
-(``HEAD_LEN`` bytes giving the JSON head's length, the head: method, path, headers; then the body) and ``CANCEL``
-(the client left: the app sees ``http.disconnect``, and the engine aborts the request). The replica answers with
-``START`` (JSON: status and headers), ``BODY`` (a piece of the body), ``END``, or ``RESET`` (the app failed before
-the answer ended). A connection that sends anything else, or a frame beyond ``MAX_FRAME``, is closed.
+The wire format is `gateway.frames`. A connection that sends anything but requests and cancellations, or a frame
+beyond ``MAX_FRAME``, is closed.
 """
 
 from __future__ import annotations
@@ -21,22 +18,12 @@ import logging
 import struct
 from typing import Any
 
-FRAME = struct.Struct("!IIB")  # payload bytes, request id, kind
-HEAD_LEN = struct.Struct("!I")
-REQUEST, CANCEL, START, BODY, END, RESET = 1, 2, 3, 4, 5, 6
-MAX_FRAME = 64 << 20  # a request's body beyond this is not one the gateway sends (its body limit is far lower)
+from reconciler.gateway.frames import (BODY, CANCEL, END, FRAME, HEAD_LEN, MAX_FRAME, REQUEST, RESET, START,
+                                       start_payload)
+
 MAX_REQUESTS = 4096  # requests in flight on one connection, at most
 
 log = logging.getLogger(__name__)
-
-
-def frame(request: int, kind: int, payload: bytes = b"") -> bytes:
-    return FRAME.pack(len(payload), request, kind) + payload
-
-
-def request_frame(request: int, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    head = json.dumps({"method": method, "path": path, "headers": headers}).encode()
-    return frame(request, REQUEST, HEAD_LEN.pack(len(head)) + head + body)
 
 
 class _Served(asyncio.Protocol):
@@ -128,7 +115,7 @@ class _Served(asyncio.Protocol):
             kind = message["type"]
             if kind == "http.response.start":
                 headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", ())]
-                self._emit(request, START, json.dumps({"status": message["status"], "headers": headers}).encode())
+                self._emit(request, START, start_payload(message["status"], headers))
             elif kind == "http.response.body":
                 if message.get("body"):
                     self._emit(request, BODY, message["body"])

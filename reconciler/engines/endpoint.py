@@ -6,7 +6,9 @@ its health and stops it; this endpoint only lives as long as the replica does.
 
 The server runs on the event loop the replica's engine uses (vLLM's output handler must share it), on a port the
 operating system picks, bound to the node's IP so gateways on other nodes can reach it. It serves only requests that
-carry the cluster's secret (``engines.secret``), which only gateways hold.
+carry the cluster's secret (``engines.secret``), which only gateways hold. The same app is also served on a second
+port as a channel (``engines.channel``): the gateway's requests share one connection there, and the pieces of all
+answers of one turn of the loop go out in one write, where HTTP/1.1 writes each token of each stream on its own.
 """
 
 from __future__ import annotations
@@ -57,11 +59,25 @@ class Endpoint:
                                 timeout_keep_alive=KEEP_ALIVE_S, proxy_headers=False, server_header=False)
         self._server = _QuietServer(config)
         self._task: asyncio.Task | None = None
+        self._app = app
+        self._channel_sock = socket.socket(self._sock.family, socket.SOCK_STREAM)
+        self._channel_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._channel_sock.bind((host, 0))
+        self._channel_sock.listen(socket.SOMAXCONN)
+        self.channel_port = self._channel_sock.getsockname()[1]
+        self._channel: asyncio.AbstractServer | None = None
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self._netloc(self.port)}"
+
+    @property
+    def channel_url(self) -> str:
+        """Where the gateway's channel connects (``chan://IP:PORT``)."""
+        return f"chan://{self._netloc(self.channel_port)}"
+
+    def _netloc(self, port: int) -> str:
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
     async def start(self) -> str:
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
@@ -70,11 +86,16 @@ class Endpoint:
                 self._task.result()  # raises why it could not start
                 raise RuntimeError("the replica's HTTP endpoint stopped before it started")
             await asyncio.sleep(0.01)
+        from reconciler.engines import channel
+
+        self._channel = await channel.serve(self._app, self._channel_sock)
         freeze_heap()
         return self.url
 
     def stop(self) -> None:
         self._server.should_exit = True
+        if self._channel is not None:
+            self._channel.close()
 
 
 def freeze_heap() -> None:

@@ -16,7 +16,7 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from reconciler.engines.channel import BODY, CANCEL, END, FRAME, MAX_FRAME, RESET, START, frame, request_frame
+from reconciler.gateway.frames import BODY, CANCEL, END, FRAME, IDS, MAX_FRAME, RESET, START, frame, request_frame
 from reconciler.gateway.wire import Closed, Exchange, Malformed, Refused
 
 SCHEME = "chan"
@@ -123,7 +123,9 @@ class _Channel(asyncio.Protocol):
         del buffer[:at]
 
     def send(self, path: str, headers: dict[str, str], body: bytes) -> ChannelExchange:
-        request = next(self._ids)
+        request = next(self._ids) % IDS
+        while request in self.exchanges:  # after 2^32 requests on one connection, ids come round again
+            request = next(self._ids) % IDS
         exchange = ChannelExchange(self, asyncio.get_running_loop(), request)
         self.exchanges[request] = exchange
         assert self.transport is not None

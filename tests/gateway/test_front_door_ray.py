@@ -1,9 +1,10 @@
 """The front door on the session's real Ray cluster: with keys in a Gateway spec, no listening port reconciler opens
-answers for a model without a valid key (the gateway, Serve's per-model routes, each replica's own endpoint), and the
-real gateway stands up to slow headers and oversized bodies."""
+answers for a model without a valid key (the gateway, Serve's per-model routes, each replica's own endpoint and its
+channel), and the real gateway stands up to slow headers and oversized bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -46,7 +47,7 @@ def front(ray_cluster, tmp_path_factory):
         cluster.close()
 
 
-def replica_endpoints(cluster) -> list[str]:
+def replica_endpoints(cluster, method: str = "endpoint") -> list[str]:
     cluster._driver()
     from ray import serve
 
@@ -54,7 +55,24 @@ def replica_endpoints(cluster) -> list[str]:
     replicas = [name for name, app in apps.items() if (app.get("deployed_app_config") or {}).get("args", {})
                 .get("kind") == "replica"]
     assert replicas
-    return [serve.get_app_handle(name).endpoint.remote().result(timeout_s=10) for name in replicas]
+    return [getattr(serve.get_app_handle(name), method).remote().result(timeout_s=10) for name in replicas]
+
+
+def channel_status(url: str, path: str, headers: dict[str, str]) -> int:
+    """The status a replica's channel answers a request with (``gateway.channel``, as the gateway sends it)."""
+    from reconciler.gateway.channel import ChannelPool
+
+    async def ask() -> int:
+        pool = ChannelPool()
+        try:
+            exchange = await pool.send(url, path, {"content-type": "application/json", **headers},
+                                       json.dumps(CHAT).encode(), connect_timeout=10)
+            await asyncio.wait_for(exchange.answered(), 10)
+            return exchange.status
+        finally:
+            pool.close()
+
+    return asyncio.run(ask())
 
 
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -79,6 +97,20 @@ def test_no_door_answers_for_a_model_without_a_valid_key(front):
             refused = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
             assert refused.status_code == 401, url
             assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10).status_code == 401
+    # Each replica's channel (the gateway's many requests on one connection): the same secret only.
+    for url in replica_endpoints(front["cluster"], "channel"):
+        assert url.startswith("chan://")
+        for headers in ({}, bearer, {"Authorization": f"Bearer {ALL_KEY}"}):
+            assert channel_status(url, "/v1/chat/completions", headers) == 401, url
+            assert channel_status(url, "/v1/models", headers) == 401, url
+        host, port = url.removeprefix("chan://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as plain:  # HTTP is not a frame: the channel closes
+            plain.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            plain.settimeout(10)
+            try:
+                assert plain.recv(1024) == b""
+            except ConnectionResetError:
+                pass
     # Through the front door with the right key, everything answers.
     client = openai.OpenAI(base_url=front["url"], api_key=ALL_KEY, max_retries=0)
     assert client.chat.completions.create(**CHAT).choices[0].message.content == "hi"
