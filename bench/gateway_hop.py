@@ -2,12 +2,14 @@
 
     python bench/gateway_hop.py [--seconds 5] [--profile]
 
-A stand-in engine (raw asyncio: 16 chunks of an OpenAI chat stream, one every 3 ms, then the usage event and
-``[DONE]``; or the whole answer after 48 ms) and the gateway (the `Gateway` class itself, on uvloop) run as processes
-of their own; the client, in this one, keeps 8 or 32 requests in flight, streamed and not. What is reported is the
-gateway process's CPU time (user + system, from /proc) per request: on a machine whose cores the engine also needs,
-that is what the hop costs, and unlike requests/s it hardly moves with the machine's other load. ``--profile``
-samples the gateway with py-spy during the streamed run at 32 and prints where its time goes.
+A stand-in engine (16 chunks of an OpenAI chat stream, one every 3 ms, then the usage event and ``[DONE]``; or the
+whole answer after 48 ms), reached on a replica's channel (``engines/channel.py``, the way the gateway reaches
+replicas) and, for comparison, over plain HTTP/1.1 (raw asyncio), and the gateway (the `Gateway` class itself, on
+uvloop) run as processes of their own; the client, in this one, keeps 8 or 32 requests in flight, streamed and not.
+What is reported is the gateway process's CPU time (user + system, from /proc) per request: on a machine whose
+cores the engine also needs, that is what the hop costs, and unlike requests/s it hardly moves with the machine's
+other load. ``--profile`` samples the gateway (on the channel) during the streamed run at 32 and prints where its
+time goes.
 """
 
 from __future__ import annotations
@@ -65,7 +67,32 @@ ENGINE = textwrap.dedent('''
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
+    async def app(scope, receive, send):  # the same answers as an ASGI app, for the replica's channel
+        body = json.loads((await receive())["body"])
+        if body.get("stream"):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            for _ in range({tokens}):
+                await asyncio.sleep(0.003)
+                await send({"type": "http.response.body", "body": b"data: " + chunk.encode() + b"\n\n",
+                            "more_body": True})
+            await send({"type": "http.response.body",
+                        "body": b"data: " + usage.encode() + b"\n\ndata: [DONE]\n\n"})
+        else:
+            await asyncio.sleep(0.003 * {tokens})
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(whole)).encode())]})
+            await send({"type": "http.response.body", "body": whole})
     async def main():
+        if sys.argv[2] == "channel":
+            import socket
+            from reconciler.engines import channel
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", int(sys.argv[1])))
+            sock.listen(512)
+            await channel.serve(app, sock)
+            await asyncio.Event().wait()
         server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]))
         await server.serve_forever()
     import uvloop
@@ -134,34 +161,37 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    engine_port, gateway_port = free_port(), free_port()
-    engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(engine_port)])
-    gateway = subprocess.Popen([sys.executable, "-c", GATEWAY, f"http://127.0.0.1:{engine_port}", str(gateway_port)],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert gateway.stdout is not None and gateway.stdout.readline().strip() == "ready"
-        url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-        print("| answer | concurrency | req/s | gateway CPU per request (ms) |\n|---|---|---|---|")
-        for stream in (True, False):
-            for concurrency in (8, 32):
-                rate, cpu = asyncio.run(load(url, concurrency=concurrency, seconds=args.seconds, stream=stream,
-                                             gateway=gateway.pid))
-                print(f"| {'streamed' if stream else 'whole'} | {concurrency} | {rate:.1f} | {cpu:.3f} |")
-        if args.profile:
-            async def loaded() -> None:
-                task = asyncio.ensure_future(load(url, concurrency=32, seconds=args.seconds + 4, stream=True,
-                                                  gateway=gateway.pid))
-                await asyncio.sleep(2)
-                print("\nwhere the gateway's time goes, streamed at 32 (own samples, py-spy):")
-                print(await asyncio.to_thread(profile, gateway.pid, args.seconds))
-                await task
+    print("| to the engine | answer | concurrency | req/s | gateway CPU per request (ms) |\n|---|---|---|---|---|")
+    for wire in ("channel", "http"):
+        engine_port, gateway_port = free_port(), free_port()
+        engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(engine_port), wire])
+        scheme = "chan" if wire == "channel" else "http"
+        gateway = subprocess.Popen([sys.executable, "-c", GATEWAY, f"{scheme}://127.0.0.1:{engine_port}",
+                                    str(gateway_port)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert gateway.stdout is not None and gateway.stdout.readline().strip() == "ready"
+            url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+            time.sleep(0.5)  # the engine listening
+            for stream in (True, False):
+                for concurrency in (8, 32):
+                    rate, cpu = asyncio.run(load(url, concurrency=concurrency, seconds=args.seconds, stream=stream,
+                                                 gateway=gateway.pid))
+                    print(f"| {wire} | {'streamed' if stream else 'whole'} | {concurrency} | {rate:.1f} | {cpu:.3f} |",
+                          flush=True)
+            if args.profile and wire == "channel":
+                async def loaded() -> None:
+                    task = asyncio.ensure_future(load(url, concurrency=32, seconds=args.seconds + 4, stream=True,
+                                                      gateway=gateway.pid))
+                    await asyncio.sleep(2)
+                    print("\nwhere the gateway's time goes, streamed at 32 (own samples, py-spy):")
+                    print(await asyncio.to_thread(profile, gateway.pid, args.seconds))
+                    await task
 
-            asyncio.run(loaded())
-    finally:
-        for process in (gateway, engine):
-            process.terminate()
-            process.wait(10)
-
+                asyncio.run(loaded())
+        finally:
+            for process in (gateway, engine):
+                process.terminate()
+                process.wait(10)
 
 if __name__ == "__main__":
     main()

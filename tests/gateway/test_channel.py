@@ -33,7 +33,8 @@ class App:
                         "headers": [(b"content-type", b"application/json"), (b"x-seen", body.get("tag", "").encode())]})
             await send({"type": "http.response.body", "body": json.dumps({"echo": body}).encode()})
         elif path == "/stream":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
             for k in range(body["n"]):
                 await send({"type": "http.response.body", "body": f"data: {body['tag']}-{k}\n\n".encode(),
                             "more_body": True})
