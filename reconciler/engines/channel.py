@@ -21,7 +21,9 @@ from typing import Any
 from reconciler.gateway.frames import (BODY, CANCEL, END, FRAME, HEAD_LEN, MAX_FRAME, REQUEST, RESET, START,
                                        start_payload)
 
-MAX_REQUESTS = 4096  # requests in flight on one connection, at most
+MAX_REQUESTS = 4096  # requests in flight on one connection, at most; beyond, a request is answered 503
+_BUSY = json.dumps({"error": {"message": "the replica has too many requests in flight; retry later",
+                              "type": "ServiceUnavailableError", "param": None, "code": 503}}).encode()
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class _Served(asyncio.Protocol):
             payload = bytes(buffer[at + FRAME.size:end])
             at = end
             if kind == REQUEST:
-                if request in self._left or len(self._left) >= MAX_REQUESTS or not self._start(request, payload):
+                if request in self._left or not self._start(request, payload):
                     self._close()
                     return
             elif kind == CANCEL:
@@ -83,6 +85,11 @@ class _Served(asyncio.Protocol):
             headers = [(str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in head["headers"]]
         except (struct.error, ValueError, KeyError, TypeError, UnicodeEncodeError):
             return False
+        if len(self._left) >= MAX_REQUESTS:  # this one is refused; the others on the connection go on
+            self._emit(request, START, start_payload(503, [["content-type", "application/json"]]))
+            self._emit(request, BODY, _BUSY)
+            self._emit(request, END)
+            return True
         body = payload[HEAD_LEN.size + length:]
         left = asyncio.get_running_loop().create_future()
         self._left[request] = left

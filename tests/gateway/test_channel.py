@@ -240,3 +240,34 @@ def test_the_replica_closes_a_connection_that_sends_what_is_not_a_request():
             server.close()
 
     asyncio.run(run())
+
+
+def test_a_request_beyond_the_connections_limit_is_answered_503_and_the_others_go_on(monkeypatch):
+    monkeypatch.setattr(served, "MAX_REQUESTS", 2)
+
+    async def run():
+        app = App()
+        server, url = await _replica(app)
+        pool = ChannelPool()
+        try:
+            waiting = [await _send(pool, url, "/wait", {}) for _ in range(2)]
+            for exchange in waiting:
+                await exchange.answered()
+            over = await _send(pool, url, "/whole", {"tag": "late"})
+            await over.answered()
+            assert over.status == 503 and b"too many requests" in await over.body()
+            assert all(exchange.status == 200 and not exchange.ended.done() for exchange in waiting)
+            waiting[0].abort()
+            await asyncio.wait_for(app.release.wait(), 5)
+            for _ in range(100):
+                if len(app.left) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            again = await _send(pool, url, "/whole", {"tag": "again"})  # room again: served
+            await again.answered()
+            assert again.status == 200
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(run())
