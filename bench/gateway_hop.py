@@ -74,10 +74,10 @@ ENGINE = textwrap.dedent('''
                         "headers": [(b"content-type", b"text/event-stream")]})
             for _ in range({tokens}):
                 await asyncio.sleep(0.003)
-                await send({"type": "http.response.body", "body": b"data: " + chunk.encode() + b"\n\n",
+                await send({"type": "http.response.body", "body": b"data: " + chunk.encode() + b"\\n\\n",
                             "more_body": True})
             await send({"type": "http.response.body",
-                        "body": b"data: " + usage.encode() + b"\n\ndata: [DONE]\n\n"})
+                        "body": b"data: " + usage.encode() + b"\\n\\ndata: [DONE]\\n\\n"})
         else:
             await asyncio.sleep(0.003 * {tokens})
             await send({"type": "http.response.start", "status": 200,
