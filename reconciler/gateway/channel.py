@@ -17,7 +17,7 @@ import time
 from urllib.parse import urlsplit
 
 from reconciler.gateway.frames import BODY, CANCEL, END, FRAME, IDS, MAX_FRAME, RESET, START, frame, request_frame
-from reconciler.gateway.wire import Closed, Exchange, Malformed, Refused
+from reconciler.gateway.wire import ADDRESSES_KEPT, Closed, Exchange, Malformed, Refused
 
 SCHEME = "chan"
 
@@ -35,11 +35,16 @@ class ChannelExchange(Exchange):
         super()._header_done(status, headers)
         self._until_eof = False  # the END frame ends a body, never the connection
 
-    def _chunk(self, chunk: bytes) -> None:
+    def _chunk(self, chunk: bytes) -> None:  # `Exchange._chunk` written out: it runs for every piece of a stream
         if self._paused is not None:
             self._paused.append(chunk)
             return
-        super()._chunk(chunk)
+        self.last_chunk = time.monotonic()
+        sink = self._sink
+        if sink is None:
+            self._chunks.append(chunk)
+        else:
+            sink(chunk)
 
     def pause(self) -> None:
         if self._paused is None:
@@ -86,26 +91,31 @@ class _Channel(asyncio.Protocol):
             exchange._fail(Closed(answered=exchange.status != 0))
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
+        # Most reads hold whole frames: they are read from `data` itself, and only a part left over is kept.
+        if self._buffer:
+            self._buffer += data
+            buffer: bytes | bytearray = self._buffer
+        else:
+            buffer = data
         at = 0
-        while len(buffer) - at >= FRAME.size:
+        head = FRAME.size
+        while len(buffer) - at >= head:
             size, request, kind = FRAME.unpack_from(buffer, at)
             if size > MAX_FRAME:
                 self._malformed()
                 return
-            end = at + FRAME.size + size
+            end = at + head + size
             if len(buffer) < end:
                 break
             exchange = self.exchanges.get(request)
             if exchange is not None:  # else cancelled: what was on its way is dropped
                 if kind == BODY:
-                    exchange._chunk(bytes(buffer[at + FRAME.size:end]))
+                    exchange._chunk(bytes(buffer[at + head:end]))
                 elif kind == START:
                     try:
-                        head = json.loads(buffer[at + FRAME.size:end])
-                        headers = {str(k).lower(): str(v) for k, v in head["headers"]}
-                        status = int(head["status"])
+                        start = json.loads(buffer[at + head:end])
+                        headers = {str(k).lower(): str(v) for k, v in start["headers"]}
+                        status = int(start["status"])
                     except (ValueError, KeyError, TypeError):
                         self._malformed()
                         return
@@ -120,7 +130,11 @@ class _Channel(asyncio.Protocol):
                     self._malformed()
                     return
             at = end
-        del buffer[:at]
+        if buffer is data:
+            if at < len(data):
+                self._buffer += data[at:]
+        else:
+            del self._buffer[:at]
 
     def send(self, path: str, headers: dict[str, str], body: bytes) -> ChannelExchange:
         request = next(self._ids) % IDS
@@ -157,11 +171,16 @@ class ChannelPool:
     def __init__(self) -> None:
         self._open: dict[tuple[str, int], _Channel] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[_Channel]] = {}
+        self._keys: dict[str, tuple[str, int]] = {}
 
     async def send(self, base: str, path: str, headers: dict[str, str], body: bytes, *,
                    connect_timeout: float) -> Exchange:
-        parts = urlsplit(base)
-        key = (parts.hostname or "127.0.0.1", parts.port or 0)
+        key = self._keys.get(base)
+        if key is None:
+            if len(self._keys) >= ADDRESSES_KEPT:  # replicas come and go on new ports: the cache must not grow
+                self._keys.clear()
+            parts = urlsplit(base)
+            key = self._keys[base] = (parts.hostname or "127.0.0.1", parts.port or 0)
         channel = self._open.get(key)
         if channel is None or channel.closed or channel.transport is None or channel.transport.is_closing():
             channel = await self._connect(key, connect_timeout)

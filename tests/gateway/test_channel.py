@@ -11,8 +11,8 @@ import pytest
 
 from reconciler.engines import channel as served
 from reconciler.engines.secret import RequireSecret
-from reconciler.gateway.channel import ChannelPool
-from reconciler.gateway.frames import HEAD_LEN, REQUEST, START, frame
+from reconciler.gateway.channel import ChannelExchange, ChannelPool
+from reconciler.gateway.frames import BODY, END, HEAD_LEN, REQUEST, START, frame, start_payload
 from reconciler.gateway.wire import Closed, Malformed, Refused
 
 
@@ -269,5 +269,25 @@ def test_a_request_beyond_the_connections_limit_is_answered_503_and_the_others_g
         finally:
             pool.close()
             server.close()
+
+    asyncio.run(run())
+
+
+def test_frames_split_anywhere_across_reads_arrive_whole():
+    from reconciler.gateway.channel import _Channel
+
+    async def run():
+        stream = (frame(7, START, start_payload(200, [["content-type", "text/event-stream"]]))
+                  + b"".join(frame(7, BODY, b"data: %d\n\n" % k) for k in range(5)) + frame(7, END))
+        for cut in range(1, 12):
+            channel = _Channel(ChannelPool(), ("127.0.0.1", 0))
+            exchange = channel.exchanges[7] = ChannelExchange(channel, asyncio.get_running_loop(), 7)
+            pieces: list[bytes] = []
+            exchange.relay(pieces.append)
+            for at in range(0, len(stream), cut):
+                channel.data_received(stream[at:at + cut])
+            assert exchange.status == 200 and exchange.headers["content-type"] == "text/event-stream"
+            assert exchange.ended.done() and exchange.error is None
+            assert b"".join(pieces) == b"".join(b"data: %d\n\n" % k for k in range(5)), cut
 
     asyncio.run(run())
