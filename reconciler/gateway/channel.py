@@ -19,48 +19,40 @@ from urllib.parse import urlsplit
 from reconciler.gateway.frames import BODY, CANCEL, END, FRAME, IDS, MAX_FRAME, RESET, START, frame, request_frame
 from reconciler.gateway.wire import ADDRESSES_KEPT, Closed, Exchange, Malformed, Refused
 
-SCHEME = "chan"
-
 
 class ChannelExchange(Exchange):
-    __slots__ = ("_request", "_paused", "_end_held")
+    __slots__ = ("_request", "_held", "_sink_after", "_end_held")
 
     def __init__(self, conn: "_Channel", loop: asyncio.AbstractEventLoop, request: int) -> None:
         super().__init__(conn, loop)  # type: ignore[arg-type]
         self._request = request
-        self._paused: list[bytes] | None = None
+        self._held: list[bytes] | None = None  # while paused: the pieces that wait for a slow client
+        self._sink_after = None  # while paused: where the pieces go once it drains
         self._end_held = False
 
     def _header_done(self, status: int, headers: dict[str, str]) -> None:
         super()._header_done(status, headers)
         self._until_eof = False  # the END frame ends a body, never the connection
 
-    def _chunk(self, chunk: bytes) -> None:  # `Exchange._chunk` written out: it runs for every piece of a stream
-        if self._paused is not None:
-            self._paused.append(chunk)
-            return
-        self.last_chunk = time.monotonic()
-        sink = self._sink
-        if sink is None:
-            self._chunks.append(chunk)
-        else:
-            sink(chunk)
-
     def pause(self) -> None:
-        if self._paused is None:
-            self._paused = []
+        # The connection is shared, so its socket is not paused: the pieces go to a list instead of the sink.
+        if self._held is None:
+            self._held, self._sink_after = [], self._sink
+            self._sink = self._held.append
 
     def resume(self) -> None:
-        held, self._paused = self._paused, None
+        if self._held is None:
+            return
+        held, self._held, self._sink = self._held, None, self._sink_after
         self.last_chunk = time.monotonic()  # the gap restarts: the replica was not the one waiting
-        for chunk in held or ():
-            super()._chunk(chunk)
+        for chunk in held:
+            self._chunk(chunk)
         if self._end_held:
             self._end_held = False
             super()._end()
 
     def _end(self) -> None:
-        if self._paused is not None:  # the pieces held for a slow client go out before the stream ends
+        if self._held is not None:  # the pieces held for a slow client go out before the stream ends
             self._end_held = True
             return
         super()._end()
